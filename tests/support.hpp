@@ -1,0 +1,153 @@
+// Test support: a Catch2 2/3 shim, a tiny blocking HTTP client over real sockets, and
+// counters for open descriptors and threads. Shared by every test file; keep it small.
+#ifndef RESTARTABLE_SERVER_TESTS_SUPPORT_HPP
+#define RESTARTABLE_SERVER_TESTS_SUPPORT_HPP
+
+#if __has_include(<catch2/catch_test_macros.hpp>)
+#include <catch2/catch_test_macros.hpp>
+#else
+#include <catch2/catch.hpp>
+#endif
+
+#include "restartable_server.hpp"
+
+#include <dirent.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+namespace test {
+
+namespace rs = restartable_server;
+
+/// count_entries: entries in a /proc directory (minus . and ..), e.g. "/proc/self/fd".
+inline int count_entries(const char* dir) {
+    DIR* d = ::opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    while (dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.') ++n;
+    ::closedir(d);
+    return n - (std::string(dir) == "/proc/self/fd" ? 1 : 0);  // opendir's own descriptor
+}
+inline int open_fds() { return count_entries("/proc/self/fd"); }
+inline int thread_count() { return count_entries("/proc/self/task"); }
+
+/// connect_to: a blocking TCP connection to 127.0.0.1:port with a receive timeout, so a
+/// broken server fails the test instead of hanging it. Returns -1 on failure.
+inline int connect_to(std::uint16_t port, std::chrono::milliseconds rcv_timeout = std::chrono::seconds(10)) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(rcv_timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((rcv_timeout.count() % 1000) * 1000);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+inline bool send_all(int fd, std::string_view data) {
+    while (!data.empty()) {
+        ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+        if (n <= 0) return false;
+        data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+}
+
+/// http_response: one parsed response; status 0 when none could be read.
+struct http_response {
+    int status = 0;
+    std::string head;  // status line and header fields, as received
+    std::string body;
+    std::string header(std::string_view name) const {
+        std::string lower_head;
+        for (char ch : head) lower_head += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        std::string key = "\r\n";
+        for (char ch : name) key += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        key += ":";
+        auto p = lower_head.find(key);
+        if (p == std::string::npos) return {};
+        p += key.size();
+        auto e = head.find("\r\n", p);
+        std::string v = head.substr(p, e - p);
+        while (!v.empty() && v.front() == ' ') v.erase(0, 1);
+        return v;
+    }
+};
+
+/// reader: reads responses from one connection, keeping bytes read ahead.
+struct reader {
+    int fd;
+    std::string buf;
+    /// read_response: the next response (body framed by Content-Length; no body when
+    /// head_only, as after HEAD). status 0 on EOF, error or timeout.
+    http_response read_response(bool head_only = false) {
+        http_response r;
+        std::size_t end;
+        while ((end = buf.find("\r\n\r\n")) == std::string::npos)
+            if (!fill()) return r;
+        r.head = buf.substr(0, end + 2);
+        buf.erase(0, end + 4);
+        if (r.head.size() < 12) return r;
+        r.status = std::atoi(r.head.c_str() + 9);
+        std::string cl = r.header("Content-Length");
+        std::size_t len = (head_only || cl.empty()) ? 0 : std::stoul(cl);
+        while (buf.size() < len)
+            if (!fill()) { r.status = 0; return r; }
+        r.body = buf.substr(0, len);
+        buf.erase(0, len);
+        return r;
+    }
+    /// at_eof: true when the peer closed the connection (after any buffered bytes).
+    bool at_eof() {
+        if (!buf.empty()) return false;
+        char c;
+        ssize_t n = ::recv(fd, &c, 1, 0);
+        if (n == 1) { buf.push_back(c); return false; }
+        return n == 0 || (n < 0 && errno == ECONNRESET);
+    }
+    bool fill() {
+        char tmp[16384];
+        ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
+        if (n <= 0) return false;
+        buf.append(tmp, static_cast<std::size_t>(n));
+        return true;
+    }
+};
+
+/// get: one request on a fresh connection to 127.0.0.1:port ("GET /path").
+inline http_response request(std::uint16_t port, std::string_view raw) {
+    int fd = connect_to(port);
+    if (fd < 0) return {};
+    http_response r;
+    if (send_all(fd, raw)) {
+        reader rd{fd, {}};
+        r = rd.read_response(raw.substr(0, 5) == "HEAD ");
+    }
+    ::close(fd);
+    return r;
+}
+inline http_response get(std::uint16_t port, const std::string& path) {
+    return request(port, "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+}
+
+/// free_options: options for a test server on 127.0.0.1, port 0.
+inline rs::options local_options(std::size_t workers = 4) {
+    rs::options o;
+    o.listener = rs::tcp_listener("127.0.0.1", 0);
+    o.worker_threads = workers;
+    return o;
+}
+
+}  // namespace test
+
+#endif  // RESTARTABLE_SERVER_TESTS_SUPPORT_HPP
