@@ -408,9 +408,12 @@ private:
     bool on_server_thread() const;
     void register_server_thread();
     void process(run_context& run, worker_context& w, connection& c) noexcept;
-    void dispatch(run_context& run, worker_context& w, connection& c, std::string_view head_buf);
+    bool respond(run_context& run, worker_context& w, connection& c) noexcept;
+    bool write_response(run_context& run, worker_context& w, connection& c, bool keep_alive) noexcept;
     void worker_main(run_context& run) noexcept;
     void set_state(server_state s);
+    void wake() noexcept;
+    void drain_wake() noexcept;
 
     mutable std::mutex mutex_;            // guards options_, routes_, server_threads_, state changes
     mutable std::condition_variable cv_;  // signalled on every state change
@@ -431,3 +434,1228 @@ private:
 
 // ========================================================= implementation ==
 
+namespace restartable_server {
+namespace detail {
+
+// ----------------------------------------------------------- small tools --
+
+/// retry_eintr: calls f until it does not fail with EINTR; returns its last result.
+template <class F>
+auto retry_eintr(F f) -> decltype(f()) {
+    decltype(f()) r;
+    do {
+        r = f();
+    } while (r == -1 && errno == EINTR);
+    return r;
+}
+
+inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
+
+inline char ascii_lower(char c) noexcept {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+inline bool iequals(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+    return true;
+}
+
+/// has_token: whether the comma-separated list (a Connection or Expect value) contains
+/// token, case-insensitively.
+inline bool has_token(std::string_view list, std::string_view token) noexcept {
+    while (!list.empty()) {
+        std::size_t comma = list.find(',');
+        std::string_view item = list.substr(0, comma);
+        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+        if (iequals(item, token)) return true;
+        if (comma == std::string_view::npos) break;
+        list.remove_prefix(comma + 1);
+    }
+    return false;
+}
+
+/// is_tchar: whether c may appear in an RFC 9110 token (methods, field names).
+inline bool is_tchar(unsigned char c) noexcept {
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
+    switch (c) {
+        case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+        case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+            return true;
+        default:
+            return false;
+    }
+}
+
+inline int hex_value(char c) noexcept {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/// percent_decode: in with %XX decoded (and '+' as space when plus_as_space). A '%' not
+/// followed by two hex digits is kept as it is.
+inline std::string percent_decode(std::string_view in, bool plus_as_space) {
+    std::string out;
+    out.reserve(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        char c = in[i];
+        if (c == '%' && i + 2 < in.size()) {
+            int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                out += static_cast<char>(hi * 16 + lo);
+                i += 2;
+                continue;
+            }
+        }
+        out += (plus_as_space && c == '+') ? ' ' : c;
+    }
+    return out;
+}
+
+/// append_number: appends the decimal form of n.
+inline void append_number(std::string& out, std::size_t n) {
+    char tmp[24];
+    char* p = tmp + sizeof tmp;
+    do {
+        *--p = static_cast<char>('0' + n % 10);
+        n /= 10;
+    } while (n != 0);
+    out.append(p, static_cast<std::size_t>(tmp + sizeof tmp - p));
+}
+
+/// parse_content_length: a Content-Length value, which must be plain digits that fit.
+inline bool parse_content_length(std::string_view v, std::size_t& out) noexcept {
+    if (v.empty() || v.size() > 18) return false;
+    std::size_t n = 0;
+    for (char c : v) {
+        if (c < '0' || c > '9') return false;
+        n = n * 10 + static_cast<std::size_t>(c - '0');
+    }
+    out = n;
+    return true;
+}
+
+/// date_cache: the IMF-fixdate of the current second (RFC 9110 5.6.7), formatted once a
+/// second. Independent of the C locale. One per thread that writes responses.
+class date_cache {
+public:
+    std::string_view now() noexcept {
+        std::time_t t = std::time(nullptr);
+        if (t != last_) {
+            last_ = t;
+            std::tm tm{};
+            ::gmtime_r(&t, &tm);
+            static constexpr char days[] = "SunMonTueWedThuFriSat";
+            static constexpr char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+            char* p = buf_;
+            auto two = [&p](int v) {
+                *p++ = static_cast<char>('0' + v / 10);
+                *p++ = static_cast<char>('0' + v % 10);
+            };
+            std::memcpy(p, days + 3 * tm.tm_wday, 3), p += 3;
+            *p++ = ',', *p++ = ' ';
+            two(tm.tm_mday);
+            *p++ = ' ';
+            std::memcpy(p, months + 3 * tm.tm_mon, 3), p += 3;
+            *p++ = ' ';
+            int year = tm.tm_year + 1900;
+            two(year / 100), two(year % 100);
+            *p++ = ' ';
+            two(tm.tm_hour), *p++ = ':', two(tm.tm_min), *p++ = ':', two(tm.tm_sec);
+            std::memcpy(p, " GMT", 4);
+        }
+        return {buf_, sizeof buf_};
+    }
+
+private:
+    std::time_t last_ = -1;
+    char buf_[29] = {};
+};
+
+/// byte_buffer: a growable byte array whose unused tail is not initialised, so reading
+/// from a socket into it costs no memset.
+class byte_buffer {
+public:
+    char* data() noexcept { return data_.get(); }
+    std::size_t size() const noexcept { return size_; }
+    std::size_t capacity() const noexcept { return capacity_; }
+    std::string_view view() const noexcept { return {data_.get(), size_}; }
+    /// reserve: capacity for at least n bytes, keeping the content.
+    void reserve(std::size_t n) {
+        if (n <= capacity_) return;
+        std::unique_ptr<char[]> bigger(new char[n]);
+        if (size_ != 0) std::memcpy(bigger.get(), data_.get(), size_);
+        data_ = std::move(bigger);
+        capacity_ = n;
+    }
+    void grow_by(std::size_t n) noexcept { size_ += n; }
+    /// consume: drops the first n bytes.
+    void consume(std::size_t n) noexcept {
+        if (n < size_) std::memmove(data_.get(), data_.get() + n, size_ - n);
+        size_ = n < size_ ? size_ - n : 0;
+    }
+    void assign(std::string_view bytes) {
+        reserve(bytes.size());
+        if (!bytes.empty()) std::memcpy(data_.get(), bytes.data(), bytes.size());
+        size_ = bytes.size();
+    }
+    void clear() noexcept { size_ = 0; }
+    /// shrink: gives back memory past max_capacity when the content fits in it.
+    void shrink(std::size_t max_capacity) {
+        if (capacity_ <= max_capacity || size_ > max_capacity) return;
+        std::unique_ptr<char[]> smaller(new char[max_capacity]);
+        if (size_ != 0) std::memcpy(smaller.get(), data_.get(), size_);
+        data_ = std::move(smaller);
+        capacity_ = max_capacity;
+    }
+    void release() noexcept {
+        data_.reset();
+        size_ = capacity_ = 0;
+    }
+
+private:
+    std::unique_ptr<char[]> data_;
+    std::size_t size_ = 0;
+    std::size_t capacity_ = 0;
+};
+
+/// send_all: sends every byte of iov[0..count) with MSG_NOSIGNAL, waiting in poll(2) up
+/// to timeout (0: forever) whenever the socket buffer is full. False on error or timeout.
+inline bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::milliseconds timeout) noexcept {
+    while (count != 0 && iov->iov_len == 0) ++iov, --count;
+    while (count != 0) {
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = count;
+        ssize_t n = retry_eintr([&] { return ::sendmsg(fd, &msg, MSG_NOSIGNAL); });
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+            pollfd p{fd, POLLOUT, 0};
+            int ms = timeout.count() > 0 ? static_cast<int>(timeout.count()) : -1;
+            int r = retry_eintr([&] { return ::poll(&p, 1, ms); });
+            if (r <= 0 || (p.revents & (POLLERR | POLLHUP | POLLNVAL))) return false;
+            continue;
+        }
+        auto left = static_cast<std::size_t>(n);
+        while (count != 0 && left >= iov->iov_len) left -= iov->iov_len, ++iov, --count;
+        if (count != 0) {
+            iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+            iov->iov_len -= left;
+        }
+    }
+    return true;
+}
+
+inline bool set_nonblocking_cloexec(int fd) noexcept {
+    int fl = ::fcntl(fd, F_GETFL);
+    int fdfl = ::fcntl(fd, F_GETFD);
+    return fl >= 0 && fdfl >= 0 && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 &&
+           ::fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) == 0;
+}
+
+inline std::uint16_t local_port(int fd) noexcept {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
+    if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+    return 0;
+}
+
+class error_category_impl final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "restartable_server"; }
+    std::string message(int code) const override {
+        switch (static_cast<errc>(code)) {
+            case errc::already_running: return "the server is already running";
+            case errc::invalid_address: return "the address could not be parsed or resolved";
+            case errc::path_too_long: return "the Unix socket path is too long";
+            case errc::no_listener: return "the listener factory returned no socket";
+        }
+        return "unknown restartable_server error";
+    }
+};
+
+// ---------------------------------------------------------------- parser --
+
+inline parse_result parse_request(std::string_view buf, request& out, std::size_t max_headers,
+                                  std::size_t max_header_bytes) noexcept {
+    out.headers.clear();
+    const std::string_view in = buf.substr(0, max_header_bytes);
+    // Out of bytes: "partial", unless the head already runs past the limit.
+    const parse_result more{buf.size() > in.size() ? parse_status::error : parse_status::partial, 0,
+                            buf.size() > in.size() ? 431 : 0};
+    const parse_result bad{parse_status::error, 0, 400};
+    const std::size_t n = in.size();
+    std::size_t pos = 0;
+
+    // request-line = method SP request-target SP HTTP-version CRLF
+    while (pos < n && is_tchar(static_cast<unsigned char>(in[pos]))) ++pos;
+    if (pos == n) return more;
+    if (pos == 0 || in[pos] != ' ') return bad;
+    out.method = in.substr(0, pos);
+    const std::size_t target_start = ++pos;
+    while (pos < n && static_cast<unsigned char>(in[pos]) > 0x20 && static_cast<unsigned char>(in[pos]) < 0x7f) ++pos;
+    if (pos == n) return more;
+    if (pos == target_start || in[pos] != ' ') return bad;
+    out.target = in.substr(target_start, pos - target_start);
+    ++pos;
+    static constexpr std::string_view http = "HTTP/";
+    for (char expected : http) {
+        if (pos == n) return more;
+        if (in[pos++] != expected) return bad;
+    }
+    // DIGIT "." DIGIT CRLF
+    for (int i = 0; i < 5; ++i) {
+        if (pos + static_cast<std::size_t>(i) == n) return more;
+        char c = in[pos + static_cast<std::size_t>(i)];
+        bool ok = (i == 0 || i == 2) ? (c >= '0' && c <= '9') : c == ".\r\n"[i == 1 ? 0 : i - 2];
+        if (!ok) return bad;
+    }
+    if (in[pos] != '1') return {parse_status::error, 0, 505};
+    out.version_minor = in[pos + 2] == '0' ? 0 : 1;
+    pos += 5;
+
+    // origin-form "/path?query", absolute-form "http://host/path?query", or "*".
+    std::string_view target = out.target;
+    if (target.size() > 7 && (iequals(target.substr(0, 7), "http://") || iequals(target.substr(0, 8), "https://"))) {
+        std::size_t slash = target.find('/', target.find("//") + 2);
+        target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+    } else if (target.front() != '/' && target != "*") {
+        return bad;
+    }
+    std::size_t q = target.find('?');
+    out.path = target.substr(0, q);
+    out.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+
+    // *( field-name ":" OWS field-value OWS CRLF ) CRLF
+    for (;;) {
+        if (pos == n) return more;
+        if (in[pos] == '\r') {
+            if (pos + 1 == n) return more;
+            if (in[pos + 1] != '\n') return bad;
+            return {parse_status::complete, pos + 2, 0};
+        }
+        const std::size_t name_start = pos;
+        while (pos < n && is_tchar(static_cast<unsigned char>(in[pos]))) ++pos;
+        if (pos == n) return more;
+        if (pos == name_start || in[pos] != ':') return bad;  // also obs-fold, bare LF, "name :"
+        std::string_view name = in.substr(name_start, pos - name_start);
+        ++pos;
+        while (pos < n && (in[pos] == ' ' || in[pos] == '\t')) ++pos;
+        const std::size_t value_start = pos;
+        for (; pos < n; ++pos) {
+            auto c = static_cast<unsigned char>(in[pos]);
+            if (c == '\r') break;
+            if ((c < 0x20 && c != '\t') || c == 0x7f) return bad;  // NUL, bare LF, controls
+        }
+        if (pos + 1 >= n) return more;
+        if (in[pos + 1] != '\n') return bad;
+        std::size_t value_end = pos;
+        while (value_end > value_start && (in[value_end - 1] == ' ' || in[value_end - 1] == '\t')) --value_end;
+        if (out.headers.size() >= max_headers) return {parse_status::error, 0, 431};
+        out.headers.push_back({name, in.substr(value_start, value_end - value_start)});
+        pos += 2;
+    }
+}
+
+}  // namespace detail
+
+// -------------------------------------------------------------- errors --
+
+inline const std::error_category& error_category() noexcept {
+    static const detail::error_category_impl category;
+    return category;
+}
+
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
+
+// ------------------------------------------------------------- sockets --
+
+inline unique_fd& unique_fd::operator=(unique_fd&& other) noexcept {
+    if (this != &other) reset(other.release());
+    return *this;
+}
+
+inline int unique_fd::release() noexcept {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+}
+
+inline void unique_fd::reset(int fd) noexcept {
+    if (fd_ >= 0) ::close(fd_);  // not retried on EINTR: on Linux the descriptor is gone
+    fd_ = fd;
+}
+
+inline listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
+    return [host = std::move(host), port, backlog](std::error_code& ec) -> unique_fd {
+        ec.clear();
+        addrinfo hints{};
+        hints.ai_family = host.empty() ? AF_INET : AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+        std::string service;
+        detail::append_number(service, port);
+        addrinfo* found = nullptr;
+        int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &found);
+        if (rc != 0) {
+            ec = rc == EAI_SYSTEM ? detail::last_error() : make_error_code(errc::invalid_address);
+            return unique_fd();
+        }
+        std::unique_ptr<addrinfo, void (*)(addrinfo*)> guard(found, ::freeaddrinfo);
+        for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
+            unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
+            int one = 1;
+            if (!fd || ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+                ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), backlog) != 0) {
+                ec = detail::last_error();
+                continue;
+            }
+            ec.clear();
+            return fd;
+        }
+        return unique_fd();
+    };
+}
+
+inline listener_factory unix_listener(std::string path, int backlog) {
+    return [path = std::move(path), backlog](std::error_code& ec) -> unique_fd {
+        ec.clear();
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        if (path.empty() || path.size() >= sizeof addr.sun_path) {
+            ec = make_error_code(errc::path_too_long);
+            return unique_fd();
+        }
+        std::memcpy(addr.sun_path, path.data(), path.size());
+        const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
+        for (int attempt = 0; attempt < 2; ++attempt) {
+            unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+            if (!fd) break;
+            if (::bind(fd.get(), sa, sizeof addr) == 0) {
+                if (::listen(fd.get(), backlog) == 0) return fd;
+                break;
+            }
+            if (errno != EADDRINUSE || attempt != 0) break;
+            // A socket file is there. Stale (nobody accepts: ECONNREFUSED) → replace it.
+            struct stat st {};
+            if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) break;
+            unique_fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+            if (!probe || ::connect(probe.get(), sa, sizeof addr) == 0 || errno != ECONNREFUSED) {
+                errno = EADDRINUSE;
+                break;
+            }
+            ::unlink(path.c_str());
+        }
+        ec = detail::last_error();
+        return unique_fd();
+    };
+}
+
+inline listener_factory inherited_listener(int fd) {
+    return [fd](std::error_code& ec) -> unique_fd {
+        ec.clear();
+        unique_fd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+        if (!dup) ec = detail::last_error();
+        return dup;
+    };
+}
+
+// ----------------------------------------------------------------- HTTP --
+
+inline std::string_view request::get_header(std::string_view name) const noexcept {
+    for (const auto& h : headers)
+        if (detail::iequals(h.name, name)) return h.value;
+    return {};
+}
+
+inline bool request::has_header(std::string_view name) const noexcept {
+    for (const auto& h : headers)
+        if (detail::iequals(h.name, name)) return true;
+    return false;
+}
+
+inline std::string_view request::param(std::string_view name) const noexcept {
+    for (const auto& p : params_)
+        if (p.first == name) return p.second;
+    return {};
+}
+
+inline std::optional<std::string> request::query_param(std::string_view name) const {
+    std::string_view rest = query;
+    while (!rest.empty()) {
+        std::size_t amp = rest.find('&');
+        std::string_view pair = rest.substr(0, amp);
+        std::size_t eq = pair.find('=');
+        if (detail::percent_decode(pair.substr(0, eq), true) == name)
+            return eq == std::string_view::npos ? std::string() : detail::percent_decode(pair.substr(eq + 1), true);
+        if (amp == std::string_view::npos) break;
+        rest.remove_prefix(amp + 1);
+    }
+    return std::nullopt;
+}
+
+inline void response::set_header(std::string_view name, std::string_view value) {
+    for (auto& h : headers)
+        if (detail::iequals(h.first, name)) {
+            h.second.assign(value);
+            return;
+        }
+    headers.emplace_back(std::string(name), std::string(value));
+}
+
+inline void response::set_content(std::string_view content, std::string_view content_type) {
+    body.assign(content);
+    set_header("Content-Type", content_type);
+}
+
+inline std::string_view response::get_header(std::string_view name) const noexcept {
+    for (const auto& h : headers)
+        if (detail::iequals(h.first, name)) return h.second;
+    return {};
+}
+
+inline void response::clear() noexcept {
+    status = 200;
+    headers.clear();
+    body.clear();
+}
+
+inline std::string_view status_text(int status) noexcept {
+    switch (status) {
+        case 100: return "Continue";
+        case 101: return "Switching Protocols";
+        case 200: return "OK";
+        case 201: return "Created";
+        case 202: return "Accepted";
+        case 204: return "No Content";
+        case 206: return "Partial Content";
+        case 301: return "Moved Permanently";
+        case 302: return "Found";
+        case 303: return "See Other";
+        case 304: return "Not Modified";
+        case 307: return "Temporary Redirect";
+        case 308: return "Permanent Redirect";
+        case 400: return "Bad Request";
+        case 401: return "Unauthorized";
+        case 403: return "Forbidden";
+        case 404: return "Not Found";
+        case 405: return "Method Not Allowed";
+        case 408: return "Request Timeout";
+        case 409: return "Conflict";
+        case 411: return "Length Required";
+        case 413: return "Content Too Large";
+        case 414: return "URI Too Long";
+        case 415: return "Unsupported Media Type";
+        case 417: return "Expectation Failed";
+        case 429: return "Too Many Requests";
+        case 431: return "Request Header Fields Too Large";
+        case 500: return "Internal Server Error";
+        case 501: return "Not Implemented";
+        case 502: return "Bad Gateway";
+        case 503: return "Service Unavailable";
+        case 505: return "HTTP Version Not Supported";
+        default: return "Unknown";
+    }
+}
+
+inline std::string_view to_string(server_state s) noexcept {
+    switch (s) {
+        case server_state::stopped: return "stopped";
+        case server_state::starting: return "starting";
+        case server_state::running: return "running";
+        case server_state::stopping: return "stopping";
+    }
+    return "unknown";
+}
+
+// --------------------------------------------------------------- server --
+
+/// route_entry: one registered route. Shared (immutable) between the server and its runs.
+struct server::route_entry {
+    std::string method;
+    std::vector<std::string> segments;  // the pattern split at '/'; ":name" is a parameter
+    handler fn;
+
+    /// match: whether path fits the pattern; fills params with the decoded parameters.
+    bool match(std::string_view path, std::vector<std::pair<std::string_view, std::string>>& params) const {
+        params.clear();
+        if (path.empty() || path.front() != '/') return false;
+        std::size_t pos = 1;
+        for (const std::string& seg : segments) {
+            if (pos > path.size()) return false;
+            std::size_t end = std::min(path.find('/', pos), path.size());
+            std::string_view part = path.substr(pos, end - pos);
+            if (!seg.empty() && seg.front() == ':') {
+                if (part.empty()) return false;
+                params.emplace_back(std::string_view(seg).substr(1), detail::percent_decode(part, false));
+            } else if (seg != part) {
+                return false;
+            }
+            pos = end + 1;
+        }
+        return pos == path.size() + 1;
+    }
+};
+
+/// connection: one accepted connection. Owned by the loop; lent to one worker at a time.
+struct server::connection {
+    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+    unique_fd fd;
+    detail::byte_buffer pending;  // bytes of an unfinished request, kept while in the loop
+    std::chrono::steady_clock::time_point last_active;
+    std::size_t slot = 0;          // index in run_context::conns
+    std::size_t poll_slot = npos;  // index in run_context::polled; npos while lent out
+    bool close = false;            // verdict of the last process(): close, don't poll again
+    bool continue_sent = false;    // "100 Continue" already sent for the current request
+};
+
+/// worker_context: what one serving thread reuses from request to request.
+struct server::worker_context {
+    static constexpr std::size_t base_buffer = 64 * 1024;
+    detail::byte_buffer in;  // the bytes being parsed; request views point here
+    request req;
+    response res;
+    std::string head;  // the response head being written
+    detail::date_cache date;
+};
+
+/// run_context: everything one run owns: a snapshot of options and routes, the listener,
+/// the connections and the workers. Made by start(), destroyed when the run ends.
+struct server::run_context {
+    options opts;
+    std::vector<std::shared_ptr<const route_entry>> routes;
+    unique_fd listener;
+
+    // Hand-offs between the loop and the workers.
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::deque<connection*> queue;      // readable connections for the workers
+    std::vector<connection*> returned;  // connections the workers are done with
+    bool closing = false;               // workers exit when the queue is empty
+    std::vector<std::thread> workers;
+
+    // Owned by the loop thread alone.
+    std::vector<std::unique_ptr<connection>> conns;
+    std::vector<pollfd> pfds;  // [0] self-pipe, [1] listener, [2 + i] polled[i]
+    std::vector<connection*> polled;
+    worker_context inline_worker;  // serves in the loop when there are no workers
+};
+
+inline server::server(options opts) : options_(std::move(opts)) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
+        wake_read_.reset(fds[0]);
+        wake_write_.reset(fds[1]);
+    } else {
+        wake_error_ = detail::last_error();
+    }
+}
+
+inline server::~server() { stop(); }
+
+inline server& server::route(std::string method, std::string pattern, handler h) {
+    auto r = std::make_shared<route_entry>();
+    r->method = std::move(method);
+    std::string_view p = pattern;
+    if (!p.empty() && p.front() == '/') p.remove_prefix(1);
+    for (;;) {
+        std::size_t slash = p.find('/');
+        r->segments.emplace_back(p.substr(0, slash));
+        if (slash == std::string_view::npos) break;
+        p.remove_prefix(slash + 1);
+    }
+    r->fn = std::move(h);
+    std::lock_guard<std::mutex> lock(mutex_);
+    routes_.push_back(std::move(r));
+    return *this;
+}
+
+inline void server::set_options(options opts) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    options_ = std::move(opts);
+}
+
+inline options server::get_options() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return options_;
+}
+
+inline void server::set_listener(listener_factory f) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    options_.listener = std::move(f);
+}
+
+inline void server::set_state(server_state s) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        state_.store(s);
+    }
+    cv_.notify_all();
+}
+
+inline bool server::on_server_thread() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id()) !=
+           server_threads_.end();
+}
+
+inline void server::register_server_thread() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    server_threads_.push_back(std::this_thread::get_id());
+}
+
+inline void server::wake() noexcept {
+    const char byte = 1;
+    ssize_t r = ::write(wake_write_.get(), &byte, 1);  // EAGAIN: a wake-up is pending anyway
+    (void)r;
+}
+
+inline void server::drain_wake() noexcept {
+    char buf[256];
+    while (detail::retry_eintr([&] { return ::read(wake_read_.get(), buf, sizeof buf); }) > 0) {
+    }
+}
+
+inline void server::request_stop() noexcept {
+    const int saved_errno = errno;  // a signal handler must leave errno as it found it
+    stop_requested_.store(true);
+    if (wake_write_) wake();
+    errno = saved_errno;
+}
+
+inline void server::start(std::error_code& ec) noexcept { start_impl(ec, false); }
+inline void server::run(std::error_code& ec) noexcept { start_impl(ec, true); }
+
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+inline void server::start() {
+    std::error_code ec;
+    start(ec);
+    if (ec) throw std::system_error(ec, "restartable_server: start");
+}
+
+inline void server::run() {
+    std::error_code ec;
+    run(ec);
+    if (ec) throw std::system_error(ec, "restartable_server: run");
+}
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+
+inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
+    ec.clear();
+    if (wake_error_) {
+        ec = wake_error_;
+        return;
+    }
+    if (on_server_thread()) {
+        ec = make_error_code(errc::already_running);
+        return;
+    }
+    std::unique_lock<std::mutex> lifecycle(lifecycle_);
+    if (state_.load() != server_state::stopped) {
+        ec = make_error_code(errc::already_running);
+        return;
+    }
+    if (loop_thread_.joinable()) loop_thread_.join();  // a run that ended by request_stop()
+
+    auto run = std::make_unique<run_context>();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        run->opts = options_;
+        run->routes = routes_;
+    }
+    options& o = run->opts;
+    const options defaults;
+    if (o.max_header_bytes == 0) o.max_header_bytes = defaults.max_header_bytes;
+    if (o.max_headers == 0) o.max_headers = defaults.max_headers;
+    if (o.max_body_bytes == 0) o.max_body_bytes = defaults.max_body_bytes;
+    if (!o.listener) o.listener = tcp_listener("127.0.0.1", 8080);
+
+    stop_requested_.store(false);
+    drain_wake();
+    set_state(server_state::starting);
+    run->listener = o.listener(ec);
+    if (run->listener && !detail::set_nonblocking_cloexec(run->listener.get())) ec = detail::last_error();
+    if (!run->listener && !ec) ec = make_error_code(errc::no_listener);
+    if (ec) {
+        run.reset();  // closes the listener
+        set_state(server_state::stopped);
+        return;
+    }
+    port_.store(detail::local_port(run->listener.get()));
+    run->pfds.push_back({wake_read_.get(), POLLIN, 0});
+    run->pfds.push_back({run->listener.get(), POLLIN, 0});
+
+    run_context* r = run.get();
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        for (std::size_t i = 0; i < o.worker_threads; ++i)
+            run->workers.emplace_back([this, r] { worker_main(*r); });
+        set_state(server_state::running);
+        if (in_caller_thread) {
+            register_server_thread();
+            lifecycle.unlock();
+            loop(*run);
+            return;
+        }
+        loop_thread_ = std::thread([this, owned = std::move(run)] {
+            register_server_thread();
+            loop(*owned);
+        });
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::system_error& e) {  // a thread could not be created
+        ec = e.code();
+        {
+            std::lock_guard<std::mutex> lock(r->mutex);
+            r->closing = true;
+        }
+        r->cv.notify_all();
+        for (auto& t : r->workers) t.join();
+        run.reset();
+        port_.store(0);
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            server_threads_.clear();
+        }
+        set_state(server_state::stopped);
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+inline stop_result server::stop() noexcept {
+    if (on_server_thread()) {  // a handler: waiting for ourselves would deadlock
+        request_stop();
+        return {false, false, 0};
+    }
+    std::lock_guard<std::mutex> lifecycle(lifecycle_);
+    if (state_.load() == server_state::stopped && !loop_thread_.joinable()) return {};
+    request_stop();
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [this] { return state_.load() == server_state::stopped; });
+    stop_result result = last_stop_;
+    lock.unlock();
+    if (loop_thread_.joinable()) loop_thread_.join();
+    return result;
+}
+
+inline void server::wait() noexcept {
+    if (on_server_thread()) return;
+    {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [this] { return state_.load() == server_state::stopped; });
+    }
+    std::lock_guard<std::mutex> lifecycle(lifecycle_);
+    if (state_.load() == server_state::stopped && loop_thread_.joinable()) loop_thread_.join();
+}
+
+inline bool server::wait_until_running(std::chrono::milliseconds timeout) const {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, timeout, [this] { return state_.load() == server_state::running; });
+}
+
+inline void server::worker_main(run_context& run) noexcept {
+    register_server_thread();
+    worker_context w;
+    for (;;) {
+        connection* c;
+        {
+            std::unique_lock<std::mutex> lock(run.mutex);
+            run.cv.wait(lock, [&run] { return !run.queue.empty() || run.closing; });
+            if (run.queue.empty()) return;
+            c = run.queue.front();
+            run.queue.pop_front();
+        }
+        process(run, w, *c);
+        bool first;
+        {
+            std::lock_guard<std::mutex> lock(run.mutex);
+            first = run.returned.empty();
+            run.returned.push_back(c);
+        }
+        if (first) wake();  // later hand-backs ride on the same wake-up
+    }
+}
+
+inline void server::process(run_context& run, worker_context& w, connection& c) noexcept {
+    const options& o = run.opts;
+    detail::byte_buffer& in = w.in;
+    if (c.pending.size() > worker_context::base_buffer / 4) {
+        std::swap(in, c.pending);  // a large partial body: move it, don't copy it
+    } else {
+        in.reserve(worker_context::base_buffer);
+        in.assign(c.pending.view());
+    }
+    c.pending.release();
+    c.close = false;
+
+    auto fail = [&](int status) {
+        w.res.clear();
+        w.res.status = status;
+        w.res.set_content(status_text(status), "text/plain");
+        write_response(run, w, c, false);
+        c.close = true;
+    };
+    for (;;) {
+        if (in.size() != 0) {
+            detail::parse_result pr = detail::parse_request(in.view(), w.req, o.max_headers, o.max_header_bytes);
+            if (pr.status == detail::parse_status::error) return fail(pr.error_status);
+            if (pr.status == detail::parse_status::complete) {
+                std::size_t body = 0;
+                if (w.req.has_header("Transfer-Encoding")) return fail(501);
+                for (const header& h : w.req.headers) {
+                    std::size_t len;
+                    if (!detail::iequals(h.name, "Content-Length")) continue;
+                    if (!detail::parse_content_length(h.value, len) || (body != 0 && len != body)) return fail(400);
+                    body = len;
+                }
+                if (body > o.max_body_bytes) return fail(413);
+                const std::size_t total = pr.head_bytes + body;
+                if (in.size() >= total) {
+                    w.req.body = std::string_view(in.data() + pr.head_bytes, body);
+                    bool keep = respond(run, w, c);
+                    c.continue_sent = false;
+                    if (!keep) {
+                        c.close = true;
+                        return;
+                    }
+                    in.consume(total);
+                    in.shrink(worker_context::base_buffer);
+                    continue;
+                }
+                in.reserve(total);
+                if (!c.continue_sent && w.req.version_minor == 1 &&
+                    detail::has_token(w.req.get_header("Expect"), "100-continue")) {
+                    static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+                    iovec iov{const_cast<char*>(cont.data()), cont.size()};
+                    if (!detail::send_all(c.fd.get(), &iov, 1, o.write_timeout)) {
+                        c.close = true;
+                        return;
+                    }
+                    c.continue_sent = true;
+                }
+            }
+        }
+        if (in.size() == in.capacity()) in.reserve(std::max(in.capacity() * 2, worker_context::base_buffer));
+        ssize_t n = detail::retry_eintr(
+            [&] { return ::recv(c.fd.get(), in.data() + in.size(), in.capacity() - in.size(), 0); });
+        if (n > 0) {
+            in.grow_by(static_cast<std::size_t>(n));
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // back to the loop to wait
+            if (in.size() > worker_context::base_buffer / 4) {
+                std::swap(in, c.pending);
+            } else {
+                c.pending.assign(in.view());
+                in.clear();
+            }
+            return;
+        }
+        c.close = true;  // the peer closed, or an error
+        return;
+    }
+}
+
+inline bool server::respond(run_context& run, worker_context& w, connection& c) noexcept {
+    request& req = w.req;
+    response& res = w.res;
+    res.clear();
+    std::string_view connection_field = req.get_header("Connection");
+    bool keep_alive = req.version_minor == 1 ? !detail::has_token(connection_field, "close")
+                                             : detail::has_token(connection_field, "keep-alive");
+    const bool is_head = req.method == "HEAD";
+
+    const route_entry* found = nullptr;
+    const route_entry* get_for_head = nullptr;
+    bool path_known = false;
+    for (const auto& r : run.routes) {
+        if (!r->match(req.path, req.params_)) continue;
+        path_known = true;
+        if (r->method == req.method) {
+            found = r.get();
+            break;
+        }
+        if (is_head && !get_for_head && r->method == "GET") get_for_head = r.get();
+    }
+    if (!found && get_for_head) {
+        found = get_for_head;
+        found->match(req.path, req.params_);
+    }
+    if (found) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+            found->fn(req, res);
+        } catch (...) {
+            res.clear();
+            res.status = 500;
+            res.set_content(status_text(500), "text/plain");
+        }
+#else
+        found->fn(req, res);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } else if (path_known) {
+        std::string allow;
+        bool has_get = false, has_head = false;
+        for (const auto& r : run.routes) {
+            if (!r->match(req.path, req.params_)) continue;
+            std::string_view m = r->method;
+            if (("," + allow + ",").find("," + r->method + ",") != std::string::npos) continue;
+            has_get |= m == "GET";
+            has_head |= m == "HEAD";
+            if (!allow.empty()) allow += ", ";
+            allow += m;
+        }
+        if (has_get && !has_head) allow += ", HEAD";
+        res.status = 405;
+        res.set_content(status_text(405), "text/plain");
+        res.set_header("Allow", allow);
+    } else {
+        res.status = 404;
+        res.set_content(status_text(404), "text/plain");
+    }
+    if (stop_requested_.load()) keep_alive = false;  // a stop began: this is the last response
+    return write_response(run, w, c, keep_alive) && keep_alive;
+}
+
+inline bool server::write_response(run_context& run, worker_context& w, connection& c, bool keep_alive) noexcept {
+    const response& res = w.res;
+    std::string& h = w.head;
+    h.clear();
+    h += "HTTP/1.1 ";
+    detail::append_number(h, static_cast<std::size_t>(res.status));
+    h += ' ';
+    h += status_text(res.status);
+    h += "\r\n";
+    bool has_date = false;
+    for (const auto& f : res.headers) {
+        const std::string& name = f.first;
+        if (detail::iequals(name, "Content-Length") || detail::iequals(name, "Connection") ||
+            detail::iequals(name, "Transfer-Encoding") || name.find_first_of("\r\n:") != std::string::npos ||
+            f.second.find_first_of("\r\n") != std::string::npos)
+            continue;  // framing is the server's; CR/LF would split the response
+        has_date |= detail::iequals(name, "Date");
+        h += name;
+        h += ": ";
+        h += f.second;
+        h += "\r\n";
+    }
+    const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
+    if (!bodiless) {
+        h += "Content-Length: ";
+        detail::append_number(h, res.body.size());
+        h += "\r\n";
+    }
+    if (!has_date) {
+        h += "Date: ";
+        h += w.date.now();
+        h += "\r\n";
+    }
+    if (!keep_alive)
+        h += "Connection: close\r\n";
+    else if (w.req.version_minor == 0)
+        h += "Connection: keep-alive\r\n";
+    h += "\r\n";
+    const bool send_body = !bodiless && w.req.method != "HEAD";
+    iovec iov[2] = {{h.data(), h.size()},
+                    {const_cast<char*>(res.body.data()), send_body ? res.body.size() : 0}};
+    return detail::send_all(c.fd.get(), iov, 2, run.opts.write_timeout);
+}
+
+inline void server::loop(run_context& run) noexcept {
+    using clock = std::chrono::steady_clock;
+    const options& o = run.opts;
+    auto& pfds = run.pfds;
+    auto& polled = run.polled;
+    auto& conns = run.conns;
+    const bool inline_serving = run.workers.empty();
+    bool stopping = false, cut_done = false, accept_paused = false;
+    clock::time_point drain_deadline{}, accept_resume{}, next_sweep = clock::time_point::max();
+    std::size_t cut = 0;
+    std::vector<connection*> returned;
+
+    auto add_polled = [&](connection* c, clock::time_point now) {
+        c->last_active = now;
+        c->poll_slot = polled.size();
+        polled.push_back(c);
+        pfds.push_back({c->fd.get(), POLLIN, 0});
+        if (o.idle_timeout.count() > 0) next_sweep = std::min(next_sweep, now + o.idle_timeout);
+    };
+    auto remove_polled = [&](connection* c) {
+        const std::size_t i = c->poll_slot;
+        polled[i] = polled.back();
+        polled[i]->poll_slot = i;
+        pfds[2 + i] = pfds.back();
+        polled.pop_back();
+        pfds.pop_back();
+        c->poll_slot = connection::npos;
+    };
+    auto close_connection = [&](connection* c) {
+        if (c->poll_slot != connection::npos) remove_polled(c);
+        const std::size_t i = c->slot;
+        std::swap(conns[i], conns.back());
+        conns[i]->slot = i;
+        conns.pop_back();  // destroys c, closing its descriptor
+    };
+    auto settle = [&](connection* c, clock::time_point now) {  // a connection back from serving
+        if (c->close || stopping)
+            close_connection(c);
+        else
+            add_polled(c, now);
+    };
+    auto serve = [&](connection* c, clock::time_point now) {
+        remove_polled(c);
+        if (inline_serving) {
+            process(run, run.inline_worker, *c);
+            settle(c, now);
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lock(run.mutex);
+            run.queue.push_back(c);
+        }
+        run.cv.notify_one();
+    };
+    auto ms_until = [](clock::time_point t, clock::time_point now) {
+        if (t <= now) return 0;
+        auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
+        return static_cast<int>(std::min<decltype(ms)>(ms, 1 << 30));
+    };
+
+    for (;;) {
+        clock::time_point now = clock::now();
+        int timeout = -1;
+        if (stopping && !cut_done) timeout = ms_until(drain_deadline, now);
+        if (!stopping && next_sweep != clock::time_point::max()) timeout = ms_until(next_sweep, now);
+        if (accept_paused) {
+            int t = ms_until(accept_resume, now);
+            timeout = timeout < 0 ? t : std::min(timeout, t);
+        }
+        int ready = ::poll(pfds.data(), static_cast<nfds_t>(pfds.size()), timeout);
+        if (ready < 0 && errno != EINTR && errno != EAGAIN && errno != ENOMEM)
+            stop_requested_.store(true);  // cannot happen with valid descriptors; stop cleanly
+        now = clock::now();
+
+        if (pfds[0].revents != 0) drain_wake();
+        if (!inline_serving) {  // after draining the pipe: a later hand-back writes again
+            {
+                std::lock_guard<std::mutex> lock(run.mutex);
+                returned.swap(run.returned);
+            }
+            for (connection* c : returned) settle(c, now);
+            returned.clear();
+        }
+
+        if (!stopping && stop_requested_.load()) {
+            stopping = true;
+            set_state(server_state::stopping);
+            run.listener.reset();
+            pfds[1].fd = -1;
+            accept_paused = false;
+            drain_deadline = now + o.drain_timeout;
+            // Idle connections close now; one with bytes waiting or a partial request is in
+            // flight and is served below (its response says "Connection: close").
+            for (std::size_t i = 2; i < pfds.size(); ++i) pfds[i].revents = 0;
+            if (!polled.empty()) ::poll(pfds.data() + 2, static_cast<nfds_t>(polled.size()), 0);
+            for (std::size_t i = polled.size(); i-- > 0;)
+                if (pfds[2 + i].revents == 0 && polled[i]->pending.size() == 0) close_connection(polled[i]);
+        }
+
+        if (accept_paused && now >= accept_resume) {
+            accept_paused = false;
+            pfds[1].fd = run.listener.get();
+        }
+        if (!stopping && (pfds[1].revents & POLLIN)) {
+            for (int i = 0; i < 64; ++i) {
+                int fd = ::accept4(run.listener.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                    if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+                    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                        accept_paused = true;  // out of descriptors or memory: back off, don't spin
+                        accept_resume = now + std::chrono::milliseconds(100);
+                        pfds[1].fd = -1;
+                    }
+                    break;
+                }
+                int one = 1;
+                ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix sockets
+                auto c = std::make_unique<connection>();
+                c->fd.reset(fd);
+                c->slot = conns.size();
+                conns.push_back(std::move(c));
+                add_polled(conns.back().get(), now);
+            }
+        }
+
+        for (std::size_t i = polled.size(); i-- > 0;)
+            if (i < polled.size() && pfds[2 + i].revents != 0) serve(polled[i], now);
+
+        if (!stopping && now >= next_sweep) {  // close keep-alive connections idle too long
+            next_sweep = clock::time_point::max();
+            for (std::size_t i = polled.size(); i-- > 0;) {
+                clock::time_point expiry = polled[i]->last_active + o.idle_timeout;
+                if (expiry <= now)
+                    close_connection(polled[i]);
+                else
+                    next_sweep = std::min(next_sweep, expiry);
+            }
+        }
+
+        if (stopping) {
+            if (conns.empty()) break;
+            if (!cut_done && now >= drain_deadline) {  // the deadline: cut what is left
+                cut_done = true;
+                for (auto& c : conns) {
+                    ++cut;
+                    if (c->poll_slot == connection::npos) ::shutdown(c->fd.get(), SHUT_RDWR);
+                }
+                for (std::size_t i = polled.size(); i-- > 0;) close_connection(polled[i]);
+                if (conns.empty()) break;  // workers still hold the rest: wait for them
+            }
+        }
+    }
+
+    {
+        std::lock_guard<std::mutex> lock(run.mutex);
+        run.closing = true;
+    }
+    run.cv.notify_all();
+    for (auto& t : run.workers) t.join();
+    run.listener.reset();
+    port_.store(0);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        last_stop_ = {true, cut == 0, cut};
+        server_threads_.clear();
+        state_.store(server_state::stopped);
+    }
+    cv_.notify_all();
+}
+
+}  // namespace restartable_server
+
+#endif  // RESTARTABLE_SERVER_HPP
+
+// Copyright (c) 2026 the restartable_server authors
+//
+// Permission is hereby granted, free of charge, to any person obtaining a copy of this
+// software and associated documentation files (the "Software"), to deal in the Software
+// without restriction, including without limitation the rights to use, copy, modify,
+// merge, publish, distribute, sublicense, and/or sell copies of the Software, and to
+// permit persons to whom the Software is furnished to do so, subject to the following
+// conditions:
+//
+// The above copyright notice and this permission notice shall be included in all copies
+// or substantial portions of the Software.
+//
+// THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED,
+// INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A
+// PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT
+// HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF
+// CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE
+// OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
