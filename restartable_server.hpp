@@ -1295,6 +1295,7 @@ inline void server::process(run_context& run, worker_context& w, connection& c) 
     c.close = false;
 
     auto fail = [&](int status) {
+        w.req.method = std::string_view();  // may be stale: the response has a body
         w.res.clear();
         w.res.status = status;
         w.res.set_content(status_text(status), "text/plain");
@@ -1536,6 +1537,7 @@ inline void server::loop(run_context& run) noexcept {
             int t = ms_until(accept_resume, now);
             timeout = timeout < 0 ? t : std::min(timeout, t);
         }
+        if (!stopping && stop_requested_.load()) timeout = 0;  // its wake-up may predate the run
         int ready = ::poll(pfds.data(), static_cast<nfds_t>(pfds.size()), timeout);
         if (ready < 0 && errno != EINTR && errno != EAGAIN && errno != ENOMEM)
             stop_requested_.store(true);  // cannot happen with valid descriptors; stop cleanly
