@@ -1267,7 +1267,7 @@ inline void server::worker_main(run_context& run) noexcept {
         {
             std::unique_lock<std::mutex> lock(run.mutex);
             run.cv.wait(lock, [&run] { return !run.queue.empty() || run.closing; });
-            if (run.queue.empty()) return;
+            if (run.queue.empty()) break;
             c = run.queue.front();
             run.queue.pop_front();
         }
@@ -1280,6 +1280,9 @@ inline void server::worker_main(run_context& run) noexcept {
         }
         if (first) wake();  // later hand-backs ride on the same wake-up
     }
+    // Forget this thread's id before it ends: a thread created later may get the same id.
+    std::lock_guard<std::mutex> lock(mutex_);
+    server_threads_.erase(std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id()));
 }
 
 inline void server::process(run_context& run, worker_context& w, connection& c) noexcept {

@@ -1,0 +1,1371 @@
+// Lifecycle tests: start/stop/run/wait/request_stop/destructor, drains and cuts, restarts
+// on the same port or path, failure paths, and leak checks (descriptors and threads).
+// Every test uses real sockets on loopback (or a Unix socket in a temp dir) and port 0.
+// Nothing here sleeps to synchronise: threads meet on events (condition variables) or on
+// socket reads with timeouts. Sleeps inside handlers are the workload being served.
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "support.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace rs = restartable_server;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+long long ms_between(steady::time_point a, steady::time_point b) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(b - a).count();
+}
+
+// ------------------------------------------------------------------ helpers --
+
+/// event: a one-shot flag threads can wait on with a timeout.
+class event {
+public:
+    void set() {
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            set_ = true;
+        }
+        cv_.notify_all();
+    }
+    bool wait_for(std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(m_);
+        return cv_.wait_for(lock, timeout, [this] { return set_; });
+    }
+    bool is_set() {
+        std::lock_guard<std::mutex> lock(m_);
+        return set_;
+    }
+
+private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool set_ = false;
+};
+
+/// watchdog: aborts the process (Catch2 reports the running test) if a test case is
+/// still running after limit, so a deadlock fails with a message instead of a CTest
+/// timeout. Its thread exists for the whole test case, so it is part of every baseline.
+class watchdog {
+public:
+    watchdog(const char* name, std::chrono::seconds limit)
+        : thread_([this, name, limit] {
+              std::unique_lock<std::mutex> lock(m_);
+              if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+                  std::fprintf(stderr, "watchdog: '%s' still running after %lld s (deadlock?)\n", name,
+                               static_cast<long long>(limit.count()));
+                  std::fflush(stderr);
+                  std::abort();
+              }
+          }) {}
+    ~watchdog() {
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            done_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+    }
+    watchdog(const watchdog&) = delete;
+    watchdog& operator=(const watchdog&) = delete;
+
+private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::thread thread_;  // last: starts once the members above exist
+};
+
+/// scoped_thread: a std::thread that is joined on destruction (so a failed REQUIRE does
+/// not std::terminate the test binary).
+class scoped_thread {
+public:
+    template <class F>
+    explicit scoped_thread(F&& f) : t_(std::forward<F>(f)) {}
+    ~scoped_thread() { join(); }
+    scoped_thread(const scoped_thread&) = delete;
+    scoped_thread& operator=(const scoped_thread&) = delete;
+    void join() {
+        if (t_.joinable()) t_.join();
+    }
+    pthread_t native_handle() { return t_.native_handle(); }
+
+private:
+    std::thread t_;
+};
+
+/// run_in_thread: calls srv.run() in a thread of its own. If the test fails early, the
+/// destructor keeps requesting a stop until run() has returned, then joins.
+class run_in_thread {
+public:
+    explicit run_in_thread(rs::server& s)
+        : srv_(s), t_([this] {
+              std::error_code e;
+              srv_.run(e);
+              {
+                  std::lock_guard<std::mutex> lock(m_);
+                  ec_ = e;
+                  done_ = true;
+              }
+              cv_.notify_all();
+          }) {}
+    ~run_in_thread() {
+        if (!t_.joinable()) return;
+        while (!wait_done(0ms)) {  // failure path only
+            srv_.request_stop();
+            if (wait_done(50ms)) break;
+        }
+        t_.join();
+    }
+    run_in_thread(const run_in_thread&) = delete;
+    run_in_thread& operator=(const run_in_thread&) = delete;
+
+    /// wait_done: whether run() returned within timeout.
+    bool wait_done(std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(m_);
+        return cv_.wait_for(lock, timeout, [this] { return done_; });
+    }
+    /// join: joins the thread (run() must have returned) and gives run()'s error code.
+    std::error_code join() {
+        t_.join();
+        return ec_;
+    }
+    pthread_t native_handle() { return t_.native_handle(); }
+
+private:
+    rs::server& srv_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::error_code ec_;
+    std::thread t_;  // last
+};
+
+/// settled_thread_count: the thread count, re-read for up to 2 s while it differs from
+/// expected. pthread_join() returns when the kernel clears the exiting thread's id, a
+/// moment before the task leaves /proc/self/task, and no event marks that last step; a
+/// real leak still fails (after 2 s).
+int settled_thread_count(int expected) {
+    const auto deadline = steady::now() + 2s;
+    int n = test::thread_count();
+    while (n != expected && steady::now() < deadline) {
+        std::this_thread::sleep_for(1ms);
+        n = test::thread_count();
+    }
+    return n;
+}
+
+/// fd_guard: closes a raw descriptor on scope exit.
+struct fd_guard {
+    int fd = -1;
+    explicit fd_guard(int f) : fd(f) {}
+    ~fd_guard() {
+        if (fd >= 0) ::close(fd);
+    }
+    fd_guard(const fd_guard&) = delete;
+    fd_guard& operator=(const fd_guard&) = delete;
+    void close() {
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+};
+
+void set_rcvtimeo(int fd, std::chrono::milliseconds t) {
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(t.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+/// close_kind: what a blocking recv() on a connection saw.
+enum class close_kind { eof, reset, data, timeout, other_error };
+
+close_kind recv_one(int fd) {
+    char c;
+    ssize_t n = ::recv(fd, &c, 1, 0);
+    if (n == 0) return close_kind::eof;
+    if (n > 0) return close_kind::data;
+    if (errno == ECONNRESET) return close_kind::reset;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return close_kind::timeout;
+    return close_kind::other_error;
+}
+
+bool is_closed(close_kind k) { return k == close_kind::eof || k == close_kind::reset; }
+
+/// exchange: sends raw on a connected fd and reads one response.
+test::http_response http_exchange(int fd, std::string_view raw) {
+    if (!test::send_all(fd, raw)) return {};
+    test::reader rd{fd, {}};
+    return rd.read_response();
+}
+
+std::string lower(std::string s) {
+    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+}
+
+const char* const keep_alive_ping = "GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+void add_ping(rs::server& srv) {
+    srv.get("/ping", [](const rs::request&, rs::response& res) { res.set_content("pong", "text/plain"); });
+}
+
+/// big_body: n bytes of a recognisable pattern.
+std::string big_body(std::size_t n) {
+    std::string s(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 26) % 26);
+    return s;
+}
+
+int connect_unix(const std::string& path, std::chrono::milliseconds rcv_timeout = 10s) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    set_rcvtimeo(fd, rcv_timeout);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int connect_v6_loopback(std::uint16_t port, std::chrono::milliseconds rcv_timeout = 10s) {
+    int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    set_rcvtimeo(fd, rcv_timeout);
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(port);
+    a.sin6_addr = in6addr_loopback;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+bool ipv6_loopback_available() {
+    int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_loopback;
+    bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    return ok;
+}
+
+/// request_on_fresh: one "Connection: close" GET on a connection from connect().
+template <class Connect>
+test::http_response get_via(Connect connect, const std::string& path) {
+    int fd = connect();
+    if (fd < 0) return {};
+    fd_guard g(fd);
+    return http_exchange(fd, "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+}
+
+/// listening_socket: a TCP socket of ours listening on 127.0.0.1:port (0 = ephemeral).
+int listening_socket(std::uint16_t port, std::uint16_t& bound_port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 16) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    bound_port = ntohs(a.sin_port);
+    return fd;
+}
+
+/// time_wait_sockets: IPv4 sockets in TIME_WAIT whose local port is port.
+int time_wait_sockets(std::uint16_t port) {
+    std::FILE* f = std::fopen("/proc/net/tcp", "r");
+    if (!f) return -1;
+    char line[512];
+    int n = 0;
+    if (std::fgets(line, sizeof line, f)) {  // header line
+        while (std::fgets(line, sizeof line, f)) {
+            unsigned slot = 0, st = 0;
+            char local[64], remote[64];
+            if (std::sscanf(line, " %u: %63s %63s %x", &slot, local, remote, &st) != 4) continue;
+            const char* colon = std::strchr(local, ':');
+            if (colon && std::strtoul(colon + 1, nullptr, 16) == port && st == 0x06) ++n;
+        }
+    }
+    std::fclose(f);
+    return n;
+}
+
+// Signal handling: the handler reaches the server through this pointer.
+std::atomic<rs::server*> g_signal_target{nullptr};
+
+void on_sigusr1(int) {
+    int saved = errno;
+    if (rs::server* s = g_signal_target.load()) s->request_stop();
+    errno = saved;
+}
+
+/// sigusr1_handler: installs on_sigusr1 for SIGUSR1; restores the previous disposition.
+struct sigusr1_handler {
+    struct sigaction previous {};
+    bool installed = false;
+    explicit sigusr1_handler(rs::server& srv) {
+        g_signal_target.store(&srv);
+        struct sigaction sa {};
+        sa.sa_handler = on_sigusr1;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = 0;
+        installed = ::sigaction(SIGUSR1, &sa, &previous) == 0;
+    }
+    ~sigusr1_handler() {
+        if (installed) ::sigaction(SIGUSR1, &previous, nullptr);
+        g_signal_target.store(nullptr);
+    }
+    sigusr1_handler(const sigusr1_handler&) = delete;
+    sigusr1_handler& operator=(const sigusr1_handler&) = delete;
+};
+
+}  // namespace
+
+// ========================================================== start/stop cycles ==
+
+TEST_CASE("lifecycle: 200 start/stop cycles on one server serve and leak nothing", "[lifecycle]") {
+    watchdog wd("200 start/stop cycles", 240s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    for (int i = 0; i < 200; ++i) {
+        INFO("cycle " << i);
+        std::error_code ec;
+        srv.start(ec);
+        REQUIRE(!ec);
+        REQUIRE(srv.state() == rs::server_state::running);
+        REQUIRE(srv.port() != 0);
+        test::http_response r = test::get(srv.port(), "/ping");
+        REQUIRE(r.status == 200);
+        REQUIRE(r.body == "pong");
+        rs::stop_result sr = srv.stop();
+        REQUIRE(sr.waited);
+        REQUIRE(srv.state() == rs::server_state::stopped);
+        REQUIRE(srv.port() == 0);
+        REQUIRE(test::open_fds() == fds0);
+    }
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+}
+
+TEST_CASE("lifecycle: run() in a thread and stop() from another, 20 cycles", "[lifecycle]") {
+    watchdog wd("run()+stop() cycles", 120s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    for (int i = 0; i < 20; ++i) {
+        INFO("cycle " << i);
+        {
+            run_in_thread rt(srv);
+            REQUIRE(srv.wait_until_running(10s));
+            test::http_response r = test::get(srv.port(), "/ping");
+            REQUIRE(r.status == 200);
+            REQUIRE(r.body == "pong");
+            rs::stop_result sr = srv.stop();
+            CHECK(sr.waited);
+            CHECK(srv.state() == rs::server_state::stopped);
+            // stop() returned: the run is over, so run() returns (promptly).
+            REQUIRE(rt.wait_done(10s));
+            std::error_code ec = rt.join();
+            CHECK(!ec);
+        }
+        REQUIRE(test::open_fds() == fds0);
+        REQUIRE(settled_thread_count(threads0) == threads0);
+    }
+}
+
+// ============================================================= stop() corners ==
+
+TEST_CASE("lifecycle: stop() and wait() before any start; request_stop() while stopped is a no-op",
+          "[lifecycle]") {
+    watchdog wd("stop before start", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    CHECK(srv.state() == rs::server_state::stopped);
+    rs::stop_result sr = srv.stop();
+    CHECK(sr.waited);
+    CHECK(srv.state() == rs::server_state::stopped);
+    srv.wait();  // returns at once when stopped
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(srv.port() == 0);
+    CHECK(test::open_fds() == fds0);
+    CHECK(test::thread_count() == threads0);
+
+    // A request_stop() while stopped must not be kept for the next run.
+    srv.request_stop();
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    test::http_response r = test::get(srv.port(), "/ping");
+    CHECK(r.status == 200);
+    CHECK(srv.state() == rs::server_state::running);
+    CHECK(srv.wait_until_running(50ms));
+    sr = srv.stop();
+    CHECK(sr.waited);
+    CHECK(srv.state() == rs::server_state::stopped);
+}
+
+TEST_CASE("lifecycle: stop() twice in a row", "[lifecycle]") {
+    watchdog wd("stop twice", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(test::get(srv.port(), "/ping").status == 200);
+    rs::stop_result a = srv.stop();
+    CHECK(a.waited);
+    CHECK(a.drained);
+    CHECK(a.cut == 0);
+    CHECK(srv.state() == rs::server_state::stopped);
+    rs::stop_result b = srv.stop();
+    CHECK(b.waited);
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+}
+
+TEST_CASE("lifecycle: stop() from two threads at once; each returns only when the run is over",
+          "[lifecycle]") {
+    watchdog wd("concurrent stop", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    event entered;
+    srv.get("/slow", [&entered](const rs::request&, rs::response& res) {
+        entered.set();
+        std::this_thread::sleep_for(200ms);  // the workload: keeps the drain busy
+        res.set_content("slow", "text/plain");
+    });
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    const std::uint16_t port = srv.port();
+
+    test::http_response slow;
+    event go;
+    rs::stop_result res1, res2;
+    rs::server_state after1 = rs::server_state::running, after2 = rs::server_state::running;
+    {
+        scoped_thread client([&] { slow = test::get(port, "/slow"); });
+        REQUIRE(entered.wait_for(10s));
+        scoped_thread s1([&] {
+            go.wait_for(10s);
+            res1 = srv.stop();
+            after1 = srv.state();
+        });
+        scoped_thread s2([&] {
+            go.wait_for(10s);
+            res2 = srv.stop();
+            after2 = srv.state();
+        });
+        go.set();
+    }
+    CHECK(res1.waited);
+    CHECK(res2.waited);
+    CHECK(after1 == rs::server_state::stopped);
+    CHECK(after2 == rs::server_state::stopped);
+    CHECK(slow.status == 200);
+    CHECK(slow.body == "slow");
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+
+    // And the object is still usable.
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(test::get(srv.port(), "/ping").status == 200);
+    CHECK(srv.stop().waited);
+}
+
+TEST_CASE("lifecycle: wait() in another thread returns when stop() ends the run", "[lifecycle]") {
+    watchdog wd("wait vs stop", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(test::get(srv.port(), "/ping").status == 200);
+    event waiting, returned;
+    rs::server_state after = rs::server_state::running;
+    {
+        scoped_thread w([&] {
+            waiting.set();
+            srv.wait();
+            after = srv.state();
+            returned.set();
+        });
+        REQUIRE(waiting.wait_for(10s));
+        rs::stop_result sr = srv.stop();
+        CHECK(sr.waited);
+        CHECK(returned.wait_for(10s));
+    }
+    CHECK(after == rs::server_state::stopped);
+}
+
+TEST_CASE("lifecycle: wait() and stop() from a thread created during a stop wait for the run's end",
+          "[lifecycle]") {
+    // Threads created while a run is stopping may reuse the id of a worker that has just
+    // exited (glibc reuses thread descriptors). They are not server threads, so wait()
+    // must still block until the run is over and stop() must still wait (waited == true).
+    // Each round starts a burst of such threads while the run stops.
+    watchdog wd("fresh thread during stop", 120s);
+    rs::server srv(test::local_options(4));
+    add_ping(srv);
+    constexpr int rounds = 1000, burst = 8;
+    std::atomic<int> early_wait{0}, early_stop{0};
+    int start_failed = 0;
+    for (int i = 0; i < rounds && start_failed == 0; ++i) {
+        const bool use_stop = (i % 2) == 1;
+        std::error_code ec;
+        srv.start(ec);
+        if (ec) {
+            ++start_failed;
+            break;
+        }
+        srv.request_stop();
+        {
+            std::vector<std::unique_ptr<scoped_thread>> probes;
+            for (int k = 0; k < burst; ++k)
+                probes.push_back(std::make_unique<scoped_thread>([&srv, &early_wait, &early_stop, use_stop] {
+                    if (use_stop) {
+                        rs::stop_result sr = srv.stop();
+                        if (!sr.waited || srv.state() != rs::server_state::stopped) ++early_stop;
+                    } else {
+                        srv.wait();
+                        if (srv.state() != rs::server_state::stopped) ++early_wait;
+                    }
+                }));
+        }
+        srv.wait();
+    }
+    CHECK(start_failed == 0);
+    CHECK(early_wait.load() == 0);
+    CHECK(early_stop.load() == 0);
+    CHECK(srv.stop().waited);
+}
+
+TEST_CASE("lifecycle: the destructor of a running server stops it", "[lifecycle]") {
+    watchdog wd("destructor", 60s);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    std::uint16_t port = 0;
+    int keep = -1;
+    {
+        rs::server srv(test::local_options(2));
+        add_ping(srv);
+        std::error_code ec;
+        srv.start(ec);
+        REQUIRE(!ec);
+        port = srv.port();
+        CHECK(test::get(port, "/ping").status == 200);
+        keep = test::connect_to(port, 5s);
+        REQUIRE(keep >= 0);
+        test::http_response r = http_exchange(keep, keep_alive_ping);
+        CHECK(r.status == 200);
+        CHECK(lower(r.header("Connection")) != "close");
+    }  // ~server: a stop
+    fd_guard g(keep);
+    CHECK(is_closed(recv_one(keep)));  // the idle keep-alive connection was closed
+    g.close();
+    CHECK(test::open_fds() == fds0);  // the listener and the self-pipe are closed too
+    CHECK(settled_thread_count(threads0) == threads0);
+}
+
+// ===================================================== stopping while serving ==
+
+TEST_CASE("lifecycle: stop() from another thread while clients are being served", "[lifecycle]") {
+    watchdog wd("stop under load", 90s);
+    rs::server srv(test::local_options(4));
+    const std::string body = big_body(4096);
+    srv.get("/work", [&body](const rs::request&, rs::response& res) {
+        std::this_thread::sleep_for(1ms);  // the workload: keeps requests in flight
+        res.set_content(body, "text/plain");
+    });
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    const std::uint16_t port = srv.port();
+
+    std::atomic<int> ok{0}, bad{0}, truncated{0}, close_without_eof{0};
+    event enough;
+    auto client = [&] {
+        const std::string req = "GET /work HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        for (;;) {
+            int fd = test::connect_to(port, 10s);
+            if (fd < 0) return;  // refused: the listener is gone
+            fd_guard g(fd);
+            test::reader rd{fd, {}};
+            for (;;) {
+                if (!test::send_all(fd, req)) break;
+                test::http_response r = rd.read_response();
+                if (r.status == 0) {
+                    // Closed before a response began: allowed (an idle connection closed as
+                    // the request was sent). Closed in the middle of one: not allowed.
+                    if (!r.head.empty() || !rd.buf.empty()) ++truncated;
+                    break;
+                }
+                if (r.status != 200 || r.body != body) {
+                    ++bad;
+                    break;
+                }
+                if (++ok >= 50) enough.set();
+                if (lower(r.header("Connection")) == "close") {
+                    if (!rd.at_eof()) ++close_without_eof;
+                    break;
+                }
+            }
+        }
+    };
+    rs::stop_result sr;
+    {
+        std::vector<std::unique_ptr<scoped_thread>> clients;
+        for (int i = 0; i < 4; ++i) clients.push_back(std::make_unique<scoped_thread>(client));
+        bool got_enough = enough.wait_for(20s);
+        sr = srv.stop();
+        CHECK(got_enough);
+    }  // clients end: their next connect is refused
+    CHECK(sr.waited);
+    CHECK(sr.drained);
+    CHECK(sr.cut == 0);
+    CHECK(ok.load() >= 50);
+    CHECK(bad.load() == 0);
+    CHECK(truncated.load() == 0);
+    CHECK(close_without_eof.load() == 0);
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+}
+
+TEST_CASE("lifecycle: stop() from inside a handler returns at once and the response is sent in full",
+          "[lifecycle]") {
+    watchdog wd("stop from handler", 90s);
+    const std::string body = big_body(1 << 20);  // larger than the socket buffers
+    for (std::size_t workers : {std::size_t{0}, std::size_t{4}}) {
+        INFO("worker_threads = " << workers);
+        rs::server srv(test::local_options(workers));
+        add_ping(srv);
+        std::atomic<int> stop_waited{-1};
+        std::atomic<long long> stop_ms{-1};
+        srv.get("/stop", [&](const rs::request&, rs::response& res) {
+            auto t0 = steady::now();
+            rs::stop_result r = srv.stop();
+            stop_ms = ms_between(t0, steady::now());
+            stop_waited = r.waited ? 1 : 0;
+            res.set_content(body, "application/octet-stream");
+        });
+        const int fds0 = test::open_fds();
+        const int threads0 = test::thread_count();
+
+        std::error_code ec;
+        srv.start(ec);
+        REQUIRE(!ec);
+        int fd = test::connect_to(srv.port(), 10s);
+        REQUIRE(fd >= 0);
+        fd_guard g(fd);
+        test::reader rd{fd, {}};
+        REQUIRE(test::send_all(fd, "GET /stop HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+        test::http_response r = rd.read_response();
+        REQUIRE(r.status == 200);
+        CHECK(r.body.size() == body.size());
+        CHECK((r.body == body));
+        CHECK(lower(r.header("Connection")) == "close");
+        CHECK(rd.at_eof());
+        CHECK(stop_waited.load() == 0);
+        CHECK(stop_ms.load() >= 0);
+        CHECK(stop_ms.load() < 1000);  // "at once": a wait would be the drain (5 s) or forever
+
+        srv.wait();  // the run ends by itself
+        CHECK(srv.state() == rs::server_state::stopped);
+        CHECK(srv.port() == 0);
+        g.close();
+        CHECK(test::open_fds() == fds0);
+        CHECK(settled_thread_count(threads0) == threads0);
+
+        // A later stop() has nothing to do, and the server starts again.
+        CHECK(srv.stop().waited);
+        srv.start(ec);
+        REQUIRE(!ec);
+        CHECK(test::get(srv.port(), "/ping").status == 200);
+        CHECK(srv.stop().waited);
+    }
+}
+
+TEST_CASE("lifecycle: request_stop() from a signal handler ends the run", "[lifecycle]") {
+    watchdog wd("signal", 90s);
+    for (std::size_t workers : {std::size_t{0}, std::size_t{4}}) {
+        INFO("worker_threads = " << workers);
+        rs::server srv(test::local_options(workers));
+        add_ping(srv);
+        sigusr1_handler sig(srv);
+        REQUIRE(sig.installed);
+        const int fds0 = test::open_fds();
+        const int threads0 = test::thread_count();
+
+        {
+            INFO("start() + raise() in the test thread");
+            std::error_code ec;
+            srv.start(ec);
+            REQUIRE(!ec);
+            CHECK(test::get(srv.port(), "/ping").status == 200);
+            REQUIRE(::raise(SIGUSR1) == 0);
+            srv.wait();  // from the test thread (bounded by the watchdog)
+            CHECK(srv.state() == rs::server_state::stopped);
+            CHECK(test::open_fds() == fds0);
+            CHECK(settled_thread_count(threads0) == threads0);
+        }
+        {
+            INFO("run() in a thread + pthread_kill() to that thread (the loop thread)");
+            {
+                run_in_thread rt(srv);
+                REQUIRE(srv.wait_until_running(10s));
+                CHECK(test::get(srv.port(), "/ping").status == 200);
+                REQUIRE(::pthread_kill(rt.native_handle(), SIGUSR1) == 0);
+                REQUIRE(rt.wait_done(10s));
+                CHECK(!rt.join());
+            }
+            CHECK(srv.state() == rs::server_state::stopped);
+            CHECK(test::open_fds() == fds0);
+            CHECK(settled_thread_count(threads0) == threads0);
+        }
+    }
+    // The previous disposition is back.
+    struct sigaction now {};
+    ::sigaction(SIGUSR1, nullptr, &now);
+    CHECK(now.sa_handler != on_sigusr1);
+}
+
+// ============================================================ failing starts ==
+
+TEST_CASE("lifecycle: start() on a busy port fails with address_in_use and leaks nothing", "[lifecycle]") {
+    watchdog wd("busy port", 60s);
+    std::uint16_t port = 0;
+    int blocker = listening_socket(0, port);
+    REQUIRE(blocker >= 0);
+    fd_guard bg(blocker);
+
+    rs::options o = test::local_options(2);
+    o.listener = rs::tcp_listener("127.0.0.1", port);
+    rs::server srv(o);
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    std::error_code ec;
+    srv.start(ec);
+    CHECK(ec == std::errc::address_in_use);
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(srv.port() == 0);
+    CHECK(!srv.wait_until_running(50ms));
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+
+    ec.clear();
+    srv.run(ec);  // returns at once with the error
+    CHECK(ec == std::errc::address_in_use);
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+
+    // Once the port is free, the same object starts on it.
+    bg.close();
+    ec.clear();
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(srv.port() == port);
+    CHECK(test::get(port, "/ping").status == 200);
+    CHECK(srv.stop().waited);
+}
+
+TEST_CASE("lifecycle: a second server on the first one's port gets address_in_use", "[lifecycle]") {
+    watchdog wd("second server", 60s);
+    rs::server first(test::local_options(2));
+    add_ping(first);
+    std::error_code ec;
+    first.start(ec);
+    REQUIRE(!ec);
+    const std::uint16_t port = first.port();
+
+    rs::options o = test::local_options(2);
+    o.listener = rs::tcp_listener("127.0.0.1", port);
+    rs::server second(o);
+    add_ping(second);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    second.start(ec);
+    CHECK(ec == std::errc::address_in_use);
+    CHECK(second.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+    // The first one is unaffected.
+    CHECK(first.state() == rs::server_state::running);
+    CHECK(test::get(port, "/ping").status == 200);
+    CHECK(first.stop().waited);
+}
+
+TEST_CASE("lifecycle: start() or run() while running gives already_running", "[lifecycle]") {
+    watchdog wd("already running", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    const std::uint16_t port = srv.port();
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    srv.start(ec);
+    CHECK(ec == rs::errc::already_running);
+    CHECK(ec.category() == rs::error_category());
+    ec.clear();
+    srv.run(ec);
+    CHECK(ec == rs::errc::already_running);
+    CHECK(srv.state() == rs::server_state::running);
+    CHECK(srv.port() == port);
+    CHECK(test::open_fds() == fds0);
+    CHECK(test::thread_count() == threads0);
+    CHECK(test::get(port, "/ping").status == 200);
+    CHECK(srv.stop().waited);
+}
+
+TEST_CASE("lifecycle: a failing listener factory's error propagates", "[lifecycle]") {
+    watchdog wd("failing factory", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    int calls = 0;
+    srv.set_listener([&calls](std::error_code& ec) {
+        ++calls;
+        ec = std::make_error_code(std::errc::permission_denied);
+        return rs::unique_fd{};
+    });
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    std::error_code ec;
+    srv.start(ec);
+    CHECK(ec == std::errc::permission_denied);
+    CHECK(calls == 1);
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+
+    // No socket and no error: no_listener.
+    srv.set_listener([](std::error_code&) { return rs::unique_fd{}; });
+    ec.clear();
+    srv.start(ec);
+    CHECK(ec == rs::errc::no_listener);
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+
+    // And a good factory afterwards works.
+    srv.set_listener(rs::tcp_listener("127.0.0.1", 0));
+    ec.clear();
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(test::get(srv.port(), "/ping").status == 200);
+    CHECK(srv.stop().waited);
+}
+
+// ================================================================= draining ==
+
+TEST_CASE("lifecycle: stop() during a 300 ms handler lets it finish; response has Connection: close",
+          "[lifecycle]") {
+    watchdog wd("drain", 60s);
+    rs::server srv(test::local_options(2));
+    const std::string body = big_body(256 * 1024);
+    event entered;
+    std::atomic<bool> handler_done{false};
+    srv.get("/slow", [&](const rs::request&, rs::response& res) {
+        entered.set();
+        std::this_thread::sleep_for(300ms);  // the workload
+        res.set_content(body, "application/octet-stream");
+        handler_done = true;
+    });
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    int fd = test::connect_to(srv.port(), 10s);
+    REQUIRE(fd >= 0);
+    fd_guard g(fd);
+
+    test::http_response r;
+    bool eof_after = false;
+    rs::stop_result sr;
+    bool done_when_stop_returned = false;
+    {
+        scoped_thread client([&] {
+            test::reader rd{fd, {}};
+            if (!test::send_all(fd, "GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")) return;  // keep-alive
+            r = rd.read_response();
+            eof_after = rd.at_eof();
+        });
+        REQUIRE(entered.wait_for(10s));
+        sr = srv.stop();  // while the handler runs
+        done_when_stop_returned = handler_done.load();
+    }
+    CHECK(sr.waited);
+    CHECK(sr.drained);
+    CHECK(sr.cut == 0);
+    CHECK(done_when_stop_returned);
+    CHECK(r.status == 200);
+    CHECK(r.body.size() == body.size());
+    CHECK((r.body == body));
+    CHECK(lower(r.header("Connection")) == "close");
+    CHECK(eof_after);
+    g.close();
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+}
+
+TEST_CASE("lifecycle: past drain_timeout the connection is cut before the handler returns", "[lifecycle]") {
+    watchdog wd("drain deadline", 60s);
+    rs::options o = test::local_options(2);
+    o.drain_timeout = 200ms;
+    rs::server srv(o);
+    event entered, release;
+    std::atomic<bool> released_by_client{false};
+    steady::time_point handler_end{};
+    std::mutex handler_end_m;
+    srv.get("/block", [&](const rs::request&, rs::response& res) {
+        entered.set();
+        // The workload: blocks until the client saw its connection cut (or 5 s pass).
+        released_by_client = release.wait_for(5s);
+        {
+            std::lock_guard<std::mutex> lock(handler_end_m);
+            handler_end = steady::now();
+        }
+        res.set_content("late", "text/plain");
+    });
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    int fd = test::connect_to(srv.port(), 8s);  // longer than the handler's 5 s
+    REQUIRE(fd >= 0);
+    fd_guard g(fd);
+
+    test::http_response r;
+    steady::time_point woke{};
+    bool sent = false;
+    steady::time_point t_stop{};
+    rs::stop_result sr;
+    {
+        scoped_thread client([&] {
+            test::reader rd{fd, {}};
+            sent = test::send_all(fd, "GET /block HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            if (sent) r = rd.read_response();
+            woke = steady::now();
+            release.set();
+        });
+        REQUIRE(entered.wait_for(10s));
+        t_stop = steady::now();
+        sr = srv.stop();
+    }
+    CHECK(sent);
+    CHECK(sr.waited);
+    CHECK(!sr.drained);
+    CHECK(sr.cut == 1);
+    CHECK(r.status == 0);  // no response: the connection was shut down
+    CHECK(r.head.empty());
+    CHECK(released_by_client.load());  // the cut came before the handler returned
+    {
+        std::lock_guard<std::mutex> lock(handler_end_m);
+        CHECK(woke <= handler_end);
+    }
+    const long long cut_after = ms_between(t_stop, woke);
+    INFO("connection cut " << cut_after << " ms after stop()");
+    CHECK(cut_after >= 180);   // not before the drain deadline (200 ms, some clock slack)
+    CHECK(cut_after < 4000);   // soon after it (generous for a loaded machine)
+    g.close();
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+}
+
+TEST_CASE("lifecycle: an idle keep-alive client is disconnected within 100 ms of stop()", "[lifecycle]") {
+    watchdog wd("idle keep-alive", 60s);
+    rs::server srv(test::local_options(2));  // idle_timeout: the default 60 s
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    int fd = test::connect_to(srv.port(), 5s);
+    REQUIRE(fd >= 0);
+    fd_guard g(fd);
+    test::http_response r = http_exchange(fd, keep_alive_ping);
+    REQUIRE(r.status == 200);
+    REQUIRE(r.body == "pong");
+    REQUIRE(lower(r.header("Connection")) != "close");
+
+    event blocking;
+    close_kind seen = close_kind::other_error;
+    steady::time_point woke{};
+    steady::time_point t_stop{};
+    rs::stop_result sr;
+    {
+        scoped_thread client([&] {
+            blocking.set();
+            seen = recv_one(fd);
+            woke = steady::now();
+        });
+        REQUIRE(blocking.wait_for(10s));
+        t_stop = steady::now();
+        sr = srv.stop();
+    }
+    CHECK(is_closed(seen));
+    const long long after = ms_between(t_stop, woke);
+    INFO("client woke " << after << " ms after stop() was called");
+    CHECK(after < 100);
+    CHECK(sr.waited);
+    CHECK(sr.drained);
+    CHECK(sr.cut == 0);
+    g.close();
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+}
+
+// ================================================================= restarts ==
+
+TEST_CASE("lifecycle: restart on the same port while old connections are in TIME_WAIT", "[lifecycle]") {
+    watchdog wd("TIME_WAIT restart", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    const std::uint16_t port = srv.port();
+    for (int i = 0; i < 5; ++i) {
+        int fd = test::connect_to(port, 10s);
+        REQUIRE(fd >= 0);
+        fd_guard g(fd);
+        test::reader rd{fd, {}};
+        REQUIRE(test::send_all(fd, "GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"));
+        test::http_response r = rd.read_response();
+        REQUIRE(r.status == 200);
+        // Close only after the server did: its side is the one left in TIME_WAIT.
+        REQUIRE(rd.at_eof());
+    }
+    CHECK(srv.stop().waited);
+    const int tw = time_wait_sockets(port);
+    INFO("TIME_WAIT sockets on port " << port << ": " << tw);
+    CHECK(tw >= 1);  // the premise of this test
+
+    srv.set_listener(rs::tcp_listener("127.0.0.1", port));
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(srv.port() == port);
+    test::http_response r = test::get(port, "/ping");
+    CHECK(r.status == 200);
+    CHECK(r.body == "pong");
+    CHECK(srv.stop().waited);
+}
+
+TEST_CASE("lifecycle: state() and wait_until_running()", "[lifecycle]") {
+    watchdog wd("state", 60s);
+    CHECK(rs::to_string(rs::server_state::stopped) == "stopped");
+    CHECK(rs::to_string(rs::server_state::starting) == "starting");
+    CHECK(rs::to_string(rs::server_state::running) == "running");
+    CHECK(rs::to_string(rs::server_state::stopping) == "stopping");
+
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    CHECK(srv.state() == rs::server_state::stopped);
+    auto t0 = steady::now();
+    CHECK(!srv.wait_until_running(50ms));
+    CHECK(ms_between(t0, steady::now()) >= 45);  // it did wait for the timeout
+
+    // A waiter blocked before the start is woken by it.
+    bool woke_running = false;
+    event waiting;
+    std::error_code ec;
+    {
+        scoped_thread w([&] {
+            waiting.set();
+            woke_running = srv.wait_until_running(10s);
+        });
+        REQUIRE(waiting.wait_for(10s));
+        srv.start(ec);
+    }
+    REQUIRE(!ec);
+    CHECK(woke_running);
+    CHECK(srv.state() == rs::server_state::running);
+    CHECK(srv.wait_until_running(50ms));
+    CHECK(test::get(srv.port(), "/ping").status == 200);
+    CHECK(srv.stop().waited);
+    CHECK(srv.state() == rs::server_state::stopped);
+    t0 = steady::now();
+    CHECK(!srv.wait_until_running(50ms));
+    CHECK(ms_between(t0, steady::now()) >= 45);
+}
+
+TEST_CASE("lifecycle: routes and options changed between runs take effect at the next start",
+          "[lifecycle]") {
+    watchdog wd("changes between runs", 60s);
+    rs::server srv(test::local_options(1));
+    srv.get("/a", [](const rs::request&, rs::response& res) { res.set_content("a", "text/plain"); });
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(test::get(srv.port(), "/a").body == "a");
+    CHECK(test::get(srv.port(), "/b").status == 404);
+    // Added while running: not served by this run.
+    srv.get("/c", [](const rs::request&, rs::response& res) { res.set_content("c", "text/plain"); });
+    CHECK(test::get(srv.port(), "/c").status == 404);
+    CHECK(srv.stop().waited);
+
+    // Added while stopped: served by the next run, like the one added while running.
+    srv.get("/b", [](const rs::request&, rs::response& res) { res.set_content("b", "text/plain"); });
+    srv.start(ec);
+    REQUIRE(!ec);
+    test::http_response r = test::get(srv.port(), "/b");
+    CHECK(r.status == 200);
+    CHECK(r.body == "b");
+    r = test::get(srv.port(), "/c");
+    CHECK(r.status == 200);
+    CHECK(r.body == "c");
+    CHECK(test::get(srv.port(), "/a").body == "a");
+    const int threads_one_worker = test::thread_count();
+    CHECK(srv.stop().waited);
+
+    // Options: five workers instead of one, and a listener on another port.
+    rs::options o = srv.get_options();
+    CHECK(o.worker_threads == 1);
+    std::uint16_t fixed_port = 0;
+    {
+        int probe = listening_socket(0, fixed_port);  // an unused port, released at once
+        REQUIRE(probe >= 0);
+        ::close(probe);
+    }
+    o.worker_threads = 5;
+    o.listener = rs::tcp_listener("127.0.0.1", fixed_port);
+    srv.set_options(o);
+    CHECK(srv.get_options().worker_threads == 5);
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(srv.port() == fixed_port);
+    CHECK(settled_thread_count(threads_one_worker + 4) == threads_one_worker + 4);
+    CHECK(test::get(fixed_port, "/b").body == "b");
+    // Options changed while running: this run keeps its own.
+    o.worker_threads = 1;
+    srv.set_options(o);
+    CHECK(test::thread_count() == threads_one_worker + 4);
+    CHECK(srv.stop().waited);
+}
+
+TEST_CASE("lifecycle: a stop requested while start() runs is not lost", "[lifecycle]") {
+    watchdog wd("stop during start", 60s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    int calls = 0;
+    rs::server_state state_in_factory = rs::server_state::stopped;
+    srv.set_listener([&srv, &calls, &state_in_factory](std::error_code& ec) {
+        ++calls;
+        state_in_factory = srv.state();
+        std::thread t([&srv] { srv.request_stop(); });
+        t.join();
+        return rs::tcp_listener("127.0.0.1", 0)(ec);
+    });
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+
+    std::error_code ec;
+    srv.start(ec);
+    CHECK(!ec);
+    CHECK(calls == 1);
+    CHECK(state_in_factory == rs::server_state::starting);
+    srv.wait();  // the run ends by itself (a hang is caught by the watchdog)
+    CHECK(srv.state() == rs::server_state::stopped);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+
+    // The request was consumed by that run: the next one stays up.
+    srv.set_listener(rs::tcp_listener("127.0.0.1", 0));
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(test::get(srv.port(), "/ping").status == 200);
+    CHECK(srv.state() == rs::server_state::running);
+    CHECK(srv.stop().waited);
+}
+
+// ============================================================ other listeners ==
+
+TEST_CASE("lifecycle: tcp_listener(\"::1\", 0) serves over IPv6", "[lifecycle]") {
+    watchdog wd("ipv6", 60s);
+    if (!ipv6_loopback_available()) {
+        WARN("::1 is not available here; IPv6 test skipped");
+        return;
+    }
+    rs::options o = test::local_options(2);
+    o.listener = rs::tcp_listener("::1", 0);
+    rs::server srv(o);
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    for (int i = 0; i < 2; ++i) {
+        std::error_code ec;
+        srv.start(ec);
+        REQUIRE(!ec);
+        const std::uint16_t port = srv.port();
+        REQUIRE(port != 0);
+        test::http_response r = get_via([port] { return connect_v6_loopback(port); }, "/ping");
+        CHECK(r.status == 200);
+        CHECK(r.body == "pong");
+        CHECK(srv.stop().waited);
+        CHECK(test::open_fds() == fds0);
+    }
+}
+
+TEST_CASE("lifecycle: unix_listener serves, restarts on the same path, refuses a path in use",
+          "[lifecycle]") {
+    watchdog wd("unix", 60s);
+    char tmpl[] = "/tmp/rs_lifecycle_XXXXXX";
+    char* dir = ::mkdtemp(tmpl);
+    REQUIRE(dir != nullptr);
+    const std::string path = std::string(dir) + "/srv.sock";
+    struct cleanup {
+        std::string p, d;
+        ~cleanup() {
+            ::unlink(p.c_str());
+            ::rmdir(d.c_str());
+        }
+    } clean{path, dir};
+
+    rs::options o = test::local_options(2);
+    o.listener = rs::unix_listener(path);
+    rs::server srv(o);
+    add_ping(srv);
+    rs::server second(o);
+    add_ping(second);
+    const int fds0 = test::open_fds();
+    const int threads0 = test::thread_count();
+    auto via_unix = [&path] { return connect_unix(path); };
+
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    CHECK(srv.port() == 0);  // not TCP
+    test::http_response r = get_via(via_unix, "/ping");
+    CHECK(r.status == 200);
+    CHECK(r.body == "pong");
+    CHECK(srv.stop().waited);
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);  // left on disk (documented) ...
+    CHECK(S_ISSOCK(st.st_mode));
+    {
+        fd_guard stale(connect_unix(path));
+        CHECK(stale.fd < 0);  // ... and stale: nobody accepts on it
+    }
+
+    // Restart: the stale file is replaced.
+    srv.start(ec);
+    REQUIRE(!ec);
+    r = get_via(via_unix, "/ping");
+    CHECK(r.status == 200);
+    CHECK(r.body == "pong");
+
+    // A second server on the path in use fails and must not steal it.
+    second.start(ec);
+    CHECK(ec == std::errc::address_in_use);
+    CHECK(second.state() == rs::server_state::stopped);
+    r = get_via(via_unix, "/ping");
+    CHECK(r.status == 200);
+    CHECK(srv.stop().waited);
+    CHECK(test::open_fds() == fds0);
+    CHECK(settled_thread_count(threads0) == threads0);
+
+    // Any other kind of file there is not replaced either.
+    ::unlink(path.c_str());
+    {
+        std::FILE* f = std::fopen(path.c_str(), "w");
+        REQUIRE(f != nullptr);
+        std::fputs("not a socket\n", f);
+        std::fclose(f);
+    }
+    ec.clear();
+    srv.start(ec);
+    CHECK(ec == std::errc::address_in_use);
+    CHECK(srv.state() == rs::server_state::stopped);
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(S_ISREG(st.st_mode));
+    CHECK(test::open_fds() == fds0);
+}
+
+TEST_CASE("lifecycle: inherited_listener can be started and stopped repeatedly", "[lifecycle]") {
+    watchdog wd("inherited", 60s);
+    std::uint16_t port = 0;
+    int lfd = listening_socket(0, port);
+    REQUIRE(lfd >= 0);
+    fd_guard lg(lfd);
+    rs::options o = test::local_options(2);
+    o.listener = rs::inherited_listener(lfd);
+    rs::server srv(o);
+    add_ping(srv);
+    const int fds0 = test::open_fds();
+    for (int i = 0; i < 3; ++i) {
+        INFO("cycle " << i);
+        std::error_code ec;
+        srv.start(ec);
+        REQUIRE(!ec);
+        CHECK(srv.port() == port);
+        CHECK(test::get(port, "/ping").body == "pong");
+        CHECK(srv.stop().waited);
+        CHECK(test::open_fds() == fds0);
+    }
+    // The caller's descriptor is still open and listening.
+    int accepting = 0;
+    socklen_t len = sizeof accepting;
+    CHECK(::getsockopt(lfd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) == 0);
+    CHECK(accepting == 1);
+}
