@@ -84,6 +84,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -124,6 +125,9 @@ enum class errc {
     invalid_address,      ///< the host could not be parsed or resolved
     path_too_long,        ///< a Unix socket path longer than sockaddr_un allows
     no_listener,          ///< the listener factory returned no socket and no error
+    body_too_large,       ///< a streamed request body grew past options::max_body_bytes
+    malformed_body,       ///< a chunked request body broke RFC 9112 framing
+    body_incomplete,      ///< the client closed the connection before the body ended
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -197,6 +201,13 @@ struct header {
     std::string_view value;
 };
 
+namespace detail {
+class body_reader;
+}  // namespace detail
+
+/// body_sink: receives a request body piece by piece; returns false to stop reading.
+using body_sink = std::function<bool(std::string_view piece)>;
+
 /// request: what a handler sees. Every string_view points into the connection's buffer
 /// and is valid only until the handler returns: copy what you keep.
 class request {
@@ -207,7 +218,7 @@ public:
     std::string_view query;       ///< target after '?', raw ("" when none)
     int version_minor = 1;        ///< 1 for HTTP/1.1, 0 for HTTP/1.0
     std::vector<header> headers;  ///< in arrival order
-    std::string_view body;        ///< the whole body (Content-Length bytes)
+    std::string_view body;        ///< the whole body, de-chunked ("" on a streamed route)
 
     /// get_header: the value of the first field called name (case-insensitive), or "".
     std::string_view get_header(std::string_view name) const noexcept;
@@ -218,11 +229,44 @@ public:
     /// query_param: the first query parameter called name, percent-decoded ('+' is a
     /// space), or std::nullopt when the query has no such parameter.
     std::optional<std::string> query_param(std::string_view name) const;
+    /// read_body: on a route registered with body_mode::streamed, calls sink with each
+    /// piece of the body (de-chunked) as it arrives, until the body ends or sink returns
+    /// false; the whole body is never held in memory. Sends "100 Continue" first when the
+    /// client asked for it. Blocks the handler's thread while the client is slow, up to
+    /// options::body_timeout between pieces. Returns no error once the whole body was
+    /// read; errc::body_too_large past options::max_body_bytes (the response becomes 413),
+    /// errc::malformed_body (400), std::errc::timed_out (408), errc::body_incomplete
+    /// when the client went away. On a buffered route, calls sink once with body.
+    std::error_code read_body(const body_sink& sink) const;
 
 private:
     friend class server;
     std::vector<std::pair<std::string_view, std::string>> params_;
+    detail::body_reader* reader_ = nullptr;
 };
+
+/// body_writer: where a streamed response's provider writes its body.
+class body_writer {
+public:
+    /// write: sends data now: one chunk to an HTTP/1.1 client, raw bytes to HTTP/1.0
+    /// (whose body then ends when the connection closes). Empty data is ignored. Returns
+    /// false once the client is gone, a write timed out, or the drain deadline of a stop
+    /// cut the connection: the provider should return then.
+    bool write(std::string_view data);
+
+private:
+    friend class server;
+    body_writer(int fd, bool chunked, std::chrono::milliseconds timeout) noexcept
+        : fd_(fd), chunked_(chunked), timeout_(timeout) {}
+    int fd_;
+    bool chunked_;
+    bool failed_ = false;
+    std::chrono::milliseconds timeout_;
+};
+
+/// body_provider: produces a streamed response body by calling body_writer::write.
+using body_provider = std::function<void(body_writer& out)>;
+
 
 /// response: what a handler fills in. Status 200 and an empty body by default.
 /// Content-Length, Date and Connection are added by the server; do not set them.
@@ -238,10 +282,16 @@ public:
     void set_content(std::string_view content, std::string_view content_type);
     /// get_header: the value of the field called name (case-insensitive), or "".
     std::string_view get_header(std::string_view name) const noexcept;
+    /// set_stream: the body is produced after the head is sent, by provider, on the same
+    /// thread, once the handler has returned: chunked to HTTP/1.1 clients, ended by
+    /// closing the connection for HTTP/1.0 ones. Each write is sent at once, so
+    /// server-sent events (Content-Type text/event-stream) work. Replaces body.
+    void set_stream(std::string_view content_type, body_provider provider);
 
 private:
     friend class server;
     void clear() noexcept;
+    body_provider provider_;
 };
 
 /// handler: called on a worker thread (or on the loop thread when worker_threads is 0)
@@ -261,14 +311,49 @@ struct parse_result {
     parse_status status = parse_status::partial;
     std::size_t head_bytes = 0;  ///< complete: bytes of the request line and headers,
                                  ///< including the empty line that ends them
-    int error_status = 0;        ///< error: 400, 431 or 505
+    int error_status = 0;        ///< error: 400, 414, 431 or 505
+};
+/// parse_limits: the sizes parse_request() enforces.
+struct parse_limits {
+    std::size_t max_request_line = 8 * 1024;  ///< request line without CRLF (414 past it)
+    std::size_t max_header_bytes = 16 * 1024; ///< request line and fields (431 past it)
+    std::size_t max_headers = 100;            ///< header fields (431 past it)
 };
 /// parse_request: parses the request line and header fields at the start of buf into out
 /// (method, target, path, query, version_minor, headers; everything else untouched).
-/// out.headers is cleared first. Lines end in CRLF; a bare LF is rejected (400). Pure: no
-/// I/O, no allocation beyond out.headers, and the views in out point into buf.
-parse_result parse_request(std::string_view buf, request& out, std::size_t max_headers,
-                           std::size_t max_header_bytes) noexcept;
+/// out.headers is cleared first. Strict RFC 9112: lines end in CRLF (a bare LF is 400),
+/// no whitespace before a field's colon, no obs-fold, no control bytes in values, "*"
+/// only for OPTIONS. Pure: no I/O, no allocation beyond out.headers; the views in out
+/// point into buf.
+parse_result parse_request(std::string_view buf, request& out, const parse_limits& limits) noexcept;
+
+/// chunked_decoder: decodes a chunked request body (RFC 9112 7.1) incrementally, with
+/// chunk extensions and trailer fields (both checked, then dropped).
+class chunked_decoder {
+public:
+    /// step_result: what one step() did. data is a piece of the body inside the input
+    /// (possibly empty); status is complete after the last chunk and trailers, error
+    /// with error_status 400 on malformed framing, partial otherwise.
+    struct step_result {
+        parse_status status = parse_status::partial;
+        std::size_t consumed = 0;
+        std::string_view data;
+        int error_status = 0;
+    };
+    /// step: decodes from the start of in and returns after one piece of data, at the
+    /// end of the body, on an error, or when in is used up. Call again with the rest.
+    step_result step(std::string_view in) noexcept;
+
+private:
+    enum class state : unsigned char {
+        size, extension, size_lf, data, data_cr, data_lf, trailer_start, trailer_name,
+        trailer_value, trailer_lf, end_lf
+    };
+    state state_ = state::size;
+    std::uint64_t remaining_ = 0;  // chunk bytes still to come (the size, while parsing it)
+    unsigned digits_ = 0;
+    std::size_t line_bytes_ = 0;   // bytes of the current extension or trailer section
+};
 }  // namespace detail
 
 /// status_text: the reason phrase of an HTTP status code ("Not Found"), or "Unknown".
@@ -291,18 +376,38 @@ struct options {
     /// idle_timeout: a keep-alive connection with no request for this long is closed.
     /// Default 60 s. 0 means never.
     std::chrono::milliseconds idle_timeout{60000};
+    /// header_timeout: a request head must arrive whole within this time of the
+    /// connection's opening or the request's first byte (slowloris); past it the client
+    /// gets 408 (if it sent anything) and the connection closes. Default 10 s. 0: never.
+    std::chrono::milliseconds header_timeout{10000};
+    /// body_timeout: a request body that makes no progress for this long gets 408 and the
+    /// connection closes. Default 30 s. 0 means never.
+    std::chrono::milliseconds body_timeout{30000};
     /// write_timeout: a response that makes no progress for this long is abandoned and its
     /// connection closed. Default 30 s. 0 means never.
     std::chrono::milliseconds write_timeout{30000};
+    /// max_request_line_bytes: the request line may not be longer (414 past it).
+    /// Default 8 KiB. 0 means the default.
+    std::size_t max_request_line_bytes = 8 * 1024;
     /// max_header_bytes: the request line plus headers may not be longer (431 past it).
     /// Default 16 KiB. 0 means the default.
     std::size_t max_header_bytes = 16 * 1024;
     /// max_headers: at most this many header fields (431 past it). Default 100. 0 means
     /// the default.
     std::size_t max_headers = 100;
-    /// max_body_bytes: a Content-Length above this is answered with 413. Default 64 MiB.
+    /// max_body_bytes: a larger request body is answered with 413. Default 64 MiB.
     /// 0 means the default.
     std::size_t max_body_bytes = 64 * 1024 * 1024;
+    /// max_connections: with this many connections open, a new one is answered 503 and
+    /// closed at once (the listener keeps accepting, so the backlog never fills).
+    /// Default 20000. 0 means the default.
+    std::size_t max_connections = 20000;
+};
+
+/// body_mode: how a route receives request bodies.
+enum class body_mode {
+    buffered,  ///< the whole body is read before the handler runs: request::body
+    streamed,  ///< the handler runs after the head; it reads with request::read_body()
 };
 
 /// server_state: where a server is in its lifecycle.
@@ -340,16 +445,23 @@ public:
     // Routes. pattern is a path whose segments may be ":name" parameters ("/users/:id").
     // Routes added while running take effect at the next start. Any thread.
 
-    /// route: calls h for requests with this method (exact, case-sensitive) and pattern.
-    server& route(std::string method, std::string pattern, handler h);
+    /// route: calls h for requests with this method (exact, case-sensitive) and pattern;
+    /// mode says whether h gets the whole body or reads it as a stream.
+    server& route(std::string method, std::string pattern, handler h, body_mode mode = body_mode::buffered);
     /// get: route("GET", ...). A GET route also answers HEAD, without the body.
     server& get(std::string pattern, handler h) { return route("GET", std::move(pattern), std::move(h)); }
     /// post: route("POST", ...).
-    server& post(std::string pattern, handler h) { return route("POST", std::move(pattern), std::move(h)); }
+    server& post(std::string pattern, handler h, body_mode mode = body_mode::buffered) {
+        return route("POST", std::move(pattern), std::move(h), mode);
+    }
     /// put: route("PUT", ...).
-    server& put(std::string pattern, handler h) { return route("PUT", std::move(pattern), std::move(h)); }
+    server& put(std::string pattern, handler h, body_mode mode = body_mode::buffered) {
+        return route("PUT", std::move(pattern), std::move(h), mode);
+    }
     /// patch: route("PATCH", ...).
-    server& patch(std::string pattern, handler h) { return route("PATCH", std::move(pattern), std::move(h)); }
+    server& patch(std::string pattern, handler h, body_mode mode = body_mode::buffered) {
+        return route("PATCH", std::move(pattern), std::move(h), mode);
+    }
     /// del: route("DELETE", ...).
     server& del(std::string pattern, handler h) { return route("DELETE", std::move(pattern), std::move(h)); }
 
@@ -408,8 +520,9 @@ private:
     bool on_server_thread() const;
     void register_server_thread();
     void process(run_context& run, worker_context& w, connection& c) noexcept;
-    bool respond(run_context& run, worker_context& w, connection& c) noexcept;
-    bool write_response(run_context& run, worker_context& w, connection& c, bool keep_alive) noexcept;
+    const route_entry* find_route(const run_context& run, request& req, int& status) const;
+    bool respond(run_context& run, worker_context& w, connection& c, const route_entry* r, int route_status) noexcept;
+    bool write_response(run_context& run, worker_context& w, connection& c, bool& keep_alive) noexcept;
     void worker_main(run_context& run) noexcept;
     void set_state(server_state s);
     void wake() noexcept;
@@ -650,6 +763,15 @@ inline bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::millise
     return true;
 }
 
+/// send_now: a minimal error response for a connection about to be closed, without
+/// waiting: if the socket buffer is full the client gets no answer, only the close.
+inline void send_now(int fd, int status) noexcept {
+    char buf[96];
+    int n = std::snprintf(buf, sizeof buf, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                          status, status == 408 ? "Request Timeout" : "Service Unavailable");
+    if (n > 0) (void)::send(fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 inline bool set_nonblocking_cloexec(int fd) noexcept {
     int fl = ::fcntl(fd, F_GETFL);
     int fdfl = ::fcntl(fd, F_GETFD);
@@ -675,6 +797,9 @@ public:
             case errc::invalid_address: return "the address could not be parsed or resolved";
             case errc::path_too_long: return "the Unix socket path is too long";
             case errc::no_listener: return "the listener factory returned no socket";
+            case errc::body_too_large: return "the request body is larger than max_body_bytes";
+            case errc::malformed_body: return "the chunked request body is malformed";
+            case errc::body_incomplete: return "the client closed the connection before the body ended";
         }
         return "unknown restartable_server error";
     }
@@ -682,54 +807,63 @@ public:
 
 // ---------------------------------------------------------------- parser --
 
-inline parse_result parse_request(std::string_view buf, request& out, std::size_t max_headers,
-                                  std::size_t max_header_bytes) noexcept {
+inline parse_result parse_request(std::string_view buf, request& out, const parse_limits& limits) noexcept {
     out.headers.clear();
-    const std::string_view in = buf.substr(0, max_header_bytes);
-    // Out of bytes: "partial", unless the head already runs past the limit.
+    const std::string_view in = buf.substr(0, limits.max_header_bytes);
+    // Out of bytes: "partial", unless the head already runs past a limit.
     const parse_result more{buf.size() > in.size() ? parse_status::error : parse_status::partial, 0,
                             buf.size() > in.size() ? 431 : 0};
+    const parse_result line_too_long{parse_status::error, 0, 414};
+    const bool line_over = buf.size() >= limits.max_request_line + 2;  // no room left for its CRLF
+    const parse_result more_line = line_over ? line_too_long : more;
     const parse_result bad{parse_status::error, 0, 400};
     const std::size_t n = in.size();
     std::size_t pos = 0;
 
     // request-line = method SP request-target SP HTTP-version CRLF
     while (pos < n && is_tchar(static_cast<unsigned char>(in[pos]))) ++pos;
-    if (pos == n) return more;
+    if (pos == n) return more_line;
     if (pos == 0 || in[pos] != ' ') return bad;
     out.method = in.substr(0, pos);
     const std::size_t target_start = ++pos;
     while (pos < n && static_cast<unsigned char>(in[pos]) > 0x20 && static_cast<unsigned char>(in[pos]) < 0x7f) ++pos;
-    if (pos == n) return more;
+    if (pos == n) return more_line;
     if (pos == target_start || in[pos] != ' ') return bad;
     out.target = in.substr(target_start, pos - target_start);
     ++pos;
     static constexpr std::string_view http = "HTTP/";
     for (char expected : http) {
-        if (pos == n) return more;
+        if (pos == n) return more_line;
         if (in[pos++] != expected) return bad;
     }
     // DIGIT "." DIGIT CRLF
-    for (int i = 0; i < 5; ++i) {
-        if (pos + static_cast<std::size_t>(i) == n) return more;
-        char c = in[pos + static_cast<std::size_t>(i)];
-        bool ok = (i == 0 || i == 2) ? (c >= '0' && c <= '9') : c == ".\r\n"[i == 1 ? 0 : i - 2];
+    for (std::size_t i = 0; i < 5; ++i) {
+        if (pos + i == n) return more_line;
+        const char c = in[pos + i];
+        const bool ok = (i == 0 || i == 2) ? (c >= '0' && c <= '9') : c == ".\r\n"[i == 1 ? 0 : i - 2];
         if (!ok) return bad;
     }
+    if (pos + 3 > limits.max_request_line) return line_too_long;
     if (in[pos] != '1') return {parse_status::error, 0, 505};
-    out.version_minor = in[pos + 2] == '0' ? 0 : 1;
+    out.version_minor = in[pos + 2] == '0' ? 0 : 1;  // HTTP/1.2 and later are served as 1.1
     pos += 5;
 
     // origin-form "/path?query", absolute-form "http://host/path?query", or "*".
     std::string_view target = out.target;
-    if (target.size() > 7 && (iequals(target.substr(0, 7), "http://") || iequals(target.substr(0, 8), "https://"))) {
-        std::size_t slash = target.find('/', target.find("//") + 2);
-        target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
-    } else if (target.front() != '/' && target != "*") {
+    const std::size_t scheme_end = iequals(target.substr(0, 7), "http://")    ? 7
+                                   : iequals(target.substr(0, 8), "https://") ? 8
+                                                                              : 0;
+    if (scheme_end != 0) {
+        const std::size_t slash = std::min(target.find_first_of("/?", scheme_end), target.size());
+        if (slash == scheme_end) return bad;  // no authority
+        target = target.substr(slash);
+    } else if (target == "*") {
+        if (out.method != "OPTIONS") return bad;
+    } else if (target.front() != '/') {
         return bad;
     }
-    std::size_t q = target.find('?');
-    out.path = target.substr(0, q);
+    const std::size_t q = target.find('?');
+    out.path = target.empty() || q == 0 ? std::string_view("/") : target.substr(0, q);
     out.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
 
     // *( field-name ":" OWS field-value OWS CRLF ) CRLF
@@ -757,12 +891,238 @@ inline parse_result parse_request(std::string_view buf, request& out, std::size_
         if (in[pos + 1] != '\n') return bad;
         std::size_t value_end = pos;
         while (value_end > value_start && (in[value_end - 1] == ' ' || in[value_end - 1] == '\t')) --value_end;
-        if (out.headers.size() >= max_headers) return {parse_status::error, 0, 431};
+        if (out.headers.size() >= limits.max_headers) return {parse_status::error, 0, 431};
         out.headers.push_back({name, in.substr(value_start, value_end - value_start)});
         pos += 2;
     }
 }
 
+
+inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) noexcept {
+    constexpr std::size_t max_line = 4096;  // one chunk extension, or all trailer fields
+    const step_result bad{parse_status::error, 0, {}, 400};
+    std::size_t i = 0;
+    for (; i < in.size(); ++i) {
+        const auto c = static_cast<unsigned char>(in[i]);
+        const bool ctl = (c < 0x20 && c != '\t') || c == 0x7f;
+        switch (state_) {
+            case state::size: {
+                const int v = hex_value(static_cast<char>(c));
+                if (v >= 0) {
+                    if (digits_++ == 15) return bad;  // past 60 bits: no real body is that big
+                    remaining_ = remaining_ * 16 + static_cast<unsigned>(v);
+                } else if (digits_ == 0) {
+                    return bad;
+                } else if (c == ';' || c == ' ' || c == '\t') {
+                    state_ = state::extension;
+                    line_bytes_ = 0;
+                } else if (c == '\r') {
+                    state_ = state::size_lf;
+                } else {
+                    return bad;
+                }
+                break;
+            }
+            case state::extension:
+                if (c == '\r')
+                    state_ = state::size_lf;
+                else if (ctl || ++line_bytes_ > max_line)
+                    return bad;
+                break;
+            case state::size_lf:
+                if (c != '\n') return bad;
+                digits_ = 0;
+                line_bytes_ = 0;
+                state_ = remaining_ == 0 ? state::trailer_start : state::data;
+                break;
+            case state::data: {
+                const std::size_t n =
+                    static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, in.size() - i));
+                remaining_ -= n;
+                if (remaining_ == 0) state_ = state::data_cr;
+                return {parse_status::partial, i + n, in.substr(i, n), 0};
+            }
+            case state::data_cr:
+                if (c != '\r') return bad;
+                state_ = state::data_lf;
+                break;
+            case state::data_lf:
+                if (c != '\n') return bad;
+                state_ = state::size;
+                break;
+            case state::trailer_start:
+                if (c == '\r') {
+                    state_ = state::end_lf;
+                    break;
+                }
+                if (!is_tchar(c)) return bad;  // also obs-fold
+                state_ = state::trailer_name;
+                break;
+            case state::trailer_name:
+                if (c == ':')
+                    state_ = state::trailer_value;
+                else if (!is_tchar(c))
+                    return bad;
+                break;
+            case state::trailer_value:
+                if (c == '\r')
+                    state_ = state::trailer_lf;
+                else if (ctl)
+                    return bad;
+                break;
+            case state::trailer_lf:
+                if (c != '\n') return bad;
+                state_ = state::trailer_start;
+                break;
+            case state::end_lf:
+                if (c != '\n') return bad;
+                return {parse_status::complete, i + 1, {}, 0};
+        }
+        if (state_ >= state::trailer_start && ++line_bytes_ > max_line) return bad;
+    }
+    return {parse_status::partial, i, {}, 0};
+}
+
+/// request_framing: how a request's body is delimited, and whether it expects "100 Continue".
+struct request_framing {
+    enum kind_t : unsigned char { none, content_length, chunked } kind = none;
+    std::size_t length = 0;
+    bool expect_continue = false;
+};
+
+/// frame_request: checks Host, Content-Length, Transfer-Encoding and Expect of a parsed
+/// head (RFC 9112 3.2, 6; RFC 9110 10.1.1). Returns 0, or the status to answer before
+/// closing: 400 (bad or ambiguous framing, no or several Host), 417, 501.
+inline int frame_request(const request& req, request_framing& out) noexcept {
+    out = request_framing();
+    std::size_t hosts = 0;
+    bool has_length = false, has_te = false, chunked_last = false, other_coding = false, chunked_twice = false;
+    for (const header& h : req.headers) {
+        if (iequals(h.name, "Host")) {
+            ++hosts;
+        } else if (iequals(h.name, "Content-Length")) {
+            std::size_t len = 0;
+            if (!parse_content_length(h.value, len) || (has_length && len != out.length)) return 400;
+            has_length = true;
+            out.length = len;
+        } else if (iequals(h.name, "Transfer-Encoding")) {
+            has_te = true;
+            std::string_view list = h.value;
+            while (!list.empty()) {
+                const std::size_t comma = list.find(',');
+                std::string_view coding = list.substr(0, comma);
+                while (!coding.empty() && (coding.front() == ' ' || coding.front() == '\t')) coding.remove_prefix(1);
+                while (!coding.empty() && (coding.back() == ' ' || coding.back() == '\t')) coding.remove_suffix(1);
+                if (!coding.empty()) {
+                    if (chunked_last) chunked_twice = true;  // chunked must be the last coding
+                    chunked_last = iequals(coding, "chunked");
+                    other_coding |= !chunked_last;
+                }
+                if (comma == std::string_view::npos) break;
+                list.remove_prefix(comma + 1);
+            }
+        } else if (iequals(h.name, "Expect")) {
+            if (!iequals(h.value, "100-continue")) return 417;
+            out.expect_continue = req.version_minor == 1;
+        }
+    }
+    if (hosts > 1 || (hosts == 0 && req.version_minor == 1)) return 400;
+    if (has_te) {
+        // Both framings at once is how requests are smuggled; HTTP/1.0 has no chunked.
+        if (has_length || req.version_minor == 0 || !chunked_last || chunked_twice) return 400;
+        if (other_coding) return 501;  // gzip and friends: not decoded here
+        out.kind = request_framing::chunked;
+    } else if (has_length && out.length != 0) {
+        out.kind = request_framing::content_length;
+    }
+    if (out.kind == request_framing::none) out.expect_continue = false;
+    return 0;
+}
+
+/// body_reader: the body of a request on a streamed route, read as the handler asks for
+/// it: first the bytes already buffered behind the head, then from the socket.
+class body_reader {
+public:
+    body_reader(int fd, const request_framing& framing, std::string_view buffered, byte_buffer& scratch,
+                const options& opts, bool send_continue) noexcept
+        : fd_(fd), framing_(framing), remaining_(framing.length), current_(buffered), scratch_(scratch),
+          opts_(opts), send_continue_(send_continue), done_(framing.kind == request_framing::none) {}
+
+    std::error_code read(const body_sink& sink) {
+        if (send_continue_) {
+            send_continue_ = false;
+            static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+            iovec iov{const_cast<char*>(cont.data()), cont.size()};
+            if (!send_all(fd_, &iov, 1, opts_.write_timeout)) error_ = make_error_code(errc::body_incomplete);
+        }
+        while (!done_ && !error_) {
+            while (!current_.empty() && !done_) {
+                std::string_view piece;
+                if (framing_.kind == request_framing::content_length) {
+                    const std::size_t n = std::min(remaining_, current_.size());
+                    piece = current_.substr(0, n);
+                    current_.remove_prefix(n);
+                    remaining_ -= n;
+                    done_ = remaining_ == 0;
+                } else {
+                    const chunked_decoder::step_result r = decoder_.step(current_);
+                    current_.remove_prefix(r.consumed);
+                    piece = r.data;
+                    if (r.status == parse_status::error) return error_ = make_error_code(errc::malformed_body);
+                    done_ = r.status == parse_status::complete;
+                }
+                if (piece.empty()) continue;
+                total_ += piece.size();
+                if (total_ > opts_.max_body_bytes) return error_ = make_error_code(errc::body_too_large);
+                if (!sink(piece)) return {};
+            }
+            if (!done_) fill();
+        }
+        return error_;
+    }
+    bool done() const noexcept { return done_; }
+    std::error_code error() const noexcept { return error_; }
+    /// rest: bytes read past the end of the body: the start of the next request.
+    std::string_view rest() const noexcept { return current_; }
+    /// rest_in_scratch: whether rest() lies in the scratch buffer (else in the head's).
+    bool rest_in_scratch() const noexcept { return in_scratch_; }
+
+private:
+    void fill() {
+        scratch_.reserve(64 * 1024);
+        for (;;) {
+            ssize_t n = retry_eintr([&] { return ::recv(fd_, scratch_.data(), scratch_.capacity(), 0); });
+            if (n > 0) {
+                current_ = std::string_view(scratch_.data(), static_cast<std::size_t>(n));
+                in_scratch_ = true;
+                return;
+            }
+            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+                error_ = make_error_code(errc::body_incomplete);
+                return;
+            }
+            pollfd p{fd_, POLLIN, 0};
+            const int ms = opts_.body_timeout.count() > 0 ? static_cast<int>(opts_.body_timeout.count()) : -1;
+            if (retry_eintr([&] { return ::poll(&p, 1, ms); }) == 0) {
+                error_ = std::make_error_code(std::errc::timed_out);
+                return;
+            }
+        }
+    }
+
+    int fd_;
+    request_framing framing_;
+    std::size_t remaining_;  // of a Content-Length body
+    chunked_decoder decoder_;
+    std::string_view current_;  // bytes read and not yet decoded
+    byte_buffer& scratch_;
+    const options& opts_;
+    bool send_continue_;
+    bool done_;
+    bool in_scratch_ = false;
+    std::size_t total_ = 0;
+    std::error_code error_;
+};
 }  // namespace detail
 
 // -------------------------------------------------------------- errors --
@@ -900,6 +1260,32 @@ inline std::optional<std::string> request::query_param(std::string_view name) co
     return std::nullopt;
 }
 
+inline std::error_code request::read_body(const body_sink& sink) const {
+    if (reader_) return reader_->read(sink);
+    if (!body.empty()) sink(body);
+    return {};
+}
+
+inline bool body_writer::write(std::string_view data) {
+    if (failed_ || data.empty()) return !failed_;
+    char size_line[20];
+    std::size_t len = 0;
+    for (std::size_t n = data.size(); n != 0; n >>= 4) ++len;
+    for (std::size_t i = 0, n = data.size(); i < len; ++i, n >>= 4) size_line[len - 1 - i] = "0123456789abcdef"[n & 15];
+    size_line[len++] = '\r';
+    size_line[len++] = '\n';
+    char crlf[] = {'\r', '\n'};
+    iovec iov[3] = {{size_line, len}, {const_cast<char*>(data.data()), data.size()}, {crlf, 2}};
+    failed_ = chunked_ ? !detail::send_all(fd_, iov, 3, timeout_) : !detail::send_all(fd_, iov + 1, 1, timeout_);
+    return !failed_;
+}
+
+inline void response::set_stream(std::string_view content_type, body_provider provider) {
+    body.clear();
+    provider_ = std::move(provider);
+    set_header("Content-Type", content_type);
+}
+
 inline void response::set_header(std::string_view name, std::string_view value) {
     for (auto& h : headers)
         if (detail::iequals(h.first, name)) {
@@ -924,6 +1310,7 @@ inline void response::clear() noexcept {
     status = 200;
     headers.clear();
     body.clear();
+    provider_ = nullptr;
 }
 
 inline std::string_view status_text(int status) noexcept {
@@ -981,6 +1368,7 @@ struct server::route_entry {
     std::string method;
     std::vector<std::string> segments;  // the pattern split at '/'; ":name" is a parameter
     handler fn;
+    body_mode mode;
 
     /// match: whether path fits the pattern; fills params with the decoded parameters.
     bool match(std::string_view path, std::vector<std::pair<std::string_view, std::string>>& params) const {
@@ -1006,19 +1394,27 @@ struct server::route_entry {
 /// connection: one accepted connection. Owned by the loop; lent to one worker at a time.
 struct server::connection {
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+    /// phase_t: what the connection waits for, which says which timeout applies.
+    enum class phase_t : unsigned char { head, body, idle };
     unique_fd fd;
     detail::byte_buffer pending;  // bytes of an unfinished request, kept while in the loop
-    std::chrono::steady_clock::time_point last_active;
+    std::chrono::steady_clock::time_point request_started;  // accept, or a request's first byte
+    std::chrono::steady_clock::time_point deadline;  // while polled: when its timeout strikes
     std::size_t slot = 0;          // index in run_context::conns
     std::size_t poll_slot = npos;  // index in run_context::polled; npos while lent out
+    phase_t phase = phase_t::head;
     bool close = false;            // verdict of the last process(): close, don't poll again
     bool continue_sent = false;    // "100 Continue" already sent for the current request
+    detail::chunked_decoder decoder;  // a buffered chunked body being decoded in place:
+    std::size_t body_read = 0;        // offset of the next byte to decode,
+    std::size_t body_write = 0;       // and of the end of the decoded body
 };
 
 /// worker_context: what one serving thread reuses from request to request.
 struct server::worker_context {
     static constexpr std::size_t base_buffer = 64 * 1024;
-    detail::byte_buffer in;  // the bytes being parsed; request views point here
+    detail::byte_buffer in;       // the bytes being parsed; request views point here
+    detail::byte_buffer scratch;  // what a streamed request body is read into
     request req;
     response res;
     std::string head;  // the response head being written
@@ -1029,6 +1425,7 @@ struct server::worker_context {
 /// the connections and the workers. Made by start(), destroyed when the run ends.
 struct server::run_context {
     options opts;
+    detail::parse_limits limits;
     std::vector<std::shared_ptr<const route_entry>> routes;
     unique_fd listener;
 
@@ -1059,9 +1456,10 @@ inline server::server(options opts) : options_(std::move(opts)) {
 
 inline server::~server() { stop(); }
 
-inline server& server::route(std::string method, std::string pattern, handler h) {
+inline server& server::route(std::string method, std::string pattern, handler h, body_mode mode) {
     auto r = std::make_shared<route_entry>();
     r->method = std::move(method);
+    r->mode = mode;
     std::string_view p = pattern;
     if (!p.empty() && p.front() == '/') p.remove_prefix(1);
     for (;;) {
@@ -1174,6 +1572,9 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
     if (o.max_header_bytes == 0) o.max_header_bytes = defaults.max_header_bytes;
     if (o.max_headers == 0) o.max_headers = defaults.max_headers;
     if (o.max_body_bytes == 0) o.max_body_bytes = defaults.max_body_bytes;
+    if (o.max_request_line_bytes == 0) o.max_request_line_bytes = defaults.max_request_line_bytes;
+    if (o.max_connections == 0) o.max_connections = defaults.max_connections;
+    run->limits = {o.max_request_line_bytes, o.max_header_bytes, o.max_headers};
     if (!o.listener) o.listener = tcp_listener("127.0.0.1", 8080);
 
     stop_requested_.store(false);
@@ -1302,39 +1703,96 @@ inline void server::process(run_context& run, worker_context& w, connection& c) 
         w.res.clear();
         w.res.status = status;
         w.res.set_content(status_text(status), "text/plain");
-        write_response(run, w, c, false);
+        bool keep_alive = false;
+        write_response(run, w, c, keep_alive);
         c.close = true;
+    };
+    auto finish_request = [&](std::size_t consumed) {  // the response went out; what's next
+        c.continue_sent = false;
+        c.decoder = detail::chunked_decoder();
+        c.body_read = c.body_write = 0;
+        c.phase = connection::phase_t::idle;
+        in.consume(consumed);
+        in.shrink(worker_context::base_buffer);
     };
     for (;;) {
         if (in.size() != 0) {
-            detail::parse_result pr = detail::parse_request(in.view(), w.req, o.max_headers, o.max_header_bytes);
+            if (c.phase == connection::phase_t::idle) {
+                c.phase = connection::phase_t::head;
+                c.request_started = std::chrono::steady_clock::now();
+            }
+            const detail::parse_result pr = detail::parse_request(in.view(), w.req, run.limits);
             if (pr.status == detail::parse_status::error) return fail(pr.error_status);
             if (pr.status == detail::parse_status::complete) {
-                std::size_t body = 0;
-                if (w.req.has_header("Transfer-Encoding")) return fail(501);
-                for (const header& h : w.req.headers) {
-                    std::size_t len;
-                    if (!detail::iequals(h.name, "Content-Length")) continue;
-                    if (!detail::parse_content_length(h.value, len) || (body != 0 && len != body)) return fail(400);
-                    body = len;
-                }
-                if (body > o.max_body_bytes) return fail(413);
-                const std::size_t total = pr.head_bytes + body;
-                if (in.size() >= total) {
-                    w.req.body = std::string_view(in.data() + pr.head_bytes, body);
-                    bool keep = respond(run, w, c);
-                    c.continue_sent = false;
-                    if (!keep) {
+                detail::request_framing f;
+                if (int status = detail::frame_request(w.req, f)) return fail(status);
+                if (f.kind == detail::request_framing::content_length && f.length > o.max_body_bytes) return fail(413);
+                int route_status = 200;
+                const route_entry* r = find_route(run, w.req, route_status);
+                c.phase = connection::phase_t::body;
+
+                if (r && r->mode == body_mode::streamed && f.kind != detail::request_framing::none) {
+                    detail::body_reader reader(c.fd.get(), f, in.view().substr(pr.head_bytes), w.scratch, o,
+                                               f.expect_continue && !c.continue_sent);
+                    w.req.body = std::string_view();
+                    w.req.reader_ = &reader;
+                    bool keep_alive = respond(run, w, c, r, route_status);
+                    w.req.reader_ = nullptr;
+                    if (!keep_alive) {
                         c.close = true;
                         return;
                     }
-                    in.consume(total);
-                    in.shrink(worker_context::base_buffer);
+                    std::string_view rest = reader.rest();  // the next request's first bytes
+                    if (reader.rest_in_scratch()) {
+                        in.assign(rest);
+                        finish_request(0);
+                    } else {
+                        finish_request(static_cast<std::size_t>(rest.data() - in.data()));
+                    }
                     continue;
                 }
-                in.reserve(total);
-                if (!c.continue_sent && w.req.version_minor == 1 &&
-                    detail::has_token(w.req.get_header("Expect"), "100-continue")) {
+
+                // A buffered body: wait until it is all here. Chunked bodies are decoded
+                // in place, behind the head; the progress is kept in the connection.
+                std::size_t consumed = 0;
+                if (f.kind == detail::request_framing::none) {
+                    w.req.body = std::string_view();
+                    consumed = pr.head_bytes;
+                } else if (f.kind == detail::request_framing::content_length) {
+                    if (in.size() >= pr.head_bytes + f.length) {
+                        w.req.body = std::string_view(in.data() + pr.head_bytes, f.length);
+                        consumed = pr.head_bytes + f.length;
+                    } else {
+                        in.reserve(pr.head_bytes + f.length);
+                    }
+                } else {
+                    if (c.body_read == 0) c.body_read = c.body_write = pr.head_bytes;
+                    while (c.body_read < in.size()) {
+                        auto step = c.decoder.step(in.view().substr(c.body_read));
+                        c.body_read += step.consumed;
+                        if (!step.data.empty()) {
+                            std::memmove(in.data() + c.body_write, step.data.data(), step.data.size());
+                            c.body_write += step.data.size();
+                            if (c.body_write - pr.head_bytes > o.max_body_bytes) return fail(413);
+                        }
+                        if (step.status == detail::parse_status::error) return fail(step.error_status);
+                        if (step.status == detail::parse_status::complete) {
+                            w.req.body = std::string_view(in.data() + pr.head_bytes, c.body_write - pr.head_bytes);
+                            consumed = c.body_read;
+                            break;
+                        }
+                    }
+                }
+                if (consumed != 0) {
+                    if (!respond(run, w, c, r, route_status)) {
+                        c.close = true;
+                        return;
+                    }
+                    finish_request(consumed);
+                    continue;
+                }
+                if (f.expect_continue && !c.continue_sent) {
+                    if (!r) return fail(route_status);  // not going to read it: say so now
                     static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
                     iovec iov{const_cast<char*>(cont.data()), cont.size()};
                     if (!detail::send_all(c.fd.get(), &iov, 1, o.write_timeout)) {
@@ -1366,69 +1824,89 @@ inline void server::process(run_context& run, worker_context& w, connection& c) 
     }
 }
 
-inline bool server::respond(run_context& run, worker_context& w, connection& c) noexcept {
+inline const server::route_entry* server::find_route(const run_context& run, request& req, int& status) const {
+    const bool is_head = req.method == "HEAD";
+    const route_entry* get_for_head = nullptr;
+    bool path_known = false;
+    for (const auto& r : run.routes) {
+        if (!r->match(req.path, req.params_)) continue;
+        path_known = true;
+        if (r->method == req.method) return r.get();
+        if (is_head && !get_for_head && r->method == "GET") get_for_head = r.get();
+    }
+    if (get_for_head) {
+        get_for_head->match(req.path, req.params_);
+        return get_for_head;
+    }
+    status = path_known ? 405 : 404;
+    return nullptr;
+}
+
+inline bool server::respond(run_context& run, worker_context& w, connection& c, const route_entry* r,
+                            int route_status) noexcept {
     request& req = w.req;
     response& res = w.res;
     res.clear();
     std::string_view connection_field = req.get_header("Connection");
     bool keep_alive = req.version_minor == 1 ? !detail::has_token(connection_field, "close")
                                              : detail::has_token(connection_field, "keep-alive");
-    const bool is_head = req.method == "HEAD";
-
-    const route_entry* found = nullptr;
-    const route_entry* get_for_head = nullptr;
-    bool path_known = false;
-    for (const auto& r : run.routes) {
-        if (!r->match(req.path, req.params_)) continue;
-        path_known = true;
-        if (r->method == req.method) {
-            found = r.get();
-            break;
-        }
-        if (is_head && !get_for_head && r->method == "GET") get_for_head = r.get();
-    }
-    if (!found && get_for_head) {
-        found = get_for_head;
-        found->match(req.path, req.params_);
-    }
-    if (found) {
+    if (r) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
-            found->fn(req, res);
+            r->fn(req, res);
         } catch (...) {
             res.clear();
             res.status = 500;
             res.set_content(status_text(500), "text/plain");
         }
 #else
-        found->fn(req, res);
+        r->fn(req, res);
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } else if (path_known) {
-        std::string allow;
-        bool has_get = false, has_head = false;
-        for (const auto& r : run.routes) {
-            if (!r->match(req.path, req.params_)) continue;
-            std::string_view m = r->method;
-            if (("," + allow + ",").find("," + r->method + ",") != std::string::npos) continue;
-            has_get |= m == "GET";
-            has_head |= m == "HEAD";
-            if (!allow.empty()) allow += ", ";
-            allow += m;
-        }
-        if (has_get && !has_head) allow += ", HEAD";
-        res.status = 405;
-        res.set_content(status_text(405), "text/plain");
-        res.set_header("Allow", allow);
     } else {
-        res.status = 404;
-        res.set_content(status_text(404), "text/plain");
+        res.status = route_status;
+        res.set_content(status_text(route_status), "text/plain");
+        if (route_status == 405) {
+            std::vector<std::string_view> methods;
+            for (const auto& other : run.routes)
+                if (std::find(methods.begin(), methods.end(), other->method) == methods.end() &&
+                    other->match(req.path, req.params_))
+                    methods.push_back(other->method);
+            auto listed = [&methods](std::string_view m) {
+                return std::find(methods.begin(), methods.end(), m) != methods.end();
+            };
+            if (listed("GET") && !listed("HEAD")) methods.push_back("HEAD");
+            std::string allow;
+            for (std::string_view m : methods) {
+                if (!allow.empty()) allow += ", ";
+                allow += m;
+            }
+            res.set_header("Allow", allow);
+        }
+    }
+    if (req.reader_) {  // a streamed body: did the handler read it all, and was it sound?
+        std::error_code ec = req.reader_->error();
+        if (ec) {
+            int status = ec == errc::body_too_large ? 413
+                         : ec == std::errc::timed_out ? 408
+                                                      : 400;
+            res.clear();
+            res.status = status;
+            res.set_content(status_text(status), "text/plain");
+        }
+        if (ec || !req.reader_->done()) keep_alive = false;
     }
     if (stop_requested_.load()) keep_alive = false;  // a stop began: this is the last response
     return write_response(run, w, c, keep_alive) && keep_alive;
 }
 
-inline bool server::write_response(run_context& run, worker_context& w, connection& c, bool keep_alive) noexcept {
+inline bool server::write_response(run_context& run, worker_context& w, connection& c, bool& keep_alive) noexcept {
     const response& res = w.res;
+    const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
+    const bool is_head = w.req.method == "HEAD";
+    const bool streamed = static_cast<bool>(res.provider_) && !bodiless;
+    const bool chunked = streamed && w.req.version_minor == 1;
+    if (streamed && !chunked) keep_alive = false;  // HTTP/1.0: the close ends the body
+
     std::string& h = w.head;
     h.clear();
     h += "HTTP/1.1 ";
@@ -1449,8 +1927,9 @@ inline bool server::write_response(run_context& run, worker_context& w, connecti
         h += f.second;
         h += "\r\n";
     }
-    const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
-    if (!bodiless) {
+    if (chunked) {
+        h += "Transfer-Encoding: chunked\r\n";
+    } else if (!bodiless && !streamed) {
         h += "Content-Length: ";
         detail::append_number(h, res.body.size());
         h += "\r\n";
@@ -1465,10 +1944,27 @@ inline bool server::write_response(run_context& run, worker_context& w, connecti
     else if (w.req.version_minor == 0)
         h += "Connection: keep-alive\r\n";
     h += "\r\n";
-    const bool send_body = !bodiless && w.req.method != "HEAD";
+    const bool send_body = !bodiless && !is_head && !streamed;
     iovec iov[2] = {{h.data(), h.size()},
                     {const_cast<char*>(res.body.data()), send_body ? res.body.size() : 0}};
-    return detail::send_all(c.fd.get(), iov, 2, run.opts.write_timeout);
+    if (!detail::send_all(c.fd.get(), iov, 2, run.opts.write_timeout)) return false;
+    if (!streamed || is_head) return true;
+
+    body_writer out(c.fd.get(), chunked, run.opts.write_timeout);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+        res.provider_(out);
+    } catch (...) {
+        return false;  // no last chunk: the client sees the body is incomplete
+    }
+#else
+    res.provider_(out);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    if (out.failed_) return false;
+    if (!chunked) return true;
+    static constexpr std::string_view last_chunk = "0\r\n\r\n";
+    iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
+    return detail::send_all(c.fd.get(), &end, 1, run.opts.write_timeout);
 }
 
 inline void server::loop(run_context& run) noexcept {
@@ -1484,11 +1980,16 @@ inline void server::loop(run_context& run) noexcept {
     std::vector<connection*> returned;
 
     auto add_polled = [&](connection* c, clock::time_point now) {
-        c->last_active = now;
+        using phase = connection::phase_t;
+        const std::chrono::milliseconds limit = c->phase == phase::idle   ? o.idle_timeout
+                                                : c->phase == phase::head ? o.header_timeout
+                                                                          : o.body_timeout;
+        const clock::time_point from = c->phase == phase::head ? c->request_started : now;
+        c->deadline = limit.count() > 0 ? from + limit : clock::time_point::max();
+        next_sweep = std::min(next_sweep, c->deadline);
         c->poll_slot = polled.size();
         polled.push_back(c);
         pfds.push_back({c->fd.get(), POLLIN, 0});
-        if (o.idle_timeout.count() > 0) next_sweep = std::min(next_sweep, now + o.idle_timeout);
     };
     auto remove_polled = [&](connection* c) {
         const std::size_t i = c->poll_slot;
@@ -1587,10 +2088,16 @@ inline void server::loop(run_context& run) noexcept {
                     }
                     break;
                 }
+                if (conns.size() >= o.max_connections) {
+                    detail::send_now(fd, 503);
+                    ::close(fd);
+                    continue;
+                }
                 int one = 1;
                 ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix sockets
                 auto c = std::make_unique<connection>();
                 c->fd.reset(fd);
+                c->request_started = now;
                 c->slot = conns.size();
                 conns.push_back(std::move(c));
                 add_polled(conns.back().get(), now);
@@ -1600,14 +2107,16 @@ inline void server::loop(run_context& run) noexcept {
         for (std::size_t i = polled.size(); i-- > 0;)
             if (i < polled.size() && pfds[2 + i].revents != 0) serve(polled[i], now);
 
-        if (!stopping && now >= next_sweep) {  // close keep-alive connections idle too long
+        if (!stopping && now >= next_sweep) {  // idle, header and body timeouts
             next_sweep = clock::time_point::max();
             for (std::size_t i = polled.size(); i-- > 0;) {
-                clock::time_point expiry = polled[i]->last_active + o.idle_timeout;
-                if (expiry <= now)
-                    close_connection(polled[i]);
-                else
-                    next_sweep = std::min(next_sweep, expiry);
+                connection* c = polled[i];
+                if (c->deadline > now) {
+                    next_sweep = std::min(next_sweep, c->deadline);
+                    continue;
+                }
+                if (c->phase != connection::phase_t::idle && c->pending.size() != 0) detail::send_now(c->fd.get(), 408);
+                close_connection(c);
             }
         }
 
