@@ -1,0 +1,891 @@
+// HTTP behaviour over real sockets: routing, parameters, framing, keep-alive, pipelining,
+// limits, concurrency, and two real clients (Python's http.client and curl). Every test
+// case starts its own server on 127.0.0.1, port 0, and stops it.
+#include "support.hpp"
+
+#include <netinet/tcp.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace rs = restartable_server;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// start: starts srv and returns its port; the test fails when it cannot start.
+std::uint16_t start(rs::server& srv) {
+    std::error_code ec;
+    srv.start(ec);
+    INFO("start: " << ec.message());
+    REQUIRE(!ec);
+    REQUIRE(srv.state() == rs::server_state::running);
+    REQUIRE(srv.port() != 0);
+    return srv.port();
+}
+
+/// client: one connection with a response reader; closed on destruction.
+struct client {
+    int fd;
+    test::reader rd;
+    explicit client(std::uint16_t port, std::chrono::milliseconds timeout = 10s)
+        : fd(test::connect_to(port, timeout)), rd{fd, {}} {}
+    ~client() {
+        if (fd >= 0) ::close(fd);
+    }
+    client(const client&) = delete;
+    client& operator=(const client&) = delete;
+    bool ok() const { return fd >= 0; }
+    bool send(std::string_view s) { return test::send_all(fd, s); }
+    test::http_response read(bool head_only = false) { return rd.read_response(head_only); }
+    /// closed: the server closed the connection (waits up to the receive timeout).
+    bool closed() { return rd.at_eof(); }
+    void nodelay() {
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+};
+
+std::string lower(std::string_view s) {
+    std::string out;
+    for (char ch : s) out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return out;
+}
+
+/// split_list: a comma-separated header value as trimmed items.
+std::set<std::string> split_list(const std::string& v) {
+    std::set<std::string> out;
+    std::size_t pos = 0;
+    while (pos <= v.size()) {
+        std::size_t comma = v.find(',', pos);
+        if (comma == std::string::npos) comma = v.size();
+        std::string item = v.substr(pos, comma - pos);
+        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.erase(0, 1);
+        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.pop_back();
+        if (!item.empty()) out.insert(item);
+        pos = comma + 1;
+    }
+    return out;
+}
+
+std::string get_req(const std::string& path, const std::string& extra = "") {
+    return "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n" + extra + "\r\n";
+}
+
+std::string post_req(const std::string& path, const std::string& body, const std::string& extra = "") {
+    return "POST " + path + " HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + std::to_string(body.size()) +
+           "\r\n" + extra + "\r\n" + body;
+}
+
+/// echo_routes: GET /hello, POST /echo (body back, as is), GET /path (path and query).
+void add_echo_routes(rs::server& srv) {
+    srv.get("/hello", [](const rs::request&, rs::response& res) { res.set_content("hello", "text/plain"); });
+    srv.post("/echo", [](const rs::request& req, rs::response& res) {
+        res.set_content(req.body, "application/octet-stream");
+    });
+    srv.get("/path", [](const rs::request& req, rs::response& res) {
+        res.set_content(std::string(req.path) + "|" + std::string(req.query), "text/plain");
+    });
+}
+
+/// run_command: runs cmd with /bin/sh, returns its stdout and sets exit_code.
+std::string run_command(const std::string& cmd, int& exit_code) {
+    std::string out;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) {
+        exit_code = -1;
+        return out;
+    }
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int st = ::pclose(p);
+    exit_code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
+    return out;
+}
+
+/// is_imf_fixdate: the shape of an IMF-fixdate, "Wed, 25 Nov 2026 12:00:00 GMT" (a
+/// hand-written check: std::regex trips -Wmaybe-uninitialized in GCC 12 at -O2).
+bool is_imf_fixdate(const std::string& d) {
+    static const char* const days[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
+    static const char* const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    static const char shape[] = "www, 99 mmm 9999 99:99:99 GMT";  // 9: a digit
+    if (d.size() != sizeof shape - 1) return false;
+    for (std::size_t i = 0; i < d.size(); ++i) {
+        const char s = shape[i];
+        const bool digit = d[i] >= '0' && d[i] <= '9';
+        if (s == '9') {
+            if (!digit) return false;
+        } else if (s != 'w' && s != 'm' && d[i] != s) {
+            return false;
+        }
+    }
+    auto one_of = [](std::string_view v, const char* const* list, std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i)
+            if (v == list[i]) return true;
+        return false;
+    };
+    const int day = std::stoi(d.substr(5, 2)), hour = std::stoi(d.substr(17, 2)),
+              minute = std::stoi(d.substr(20, 2)), second = std::stoi(d.substr(23, 2));
+    return one_of(std::string_view(d).substr(0, 3), days, 7) && one_of(std::string_view(d).substr(8, 3), months, 12) &&
+           day >= 1 && day <= 31 && hour <= 23 && minute <= 59 && second <= 60;
+}
+
+bool have_command(const char* name) {
+    return std::system((std::string("command -v ") + name + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("routing by method and path", "[http][routing]") {
+    rs::server srv(test::local_options());
+    auto tag = [](std::string t) {
+        return [t](const rs::request& req, rs::response& res) {
+            res.set_content(t + " " + std::string(req.method) + " " + std::string(req.path), "text/plain");
+        };
+    };
+    srv.get("/a", tag("get-a"));
+    srv.post("/a", tag("post-a"));
+    srv.put("/a", tag("put-a"));
+    srv.patch("/a", tag("patch-a"));
+    srv.del("/a", tag("del-a"));
+    srv.get("/b", tag("get-b"));
+    srv.get("/a/b", tag("get-a-b"));
+    srv.route("PURGE", "/cache", tag("purge-cache"));
+    const auto port = start(srv);
+
+    struct want {
+        std::string method, path, body;
+    };
+    const std::vector<want> cases = {
+        {"GET", "/a", "get-a GET /a"},          {"POST", "/a", "post-a POST /a"},
+        {"PUT", "/a", "put-a PUT /a"},          {"PATCH", "/a", "patch-a PATCH /a"},
+        {"DELETE", "/a", "del-a DELETE /a"},    {"GET", "/b", "get-b GET /b"},
+        {"GET", "/a/b", "get-a-b GET /a/b"},    {"PURGE", "/cache", "purge-cache PURGE /cache"},
+        {"GET", "/b?x=1", "get-b GET /b"},
+    };
+    client c(port);
+    REQUIRE(c.ok());
+    for (const want& w : cases) {
+        INFO(w.method << " " << w.path);
+        const bool has_body = w.method != "GET";
+        REQUIRE(c.send(w.method + " " + w.path + " HTTP/1.1\r\nHost: x\r\n" +
+                       (has_body ? "Content-Length: 0\r\n" : "") + "\r\n"));
+        auto r = c.read();
+        CHECK(r.status == 200);
+        CHECK(r.body == w.body);
+    }
+    // Method names are case-sensitive; paths are matched exactly.
+    CHECK(test::get(port, "/A").status == 404);
+    CHECK(test::get(port, "/a/b/c").status == 404);
+    srv.stop();
+}
+
+TEST_CASE("request fields reach the handler", "[http]") {
+    rs::server srv(test::local_options());
+    srv.get("/fields", [](const rs::request& req, rs::response& res) {
+        std::string s = std::string(req.method) + "|" + std::string(req.target) + "|" + std::string(req.path) +
+                        "|" + std::string(req.query) + "|" + std::to_string(req.version_minor) + "|" +
+                        std::string(req.get_header("x-custom")) + "|" +
+                        (req.has_header("X-CUSTOM") ? "yes" : "no") + "|" + (req.has_header("X-Nope") ? "yes" : "no") +
+                        "|" + std::to_string(req.headers.size());
+        res.set_content(s, "text/plain");
+    });
+    const auto port = start(srv);
+    auto r = test::request(port,
+                           "GET /fields?a=%41 HTTP/1.1\r\nHost: h\r\nX-Custom:  value 1 \r\nConnection: close\r\n\r\n");
+    CHECK(r.status == 200);
+    CHECK(r.body == "GET|/fields?a=%41|/fields|a=%41|1|value 1|yes|no|3");
+    srv.stop();
+}
+
+TEST_CASE("path parameters are matched and percent-decoded", "[http][routing]") {
+    rs::server srv(test::local_options());
+    srv.get("/users/:id", [](const rs::request& req, rs::response& res) {
+        res.set_content("user=[" + std::string(req.param("id")) + "] missing=[" + std::string(req.param("nope")) + "]",
+                        "text/plain");
+    });
+    srv.get("/users/:id/posts/:post", [](const rs::request& req, rs::response& res) {
+        res.set_content(std::string(req.param("id")) + "/" + std::string(req.param("post")), "text/plain");
+    });
+    srv.get("/users/me", [](const rs::request&, rs::response& res) { res.set_content("me", "text/plain"); });
+    const auto port = start(srv);
+
+    CHECK(test::get(port, "/users/42").body == "user=[42] missing=[]");
+    CHECK(test::get(port, "/users/a%20b").body == "user=[a b] missing=[]");
+    CHECK(test::get(port, "/users/%41%62c%2f").body == "user=[Abc/] missing=[]");
+    CHECK(test::get(port, "/users/x?id=query").body == "user=[x] missing=[]");
+    CHECK(test::get(port, "/users/7/posts/hello%21").body == "7/hello!");
+    CHECK(test::get(port, "/users/7/posts").status == 404);
+    CHECK(test::get(port, "/users/7/extra/9").status == 404);
+    CHECK(test::get(port, "/users").status == 404);
+    // A literal route is found next to a parameter route (which one wins for "me" is the
+    // library's choice; both must answer 200).
+    CHECK(test::get(port, "/users/me").status == 200);
+    srv.stop();
+}
+
+TEST_CASE("query_param decodes percent escapes and '+'", "[http]") {
+    rs::server srv(test::local_options());
+    srv.get("/q", [](const rs::request& req, rs::response& res) {
+        std::string out;
+        for (const char* name : {"name", "x", "empty", "dup", "missing", "plus", "amp"}) {
+            auto v = req.query_param(name);
+            out += std::string(name) + "=" + (v ? "[" + *v + "]" : std::string("none")) + ";";
+        }
+        res.set_content(out, "text/plain");
+    });
+    const auto port = start(srv);
+    auto r = test::get(port, "/q?name=John+Doe&x=%41%42%2b&empty=&dup=1&dup=2&plus=a%2Bb+c&amp=%26%3D");
+    CHECK(r.status == 200);
+    CHECK(r.body ==
+          "name=[John Doe];x=[AB+];empty=[];dup=[1];missing=none;plus=[a+b c];amp=[&=];");
+    auto none = test::get(port, "/q");
+    CHECK(none.body == "name=none;x=none;empty=none;dup=none;missing=none;plus=none;amp=none;");
+    srv.stop();
+}
+
+TEST_CASE("unknown path is 404", "[http][routing]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    auto r = test::get(port, "/nowhere");
+    CHECK(r.status == 404);
+    CHECK(r.head.rfind("HTTP/1.1 404", 0) == 0);
+    CHECK(r.header("Content-Length") == std::to_string(r.body.size()));
+    auto p = test::request(port, "POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi");
+    CHECK(p.status == 404);
+    // On a kept-alive connection the body of an unrouted request is skipped, not taken
+    // for the next request.
+    client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send(post_req("/nowhere", "GET /hello HTTP/1.1\r\n\r\n") + post_req("/hello", "xyz") +
+                   get_req("/hello")));
+    auto r1 = c.read();
+    auto r2 = c.read();
+    auto r3 = c.read();
+    CHECK(r1.status == 404);
+    CHECK(r2.status == 405);
+    CHECK(r3.status == 200);
+    CHECK(r3.body == "hello");
+    srv.stop();
+}
+
+TEST_CASE("wrong method is 405 with an Allow header", "[http][routing]") {
+    rs::server srv(test::local_options());
+    auto ok = [](const rs::request&, rs::response& res) { res.set_content("ok", "text/plain"); };
+    srv.get("/r", ok);
+    srv.post("/r", ok);
+    srv.put("/items/:id", ok);
+    srv.post("/only-post", ok);
+    const auto port = start(srv);
+
+    auto r = test::request(port, "DELETE /r HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(r.status == 405);
+    auto allow = split_list(r.header("Allow"));
+    INFO("Allow: " << r.header("Allow"));
+    CHECK(allow.count("GET") == 1);
+    CHECK(allow.count("HEAD") == 1);  // a GET route implies HEAD
+    CHECK(allow.count("POST") == 1);
+    CHECK(allow.count("DELETE") == 0);
+    CHECK(allow.count("PUT") == 0);
+
+    auto r2 = test::get(port, "/items/5");
+    CHECK(r2.status == 405);
+    auto allow2 = split_list(r2.header("Allow"));
+    INFO("Allow: " << r2.header("Allow"));
+    CHECK(allow2.count("PUT") == 1);
+    CHECK(allow2.count("GET") == 0);
+    CHECK(allow2.count("HEAD") == 0);
+
+    auto r3 = test::request(port, "HEAD /only-post HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(r3.status == 405);
+    CHECK(split_list(r3.header("Allow")) == std::set<std::string>{"POST"});
+    srv.stop();
+}
+
+TEST_CASE("HEAD on a GET route: same headers, no body", "[http]") {
+    rs::server srv(test::local_options());
+    srv.get("/h", [](const rs::request&, rs::response& res) {
+        res.set_content("hello world, this is the body", "text/x-test");
+        res.set_header("X-Custom", "yes");
+    });
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+
+    REQUIRE(c.send(get_req("/h")));
+    auto g = c.read();
+    REQUIRE(g.status == 200);
+    CHECK(g.body == "hello world, this is the body");
+
+    REQUIRE(c.send("HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n"));
+    auto h = c.read(/*head_only=*/true);
+    REQUIRE(h.status == 200);
+    CHECK(h.header("Content-Length") == "29");
+    CHECK(h.header("Content-Type") == "text/x-test");
+    CHECK(h.header("X-Custom") == "yes");
+    CHECK(!h.header("Date").empty());
+
+    // HEAD on an unknown path: 404, again without a body.
+    REQUIRE(c.send("HEAD /missing HTTP/1.1\r\nHost: x\r\n\r\n"));
+    auto h404 = c.read(true);
+    CHECK(h404.status == 404);
+
+    // Had the server sent body bytes after a HEAD response, this response would not parse.
+    REQUIRE(c.send(get_req("/h")));
+    auto g2 = c.read();
+    INFO("head of the follow-up response: " << g2.head);
+    CHECK(g2.head.rfind("HTTP/1.1 200", 0) == 0);
+    CHECK(g2.status == 200);
+    CHECK(g2.body == "hello world, this is the body");
+    srv.stop();
+}
+
+TEST_CASE("Content-Length and Date are added automatically", "[http]") {
+    rs::server srv(test::local_options());
+    srv.get("/abc", [](const rs::request&, rs::response& res) { res.set_content("abc", "text/plain"); });
+    srv.get("/empty", [](const rs::request&, rs::response&) {});
+    srv.get("/status", [](const rs::request&, rs::response& res) {
+        res.status = 201;
+        res.body = std::string(1000, 'z');
+    });
+    const auto port = start(srv);
+
+    auto r = test::get(port, "/abc");
+    REQUIRE(r.status == 200);
+    CHECK(r.header("Content-Length") == "3");
+    CHECK(r.header("Content-Type") == "text/plain");
+    CHECK(r.head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+
+    const std::string date = r.header("Date");
+    INFO("Date: " << date);
+    CHECK(is_imf_fixdate(date));
+    // ... and it is the current time (within a generous margin).
+    std::tm tm{};
+    const char* end = ::strptime(date.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    REQUIRE(end != nullptr);
+    const std::time_t when = ::timegm(&tm);
+    const std::time_t now = std::time(nullptr);
+    CHECK(std::abs(static_cast<long long>(now) - static_cast<long long>(when)) < 600);
+
+    auto e = test::get(port, "/empty");
+    CHECK(e.status == 200);
+    CHECK(e.header("Content-Length") == "0");
+    CHECK(e.body.empty());
+
+    auto s = test::get(port, "/status");
+    CHECK(s.status == 201);
+    CHECK(s.header("Content-Length") == "1000");
+    CHECK(s.body == std::string(1000, 'z'));
+    CHECK(s.head.rfind("HTTP/1.1 201 Created\r\n", 0) == 0);
+    srv.stop();
+}
+
+TEST_CASE("a throwing handler gives 500 and the server keeps serving", "[http]") {
+    rs::server srv(test::local_options());
+    srv.get("/throw", [](const rs::request&, rs::response&) { throw std::runtime_error("boom"); });
+    srv.get("/throw-int", [](const rs::request&, rs::response&) { throw 42; });
+    srv.get("/ok", [](const rs::request&, rs::response& res) { res.set_content("fine", "text/plain"); });
+    const auto port = start(srv);
+    auto r = test::get(port, "/throw");
+    CHECK(r.status == 500);
+    CHECK(r.header("Content-Length") == std::to_string(r.body.size()));
+    CHECK(test::get(port, "/throw-int").status == 500);
+    auto ok = test::get(port, "/ok");
+    CHECK(ok.status == 200);
+    CHECK(ok.body == "fine");
+    srv.stop();
+}
+
+TEST_CASE("a malformed request gets 400 and the connection is closed", "[http]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+
+    struct bad {
+        const char* name;
+        std::string raw;
+        int status;
+    };
+    const std::vector<bad> cases = {
+        {"two spaces", "GET  /hello HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+        {"bare LF", "GET /hello HTTP/1.1\nHost: x\n\n", 400},
+        {"space before colon", "GET /hello HTTP/1.1\r\nHost : x\r\n\r\n", 400},
+        {"obs-fold", "GET /hello HTTP/1.1\r\nHost: x\r\n y\r\n\r\n", 400},
+        {"HTTP/2.0", "GET /hello HTTP/2.0\r\nHost: x\r\n\r\n", 505},
+        {"bad Content-Length", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400},
+        {"negative Content-Length", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400},
+        {"conflicting Content-Lengths",
+         "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", 400},
+    };
+    for (const bad& b : cases) {
+        INFO(b.name);
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send(b.raw));
+        auto r = c.read();
+        CHECK(r.status == b.status);
+        CHECK(lower(r.header("Connection")) == "close");
+        CHECK(c.closed());
+    }
+    // A bad request after a good one on the same connection.
+    client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send(get_req("/hello") + "BROKEN\r\n\r\n"));
+    auto first = c.read();
+    CHECK(first.status == 200);
+    CHECK(first.body == "hello");
+    auto second = c.read();
+    CHECK(second.status == 400);
+    CHECK(c.closed());
+    srv.stop();
+}
+
+TEST_CASE("header limits are enforced over the wire (431)", "[http][limits]") {
+    auto o = test::local_options();
+    o.max_header_bytes = 1024;
+    o.max_headers = 10;
+    rs::server srv(o);
+    add_echo_routes(srv);
+    const auto port = start(srv);
+
+    auto big = test::request(port, get_req("/hello", "X-Big: " + std::string(2000, 'b') + "\r\n"));
+    CHECK(big.status == 431);
+    std::string many;
+    for (int i = 0; i < 11; ++i) many += "X-" + std::to_string(i) + ": v\r\n";
+    CHECK(test::request(port, get_req("/hello", many)).status == 431);
+    std::string ten;
+    for (int i = 0; i < 9; ++i) ten += "X-" + std::to_string(i) + ": v\r\n";  // + Host = 10
+    CHECK(test::request(port, get_req("/hello", ten + "Connection: close\r\n")).status == 431);
+    CHECK(test::request(port, get_req("/hello", ten)).status == 200);
+    srv.stop();
+}
+
+TEST_CASE("HTTP/1.1 keep-alive: several requests on one connection", "[http][keepalive]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+    for (int i = 0; i < 10; ++i) {
+        INFO("request " << i);
+        const std::string body = "body #" + std::to_string(i);
+        REQUIRE(c.send(i % 2 ? post_req("/echo", body) : get_req("/path?i=" + std::to_string(i))));
+        auto r = c.read();
+        REQUIRE(r.status == 200);
+        CHECK(r.body == (i % 2 ? body : "/path|i=" + std::to_string(i)));
+        CHECK(lower(r.header("Connection")) != "close");
+    }
+    srv.stop();
+}
+
+TEST_CASE("Connection: close is honoured", "[http][keepalive]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send(get_req("/hello")));
+    REQUIRE(c.read().status == 200);
+    REQUIRE(c.send(get_req("/hello", "Connection: close\r\n")));
+    auto r = c.read();
+    CHECK(r.status == 200);
+    CHECK(r.body == "hello");
+    CHECK(lower(r.header("Connection")) == "close");
+    CHECK(c.closed());
+    srv.stop();
+}
+
+TEST_CASE("HTTP/1.0 without keep-alive is closed after the response", "[http][keepalive]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send("GET /hello HTTP/1.0\r\nHost: x\r\n\r\n"));
+    auto r = c.read();
+    CHECK(r.status == 200);
+    CHECK(r.body == "hello");
+    CHECK(lower(r.header("Connection")) != "keep-alive");
+    CHECK(c.closed());
+    srv.stop();
+}
+
+TEST_CASE("HTTP/1.0 with Connection: keep-alive stays open", "[http][keepalive]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+    for (int i = 0; i < 3; ++i) {
+        INFO("request " << i);
+        REQUIRE(c.send("GET /hello HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"));
+        auto r = c.read();
+        REQUIRE(r.status == 200);
+        CHECK(r.body == "hello");
+        CHECK(lower(r.header("Connection")) == "keep-alive");
+    }
+    // A last HTTP/1.0 request without the token closes it.
+    REQUIRE(c.send("GET /hello HTTP/1.0\r\nHost: x\r\n\r\n"));
+    CHECK(c.read().status == 200);
+    CHECK(c.closed());
+    srv.stop();
+}
+
+namespace {
+
+void check_pipelined(std::uint16_t port) {
+    client c(port);
+    REQUIRE(c.ok());
+    const std::string batch = get_req("/path?n=1") + post_req("/echo", "hello\r\n\r\nGET / HTTP/1.1\r\n") +
+                              get_req("/path?n=3");
+    // One send() call for all three requests.
+    REQUIRE(::send(c.fd, batch.data(), batch.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(batch.size()));
+    auto r1 = c.read();
+    auto r2 = c.read();
+    auto r3 = c.read();
+    CHECK(r1.status == 200);
+    CHECK(r1.body == "/path|n=1");
+    CHECK(r2.status == 200);
+    CHECK(r2.body == "hello\r\n\r\nGET / HTTP/1.1\r\n");
+    CHECK(r3.status == 200);
+    CHECK(r3.body == "/path|n=3");
+    // The connection is still usable afterwards.
+    REQUIRE(c.send(get_req("/hello")));
+    CHECK(c.read().body == "hello");
+}
+
+void check_keepalive(std::uint16_t port) {
+    client c(port);
+    REQUIRE(c.ok());
+    for (int i = 0; i < 5; ++i) {
+        REQUIRE(c.send(post_req("/echo", "round " + std::to_string(i))));
+        auto r = c.read();
+        REQUIRE(r.status == 200);
+        CHECK(r.body == "round " + std::to_string(i));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("pipelining: three requests in one send are answered in order", "[http][pipelining]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    check_pipelined(port);
+    srv.stop();
+}
+
+TEST_CASE("a request sent byte by byte is still answered", "[http]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+    c.nodelay();
+    const std::string raw = post_req("/echo", "tiny pieces", "X-Filler: abc\r\n") + get_req("/hello");
+    for (char ch : raw) REQUIRE(::send(c.fd, &ch, 1, MSG_NOSIGNAL) == 1);
+    auto r = c.read();
+    CHECK(r.status == 200);
+    CHECK(r.body == "tiny pieces");
+    auto r2 = c.read();
+    CHECK(r2.status == 200);
+    CHECK(r2.body == "hello");
+    srv.stop();
+}
+
+TEST_CASE("a Content-Length body is echoed back exactly", "[http][body]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+
+    SECTION("small, empty and binary bodies") {
+        for (const std::string& body : {std::string("x"), std::string(), std::string("a\0b\r\n\r\nc", 8)}) {
+            REQUIRE(c.send(post_req("/echo", body)));
+            auto r = c.read();
+            CHECK(r.status == 200);
+            CHECK(r.body == body);
+            CHECK(r.header("Content-Length") == std::to_string(body.size()));
+        }
+    }
+    SECTION("1 MiB") {
+        std::string body(1024 * 1024, '\0');
+        std::uint32_t x = 0x12345678u;
+        for (char& ch : body) {
+            x = x * 1664525u + 1013904223u;
+            ch = static_cast<char>(x >> 24);
+        }
+        REQUIRE(c.send(post_req("/echo", body)));
+        auto r = c.read();
+        REQUIRE(r.status == 200);
+        CHECK(r.header("Content-Length") == std::to_string(body.size()));
+        CHECK(r.body.size() == body.size());
+        CHECK((r.body == body));
+        // and the connection goes on
+        REQUIRE(c.send(get_req("/hello")));
+        CHECK(c.read().body == "hello");
+    }
+    srv.stop();
+}
+
+TEST_CASE("Expect: 100-continue gets an interim response before the body", "[http][body]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    client c(port);
+    REQUIRE(c.ok());
+    const std::string body = "the body after continue";
+    REQUIRE(c.send("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: " +
+                   std::to_string(body.size()) + "\r\n\r\n"));
+    // Nothing of the body is sent yet: the server must answer 100 first (or this times out).
+    auto interim = c.read();
+    INFO("interim: " << interim.head);
+    REQUIRE(interim.status == 100);
+    CHECK(interim.head.rfind("HTTP/1.1 100 Continue\r\n", 0) == 0);
+    REQUIRE(c.send(body));
+    auto r = c.read();
+    CHECK(r.status == 200);
+    CHECK(r.body == body);
+    srv.stop();
+}
+
+TEST_CASE("a body above max_body_bytes is 413", "[http][body][limits]") {
+    auto o = test::local_options();
+    o.max_body_bytes = 1024;
+    rs::server srv(o);
+    add_echo_routes(srv);
+    const auto port = start(srv);
+
+    SECTION("at the limit passes") {
+        const std::string body(1024, 'k');
+        auto r = test::request(port, post_req("/echo", body, "Connection: close\r\n"));
+        CHECK(r.status == 200);
+        CHECK(r.body == body);
+    }
+    SECTION("over the limit is refused on the head alone") {
+        client c(port);
+        REQUIRE(c.ok());
+        // Only the head: the server decides on Content-Length, without reading the body.
+        REQUIRE(c.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2048\r\n\r\n"));
+        auto r = c.read();
+        CHECK(r.status == 413);
+    }
+    SECTION("over the limit with Expect: 100-continue gets 413, not 100") {
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1025\r\n\r\n"));
+        auto r = c.read();
+        CHECK(r.status == 413);
+    }
+    srv.stop();
+}
+
+TEST_CASE("worker_threads = 0 serves keep-alive and pipelined requests", "[http][pipelining]") {
+    rs::server srv(test::local_options(0));
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    check_keepalive(port);
+    check_pipelined(port);
+    // HEAD framing in this mode too.
+    client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send("HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n" + get_req("/hello")));
+    auto h = c.read(true);
+    CHECK(h.status == 200);
+    CHECK(h.header("Content-Length") == "5");
+    auto g = c.read();
+    CHECK(g.status == 200);
+    CHECK(g.body == "hello");
+    srv.stop();
+}
+
+TEST_CASE("a slow handler does not delay a request on another connection", "[http][concurrency]") {
+    std::mutex m;
+    std::condition_variable cv;
+    bool entered = false, release = false;
+    // Declared before the server, destroyed after it; the releaser runs first, so a failed
+    // REQUIRE never leaves the handler blocked while the server's destructor waits.
+    struct releaser {
+        std::mutex& m;
+        std::condition_variable& cv;
+        bool& release;
+        ~releaser() {
+            std::lock_guard<std::mutex> lk(m);
+            release = true;
+            cv.notify_all();
+        }
+    };
+    rs::server srv(test::local_options(2));
+    releaser rel{m, cv, release};
+    srv.get("/slow", [&](const rs::request&, rs::response& res) {
+        std::unique_lock<std::mutex> lk(m);
+        entered = true;
+        cv.notify_all();
+        cv.wait_for(lk, 60s, [&] { return release; });
+        res.set_content(release ? "released" : "timed out", "text/plain");
+    });
+    srv.get("/fast", [](const rs::request&, rs::response& res) { res.set_content("fast", "text/plain"); });
+    const auto port = start(srv);
+
+    client slow(port, 30s);
+    REQUIRE(slow.ok());
+    REQUIRE(slow.send(get_req("/slow")));
+    {
+        std::unique_lock<std::mutex> lk(m);
+        REQUIRE(cv.wait_for(lk, 20s, [&] { return entered; }));
+    }
+    // The slow handler holds a worker; another connection is still answered.
+    client fast(port);
+    REQUIRE(fast.ok());
+    REQUIRE(fast.send(get_req("/fast") + get_req("/fast")));
+    auto f1 = fast.read();
+    auto f2 = fast.read();
+    CHECK(f1.status == 200);
+    CHECK(f1.body == "fast");
+    CHECK(f2.body == "fast");
+    {
+        std::lock_guard<std::mutex> lk(m);
+        CHECK_FALSE(release);  // the fast answers came while the slow one was still blocked
+        release = true;
+        cv.notify_all();
+    }
+    auto s = slow.read();
+    CHECK(s.status == 200);
+    CHECK(s.body == "released");
+    srv.stop();
+}
+
+TEST_CASE("many idle keep-alive connections do not block a fresh client", "[http][concurrency]") {
+    auto o = test::local_options(2);
+    o.header_timeout = std::chrono::minutes(5);  // the silent connections must outlive the test
+    o.idle_timeout = std::chrono::minutes(5);
+    rs::server srv(o);
+    add_echo_routes(srv);
+    const auto port = start(srv);
+
+    std::vector<std::unique_ptr<client>> idle;
+    for (int i = 0; i < 200; ++i) {
+        auto c = std::make_unique<client>(port);
+        REQUIRE(c->ok());
+        if (i % 2 == 0) {  // half of them had a request and are now idle in keep-alive
+            REQUIRE(c->send(get_req("/hello")));
+            REQUIRE(c->read().status == 200);
+        } else if (i % 10 == 1) {  // a few sent an unfinished head
+            REQUIRE(c->send("GET /hello HTTP/1.1\r\nHost: x\r\n"));
+        }  // the rest never sent anything
+        idle.push_back(std::move(c));
+    }
+    for (int round = 0; round < 3; ++round) {
+        auto r = test::get(port, "/hello");
+        CHECK(r.status == 200);
+        CHECK(r.body == "hello");
+    }
+    // The idle connections are still alive and served.
+    for (std::size_t i : {0u, 2u, 198u}) {
+        REQUIRE(idle[i]->send(get_req("/hello")));
+        CHECK(idle[i]->read().body == "hello");
+    }
+    REQUIRE(idle[1]->send("\r\n"));  // finishes the unfinished head
+    CHECK(idle[1]->read().body == "hello");
+    idle.clear();
+    srv.stop();
+}
+
+TEST_CASE("a real client: Python http.client reuses one connection", "[http][clients]") {
+    if (!have_command("python3")) {
+        WARN("python3 not found; skipped");
+        return;
+    }
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    srv.get("/greet", [](const rs::request& req, rs::response& res) {
+        res.set_content("hi " + req.query_param("i").value_or("?"), "text/plain");
+    });
+    const auto port = start(srv);
+
+    char path[] = "/tmp/rs_test_http_XXXXXX";
+    int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+    struct remover {
+        const char* p;
+        ~remover() { std::remove(p); }
+    } rm{path};
+    {
+        std::ofstream f(path);
+        f << R"PY(
+import http.client, sys
+port = int(sys.argv[1])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+socks = []
+for i in range(3):
+    c.request("GET", "/greet?i=%d" % i)
+    r = c.getresponse()
+    body = r.read().decode()
+    print("GET", r.status, body, r.getheader("Content-Length"))
+    socks.append(c.sock.getsockname() if c.sock else None)
+payload = b"python body \x00\xff\r\n\r\nend"
+c.request("POST", "/echo", body=payload, headers={"Content-Type": "application/octet-stream"})
+r = c.getresponse()
+got = r.read()
+print("POST", r.status, got == payload, len(got))
+socks.append(c.sock.getsockname() if c.sock else None)
+print("connections", len(set(socks)), None in socks)
+c.close()
+)PY";
+    }
+    int code = 0;
+    const std::string out =
+        run_command("timeout 60 python3 " + std::string(path) + " " + std::to_string(port) + " 2>&1", code);
+    INFO("python output:\n" << out);
+    CHECK(code == 0);
+    CHECK(out ==
+          "GET 200 hi 0 4\n"
+          "GET 200 hi 1 4\n"
+          "GET 200 hi 2 4\n"
+          "POST 200 True 21\n"
+          "connections 1 False\n");
+    srv.stop();
+}
+
+TEST_CASE("a real client: curl makes two requests over one connection", "[http][clients]") {
+    if (!have_command("curl")) {
+        WARN("curl not found; skipped");
+        return;
+    }
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    const std::string url = "http://127.0.0.1:" + std::to_string(port) + "/hello";
+    int code = 0;
+    const std::string out = run_command("curl -s --max-time 30 --noproxy '*' -o - -w ' %{http_code} %{num_connects}\\n' " +
+                                            url + " " + url + " 2>&1",
+                                        code);
+    INFO("curl output:\n" << out);
+    CHECK(code == 0);
+    CHECK(out == "hello 200 1\nhello 200 0\n");
+
+    // And a POST with a body.
+    const std::string echo = "http://127.0.0.1:" + std::to_string(port) + "/echo";
+    const std::string out2 =
+        run_command("curl -s --max-time 30 --noproxy '*' --data-binary 'curl body' " + echo + " 2>&1", code);
+    CHECK(code == 0);
+    CHECK(out2 == "curl body");
+    srv.stop();
+}
