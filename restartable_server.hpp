@@ -45,8 +45,8 @@
 // LIMITATIONS
 //
 //   - Linux (uses accept4, pipe2, SOCK_CLOEXEC). Other POSIX systems are not tested.
-//   - No TLS, no HTTP/2. Request bodies must carry Content-Length; a chunked request
-//     body is answered with 501. Responses are always Content-Length framed.
+//   - No TLS, no HTTP/2, no transfer codings but chunked (gzip request bodies get 501).
+//   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
 //   - A handler that never returns keeps stop() from returning: threads cannot be killed.
 //     After the drain deadline its connection is shut down, so the client is released.
 //   - The unix_listener() socket file is left on disk after a stop; the next start
@@ -214,7 +214,7 @@ class request {
 public:
     std::string_view method;      ///< "GET", "POST", ... (case-sensitive, as sent)
     std::string_view target;      ///< the request-target as sent, e.g. "/a%20b?x=1"
-    std::string_view path;        ///< target up to '?', not percent-decoded
+    std::string_view path;        ///< target up to '?' (for "http://host/p?q": "/p"), not percent-decoded
     std::string_view query;       ///< target after '?', raw ("" when none)
     int version_minor = 1;        ///< 1 for HTTP/1.1, 0 for HTTP/1.0
     std::vector<header> headers;  ///< in arrival order
