@@ -367,8 +367,9 @@ struct options {
     /// listener: builds the listening socket at each start. Empty (the default) means
     /// tcp_listener("127.0.0.1", 8080).
     listener_factory listener;
-    /// worker_threads: threads that run handlers. Default 8. 0 runs every handler in the
-    /// loop thread, for tiny targets: then one slow handler delays every connection.
+    /// worker_threads: at most this many threads run handlers; the loop starts them as
+    /// requests find every worker busy, and they last until the run ends. Default 8. 0 runs
+    /// every handler in the loop thread, for tiny targets: then one slow handler delays all.
     std::size_t worker_threads = 8;
     /// drain_timeout: how long stop() lets requests in flight finish before it shuts their
     /// connections down. Default 5 s. 0 shuts them down at once.
@@ -523,6 +524,7 @@ private:
     const route_entry* find_route(const run_context& run, request& req, int& status) const;
     bool respond(run_context& run, worker_context& w, connection& c, const route_entry* r, int route_status) noexcept;
     bool write_response(run_context& run, worker_context& w, connection& c, bool& keep_alive) noexcept;
+    void start_worker(run_context& run) noexcept;
     void worker_main(run_context& run) noexcept;
     void set_state(server_state s);
     void wake() noexcept;
@@ -1435,7 +1437,8 @@ struct server::run_context {
     std::deque<connection*> queue;      // readable connections for the workers
     std::vector<connection*> returned;  // connections the workers are done with
     bool closing = false;               // workers exit when the queue is empty
-    std::vector<std::thread> workers;
+    std::size_t idle_workers = 0;       // workers waiting for the queue
+    std::vector<std::thread> workers;   // started by the loop as the queue needs them
 
     // Owned by the loop thread alone.
     std::vector<std::unique_ptr<connection>> conns;
@@ -1592,38 +1595,24 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
     run->pfds.push_back({wake_read_.get(), POLLIN, 0});
     run->pfds.push_back({run->listener.get(), POLLIN, 0});
 
-    run_context* r = run.get();
+    set_state(server_state::running);
+    if (in_caller_thread) {
+        register_server_thread();
+        lifecycle.unlock();
+        loop(*run);
+        return;
+    }
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        for (std::size_t i = 0; i < o.worker_threads; ++i)
-            run->workers.emplace_back([this, r] { worker_main(*r); });
-        set_state(server_state::running);
-        if (in_caller_thread) {
-            register_server_thread();
-            lifecycle.unlock();
-            loop(*run);
-            return;
-        }
         loop_thread_ = std::thread([this, owned = std::move(run)] {
             register_server_thread();
             loop(*owned);
         });
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } catch (const std::system_error& e) {  // a thread could not be created
+    } catch (const std::system_error& e) {  // no thread: the run (and its listener) is gone
         ec = e.code();
-        {
-            std::lock_guard<std::mutex> lock(r->mutex);
-            r->closing = true;
-        }
-        r->cv.notify_all();
-        for (auto& t : r->workers) t.join();
-        run.reset();
         port_.store(0);
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            server_threads_.clear();
-        }
         set_state(server_state::stopped);
     }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -1660,6 +1649,17 @@ inline bool server::wait_until_running(std::chrono::milliseconds timeout) const 
     return cv_.wait_for(lock, timeout, [this] { return state_.load() == server_state::running; });
 }
 
+inline void server::start_worker(run_context& run) noexcept {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        run.workers.emplace_back([this, &run] { worker_main(run); });
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::system_error&) {  // out of threads: the ones there are carry on
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
 inline void server::worker_main(run_context& run) noexcept {
     register_server_thread();
     worker_context w;
@@ -1667,7 +1667,9 @@ inline void server::worker_main(run_context& run) noexcept {
         connection* c;
         {
             std::unique_lock<std::mutex> lock(run.mutex);
+            ++run.idle_workers;
             run.cv.wait(lock, [&run] { return !run.queue.empty() || run.closing; });
+            --run.idle_workers;
             if (run.queue.empty()) break;
             c = run.queue.front();
             run.queue.pop_front();
@@ -1973,7 +1975,7 @@ inline void server::loop(run_context& run) noexcept {
     auto& pfds = run.pfds;
     auto& polled = run.polled;
     auto& conns = run.conns;
-    const bool inline_serving = run.workers.empty();
+    const bool inline_serving = o.worker_threads == 0;
     bool stopping = false, cut_done = false, accept_paused = false;
     clock::time_point drain_deadline{}, accept_resume{}, next_sweep = clock::time_point::max();
     std::size_t cut = 0;
@@ -2015,16 +2017,24 @@ inline void server::loop(run_context& run) noexcept {
     };
     auto serve = [&](connection* c, clock::time_point now) {
         remove_polled(c);
-        if (inline_serving) {
-            process(run, run.inline_worker, *c);
-            settle(c, now);
-            return;
+        if (!inline_serving) {
+            bool more_workers;  // every worker busy: start another, up to worker_threads
+            {
+                std::lock_guard<std::mutex> lock(run.mutex);
+                more_workers = run.queue.size() >= run.idle_workers && run.workers.size() < o.worker_threads;
+            }
+            if (more_workers) start_worker(run);
+            if (!run.workers.empty()) {
+                {
+                    std::lock_guard<std::mutex> lock(run.mutex);
+                    run.queue.push_back(c);
+                }
+                run.cv.notify_one();
+                return;
+            }
         }
-        {
-            std::lock_guard<std::mutex> lock(run.mutex);
-            run.queue.push_back(c);
-        }
-        run.cv.notify_one();
+        process(run, run.inline_worker, *c);  // no workers wanted, or none could be started
+        settle(c, now);
     };
     auto ms_until = [](clock::time_point t, clock::time_point now) {
         if (t <= now) return 0;

@@ -1156,6 +1156,17 @@ TEST_CASE("lifecycle: routes and options changed between runs take effect at the
     watchdog wd("changes between runs", 60s);
     rs::server srv(test::local_options(1));
     srv.get("/a", [](const rs::request&, rs::response& res) { res.set_content("a", "text/plain"); });
+    std::mutex m;
+    std::condition_variable cv;
+    int entered = 0;
+    bool release = false;
+    srv.get("/block", [&](const rs::request&, rs::response& res) {
+        std::unique_lock<std::mutex> lock(m);
+        ++entered;
+        cv.notify_all();
+        cv.wait_for(lock, 20s, [&] { return release; });
+        res.set_content("released", "text/plain");
+    });
     std::error_code ec;
     srv.start(ec);
     REQUIRE(!ec);
@@ -1196,12 +1207,24 @@ TEST_CASE("lifecycle: routes and options changed between runs take effect at the
     srv.start(ec);
     REQUIRE(!ec);
     CHECK(srv.port() == fixed_port);
-    CHECK(settled_thread_count(threads_one_worker + 4) == threads_one_worker + 4);
     CHECK(test::get(fixed_port, "/b").body == "b");
-    // Options changed while running: this run keeps its own.
-    o.worker_threads = 1;
-    srv.set_options(o);
-    CHECK(test::thread_count() == threads_one_worker + 4);
+    // Five handlers run at once (workers start as requests need them), never a sixth thread.
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 6; ++i)
+        clients.emplace_back([fixed_port] { CHECK(test::get(fixed_port, "/block").body == "released"); });
+    {
+        std::unique_lock<std::mutex> lock(m);
+        REQUIRE(cv.wait_for(lock, 20s, [&] { return entered == 5; }));
+        // Options changed while running: this run keeps its own.
+        o.worker_threads = 1;
+        srv.set_options(o);
+        CHECK(!cv.wait_for(lock, 200ms, [&] { return entered > 5; }));  // the 6th waits its turn
+        CHECK(test::thread_count() == threads_one_worker + 4 + 6);    // 5 workers, 6 clients
+        release = true;
+        cv.notify_all();
+    }
+    for (auto& t : clients) t.join();
+    CHECK(entered == 6);
     CHECK(srv.stop().waited);
 }
 
