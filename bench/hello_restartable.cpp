@@ -1,0 +1,38 @@
+// hello_restartable.cpp - the bench's hello server on restartable_server.
+//   GET /hello -> 200 "Hello, World!" (text/plain). With -DBENCH_ECHO also POST /echo,
+//   which answers the request body with its Content-Type.
+// Listens on 127.0.0.1, on the port given as argv[1] (0, the default, picks a free one),
+// prints "port N" once accepting, and serves until killed.
+#include "restartable_server.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace rs = restartable_server;
+
+int main(int argc, char** argv) {
+    const int port = argc > 1 ? std::atoi(argv[1]) : 0;
+    rs::options opts;
+    opts.listener = rs::tcp_listener("127.0.0.1", static_cast<std::uint16_t>(port));
+    if (argc > 2) opts.worker_threads = static_cast<std::size_t>(std::atoi(argv[2]));
+    rs::server srv(std::move(opts));
+    srv.get("/hello", [](const rs::request&, rs::response& res) {
+        res.set_content("Hello, World!", "text/plain");
+    });
+#ifdef BENCH_ECHO
+    srv.post("/echo", [](const rs::request& req, rs::response& res) {
+        res.set_content(req.body, req.get_header("Content-Type"));
+    });
+#endif
+    std::error_code ec;
+    srv.start(ec);
+    if (ec) {
+        std::fprintf(stderr, "hello_restartable: %s\n", ec.message().c_str());
+        return 1;
+    }
+    std::printf("port %u\n", static_cast<unsigned>(srv.port()));
+    std::fflush(stdout);
+    srv.wait();
+    return 0;
+}

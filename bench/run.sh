@@ -1,0 +1,467 @@
+#!/usr/bin/env bash
+# bench/run.sh - restartable_server against cpp-httplib and nginx, side by side, one table.
+#
+#   bench/run.sh           the full suite (a few minutes): medians of 3 runs
+#   bench/run.sh --quick   a smoke run (tiny durations, 1 run, 100 idle connections) that
+#                          only checks that every figure produced a value; asserts no speed
+#
+# Runs as-is on a fresh Debian 12 machine as root: installs wrk, nginx, g++ and dpkg-dev
+# from Debian when missing, and takes cpp-httplib's original single header from Debian's
+# source package (apt-get source cpp-httplib; a deb-src entry derived from the machine's
+# Debian sources is added when there is none). Nothing else is downloaded. The header and
+# the builds live in bench/.cache (or $BENCH_CACHE); the builds are redone on every run.
+#
+# Everything listens on 127.0.0.1 on free ports; nginx runs in the foreground as the
+# current user with a generated config in a temporary directory. Every process started
+# here is killed on exit. Exit status: 0 when every figure produced a value, 1 otherwise.
+#
+# Environment: CXX (default g++), BENCH_CACHE, BENCH_RUNS (full mode, default 3),
+# BENCH_WRK_SECONDS (full mode, default 4).
+set -euo pipefail
+
+QUICK=0
+case "${1:-}" in
+  --quick) QUICK=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+esac
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+CACHE=${BENCH_CACHE:-$HERE/.cache}
+BUILD=$CACHE/build
+CXX=${CXX:-g++}
+
+if [ "$QUICK" = 1 ]; then
+  RUNS=1 WRK_SECONDS=1 WARMUP_SECONDS=0 COMPILE_RUNS=1
+  IDLE_N=100 IDLE_OPEN_MS=1500 FRESH_TIMEOUT_MS=500 SECOND_BUDGET_MS=1500
+  STOP_N=100 STOP_ANSWER_MS=500 RESTART_SECONDS=0.3 ECHO_COUNT=1
+else
+  RUNS=${BENCH_RUNS:-3} WRK_SECONDS=${BENCH_WRK_SECONDS:-4} WARMUP_SECONDS=1 COMPILE_RUNS=3
+  IDLE_N=10000 IDLE_OPEN_MS=8000 FRESH_TIMEOUT_MS=3000 SECOND_BUDGET_MS=25000
+  STOP_N=1000 STOP_ANSWER_MS=2000 RESTART_SECONDS=2 ECHO_COUNT=8
+fi
+ECHO_MIB=10
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------------- cleanup --
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/rs-bench.XXXXXX")
+PIDS=()
+POLICY_RC_CREATED=0
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]}"; do
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  [ "$POLICY_RC_CREATED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# ------------------------------------------------------------------ packages --
+need=()
+for pkg in wrk nginx g++ build-essential dpkg-dev xz-utils; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing packages (${need[*]}); run as root or install them"
+  log "installing ${need[*]}"
+  # Keep the nginx package from starting its system service: we run our own instance.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    POLICY_RC_CREATED=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || die "nginx not found"
+
+# --------------------------------------------------- cpp-httplib from Debian --
+# The binary package libcpp-httplib-dev is a split build linked against OpenSSL; the
+# source package carries the original single header.
+add_deb_src() {
+  local out=/etc/apt/sources.list.d/restartable-bench-deb-src
+  local f
+  # deb822 (Debian 12's /etc/apt/sources.list.d/debian.sources)
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    case "$f" in "$out".sources) continue ;; esac
+    awk '
+      function flush() {
+        if (n > 0 && isdeb && isdebian && enabled) {
+          for (i = 1; i <= n; i++)
+            if (lines[i] ~ /^[Tt]ypes:/) print "Types: deb-src"; else print lines[i]
+          print ""
+        }
+        n = 0; isdeb = 0; isdebian = 0; enabled = 1
+      }
+      BEGIN { n = 0; enabled = 1 }
+      /^[ \t]*#/ { next }
+      /^[ \t]*$/ { flush(); next }
+      {
+        lines[++n] = $0
+        if ($0 ~ /^[Tt]ypes:/ && $0 ~ /[ \t:]deb([ \t]|$)/) isdeb = 1
+        if ($0 ~ /^URIs:/ && $0 ~ /debian/) isdebian = 1
+        if ($0 ~ /^Enabled:[ \t]*[Nn]o/) enabled = 0
+      }
+      END { flush() }' "$f"
+  done >"$out.sources.tmp"
+  # one-line format (/etc/apt/sources.list, *.list)
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    case "$f" in "$out".list) continue ;; esac
+    sed -n -e '/debian/s/^[[:space:]]*deb\([[:space:]]\)/deb-src\1/p' "$f"
+  done >"$out.list.tmp"
+  local any=0
+  if [ -s "$out.sources.tmp" ]; then mv "$out.sources.tmp" "$out.sources"; any=1; else rm -f "$out.sources.tmp"; fi
+  if [ -s "$out.list.tmp" ]; then mv "$out.list.tmp" "$out.list"; any=1; else rm -f "$out.list.tmp"; fi
+  [ "$any" = 1 ] || die "no Debian apt source found to derive a deb-src entry from"
+  log "added deb-src entries in $out.*"
+}
+
+HTTPLIB_DIR=$CACHE/cpp-httplib
+if [ ! -s "$HTTPLIB_DIR/httplib.h" ]; then
+  if ! apt-get source --print-uris cpp-httplib >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "no deb-src entry for apt-get source; run as root once"
+    add_deb_src
+    apt-get update -qq
+  fi
+  log "apt-get source cpp-httplib"
+  rm -rf "$CACHE/src" && mkdir -p "$CACHE/src" "$HTTPLIB_DIR"
+  (cd "$CACHE/src" && apt-get source -qq cpp-httplib >"$CACHE/src/apt-get-source.log" 2>&1) ||
+    { cat "$CACHE/src/apt-get-source.log" >&2; die "apt-get source cpp-httplib failed"; }
+  hdr=$(find "$CACHE/src" -maxdepth 2 -name httplib.h -path '*cpp-httplib-*' | head -n 1)
+  [ -n "$hdr" ] || die "httplib.h not found in the cpp-httplib source package"
+  cp "$hdr" "$HTTPLIB_DIR/httplib.h"
+  rm -rf "$CACHE/src"
+fi
+HTTPLIB_VERSION=$(sed -n 's/^#define CPPHTTPLIB_VERSION "\(.*\)"/\1/p' "$HTTPLIB_DIR/httplib.h" | head -n 1)
+NGINX_VERSION=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+RS_VERSION=$(awk '/define RESTARTABLE_SERVER_VERSION_(MAJOR|MINOR|PATCH)/ {v = v (v == "" ? "" : ".") $3} END {print v}' "$ROOT/restartable_server.hpp")
+
+# -------------------------------------------------------------------- build --
+# Both hello servers: -O2, header-only. cpp-httplib without OpenSSL, with TCP_NODELAY (else
+# Nagle dominates its keep-alive latency) and with poll(2) instead of select(2) (0.11.4's
+# default select answers 500 on descriptors >= 1024, which 10,000 idle connections reach;
+# newer versions always poll).
+RS_FLAGS=(-std=c++17 -O2 -pthread -I"$ROOT")
+HTTPLIB_FLAGS=(-std=c++17 -O2 -pthread -I"$HTTPLIB_DIR" -DCPPHTTPLIB_TCP_NODELAY=true -DCPPHTTPLIB_USE_POLL)
+rm -rf "$BUILD" && mkdir -p "$BUILD"
+RESULTS=$TMP/results.tsv
+: >"$RESULTS"
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
+now_ns() { date +%s%N; }
+
+log "building (restartable_server $RS_VERSION, cpp-httplib $HTTPLIB_VERSION, nginx $NGINX_VERSION)"
+# Figure 6: compile time of the hello servers, alternating, on an otherwise idle machine.
+for ((i = 0; i < COMPILE_RUNS; i++)); do
+  for s in rs httplib; do
+    if [ "$s" = rs ]; then flags=("${RS_FLAGS[@]}") src=hello_restartable.cpp; else flags=("${HTTPLIB_FLAGS[@]}") src=hello_httplib.cpp; fi
+    t0=$(now_ns)
+    "$CXX" "${flags[@]}" -o "$BUILD/hello_$s" "$HERE/$src" 2>"$BUILD/hello_$s.log" ||
+      { cat "$BUILD/hello_$s.log" >&2; die "building the $s hello server failed"; }
+    t1=$(now_ns)
+    record compile_s "$s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b - a) / 1e9}')"
+  done
+done
+for s in rs httplib; do
+  strip -o "$BUILD/hello_$s.stripped" "$BUILD/hello_$s"
+  record binary_kb "$s" "$(awk -v b="$(stat -c %s "$BUILD/hello_$s.stripped")" 'BEGIN {printf "%.0f", b / 1024}')"
+done
+# Everything else, in parallel.
+build() {  # build NAME COMPILER-ARGS...: $BUILD/NAME, its log in $BUILD/NAME.log
+  local name=$1
+  shift
+  "$CXX" "$@" -o "$BUILD/$name" >"$BUILD/$name.log" 2>&1
+}
+jobs_pids=() jobs_names=()
+bg_build() { build "$@" & jobs_pids+=($!); PIDS+=($!); jobs_names+=("$1"); }
+bg_build echo_rs "${RS_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_restartable.cpp"
+bg_build echo_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_httplib.cpp"
+bg_build lifecycle_rs "${RS_FLAGS[@]}" "$HERE/lifecycle.cpp"
+bg_build lifecycle_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_HTTPLIB "$HERE/lifecycle.cpp"
+for tool in idle_clients post_echo probe report; do
+  bg_build "$tool" -std=c++17 -O2 "$HERE/$tool.cpp"
+done
+build_failed=0
+for i in "${!jobs_pids[@]}"; do
+  if ! wait "${jobs_pids[$i]}"; then
+    cat "$BUILD/${jobs_names[$i]}.log" >&2
+    log "building ${jobs_names[$i]} failed"
+    build_failed=1
+  fi
+done
+PIDS=()  # all waited for
+[ "$build_failed" = 0 ] || die "a build failed"
+
+# ------------------------------------------------------------------ machine --
+NPROC=$(nproc)
+SRV_PIN=() CLI_PIN=() CLI_CPUS=$NPROC
+if [ "$NPROC" -ge 2 ] && command -v taskset >/dev/null; then
+  half=$((NPROC / 2))
+  SRV_PIN=(taskset -c "0-$((half - 1))")
+  CLI_PIN=(taskset -c "$half-$((NPROC - 1))")
+  CLI_CPUS=$((NPROC - half))
+  PINNING="server on CPU 0-$((half - 1)), load generator on CPU $half-$((NPROC - 1)) (taskset)"
+else
+  PINNING="not pinned (1 CPU)"
+fi
+
+# File descriptors for 10,000 connections, on both ends.
+want_fds=$((IDLE_N + 2048))
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$want_fds" ]; then
+  ulimit -Hn "$want_fds" 2>/dev/null || true
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+nofile=$(ulimit -n)
+if [ "$nofile" != unlimited ] && [ "$nofile" -lt "$want_fds" ]; then
+  IDLE_N=$((nofile - 2048 > 100 ? nofile - 2048 : 100))
+  log "RLIMIT_NOFILE is $nofile: idle capacity uses $IDLE_N connections"
+fi
+
+# ------------------------------------------------------------------ servers --
+SPID="" SPORT=""
+# start_server KIND NAME: KIND is hello or echo, NAME rs, httplib or nginx. Sets SPID, SPORT.
+start_server() {
+  local kind=$1 name=$2 out=$TMP/server.out attempt
+  SPID="" SPORT=""
+  for attempt in 1 2 3; do
+    : >"$out"
+    if [ "$name" = nginx ]; then
+      local dir=$TMP/nginx
+      rm -rf "$dir" && mkdir -p "$dir/logs"
+      SPORT=$("$BUILD/probe" freeport)
+      cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections $((IDLE_N + 1024)); }
+http {
+  access_log off;
+  keepalive_requests 1000000000;
+  keepalive_timeout 75s;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  server {
+    listen 127.0.0.1:$SPORT;
+    location = /hello {
+      default_type text/plain;
+      return 200 "Hello, World!";
+    }
+  }
+}
+EOF
+      "${SRV_PIN[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" >"$out" 2>&1 &
+      SPID=$!
+    else
+      "${SRV_PIN[@]}" "$BUILD/${kind}_$name" 0 >"$out" 2>&1 &
+      SPID=$!
+      local i
+      for ((i = 0; i < 500; i++)); do
+        SPORT=$(sed -n 's/^port \([0-9]*\)$/\1/p' "$out")
+        [ -n "$SPORT" ] && break
+        kill -0 "$SPID" 2>/dev/null || break
+        sleep 0.01
+      done
+    fi
+    PIDS+=("$SPID")
+    if [ -n "$SPORT" ] && "$BUILD/probe" wait "$SPORT" 5000; then
+      return 0
+    fi
+    stop_server
+    sleep 0.2
+  done
+  cat "$out" >&2
+  return 1
+}
+stop_server() {
+  [ -n "$SPID" ] || return 0
+  kill -TERM "$SPID" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 200; i++)); do
+    kill -0 "$SPID" 2>/dev/null || break
+    sleep 0.01
+  done
+  kill -KILL "$SPID" 2>/dev/null || true
+  wait "$SPID" 2>/dev/null || true
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$SPID" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+  SPID=""
+}
+status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+kb_to_mb() { awk -v k="$1" 'BEGIN {printf "%.2f", k / 1024}'; }
+
+# run_wrk NAME CONNS KEY_PREFIX [wrk args]: records req/s, p50 and p99 (ms)
+run_wrk() {
+  local name=$1 conns=$2 key=$3
+  shift 3
+  local threads=$((CLI_CPUS < conns ? CLI_CPUS : conns)) out
+  if ! out=$("${CLI_PIN[@]}" timeout $((WRK_SECONDS + 30)) wrk -t"$threads" -c"$conns" -d"${WRK_SECONDS}s" --latency \
+        "$@" "http://127.0.0.1:$SPORT/hello" 2>&1); then
+    printf '%s\n' "$out" >&2
+    record "${key}_rps" "$name" fail; record "${key}_p50" "$name" fail; record "${key}_p99" "$name" fail
+    return
+  fi
+  if printf '%s\n' "$out" | grep -q 'Non-2xx'; then
+    log "$name: wrk -c$conns $*: non-2xx responses"
+    printf '%s\n' "$out" >&2
+  fi
+  local rps p50 p99 errors
+  rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
+  toms='function ms(s) { if (s ~ /us$/) return s / 1000; if (s ~ /ms$/) return s + 0; if (s ~ /m$/) return s * 60000; if (s ~ /s$/) return s * 1000; return s }'
+  p50=$(printf '%s\n' "$out" | awk "$toms"' $1 == "50%" {printf "%.3f", ms($2)}')
+  p99=$(printf '%s\n' "$out" | awk "$toms"' $1 == "99%" {printf "%.3f", ms($2)}')
+  errors=$(printf '%s\n' "$out" | sed -n 's/.*Socket errors: //p')
+  [ -z "$errors" ] || log "$name: wrk -c$conns $*: socket errors: $errors"
+  record "${key}_rps" "$name" "${rps:-fail}"
+  record "${key}_p50" "$name" "${p50:-fail}"
+  record "${key}_p99" "$name" "${p99:-fail}"
+}
+
+# kv FILE KEY: the value of a "key value" line
+kv() { sed -n "s/^$2 //p" "$1" | head -n 1; }
+
+# The order of the servers rotates from run to run; within a run every figure alternates.
+ALL=(rs httplib nginx)
+order() { local r=$1 i; for ((i = 0; i < 3; i++)); do printf '%s ' "${ALL[$(((i + r) % 3))]}"; done; }
+
+LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
+T_START=$(date +%s)
+for ((run = 0; run < RUNS; run++)); do
+  log "run $((run + 1))/$RUNS"
+  # Figures 1, 2 and 6 (idle RSS): one hello server process per server.
+  for s in $(order "$run"); do
+    log "  $s: wrk"
+    if ! start_server hello "$s"; then
+      for k in idle_rss_mb ka8_rps ka8_p50 ka8_p99 ka64_rps ka64_p50 ka64_p99 ka256_rps ka256_p50 ka256_p99 close_rps; do record "$k" "$s" fail; done
+      continue
+    fi
+    sleep 0.3
+    record idle_rss_mb "$s" "$(kb_to_mb "$(status_kb "$SPID" VmRSS)")"
+    if [ "$WARMUP_SECONDS" != 0 ]; then
+      "${CLI_PIN[@]}" timeout 30 wrk -t"$CLI_CPUS" -c64 -d"${WARMUP_SECONDS}s" "http://127.0.0.1:$SPORT/hello" >/dev/null 2>&1 || true
+    fi
+    run_wrk "$s" 8 ka8
+    run_wrk "$s" 64 ka64
+    run_wrk "$s" 256 ka256
+    run_wrk "$s" 64 close -H 'Connection: close'
+    stop_server
+  done
+  # Figure 3: idle capacity, a fresh server process each.
+  for s in $(order "$run"); do
+    log "  $s: $IDLE_N idle connections"
+    out=$TMP/idle.out
+    if start_server hello "$s" &&
+       "${CLI_PIN[@]}" timeout 120 "$BUILD/idle_clients" "$SPORT" "$IDLE_N" "$SPID" "$IDLE_OPEN_MS" \
+         "$FRESH_TIMEOUT_MS" "$SECOND_BUDGET_MS" >"$out"; then
+      record idle_answered "$s" "$(kv "$out" answered)"
+      record idle_fresh_ms "$s" "$(kv "$out" fresh_ms)"
+      record idle_second_p99 "$s" "$(kv "$out" second_p99_ms)"
+      record idle_second_answered "$s" "$(kv "$out" second_answered)"
+      record idle_conn_rss_mb "$s" "$(kb_to_mb "$(kv "$out" rss_kb)")"
+      record idle_threads "$s" "$(kv "$out" threads)"
+    else
+      for k in idle_answered idle_fresh_ms idle_second_p99 idle_second_answered idle_conn_rss_mb idle_threads; do record "$k" "$s" fail; done
+    fi
+    stop_server
+  done
+  # Figure 7: 10 MiB POST echo (nginx does not echo).
+  for s in $(order "$run"); do
+    [ "$s" = nginx ] && continue
+    log "  $s: ${ECHO_MIB} MiB POST echo"
+    out=$TMP/echo.out
+    if start_server echo "$s" &&
+       "${CLI_PIN[@]}" timeout 120 "$BUILD/post_echo" "$SPORT" "$ECHO_MIB" "$ECHO_COUNT" 60000 >"$out"; then
+      record echo_mbps "$s" "$(kv "$out" mb_per_s)"
+      record echo_peak_mb "$s" "$(kb_to_mb "$(status_kb "$SPID" VmHWM)")"
+    else
+      record echo_mbps "$s" fail; record echo_peak_mb "$s" fail
+    fi
+    stop_server
+  done
+  # Figures 4 and 5: in-process, through each library's API (nginx has none).
+  for s in $(order "$run"); do
+    [ "$s" = nginx ] && continue
+    log "  $s: stop latency and restart rate"
+    tool=$BUILD/lifecycle_$s out=$TMP/lifecycle.out
+    if timeout 150 "$tool" stop 0 >"$out"; then record stop0_ms "$s" "$(kv "$out" stop_ms)"; else record stop0_ms "$s" fail; fi
+    if timeout 150 "$tool" stop "$STOP_N" "$STOP_ANSWER_MS" >"$out"; then record stopN_ms "$s" "$(kv "$out" stop_ms)"; else record stopN_ms "$s" fail; fi
+    if timeout 150 "$tool" restart plain "$RESTART_SECONDS" >"$out"; then record restart_plain "$s" "$(kv "$out" cycles_per_s)"; else record restart_plain "$s" fail; fi
+    if timeout 150 "$tool" restart held "$RESTART_SECONDS" >"$out"; then record restart_held "$s" "$(kv "$out" cycles_per_s)"; else record restart_held "$s" fail; fi
+  done
+done
+T_END=$(date +%s)
+
+# -------------------------------------------------------------------- table --
+ROWS=$TMP/rows.tsv
+tab=$'\t'
+cat >"$ROWS" <<EOF
+ka8_rps${tab}1. keep-alive req/s, wrk -c8${tab}hi${tab}0${tab}rhn
+ka8_p50${tab}1. keep-alive p50 latency (ms), -c8${tab}lo${tab}3${tab}rhn
+ka8_p99${tab}1. keep-alive p99 latency (ms), -c8${tab}lo${tab}3${tab}rhn
+ka64_rps${tab}1. keep-alive req/s, wrk -c64${tab}hi${tab}0${tab}rhn
+ka64_p50${tab}1. keep-alive p50 latency (ms), -c64${tab}lo${tab}3${tab}rhn
+ka64_p99${tab}1. keep-alive p99 latency (ms), -c64${tab}lo${tab}3${tab}rhn
+ka256_rps${tab}1. keep-alive req/s, wrk -c256${tab}hi${tab}0${tab}rhn
+ka256_p50${tab}1. keep-alive p50 latency (ms), -c256${tab}lo${tab}3${tab}rhn
+ka256_p99${tab}1. keep-alive p99 latency (ms), -c256${tab}lo${tab}3${tab}rhn
+close_rps${tab}2. \`Connection: close\` req/s, wrk -c64${tab}hi${tab}0${tab}rhn
+idle_answered${tab}3. idle conns answered (of $IDLE_N)${tab}hi${tab}0${tab}rhn
+idle_fresh_ms${tab}3. fresh request with $IDLE_N idle conns (ms)${tab}lo${tab}3${tab}rhn
+idle_second_p99${tab}3. 2nd request on every idle conn, p99 (ms)${tab}lo${tab}3${tab}rhn
+idle_second_answered${tab}3. idle conns answering a 2nd request (of $IDLE_N)${tab}hi${tab}0${tab}rhn
+idle_conn_rss_mb${tab}3. server RSS with $IDLE_N idle conns (MiB)${tab}lo${tab}1${tab}rhn
+idle_threads${tab}3. server threads with $IDLE_N idle conns${tab}info${tab}0${tab}rhn
+stop0_ms${tab}4. stop() latency, 0 idle conns (ms)${tab}lo${tab}3${tab}rh
+stopN_ms${tab}4. stop() latency, $STOP_N idle conns (ms)${tab}lo${tab}3${tab}rh
+restart_plain${tab}5. restart cycles/s, plain client${tab}hi${tab}0${tab}rh
+restart_held${tab}5. restart cycles/s, client holds its connection${tab}hi${tab}1${tab}rh
+compile_s${tab}6. compile time, hello, -O2 (s)${tab}lo${tab}2${tab}rh
+binary_kb${tab}6. stripped hello binary (KiB)${tab}lo${tab}0${tab}rh
+idle_rss_mb${tab}6. idle resident memory, hello (MiB)${tab}lo${tab}2${tab}rhn
+echo_mbps${tab}7. ${ECHO_MIB} MiB POST echo (MB/s)${tab}hi${tab}0${tab}rh
+echo_peak_mb${tab}7. peak server memory (VmHWM) echoing ${ECHO_MIB} MiB (MiB)${tab}lo${tab}1${tab}rh
+EOF
+
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+MEM_GIB=$(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
+OS=$(. /etc/os-release && echo "${PRETTY_NAME:-Linux}")
+CXX_VERSION=$("$CXX" --version | head -n 1)
+MODE=$([ "$QUICK" = 1 ] && echo "smoke run: 1 run, ${WRK_SECONDS}s per wrk figure, $IDLE_N idle conns; not a measurement" || echo "median of $RUNS runs")
+TABLE=$TMP/table.md
+set +e
+"$BUILD/report" "$ROWS" "$RESULTS" >"$TABLE"
+report_status=$?
+set -e
+{
+  echo "### restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION"
+  echo
+  echo "- command: \`bench/run.sh${1:+ $1}\` ($MODE; took $((T_END - T_START)) s after the builds)"
+  echo "- machine: $CPU_MODEL, $NPROC CPUs, $MEM_GIB GiB, $OS, kernel $(uname -r); $CXX_VERSION"
+  echo "- load average before the run: $LOAD_BEFORE (anything else running on the machine skews the figures)"
+  echo "- pinning: $PINNING; wrk $(wrk -v 2>&1 | sed -n 's/^wrk \([^ ]*\).*/\1/p' | head -n 1) -t$CLI_CPUS, ${WRK_SECONDS}s per figure"
+  echo "- servers: restartable_server with default options (8 worker threads); cpp-httplib built with" \
+       "-DCPPHTTPLIB_TCP_NODELAY=true -DCPPHTTPLIB_USE_POLL, default options; nginx: 1 worker, master_process off," \
+       "access_log off, \`return 200\`; all on 127.0.0.1"
+  echo "- ratios are restartable_server ÷ peer; ↑ higher is better, ↓ lower is better; figures 4 and 5 run" \
+       "in-process (cpp-httplib: listen_after_bind in a thread, stop() + join)"
+  echo
+  cat "$TABLE"
+} | tee "$CACHE/last-table.md"
+cp "$RESULTS" "$CACHE/last-results.tsv"
+[ "$report_status" = 0 ] || die "some figures have no value (see FAIL / missing above)"
