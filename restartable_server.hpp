@@ -17,8 +17,9 @@
 // LIFECYCLE
 //
 //   A server object holds options and routes. Each start() or run() asks the listener
-//   factory for a fresh listening socket, spawns the worker threads, and runs a loop that
-//   poll(2)s the listener, a self-pipe and the idle connections. stop() ends the run
+//   factory for a fresh listening socket and runs a loop that waits (epoll(7), Linux's
+//   scalable poll) on the listener, a self-pipe and the idle connections; a connection is
+//   lent to a worker thread only when it has bytes to read. stop() ends the run
 //   gracefully; the same object can then be started again, any number of times, with
 //   changed options or routes.
 //
@@ -106,6 +107,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -1413,6 +1415,7 @@ struct server::connection {
     std::chrono::steady_clock::time_point deadline;  // while polled: when its timeout strikes
     std::size_t slot = 0;          // index in run_context::conns
     std::size_t poll_slot = npos;  // index in run_context::polled; npos while lent out
+    bool in_epoll = false;         // added to the run's epoll set (armed or not)
     phase_t phase = phase_t::head;
     bool close = false;            // verdict of the last process(): close, don't poll again
     bool continue_sent = false;    // "100 Continue" already sent for the current request
@@ -1450,9 +1453,9 @@ struct server::run_context {
     std::vector<std::thread> workers;   // started by the loop as the queue needs them
 
     // Owned by the loop thread alone.
+    unique_fd epoll;  // the self-pipe, the listener and every connection in polled
     std::vector<std::unique_ptr<connection>> conns;
-    std::vector<pollfd> pfds;  // [0] self-pipe, [1] listener, [2 + i] polled[i]
-    std::vector<connection*> polled;
+    std::vector<connection*> polled;  // connections the loop waits on (armed in epoll)
     worker_context inline_worker;  // serves in the loop when there are no workers
 };
 
@@ -1601,8 +1604,17 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
         return;
     }
     port_.store(detail::local_port(run->listener.get()));
-    run->pfds.push_back({wake_read_.get(), POLLIN, 0});
-    run->pfds.push_back({run->listener.get(), POLLIN, 0});
+    // The wake-up pipe is marked by a null pointer, the listener by its own address.
+    run->epoll.reset(::epoll_create1(EPOLL_CLOEXEC));
+    epoll_event pipe_event{EPOLLIN, {nullptr}}, listener_event{EPOLLIN, {&run->listener}};
+    if (!run->epoll || ::epoll_ctl(run->epoll.get(), EPOLL_CTL_ADD, wake_read_.get(), &pipe_event) != 0 ||
+        ::epoll_ctl(run->epoll.get(), EPOLL_CTL_ADD, run->listener.get(), &listener_event) != 0) {
+        ec = detail::last_error();
+        run.reset();
+        port_.store(0);
+        set_state(server_state::stopped);
+        return;
+    }
 
     set_state(server_state::running);
     if (in_caller_thread) {
@@ -1980,16 +1992,29 @@ inline bool server::write_response(run_context& run, worker_context& w, connecti
 inline void server::loop(run_context& run) noexcept {
     using clock = std::chrono::steady_clock;
     const options& o = run.opts;
-    auto& pfds = run.pfds;
     auto& polled = run.polled;
     auto& conns = run.conns;
+    const int epfd = run.epoll.get();
     const bool inline_serving = o.worker_threads == 0;
     bool stopping = false, cut_done = false, accept_paused = false;
     clock::time_point drain_deadline{}, accept_resume{}, next_sweep = clock::time_point::max();
     std::size_t cut = 0;
     std::vector<connection*> returned;
+    std::vector<epoll_event> events(256);
 
-    auto add_polled = [&](connection* c, clock::time_point now) {
+    auto close_connection = [&](connection* c) {  // closing the descriptor leaves epoll too
+        if (c->poll_slot != connection::npos) {
+            const std::size_t i = c->poll_slot;
+            polled[i] = polled.back();
+            polled[i]->poll_slot = i;
+            polled.pop_back();
+        }
+        const std::size_t i = c->slot;
+        std::swap(conns[i], conns.back());
+        conns[i]->slot = i;
+        conns.pop_back();  // destroys c, closing its descriptor
+    };
+    auto add_polled = [&](connection* c, clock::time_point now) {  // wait for c's next bytes
         using phase = connection::phase_t;
         const std::chrono::milliseconds limit = c->phase == phase::idle   ? o.idle_timeout
                                                 : c->phase == phase::head ? o.header_timeout
@@ -1999,23 +2024,11 @@ inline void server::loop(run_context& run) noexcept {
         next_sweep = std::min(next_sweep, c->deadline);
         c->poll_slot = polled.size();
         polled.push_back(c);
-        pfds.push_back({c->fd.get(), POLLIN, 0});
-    };
-    auto remove_polled = [&](connection* c) {
-        const std::size_t i = c->poll_slot;
-        polled[i] = polled.back();
-        polled[i]->poll_slot = i;
-        pfds[2 + i] = pfds.back();
-        polled.pop_back();
-        pfds.pop_back();
-        c->poll_slot = connection::npos;
-    };
-    auto close_connection = [&](connection* c) {
-        if (c->poll_slot != connection::npos) remove_polled(c);
-        const std::size_t i = c->slot;
-        std::swap(conns[i], conns.back());
-        conns[i]->slot = i;
-        conns.pop_back();  // destroys c, closing its descriptor
+        // One-shot: a readiness event disarms the connection until the loop re-arms it.
+        epoll_event ev{EPOLLIN | EPOLLONESHOT, {c}};
+        if (::epoll_ctl(epfd, c->in_epoll ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd.get(), &ev) != 0)
+            return close_connection(c);
+        c->in_epoll = true;
     };
     auto settle = [&](connection* c, clock::time_point now) {  // a connection back from serving
         if (c->close || stopping)
@@ -2023,8 +2036,12 @@ inline void server::loop(run_context& run) noexcept {
         else
             add_polled(c, now);
     };
-    auto serve = [&](connection* c, clock::time_point now) {
-        remove_polled(c);
+    auto serve = [&](connection* c, clock::time_point now) {  // c has bytes (or an EOF) to read
+        const std::size_t i = c->poll_slot;
+        polled[i] = polled.back();
+        polled[i]->poll_slot = i;
+        polled.pop_back();
+        c->poll_slot = connection::npos;
         if (!inline_serving) {
             bool more_workers;  // every worker busy: start another, up to worker_threads
             {
@@ -2044,6 +2061,10 @@ inline void server::loop(run_context& run) noexcept {
         process(run, run.inline_worker, *c);  // no workers wanted, or none could be started
         settle(c, now);
     };
+    auto watch_listener = [&](bool on) {
+        epoll_event ev{on ? static_cast<std::uint32_t>(EPOLLIN) : 0u, {&run.listener}};
+        ::epoll_ctl(epfd, EPOLL_CTL_MOD, run.listener.get(), &ev);
+    };
     auto ms_until = [](clock::time_point t, clock::time_point now) {
         if (t <= now) return 0;
         auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
@@ -2060,12 +2081,19 @@ inline void server::loop(run_context& run) noexcept {
             timeout = timeout < 0 ? t : std::min(timeout, t);
         }
         if (!stopping && stop_requested_.load()) timeout = 0;  // its wake-up may predate the run
-        int ready = ::poll(pfds.data(), static_cast<nfds_t>(pfds.size()), timeout);
-        if (ready < 0 && errno != EINTR && errno != EAGAIN && errno != ENOMEM)
-            stop_requested_.store(true);  // cannot happen with valid descriptors; stop cleanly
+        int ready = ::epoll_wait(epfd, events.data(), static_cast<int>(events.size()), timeout);
+        if (ready < 0) {
+            if (errno != EINTR) stop_requested_.store(true);  // cannot happen with a valid epfd
+            ready = 0;
+        }
         now = clock::now();
 
-        if (pfds[0].revents != 0) drain_wake();
+        bool woken = false, acceptable = false;
+        for (int i = 0; i < ready; ++i) {
+            woken |= events[i].data.ptr == nullptr;
+            acceptable |= events[i].data.ptr == &run.listener;
+        }
+        if (woken) drain_wake();
         if (!inline_serving) {  // after draining the pipe: a later hand-back writes again
             {
                 std::lock_guard<std::mutex> lock(run.mutex);
@@ -2074,27 +2102,34 @@ inline void server::loop(run_context& run) noexcept {
             for (connection* c : returned) settle(c, now);
             returned.clear();
         }
+        // Connections with bytes to read. Before anything below may close a connection: an
+        // event in this batch must not outlive its connection.
+        for (int i = 0; i < ready; ++i) {
+            void* p = events[i].data.ptr;
+            if (p != nullptr && p != &run.listener) serve(static_cast<connection*>(p), now);
+        }
 
         if (!stopping && stop_requested_.load()) {
             stopping = true;
             set_state(server_state::stopping);
             run.listener.reset();
-            pfds[1].fd = -1;
             accept_paused = false;
             drain_deadline = now + o.drain_timeout;
             // Idle connections close now; one with bytes waiting or a partial request is in
-            // flight and is served below (its response says "Connection: close").
-            for (std::size_t i = 2; i < pfds.size(); ++i) pfds[i].revents = 0;
-            if (!polled.empty()) ::poll(pfds.data() + 2, static_cast<nfds_t>(polled.size()), 0);
+            // flight: epoll reports it next, and its response says "Connection: close".
+            std::vector<pollfd> probe;
+            probe.reserve(polled.size());
+            for (connection* c : polled) probe.push_back({c->fd.get(), POLLIN, 0});
+            if (!probe.empty()) ::poll(probe.data(), static_cast<nfds_t>(probe.size()), 0);
             for (std::size_t i = polled.size(); i-- > 0;)
-                if (pfds[2 + i].revents == 0 && polled[i]->pending.size() == 0) close_connection(polled[i]);
+                if (probe[i].revents == 0 && polled[i]->pending.size() == 0) close_connection(polled[i]);
         }
 
         if (accept_paused && now >= accept_resume) {
             accept_paused = false;
-            pfds[1].fd = run.listener.get();
+            watch_listener(true);
         }
-        if (!stopping && (pfds[1].revents & POLLIN)) {
+        if (!stopping && acceptable) {
             for (int i = 0; i < 64; ++i) {
                 int fd = ::accept4(run.listener.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0) {
@@ -2102,7 +2137,7 @@ inline void server::loop(run_context& run) noexcept {
                     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                         accept_paused = true;  // out of descriptors or memory: back off, don't spin
                         accept_resume = now + std::chrono::milliseconds(100);
-                        pfds[1].fd = -1;
+                        watch_listener(false);
                     }
                     break;
                 }
@@ -2121,9 +2156,6 @@ inline void server::loop(run_context& run) noexcept {
                 add_polled(conns.back().get(), now);
             }
         }
-
-        for (std::size_t i = polled.size(); i-- > 0;)
-            if (i < polled.size() && pfds[2 + i].revents != 0) serve(polled[i], now);
 
         if (!stopping && now >= next_sweep) {  // idle, header and body timeouts
             next_sweep = clock::time_point::max();
