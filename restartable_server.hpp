@@ -1408,7 +1408,11 @@ struct server::route_entry {
 struct server::connection {
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
     /// phase_t: what the connection waits for, which says which timeout applies.
-    enum class phase_t : unsigned char { head, body, idle };
+    /// closing: the response is out and our side shut down; the client's unread bytes are
+    /// read and dropped until it closes (a close with unread data would reset the
+    /// connection, and the client could lose the response), for at most linger_time.
+    enum class phase_t : unsigned char { head, body, idle, closing };
+    static constexpr std::chrono::milliseconds linger_time{1000};
     unique_fd fd;
     detail::byte_buffer pending;  // bytes of an unfinished request, kept while in the loop
     std::chrono::steady_clock::time_point request_started;  // accept, or a request's first byte
@@ -1721,14 +1725,22 @@ inline void server::process(run_context& run, worker_context& w, connection& c) 
     c.pending.release();
     c.close = false;
 
+    auto linger = [&] {  // the request was not read to its end: see phase_t::closing
+        ::shutdown(c.fd.get(), SHUT_WR);
+        c.phase = connection::phase_t::closing;
+        c.request_started = std::chrono::steady_clock::now();  // the lingering starts now
+        in.clear();
+    };
     auto fail = [&](int status) {
         w.req.method = std::string_view();  // may be stale: the response has a body
         w.res.clear();
         w.res.status = status;
         w.res.set_content(status_text(status), "text/plain");
         bool keep_alive = false;
-        write_response(run, w, c, keep_alive);
-        c.close = true;
+        if (write_response(run, w, c, keep_alive))
+            linger();
+        else
+            c.close = true;
     };
     auto finish_request = [&](std::size_t consumed) {  // the response went out; what's next
         c.continue_sent = false;
@@ -1762,7 +1774,10 @@ inline void server::process(run_context& run, worker_context& w, connection& c) 
                     bool keep_alive = respond(run, w, c, r, route_status);
                     w.req.reader_ = nullptr;
                     if (!keep_alive) {
-                        c.close = true;
+                        if (reader.done() || reader.error() == errc::body_incomplete)
+                            c.close = true;
+                        else
+                            linger();
                         return;
                     }
                     std::string_view rest = reader.rest();  // the next request's first bytes
@@ -2016,10 +2031,11 @@ inline void server::loop(run_context& run) noexcept {
     };
     auto add_polled = [&](connection* c, clock::time_point now) {  // wait for c's next bytes
         using phase = connection::phase_t;
-        const std::chrono::milliseconds limit = c->phase == phase::idle   ? o.idle_timeout
-                                                : c->phase == phase::head ? o.header_timeout
-                                                                          : o.body_timeout;
-        const clock::time_point from = c->phase == phase::head ? c->request_started : now;
+        const std::chrono::milliseconds limit = c->phase == phase::idle      ? o.idle_timeout
+                                                : c->phase == phase::head    ? o.header_timeout
+                                                : c->phase == phase::closing ? connection::linger_time
+                                                                             : o.body_timeout;
+        const clock::time_point from = c->phase == phase::head || c->phase == phase::closing ? c->request_started : now;
         c->deadline = limit.count() > 0 ? from + limit : clock::time_point::max();
         next_sweep = std::min(next_sweep, c->deadline);
         c->poll_slot = polled.size();
@@ -2042,6 +2058,15 @@ inline void server::loop(run_context& run) noexcept {
         polled[i]->poll_slot = i;
         polled.pop_back();
         c->poll_slot = connection::npos;
+        if (c->phase == connection::phase_t::closing) {  // drop what the client still sends
+            char sink[16384];
+            ssize_t n;
+            while ((n = ::recv(c->fd.get(), sink, sizeof sink, 0)) > 0) {
+            }
+            c->close = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+            settle(c, now);
+            return;
+        }
         if (!inline_serving) {
             bool more_workers;  // every worker busy: start another, up to worker_threads
             {
@@ -2165,7 +2190,9 @@ inline void server::loop(run_context& run) noexcept {
                     next_sweep = std::min(next_sweep, c->deadline);
                     continue;
                 }
-                if (c->phase != connection::phase_t::idle && c->pending.size() != 0) detail::send_now(c->fd.get(), 408);
+                if ((c->phase == connection::phase_t::head || c->phase == connection::phase_t::body) &&
+                    c->pending.size() != 0)
+                    detail::send_now(c->fd.get(), 408);
                 close_connection(c);
             }
         }

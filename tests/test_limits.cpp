@@ -356,6 +356,37 @@ TEST_CASE("limits: Content-Length over max_body_bytes is 413 on the head alone a
     srv.stop();
 }
 
+TEST_CASE("limits: after a 413 the server lingers: a client still sending its body sees a clean close, "
+          "not a reset", "[limits][body]") {
+    rs::options o = test::local_options(2);
+    o.max_body_bytes = 1024;
+    rs::server srv(o);
+    srv.post("/up", [](const rs::request&, rs::response& res) { res.set_content("ok", "text/plain"); });
+    std::error_code ec;
+    srv.start(ec);
+    REQUIRE(!ec);
+    for (int round = 0; round < 5; ++round) {
+        int fd = test::connect_to(srv.port(), 5s);
+        REQUIRE(fd >= 0);
+        REQUIRE(test::send_all(fd, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n" +
+                                       std::string(4096, 'x')));
+        test::reader rd{fd, {}};
+        CHECK(rd.read_response().status == 413);
+        // The client goes on sending the body it announced. Closing with those bytes unread
+        // would answer them with a reset (and could destroy the 413 before it is read).
+        bool sent = true;
+        for (int i = 0; i < 100 && sent; ++i) sent = test::send_all(fd, std::string(4096, 'y'));
+        CHECK(sent);
+        char c;
+        const ssize_t n = ::recv(fd, &c, 1, 0);
+        const int err = n < 0 ? errno : 0;
+        CHECK(n == 0);  // the server's FIN, not ECONNRESET
+        CHECK(err == 0);
+        ::close(fd);
+    }
+    srv.stop();
+}
+
 TEST_CASE("limits: a chunked body whose decoded size passes max_body_bytes is 413 and closes",
           "[limits][body]") {
     auto o = test::local_options(2);
