@@ -348,7 +348,7 @@ public:
 
 private:
     enum class state : unsigned char {
-        size, extension, size_lf, data, data_cr, data_lf, trailer_start, trailer_name,
+        size, size_space, extension, size_lf, data, data_cr, data_lf, trailer_start, trailer_name,
         trailer_value, trailer_lf, end_lf
     };
     state state_ = state::size;
@@ -922,11 +922,14 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
             case state::size: {
                 const int v = hex_value(static_cast<char>(c));
                 if (v >= 0) {
-                    if (digits_++ == 15) return bad;  // past 60 bits: no real body is that big
+                    if (remaining_ >> 56) return bad;  // past 2^60: no real chunk is that big
                     remaining_ = remaining_ * 16 + static_cast<unsigned>(v);
+                    ++digits_;
                 } else if (digits_ == 0) {
                     return bad;
-                } else if (c == ';' || c == ' ' || c == '\t') {
+                } else if (c == ' ' || c == '\t') {
+                    state_ = state::size_space;  // BWS, which only a ';' may follow
+                } else if (c == ';') {
                     state_ = state::extension;
                     line_bytes_ = 0;
                 } else if (c == '\r') {
@@ -936,6 +939,14 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
                 }
                 break;
             }
+            case state::size_space:
+                if (c == ';') {
+                    state_ = state::extension;
+                    line_bytes_ = 0;
+                } else if (c != ' ' && c != '\t') {
+                    return bad;
+                }
+                break;
             case state::extension:
                 if (c == '\r')
                     state_ = state::size_lf;

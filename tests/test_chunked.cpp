@@ -150,6 +150,7 @@ std::vector<valid_case> valid_cases() {
          "0123456789" + std::string(31, 'y')},
         {"mixed-case hex, multi-digit", "aB\r\n" + std::string(0xab, 'z') + "\r\n0\r\n\r\n", std::string(0xab, 'z')},
         {"leading zeros", "00000005\r\nhello\r\n000\r\n\r\n", "hello"},
+        {"leading zeros past 16 digits: the value counts", "0000000000000000005\r\nhello\r\n0\r\n\r\n", "hello"},
         {"extension name=value", "5;name=value\r\nhello\r\n0\r\n\r\n", "hello"},
         {"extension with spaces", "5 ; a\r\nhello\r\n0 ; b\r\n\r\n", "hello"},
         {"extension with tab and quoted value", "5\t;a=\"x y\";b\r\nhello\r\n0;last=1\r\n\r\n", "hello"},
@@ -313,6 +314,8 @@ TEST_CASE("chunked_decoder: malformed bodies are errors 400", "[chunked]") {
     };
     const std::vector<bad_case> cases = {
         {"size overflow: 17 hex digits", "10000000000000000\r\nx\r\n0\r\n\r\n"},
+        {"whitespace after the size without an extension", "5 \r\nhello\r\n0\r\n\r\n"},
+        {"text after the size that is not an extension", "5 garbage\r\nhello\r\n0\r\n\r\n"},
         {"size overflow: 17 f's", "fffffffffffffffff\r\n"},
         {"size overflow: 32 hex digits", std::string(32, 'f') + "\r\n"},
         {"negative size", "-5\r\nhello\r\n0\r\n\r\n"},
