@@ -785,6 +785,13 @@ inline void send_now(int fd, int status) noexcept {
     if (n > 0) (void)::send(fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
+/// send_continue: the interim "100 Continue" response (RFC 9110 15.2.1).
+inline bool send_continue(int fd, std::chrono::milliseconds timeout) noexcept {
+    static constexpr std::string_view text = "HTTP/1.1 100 Continue\r\n\r\n";
+    iovec iov{const_cast<char*>(text.data()), text.size()};
+    return send_all(fd, &iov, 1, timeout);
+}
+
 inline bool set_nonblocking_cloexec(int fd) noexcept {
     int fl = ::fcntl(fd, F_GETFL);
     int fdfl = ::fcntl(fd, F_GETFD);
@@ -1075,9 +1082,7 @@ public:
     std::error_code read(const body_sink& sink) {
         if (send_continue_) {
             send_continue_ = false;
-            static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
-            iovec iov{const_cast<char*>(cont.data()), cont.size()};
-            if (!send_all(fd_, &iov, 1, opts_.write_timeout)) error_ = make_error_code(errc::body_incomplete);
+            if (!send_continue(fd_, opts_.write_timeout)) error_ = make_error_code(errc::body_incomplete);
         }
         while (!done_ && !error_) {
             while (!current_.empty() && !done_) {
@@ -1842,9 +1847,7 @@ inline void server::process(run_context& run, worker_context& w, connection& c) 
                 }
                 if (f.expect_continue && !c.continue_sent) {
                     if (!r) return fail(route_status);  // not going to read it: say so now
-                    static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
-                    iovec iov{const_cast<char*>(cont.data()), cont.size()};
-                    if (!detail::send_all(c.fd.get(), &iov, 1, o.write_timeout)) {
+                    if (!detail::send_continue(c.fd.get(), o.write_timeout)) {
                         c.close = true;
                         return;
                     }
