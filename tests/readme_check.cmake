@@ -1,0 +1,16 @@
+# The README's quick start must be examples/hello.cpp letter for letter (the example is
+# built, so the README's code cannot rot). Run as: cmake -DSOURCE_DIR=... -P readme_check.cmake
+file(READ "${SOURCE_DIR}/README.md" readme)
+file(READ "${SOURCE_DIR}/examples/hello.cpp" hello)
+string(FIND "${readme}" "```cpp\n#include \"restartable_server.hpp\"" start)
+if(start EQUAL -1)
+  message(FATAL_ERROR "README.md has no quick start code block")
+endif()
+math(EXPR start "${start} + 7")
+string(SUBSTRING "${readme}" ${start} -1 rest)
+string(FIND "${rest}" "```" end)
+string(SUBSTRING "${rest}" 0 ${end} quick_start)
+if(NOT quick_start STREQUAL hello)
+  message(FATAL_ERROR "README.md's quick start differs from examples/hello.cpp")
+endif()
+message(STATUS "README quick start == examples/hello.cpp")
