@@ -45,9 +45,11 @@
 //
 // LIMITATIONS
 //
-//   - Linux (uses accept4, pipe2, SOCK_CLOEXEC). Other POSIX systems are not tested.
+//   - Linux (uses epoll, accept4, pipe2, SOCK_CLOEXEC). Other POSIX systems: not yet.
 //   - No TLS, no HTTP/2, no transfer codings but chunked (gzip request bodies get 501).
 //   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
+//   - A streamed request or response body holds a worker thread while it flows (buffered
+//     bodies and idle connections hold none).
 //   - A handler that never returns keeps stop() from returning: threads cannot be killed.
 //     After the drain deadline its connection is shut down, so the client is released.
 //   - The unix_listener() socket file is left on disk after a stop; the next start
