@@ -194,7 +194,8 @@ listener_factory unix_listener(std::string path, int backlog = SOMAXCONN);
 
 /// inherited_listener: a factory that hands out a duplicate of an already listening
 /// descriptor (e.g. one inherited from a parent process) on each start. The caller keeps
-/// owning fd, which must stay open while the server may start.
+/// owning fd, which must stay open while the server may start. A duplicate shares the
+/// socket's file status flags, so fd becomes non-blocking too.
 listener_factory inherited_listener(int fd);
 
 // ----------------------------------------------------------------- HTTP --
