@@ -427,6 +427,94 @@ TEST_CASE("echo_server: keep-alive, echo and slow requests, checked with curl", 
         CHECK(r.out == "|200");
     }
 
+    SECTION("a chunked upload and a 3 MiB upload with Expect: 100-continue are echoed exactly") {
+        char dir_template[] = "/tmp/rs_echo_XXXXXX";
+        REQUIRE(::mkdtemp(dir_template) != nullptr);
+        const std::string dir = dir_template, in = dir + "/in.bin", out = dir + "/out.bin";
+        std::string data(3 * 1024 * 1024, '\0');
+        for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 7 + i / 251) & 0xff);
+        {
+            std::FILE* f = std::fopen(in.c_str(), "wb");
+            REQUIRE(f != nullptr);
+            REQUIRE(std::fwrite(data.data(), 1, data.size(), f) == data.size());
+            std::fclose(f);
+        }
+        auto read_out = [&out] {
+            std::string got;
+            if (std::FILE* f = std::fopen(out.c_str(), "rb")) {
+                char buf[65536];
+                std::size_t n;
+                while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) got.append(buf, n);
+                std::fclose(f);
+            }
+            return got;
+        };
+        command_result r = run_command({curl, "-sS", "--max-time", "20", "-H", "Transfer-Encoding: chunked",
+                                        "-H", "Content-Type: application/octet-stream", "--data-binary", "@" + in,
+                                        "-o", out, "-w", "%{http_code}", srv.url("/echo")});
+        REQUIRE(r.status);
+        CHECK(WEXITSTATUS(*r.status) == 0);
+        CHECK(r.out == "200");
+        CHECK(read_out() == data);
+
+        r = run_command({curl, "-sS", "-v", "--max-time", "20", "-H", "Expect: 100-continue", "--data-binary",
+                         "@" + in, "-o", out, "-w", "%{http_code}", srv.url("/echo")},
+                        20s, true);
+        REQUIRE(r.status);
+        CHECK(WEXITSTATUS(*r.status) == 0);
+        CHECK(r.out == "200");
+        CHECK(r.err.find("< HTTP/1.1 100 Continue") != std::string::npos);
+        CHECK(read_out() == data);
+        ::unlink(in.c_str());
+        ::unlink(out.c_str());
+        ::rmdir(dir.c_str());
+    }
+
+    SECTION("Python's http.client: keep-alive reuse and pipelined requests") {
+        const std::string python = "/usr/bin/python3";
+        if (::access(python.c_str(), X_OK) != 0) {
+            WARN("python3 not installed: skipped");
+            return;
+        }
+        const std::string script = R"PY(
+import http.client, socket, sys
+port = int(sys.argv[1])
+# Keep-alive: three requests on one HTTPConnection, one socket.
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+c.request("GET", "/hello"); r = c.getresponse(); a = r.read(); s1 = c.sock
+c.request("POST", "/echo", body=b"abc", headers={"Content-Type": "text/x-a"}); r = c.getresponse(); b = r.read()
+c.request("GET", "/hello"); r = c.getresponse(); d = r.read()
+assert (a, b, d) == (b"Hello, World!", b"abc", b"Hello, World!"), (a, b, d)
+assert c.sock is s1, "the connection was not reused"
+# Pipelined: every request written before any response is read.
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+          b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Type: text/x-b\r\n\r\nhello"
+          b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+f = s.makefile("rb")  # one buffered reader for all three: it may read ahead
+class Shared:        # hands http.client that reader, and ignores its close()
+    def makefile(self, *args, **kwargs): return self
+    def __getattr__(self, name): return getattr(f, name)
+    def close(self): pass
+bodies = []
+for _ in range(3):
+    r = http.client.HTTPResponse(Shared()); r.begin(); bodies.append((r.status, r.read()))
+assert bodies == [(200, b"Hello, World!"), (200, b"hello"), (200, b"")], bodies
+print("ok")
+)PY";
+        char path[] = "/tmp/rs_client_XXXXXX";
+        int fd = ::mkstemp(path);
+        REQUIRE(fd >= 0);
+        REQUIRE(::write(fd, script.data(), script.size()) == static_cast<ssize_t>(script.size()));
+        ::close(fd);
+        command_result r = run_command({python, path, std::to_string(srv.port)}, 20s, true);
+        ::unlink(path);
+        INFO("python: " << describe_status(r.status) << "\n" << r.out << r.err);
+        REQUIRE(r.status);
+        CHECK(WEXITSTATUS(*r.status) == 0);
+        CHECK(r.out == "ok\n");
+    }
+
     SECTION("/slow waits, then answers; a bad ms is a 400") {
         test::http_response r = test::get(srv.port, "/slow?ms=50");
         CHECK(r.status == 200);
