@@ -12,6 +12,8 @@
 #include "restartable_server.hpp"
 
 #include <dirent.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 
 #include <chrono>
 #include <cstdio>
@@ -146,6 +148,94 @@ inline rs::options local_options(std::size_t workers = 4) {
     o.listener = rs::tcp_listener("127.0.0.1", 0);
     o.worker_threads = workers;
     return o;
+}
+
+
+/// start: starts srv and returns its port; the test fails when it cannot start.
+inline std::uint16_t start(rs::server& srv) {
+    std::error_code ec;
+    srv.start(ec);
+    INFO("start: " << ec.message());
+    REQUIRE(!ec);
+    REQUIRE(srv.state() == rs::server_state::running);
+    REQUIRE(srv.port() != 0);
+    return srv.port();
+}
+
+/// client: one connection with a response reader; closed on destruction. Sends time out
+/// after 10 s, so a stuck send fails the test instead of hanging it.
+struct client {
+    int fd;
+    reader rd;
+    explicit client(std::uint16_t port, std::chrono::milliseconds timeout = std::chrono::seconds(10))
+        : fd(connect_to(port, timeout)), rd{fd, {}} {
+        if (fd >= 0) {
+            timeval tv{};
+            tv.tv_sec = 10;
+            ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        }
+    }
+    ~client() { close(); }
+    client(const client&) = delete;
+    client& operator=(const client&) = delete;
+    bool ok() const { return fd >= 0; }
+    bool send(std::string_view s) { return send_all(fd, s); }
+    http_response read(bool head_only = false) { return rd.read_response(head_only); }
+    /// closed: the server closed the connection and sent nothing more (waits up to the
+    /// receive timeout).
+    bool closed() { return rd.at_eof(); }
+    void close() {
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+    void nodelay() {
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    /// readable_within: whether any byte (or EOF) arrives within timeout, without consuming it.
+    bool readable_within(std::chrono::milliseconds timeout) {
+        if (!rd.buf.empty()) return true;
+        pollfd p{fd, POLLIN, 0};
+        return ::poll(&p, 1, static_cast<int>(timeout.count())) > 0;
+    }
+    /// read_line: the next CRLF-terminated line, without its CRLF.
+    bool read_line(std::string& line) {
+        std::size_t p;
+        while ((p = rd.buf.find("\r\n")) == std::string::npos)
+            if (!rd.fill()) return false;
+        line = rd.buf.substr(0, p);
+        rd.buf.erase(0, p + 2);
+        return true;
+    }
+};
+
+/// status_name: a parse_status as text, for failure messages.
+inline std::string status_name(rs::detail::parse_status s) {
+    switch (s) {
+        case rs::detail::parse_status::complete: return "complete";
+        case rs::detail::parse_status::partial: return "partial";
+        case rs::detail::parse_status::error: return "error";
+    }
+    return "invalid parse_status " + std::to_string(static_cast<int>(s));
+}
+
+/// printable: s with control and non-ASCII bytes escaped, for failure messages.
+inline std::string printable(std::string_view s, std::size_t max = 200) {
+    static const char hex[] = "0123456789abcdef";
+    std::string out;
+    for (char ch : s.substr(0, max)) {
+        auto c = static_cast<unsigned char>(ch);
+        if (c == '\r') out += "\\r";
+        else if (c == '\n') out += "\\n";
+        else if (c == '\t') out += "\\t";
+        else if (c < 0x20 || c >= 0x7f) {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        } else out += ch;
+    }
+    if (s.size() > max) out += "...(" + std::to_string(s.size()) + " bytes)";
+    return out;
 }
 
 }  // namespace test

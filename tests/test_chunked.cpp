@@ -19,6 +19,9 @@ namespace rs = restartable_server;
 
 namespace {
 
+using test::printable;
+using test::status_name;
+
 using rs::detail::chunked_decoder;
 using rs::detail::parse_status;
 using rs::detail::request_framing;
@@ -33,33 +36,7 @@ struct heap_buf {
     std::string_view view() const { return {p.get(), n}; }
 };
 
-std::string status_name(parse_status s) {
-    switch (s) {
-        case parse_status::complete: return "complete";
-        case parse_status::partial: return "partial";
-        case parse_status::error: return "error";
-    }
-    return "invalid parse_status " + std::to_string(static_cast<int>(s));
-}
 
-/// printable: s with control and non-ASCII bytes escaped, for failure messages.
-std::string printable(std::string_view s, std::size_t max = 200) {
-    static const char hex[] = "0123456789abcdef";
-    std::string out;
-    for (char ch : s.substr(0, max)) {
-        auto c = static_cast<unsigned char>(ch);
-        if (c == '\r') out += "\\r";
-        else if (c == '\n') out += "\\n";
-        else if (c == '\t') out += "\\t";
-        else if (c < 0x20 || c >= 0x7f) {
-            out += "\\x";
-            out += hex[c >> 4];
-            out += hex[c & 15];
-        } else out += ch;
-    }
-    if (s.size() > max) out += "...(" + std::to_string(s.size()) + " bytes)";
-    return out;
-}
 
 bool inside(std::string_view sv, std::string_view buf) {
     if (sv.empty()) return true;

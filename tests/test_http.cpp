@@ -25,38 +25,10 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// start: starts srv and returns its port; the test fails when it cannot start.
-std::uint16_t start(rs::server& srv) {
-    std::error_code ec;
-    srv.start(ec);
-    INFO("start: " << ec.message());
-    REQUIRE(!ec);
-    REQUIRE(srv.state() == rs::server_state::running);
-    REQUIRE(srv.port() != 0);
-    return srv.port();
-}
+using test::client;
+using test::start;
 
-/// client: one connection with a response reader; closed on destruction.
-struct client {
-    int fd;
-    test::reader rd;
-    explicit client(std::uint16_t port, std::chrono::milliseconds timeout = 10s)
-        : fd(test::connect_to(port, timeout)), rd{fd, {}} {}
-    ~client() {
-        if (fd >= 0) ::close(fd);
-    }
-    client(const client&) = delete;
-    client& operator=(const client&) = delete;
-    bool ok() const { return fd >= 0; }
-    bool send(std::string_view s) { return test::send_all(fd, s); }
-    test::http_response read(bool head_only = false) { return rd.read_response(head_only); }
-    /// closed: the server closed the connection (waits up to the receive timeout).
-    bool closed() { return rd.at_eof(); }
-    void nodelay() {
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
-};
+
 
 std::string lower(std::string_view s) {
     std::string out;

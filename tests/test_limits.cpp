@@ -35,16 +35,9 @@ using clk = std::chrono::steady_clock;
 
 namespace {
 
-/// start: starts srv and returns its port; the test fails when it cannot start.
-std::uint16_t start(rs::server& srv) {
-    std::error_code ec;
-    srv.start(ec);
-    INFO("start: " << ec.message());
-    REQUIRE(!ec);
-    REQUIRE(srv.state() == rs::server_state::running);
-    REQUIRE(srv.port() != 0);
-    return srv.port();
-}
+using test::client;
+using test::start;
+
 
 long long ms_between(clk::time_point from, clk::time_point to) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(to - from).count();
@@ -86,30 +79,13 @@ closed_read read_until_close(int fd, std::string already = {}) {
     }
 }
 
-/// client: one connection with a response reader; closed on destruction.
-struct client {
-    int fd;
-    test::reader rd;
-    explicit client(std::uint16_t port, std::chrono::milliseconds timeout = 5s)
-        : fd(test::connect_to(port, timeout)), rd{fd, {}} {}
-    ~client() {
-        if (fd >= 0) ::close(fd);
-    }
-    client(const client&) = delete;
-    client& operator=(const client&) = delete;
-    bool ok() const { return fd >= 0; }
-    bool send(std::string_view s) { return test::send_all(fd, s); }
-    test::http_response read(bool head_only = false) { return rd.read_response(head_only); }
-    /// closed: the server closed the connection and sent nothing more (waits up to the
-    /// receive timeout).
-    bool closed() { return rd.at_eof(); }
-    /// until_close: the rest of what the server sends, up to its close.
-    closed_read until_close() {
-        std::string already;
-        already.swap(rd.buf);
-        return read_until_close(fd, std::move(already));
-    }
-};
+/// until_close: the rest of what the server sends on c, up to its close.
+closed_read until_close(client& c) {
+    std::string already;
+    already.swap(c.rd.buf);
+    return read_until_close(c.fd, std::move(already));
+}
+
 
 std::string get_req(const std::string& path, const std::string& extra = "") {
     return "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n" + extra + "\r\n";
@@ -339,7 +315,7 @@ TEST_CASE("limits: Content-Length over max_body_bytes is 413 on the head alone a
         client c(port);
         REQUIRE(c.ok());
         REQUIRE(c.send("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1025\r\n\r\n"));
-        auto all = c.until_close();
+        auto all = until_close(c);
         CHECK(all.closed);
         CHECK(all.data.rfind("HTTP/1.1 413 ", 0) == 0);
         CHECK(all.data.find("100 Continue") == std::string::npos);
@@ -505,7 +481,7 @@ TEST_CASE("header_timeout: an unfinished or silent head gets 408 / a close at th
         const auto t0 = clk::now();
         client c(port);
         REQUIRE(c.ok());
-        auto all = c.until_close();
+        auto all = until_close(c);
         const auto ms = ms_between(t0, clk::now());
         CHECK(all.closed);
         CHECK(all.data.empty());
@@ -722,7 +698,7 @@ TEST_CASE("idle_timeout: an idle keep-alive connection is closed; a busy one sta
         const auto t0 = clk::now();
         REQUIRE(r.status == 200);
         CHECK(r.header("Connection").empty());  // kept alive
-        auto all = c.until_close();
+        auto all = until_close(c);
         const auto ms = ms_between(t0, clk::now());
         CHECK(all.closed);
         CHECK(all.data.empty());
@@ -844,7 +820,7 @@ TEST_CASE("max_connections: past the limit a new connection gets 503 and is clos
     {
         client sixth(port);
         REQUIRE(sixth.ok());
-        auto all = sixth.until_close();
+        auto all = until_close(sixth);
         CHECK(all.closed);
         CHECK(all.data.rfind("HTTP/1.1 503 ", 0) == 0);
         CHECK(lower(all.data).find("connection: close\r\n") != std::string::npos);
@@ -872,7 +848,7 @@ TEST_CASE("max_connections: past the limit a new connection gets 503 and is clos
     {
         client again(port);
         REQUIRE(again.ok());
-        auto all = again.until_close();
+        auto all = until_close(again);
         CHECK(all.closed);
         CHECK(all.data.rfind("HTTP/1.1 503 ", 0) == 0);
     }

@@ -15,6 +15,9 @@ namespace rs = restartable_server;
 
 namespace {
 
+using test::printable;
+using test::status_name;
+
 using rs::detail::parse_result;
 using rs::detail::parse_status;
 
@@ -42,32 +45,7 @@ struct heap_buf {
     std::string_view view() const { return {p.get(), n}; }
 };
 
-std::string status_name(parse_status s) {
-    switch (s) {
-        case parse_status::complete: return "complete";
-        case parse_status::partial: return "partial";
-        case parse_status::error: return "error";
-    }
-    return "invalid parse_status " + std::to_string(static_cast<int>(s));
-}
 
-/// printable: s with control and non-ASCII bytes escaped, for failure messages.
-std::string printable(std::string_view s) {
-    static const char hex[] = "0123456789abcdef";
-    std::string out;
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
-        if (c == '\r') out += "\\r";
-        else if (c == '\n') out += "\\n";
-        else if (c == '\t') out += "\\t";
-        else if (c < 0x20 || c >= 0x7f) {
-            out += "\\x";
-            out += hex[c >> 4];
-            out += hex[c & 15];
-        } else out += ch;
-    }
-    return out;
-}
 
 /// inside: whether the view sv lies within buf (an empty view anywhere in or at the end
 /// of buf counts, as does an empty view with no data).

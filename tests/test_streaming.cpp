@@ -34,16 +34,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// start: starts srv and returns its port; the test fails when it cannot start.
-std::uint16_t start(rs::server& srv) {
-    std::error_code ec;
-    srv.start(ec);
-    INFO("start: " << ec.message());
-    REQUIRE(!ec);
-    REQUIRE(srv.state() == rs::server_state::running);
-    REQUIRE(srv.port() != 0);
-    return srv.port();
-}
+using test::start;
+
 
 std::string lower(std::string_view s) {
     std::string out;
@@ -72,58 +64,9 @@ struct flag {
 /// chunk_status: what read_chunk() found.
 enum class chunk_status { chunk, last, eof, malformed };
 
-const char* chunk_status_name(chunk_status s) {
-    switch (s) {
-        case chunk_status::chunk: return "chunk";
-        case chunk_status::last: return "last";
-        case chunk_status::eof: return "eof";
-        case chunk_status::malformed: return "malformed";
-    }
-    return "?";
-}
-
-/// client: one connection with a response reader; closed on destruction.
-struct client {
-    int fd;
-    test::reader rd;
-    explicit client(std::uint16_t port, std::chrono::milliseconds timeout = 10s)
-        : fd(test::connect_to(port, timeout)), rd{fd, {}} {
-        if (fd >= 0) {
-            timeval tv{};
-            tv.tv_sec = 10;
-            ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  // a stuck send fails the test
-        }
-    }
-    ~client() { close(); }
-    client(const client&) = delete;
-    client& operator=(const client&) = delete;
-    bool ok() const { return fd >= 0; }
-    bool send(std::string_view s) { return test::send_all(fd, s); }
-    test::http_response read(bool head_only = false) { return rd.read_response(head_only); }
-    /// closed: the server closed the connection (waits up to the receive timeout).
-    bool closed() { return rd.at_eof(); }
-    void close() {
-        if (fd >= 0) ::close(fd);
-        fd = -1;
-    }
-    void nodelay() {
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
-    /// readable_within: whether any byte (or EOF) arrives within timeout, without consuming it.
-    bool readable_within(std::chrono::milliseconds timeout) {
-        if (!rd.buf.empty()) return true;
-        pollfd p{fd, POLLIN, 0};
-        return ::poll(&p, 1, static_cast<int>(timeout.count())) > 0;
-    }
-    bool read_line(std::string& line) {
-        std::size_t p;
-        while ((p = rd.buf.find("\r\n")) == std::string::npos)
-            if (!rd.fill()) return false;
-        line = rd.buf.substr(0, p);
-        rd.buf.erase(0, p + 2);
-        return true;
-    }
+/// client: test::client plus the readers of streamed (chunked or close-delimited) bodies.
+struct client : test::client {
+    using test::client::client;
     bool read_exact(std::size_t n, std::string& out) {
         while (rd.buf.size() < n)
             if (!rd.fill()) return false;
@@ -183,6 +126,17 @@ struct client {
         }
     }
 };
+
+const char* chunk_status_name(chunk_status s) {
+    switch (s) {
+        case chunk_status::chunk: return "chunk";
+        case chunk_status::last: return "last";
+        case chunk_status::eof: return "eof";
+        case chunk_status::malformed: return "malformed";
+    }
+    return "?";
+}
+
 
 std::string get_req(const std::string& path, const std::string& extra = "") {
     return "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n" + extra + "\r\n";
