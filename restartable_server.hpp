@@ -2077,10 +2077,10 @@ inline void server::loop(run_context& run) noexcept {
         c->poll_slot = connection::npos;
         if (c->phase == connection::phase_t::closing) {  // drop what the client still sends
             char sink[16384];
-            ssize_t n;
-            while ((n = ::recv(c->fd.get(), sink, sizeof sink, 0)) > 0) {
-            }
-            c->close = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+            ssize_t n = 1;
+            for (int reads = 0; reads < 16 && n > 0; ++reads)  // a fast sender can't hold the loop
+                n = ::recv(c->fd.get(), sink, sizeof sink, 0);
+            c->close = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
             settle(c, now);
             return;
         }
