@@ -16,6 +16,9 @@
 #include <poll.h>
 
 #include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
 #include <cstdio>
 #include <string>
 
@@ -236,6 +239,27 @@ inline std::string printable(std::string_view s, std::size_t max = 200) {
     }
     if (s.size() > max) out += "...(" + std::to_string(s.size()) + " bytes)";
     return out;
+}
+
+
+/// heap_buf: a copy of s in a heap block of exactly s.size() bytes, so that a parser that
+/// reads past the end of its input trips AddressSanitizer.
+struct heap_buf {
+    std::unique_ptr<char[]> p;
+    std::size_t n;
+    explicit heap_buf(std::string_view s) : p(new char[s.size()]), n(s.size()) {
+        if (n) std::memcpy(p.get(), s.data(), n);
+    }
+    std::string_view view() const { return {p.get(), n}; }
+};
+
+/// inside: whether the view sv lies within buf (an empty view anywhere in or at the end
+/// of buf counts, as does an empty view with no data).
+inline bool inside(std::string_view sv, std::string_view buf) {
+    if (sv.empty()) return true;
+    auto b = reinterpret_cast<std::uintptr_t>(buf.data());
+    auto s = reinterpret_cast<std::uintptr_t>(sv.data());
+    return s >= b && s + sv.size() <= b + buf.size();
 }
 
 }  // namespace test

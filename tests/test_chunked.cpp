@@ -19,31 +19,14 @@ namespace rs = restartable_server;
 
 namespace {
 
+using test::heap_buf;
+using test::inside;
 using test::printable;
 using test::status_name;
 
 using rs::detail::chunked_decoder;
 using rs::detail::parse_status;
 using rs::detail::request_framing;
-
-/// heap_buf: a copy of s in a heap block of exactly s.size() bytes.
-struct heap_buf {
-    std::unique_ptr<char[]> p;
-    std::size_t n;
-    explicit heap_buf(std::string_view s) : p(new char[s.size()]), n(s.size()) {
-        if (n) std::memcpy(p.get(), s.data(), n);
-    }
-    std::string_view view() const { return {p.get(), n}; }
-};
-
-
-
-bool inside(std::string_view sv, std::string_view buf) {
-    if (sv.empty()) return true;
-    auto b = reinterpret_cast<std::uintptr_t>(buf.data());
-    auto s = reinterpret_cast<std::uintptr_t>(sv.data());
-    return s >= b && s + sv.size() <= b + buf.size();
-}
 
 /// decoded: the outcome of feeding a decoder a sequence of buffers.
 struct decoded {

@@ -15,6 +15,8 @@ namespace rs = restartable_server;
 
 namespace {
 
+using test::heap_buf;
+using test::inside;
 using test::printable;
 using test::status_name;
 
@@ -34,27 +36,6 @@ parse_limits limits(std::size_t max_request_line, std::size_t max_header_bytes, 
 
 /// roomy: limits no valid case of this file comes near.
 const parse_limits roomy = limits(32 * 1024, 64 * 1024, 100);
-
-/// heap_buf: a copy of s in a heap block of exactly s.size() bytes.
-struct heap_buf {
-    std::unique_ptr<char[]> p;
-    std::size_t n;
-    explicit heap_buf(std::string_view s) : p(new char[s.size()]), n(s.size()) {
-        if (n) std::memcpy(p.get(), s.data(), n);
-    }
-    std::string_view view() const { return {p.get(), n}; }
-};
-
-
-
-/// inside: whether the view sv lies within buf (an empty view anywhere in or at the end
-/// of buf counts, as does an empty view with no data).
-bool inside(std::string_view sv, std::string_view buf) {
-    if (sv.empty()) return true;
-    auto b = reinterpret_cast<std::uintptr_t>(buf.data());
-    auto s = reinterpret_cast<std::uintptr_t>(sv.data());
-    return s >= b && s + sv.size() <= b + buf.size();
-}
 
 /// parsed: a parse_result that also keeps the parsed buffer alive (out's views point into it).
 struct parsed : parse_result {
