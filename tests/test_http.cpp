@@ -383,50 +383,6 @@ TEST_CASE("a throwing handler gives 500 and the server keeps serving", "[http]")
     srv.stop();
 }
 
-TEST_CASE("a malformed request gets 400 and the connection is closed", "[http]") {
-    rs::server srv(test::local_options());
-    add_echo_routes(srv);
-    const auto port = start(srv);
-
-    struct bad {
-        const char* name;
-        std::string raw;
-        int status;
-    };
-    const std::vector<bad> cases = {
-        {"two spaces", "GET  /hello HTTP/1.1\r\nHost: x\r\n\r\n", 400},
-        {"bare LF", "GET /hello HTTP/1.1\nHost: x\n\n", 400},
-        {"space before colon", "GET /hello HTTP/1.1\r\nHost : x\r\n\r\n", 400},
-        {"obs-fold", "GET /hello HTTP/1.1\r\nHost: x\r\n y\r\n\r\n", 400},
-        {"HTTP/2.0", "GET /hello HTTP/2.0\r\nHost: x\r\n\r\n", 505},
-        {"bad Content-Length", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400},
-        {"negative Content-Length", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400},
-        {"conflicting Content-Lengths",
-         "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", 400},
-    };
-    for (const bad& b : cases) {
-        INFO(b.name);
-        client c(port);
-        REQUIRE(c.ok());
-        REQUIRE(c.send(b.raw));
-        auto r = c.read();
-        CHECK(r.status == b.status);
-        CHECK(lower(r.header("Connection")) == "close");
-        CHECK(c.closed());
-    }
-    // A bad request after a good one on the same connection.
-    client c(port);
-    REQUIRE(c.ok());
-    REQUIRE(c.send(get_req("/hello") + "BROKEN\r\n\r\n"));
-    auto first = c.read();
-    CHECK(first.status == 200);
-    CHECK(first.body == "hello");
-    auto second = c.read();
-    CHECK(second.status == 400);
-    CHECK(c.closed());
-    srv.stop();
-}
-
 TEST_CASE("header limits are enforced over the wire (431)", "[http][limits]") {
     auto o = test::local_options();
     o.max_header_bytes = 1024;

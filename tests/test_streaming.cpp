@@ -1127,6 +1127,12 @@ TEST_CASE("every error response carries Connection: close and the connection clo
     };
     const std::vector<bad> cases = {
         {"malformed request line", "GARBAGE\r\n\r\n", 400},
+        {"two spaces", "GET  /hello HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+        {"bare LF", "GET /hello HTTP/1.1\nHost: x\n\n", 400},
+        {"space before colon", "GET /hello HTTP/1.1\r\nHost : x\r\n\r\n", 400},
+        {"obs-fold", "GET /hello HTTP/1.1\r\nHost: x\r\n y\r\n\r\n", 400},
+        {"Content-Length not a number", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400},
+        {"negative Content-Length", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400},
         {"bad header", "GET /hello HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", 400},
         {"no Host", "GET /hello HTTP/1.1\r\n\r\n", 400},
         {"two Host", "GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
