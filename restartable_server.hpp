@@ -132,6 +132,8 @@ enum class errc {
     body_too_large,       ///< a streamed request body grew past options::max_body_bytes
     malformed_body,       ///< a chunked request body broke RFC 9112 framing
     body_incomplete,      ///< the client closed the connection before the body ended
+    not_listening,        ///< the listener factory's socket is not a listening socket
+    listener_threw,       ///< the listener factory threw something other than std::system_error
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -408,6 +410,10 @@ struct options {
     /// closed at once (the listener keeps accepting, so the backlog never fills).
     /// Default 20000. 0 means the default.
     std::size_t max_connections = 20000;
+    /// max_buffered_bytes: request heads and buffered request bodies held by all the
+    /// connections of a run together may not exceed this; a request that would pass it is
+    /// answered 503 and its connection closed. Default 256 MiB. 0 means the default.
+    std::size_t max_buffered_bytes = 256 * 1024 * 1024;
 };
 
 /// body_mode: how a route receives request bodies.
@@ -431,6 +437,9 @@ struct stop_result {
     bool drained = true;
     /// cut: connections shut down at the drain deadline with a request still in flight.
     std::size_t cut = 0;
+    /// error: why the run ended when nobody asked it to (e.g. its listener failed);
+    /// empty after a requested stop.
+    std::error_code error;
 };
 
 /// server: an HTTP/1.1 server that can be started, stopped and started again.
@@ -504,8 +513,9 @@ public:
     /// (waited == false), so it never deadlocks.
     stop_result stop() noexcept;
     /// wait: blocks until the current run ends (for whatever reason) and its threads are
-    /// joined; returns at once when stopped. Not from a server thread.
-    void wait() noexcept;
+    /// joined; returns at once when stopped. Returns what the run's stop found (the last
+    /// run's, when stopped). Not from a server thread.
+    stop_result wait() noexcept;
 
     /// state: the lifecycle state. Async-signal-safe.
     server_state state() const noexcept { return state_.load(); }
@@ -823,6 +833,8 @@ public:
             case errc::body_too_large: return "the request body is larger than max_body_bytes";
             case errc::malformed_body: return "the chunked request body is malformed";
             case errc::body_incomplete: return "the client closed the connection before the body ended";
+            case errc::not_listening: return "the listener is not a listening socket";
+            case errc::listener_threw: return "the listener factory threw an exception";
         }
         return "unknown restartable_server error";
     }
@@ -1665,7 +1677,7 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
 inline stop_result server::stop() noexcept {
     if (on_server_thread()) {  // a handler: waiting for ourselves would deadlock
         request_stop();
-        return {false, false, 0};
+        return {false, false, 0, {}};
     }
     std::lock_guard<std::mutex> lifecycle(lifecycle_);
     if (state_.load() == server_state::stopped && !loop_thread_.joinable()) return {};
@@ -1678,14 +1690,16 @@ inline stop_result server::stop() noexcept {
     return result;
 }
 
-inline void server::wait() noexcept {
-    if (on_server_thread()) return;
+inline stop_result server::wait() noexcept {
+    if (on_server_thread()) return {false, false, 0, {}};
     {
         std::unique_lock<std::mutex> lock(mutex_);
         cv_.wait(lock, [this] { return state_.load() == server_state::stopped; });
     }
     std::lock_guard<std::mutex> lifecycle(lifecycle_);
     if (state_.load() == server_state::stopped && loop_thread_.joinable()) loop_thread_.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    return last_stop_;
 }
 
 inline bool server::wait_until_running(std::chrono::milliseconds timeout) const {
@@ -2238,7 +2252,7 @@ inline void server::loop(run_context& run) noexcept {
     port_.store(0);
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        last_stop_ = {true, cut == 0, cut};
+        last_stop_ = {true, cut == 0, cut, {}};
         server_threads_.clear();
         state_.store(server_state::stopped);
     }
