@@ -83,6 +83,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -210,6 +211,8 @@ struct header {
 
 namespace detail {
 class body_reader;
+class run;
+struct route;
 }  // namespace detail
 
 /// body_sink: receives a request body piece by piece; returns false to stop reading.
@@ -247,7 +250,7 @@ public:
     std::error_code read_body(const body_sink& sink) const;
 
 private:
-    friend class server;
+    friend class detail::run;
     std::vector<std::pair<std::string_view, std::string>> params_;
     detail::body_reader* reader_ = nullptr;
 };
@@ -262,7 +265,7 @@ public:
     bool write(std::string_view data);
 
 private:
-    friend class server;
+    friend class detail::run;
     body_writer(int fd, bool chunked, std::chrono::milliseconds timeout) noexcept
         : fd_(fd), chunked_(chunked), timeout_(timeout) {}
     int fd_;
@@ -296,7 +299,7 @@ public:
     void set_stream(std::string_view content_type, body_provider provider);
 
 private:
-    friend class server;
+    friend class detail::run;
     void clear() noexcept;
     body_provider provider_;
 };
@@ -306,62 +309,6 @@ private:
 /// throws gets a 500 response.
 using handler = std::function<void(const request&, response&)>;
 
-namespace detail {
-/// parse_status: the outcome of parse_request().
-enum class parse_status {
-    complete,  ///< a whole request head is at the start of the buffer
-    partial,   ///< no error so far, but more bytes are needed
-    error,     ///< malformed or over a limit: answer error_status and close
-};
-/// parse_result: what parse_request() found.
-struct parse_result {
-    parse_status status = parse_status::partial;
-    std::size_t head_bytes = 0;  ///< complete: bytes of the request line and headers,
-                                 ///< including the empty line that ends them
-    int error_status = 0;        ///< error: 400, 414, 431 or 505
-};
-/// parse_limits: the sizes parse_request() enforces.
-struct parse_limits {
-    std::size_t max_request_line = 8 * 1024;  ///< request line without CRLF (414 past it)
-    std::size_t max_header_bytes = 16 * 1024; ///< request line and fields (431 past it)
-    std::size_t max_headers = 100;            ///< header fields (431 past it)
-};
-/// parse_request: parses the request line and header fields at the start of buf into out
-/// (method, target, path, query, version_minor, headers; everything else untouched).
-/// out.headers is cleared first. Strict RFC 9112: lines end in CRLF (a bare LF is 400),
-/// no whitespace before a field's colon, no obs-fold, no control bytes in values, "*"
-/// only for OPTIONS. Pure: no I/O, no allocation beyond out.headers; the views in out
-/// point into buf.
-parse_result parse_request(std::string_view buf, request& out, const parse_limits& limits) noexcept;
-
-/// chunked_decoder: decodes a chunked request body (RFC 9112 7.1) incrementally, with
-/// chunk extensions and trailer fields (both checked, then dropped).
-class chunked_decoder {
-public:
-    /// step_result: what one step() did. data is a piece of the body inside the input
-    /// (possibly empty); status is complete after the last chunk and trailers, error
-    /// with error_status 400 on malformed framing, partial otherwise.
-    struct step_result {
-        parse_status status = parse_status::partial;
-        std::size_t consumed = 0;
-        std::string_view data;
-        int error_status = 0;
-    };
-    /// step: decodes from the start of in and returns after one piece of data, at the
-    /// end of the body, on an error, or when in is used up. Call again with the rest.
-    step_result step(std::string_view in) noexcept;
-
-private:
-    enum class state : unsigned char {
-        size, size_space, extension, size_lf, data, data_cr, data_lf, trailer_start, trailer_name,
-        trailer_value, trailer_lf, end_lf
-    };
-    state state_ = state::size;
-    std::uint64_t remaining_ = 0;  // chunk bytes still to come (the size, while parsing it)
-    unsigned digits_ = 0;
-    std::size_t line_bytes_ = 0;   // bytes of the current extension or trailer section
-};
-}  // namespace detail
 
 /// status_text: the reason phrase of an HTTP status code ("Not Found"), or "Unknown".
 std::string_view status_text(int status) noexcept;
@@ -526,38 +473,33 @@ public:
     std::uint16_t port() const noexcept { return port_.load(); }
 
 private:
-    struct route_entry;
-    struct run_context;
-    struct connection;
-    struct worker_context;
+    friend class detail::run;
 
     void start_impl(std::error_code& ec, bool in_caller_thread) noexcept;
-    void loop(run_context& run) noexcept;
+    std::unique_ptr<detail::run> make_run(std::error_code& ec) noexcept;
+    stop_result run_to_end(std::unique_ptr<detail::run> run) noexcept;
+    bool transition(server_state from, server_state to) noexcept;
+    bool transition_locked(server_state from, server_state to) noexcept;
     bool on_server_thread() const;
-    void register_server_thread();
-    void process(run_context& run, worker_context& w, connection& c) noexcept;
-    const route_entry* find_route(const run_context& run, request& req, int& status) const;
-    bool respond(run_context& run, worker_context& w, connection& c, const route_entry* r, int route_status) noexcept;
-    bool write_response(run_context& run, worker_context& w, connection& c, bool& keep_alive) noexcept;
-    void start_worker(run_context& run) noexcept;
-    void worker_main(run_context& run) noexcept;
-    void set_state(server_state s);
+    void add_server_thread();
+    void remove_server_thread() noexcept;
     void wake() noexcept;
     void drain_wake() noexcept;
 
-    mutable std::mutex mutex_;            // guards options_, routes_, server_threads_, state changes
-    mutable std::condition_variable cv_;  // signalled on every state change
+    mutable std::mutex mutex_;            // guards options_, routes_, server_threads_, last_stop_, state changes
+    mutable std::condition_variable cv_;  // notified (under mutex_) on every state change
     std::mutex lifecycle_;                // serialises start/run/stop/wait
     options options_;
-    std::vector<std::shared_ptr<const route_entry>> routes_;
+    std::vector<std::shared_ptr<const detail::route>> routes_;
     std::vector<std::thread::id> server_threads_;
-    std::thread loop_thread_;
-    unique_fd wake_read_, wake_write_;   // the self-pipe, for the server's whole life
-    std::error_code wake_error_;         // why the self-pipe could not be made, if it could not
-    std::atomic<bool> stop_requested_{false};
+    std::thread loop_thread_;             // the run's control thread, in start() mode
+    unique_fd wake_read_, wake_write_;    // the self-pipe, for the server's whole life
+    std::error_code wake_error_;          // why the self-pipe could not be made, if it could not
+    std::atomic<bool> stop_requested_{false};           // the one source of truth for "stop"
+    std::atomic<std::int64_t> stop_requested_at_{0};    // steady_clock ns of the request
     std::atomic<server_state> state_{server_state::stopped};
     std::atomic<std::uint16_t> port_{0};
-    stop_result last_stop_;
+    stop_result last_stop_;               // what the last run's stop found
 };
 
 }  // namespace restartable_server
@@ -566,6 +508,93 @@ private:
 
 namespace restartable_server {
 namespace detail {
+/// parse_status: the outcome of parse_request().
+enum class parse_status {
+    complete,  ///< a whole request head is at the start of the buffer
+    partial,   ///< no error so far, but more bytes are needed
+    error,     ///< malformed or over a limit: answer error_status and close
+};
+/// parse_result: what parse_request() found.
+struct parse_result {
+    parse_status status = parse_status::partial;
+    std::size_t head_bytes = 0;  ///< complete: bytes of the request line and headers,
+                                 ///< including the empty line that ends them
+    int error_status = 0;        ///< error: 400, 414, 431 or 505
+};
+/// parse_limits: the sizes parse_request() enforces.
+struct parse_limits {
+    std::size_t max_request_line = 8 * 1024;  ///< request line without CRLF (414 past it)
+    std::size_t max_header_bytes = 16 * 1024; ///< request line and fields (431 past it)
+    std::size_t max_headers = 100;            ///< header fields (431 past it)
+};
+/// parse_request: parses the request line and header fields at the start of buf into out
+/// (method, target, path, query, version_minor, headers; everything else untouched).
+/// out.headers is cleared first. Strict RFC 9112: lines end in CRLF (a bare LF is 400),
+/// no whitespace before a field's colon, no obs-fold, no control bytes in values, "*"
+/// only for OPTIONS. Pure: no I/O, no allocation beyond out.headers; the views in out
+/// point into buf.
+parse_result parse_request(std::string_view buf, request& out, const parse_limits& limits) noexcept;
+
+/// chunked_decoder: decodes a chunked request body (RFC 9112 7.1) incrementally, with
+/// chunk extensions and trailer fields (both checked, then dropped). A chunk-size line
+/// (digits, whitespace and extensions) may be max_chunk_line bytes long, the trailer
+/// section max_trailer_bytes; past either the body is malformed (400).
+class chunked_decoder {
+public:
+    /// step_result: what one step() did. data is a piece of the body inside the input
+    /// (possibly empty); status is complete after the last chunk and trailers, error
+    /// with error_status 400 on malformed framing, partial otherwise.
+    struct step_result {
+        parse_status status = parse_status::partial;
+        std::size_t consumed = 0;
+        std::string_view data;
+        int error_status = 0;
+    };
+    /// step: decodes from the start of in and returns after one piece of data, at the
+    /// end of the body, on an error, or when in is used up. Call again with the rest.
+    step_result step(std::string_view in) noexcept;
+
+private:
+    enum class state : unsigned char {
+        size, size_space, extension, size_lf, data, data_cr, data_lf, trailer_start, trailer_name,
+        trailer_value, trailer_lf, end_lf
+    };
+    state state_ = state::size;
+    std::uint64_t remaining_ = 0;  // chunk bytes still to come (the size, while parsing it)
+    unsigned digits_ = 0;
+    std::size_t line_bytes_ = 0;   // bytes of the current chunk-size line or trailer section
+};
+}  // namespace detail
+
+namespace detail {
+
+// ---------------------------------------------------------------- tuning --
+// The engine's fixed sizes and times, with why each is what it is.
+
+/// read_size: one recv() per serving thread: room for a burst of pipelined requests or a
+/// good piece of a body. Lent to the connection being served, so idle ones hold nothing.
+inline constexpr std::size_t read_size = 64 * 1024;
+/// min_read: the least room worth a recv() call.
+inline constexpr std::size_t min_read = 4 * 1024;
+/// keep_capacity: a partial request up to this size is copied into a buffer of the
+/// connection's own between events; a larger one (a body) keeps the thread's buffer.
+inline constexpr std::size_t keep_capacity = 16 * 1024;
+/// max_chunk_line: a chunk-size line (hex digits, whitespace, extensions). curl sends
+/// 4-6 bytes; 1 KiB leaves room for real extensions and stops framing floods.
+inline constexpr std::size_t max_chunk_line = 1024;
+/// max_trailer_bytes: all trailer fields of a chunked body together.
+inline constexpr std::size_t max_trailer_bytes = 4096;
+/// accept_batch: accepts per wake-up, so a connection flood cannot hold the control thread.
+inline constexpr int accept_batch = 64;
+/// accept_backoff: out of descriptors (EMFILE): accept again after this, not in a spin.
+inline constexpr std::chrono::milliseconds accept_backoff{100};
+/// linger_time: how long a closing connection's late bytes are dropped before the close
+/// (nginx's lingering_time is 30 s; a client that read its response closes far sooner).
+inline constexpr std::chrono::milliseconds linger_time{1000};
+/// linger_reads: reads per wake-up while lingering, so a fast sender cannot hold a thread.
+inline constexpr int linger_reads = 16;
+/// control_events: events per epoll_wait() of the control thread.
+inline constexpr int control_events = 64;
 
 // ----------------------------------------------------------- small tools --
 
@@ -732,6 +761,8 @@ public:
         capacity_ = n;
     }
     void grow_by(std::size_t n) noexcept { size_ += n; }
+    /// truncate: keeps the first n bytes (n <= size()).
+    void truncate(std::size_t n) noexcept { size_ = n; }
     /// consume: drops the first n bytes.
     void consume(std::size_t n) noexcept {
         if (n < size_) std::memmove(data_.get(), data_.get() + n, size_ - n);
@@ -789,13 +820,12 @@ inline bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::millise
     return true;
 }
 
-/// send_now: a minimal error response for a connection about to be closed, without
-/// waiting: if the socket buffer is full the client gets no answer, only the close.
-inline void send_now(int fd, int status) noexcept {
-    char buf[96];
-    int n = std::snprintf(buf, sizeof buf, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                          status, status == 408 ? "Request Timeout" : "Service Unavailable");
-    if (n > 0) (void)::send(fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL | MSG_DONTWAIT);
+/// send_unavailable: a 503 for a connection about to be closed, without waiting or
+/// allocating (too many connections, or out of memory).
+inline void send_unavailable(int fd) noexcept {
+    static constexpr std::string_view text =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    (void)::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 /// send_continue: the interim "100 Continue" response (RFC 9110 15.2.1).
@@ -934,12 +964,14 @@ inline parse_result parse_request(std::string_view buf, request& out, const pars
 
 
 inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) noexcept {
-    constexpr std::size_t max_line = 4096;  // one chunk extension, or all trailer fields
     const step_result bad{parse_status::error, 0, {}, 400};
     std::size_t i = 0;
     for (; i < in.size(); ++i) {
         const auto c = static_cast<unsigned char>(in[i]);
         const bool ctl = (c < 0x20 && c != '\t') || c == 0x7f;
+        // The chunk-size line (digits, whitespace, extensions) and the trailer section are
+        // bounded, so framing bytes cannot be sent without end.
+        if (state_ <= state::extension && ++line_bytes_ > max_chunk_line) return bad;
         switch (state_) {
             case state::size: {
                 const int v = hex_value(static_cast<char>(c));
@@ -953,7 +985,6 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
                     state_ = state::size_space;  // BWS, which only a ';' may follow
                 } else if (c == ';') {
                     state_ = state::extension;
-                    line_bytes_ = 0;
                 } else if (c == '\r') {
                     state_ = state::size_lf;
                 } else {
@@ -964,7 +995,6 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
             case state::size_space:
                 if (c == ';') {
                     state_ = state::extension;
-                    line_bytes_ = 0;
                 } else if (c != ' ' && c != '\t') {
                     return bad;
                 }
@@ -972,7 +1002,7 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
             case state::extension:
                 if (c == '\r')
                     state_ = state::size_lf;
-                else if (ctl || ++line_bytes_ > max_line)
+                else if (ctl)
                     return bad;
                 break;
             case state::size_lf:
@@ -1024,7 +1054,7 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
                 if (c != '\n') return bad;
                 return {parse_status::complete, i + 1, {}, 0};
         }
-        if (state_ >= state::trailer_start && ++line_bytes_ > max_line) return bad;
+        if (state_ >= state::trailer_start && ++line_bytes_ > max_trailer_bytes) return bad;
     }
     return {parse_status::partial, i, {}, 0};
 }
@@ -1036,6 +1066,32 @@ struct request_framing {
     bool expect_continue = false;
 };
 
+/// valid_host: whether v is a Host value, uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986
+/// 3.2.2): an IP literal in brackets or a reg-name, and digits after a colon. Empty is
+/// valid (a target without authority). Refused: spaces, '/', '@' (userinfo), and ','
+/// (which reg-name allows, but which makes a list: two hosts in one field).
+inline bool valid_host(std::string_view v) noexcept {
+    std::size_t port_at = v.size();
+    if (!v.empty() && v.front() == '[') {
+        const std::size_t close = v.find(']');
+        if (close == std::string_view::npos || close == 1) return false;
+        for (char c : v.substr(1, close - 1))
+            if (hex_value(c) < 0 && c != ':' && c != '.') return false;
+        port_at = close + 1;
+        if (port_at != v.size() && v[port_at] != ':') return false;
+    } else {
+        port_at = std::min(v.find(':'), v.size());
+        for (char c : v.substr(0, port_at)) {
+            const bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                                    c == '-' || c == '.' || c == '_' || c == '~';
+            if (!unreserved && std::string_view("%!$&'()*+;=").find(c) == std::string_view::npos) return false;
+        }
+    }
+    for (std::size_t i = port_at + 1; i < v.size(); ++i)
+        if (v[i] < '0' || v[i] > '9') return false;
+    return true;
+}
+
 /// frame_request: checks Host, Content-Length, Transfer-Encoding and Expect of a parsed
 /// head (RFC 9112 3.2, 6; RFC 9110 10.1.1). Returns 0, or the status to answer before
 /// closing: 400 (bad or ambiguous framing, no or several Host), 417, 501.
@@ -1045,6 +1101,7 @@ inline int frame_request(const request& req, request_framing& out) noexcept {
     bool has_length = false, has_te = false, chunked_last = false, other_coding = false, chunked_twice = false;
     for (const header& h : req.headers) {
         if (iequals(h.name, "Host")) {
+            if (!valid_host(h.value)) return 400;
             ++hosts;
         } else if (iequals(h.name, "Content-Length")) {
             std::size_t len = 0;
@@ -1405,10 +1462,54 @@ inline std::string_view to_string(server_state s) noexcept {
     return "unknown";
 }
 
-// --------------------------------------------------------------- server --
+// ---------------------------------------------------------------- engine --
+//
+// How a run works (the design notes; numbers in bench/RESULTS.md):
+//
+//   One control thread (run() or start()'s thread) waits in its own epoll set on the
+//   listener, the self-pipe and a timer: it accepts, enforces timeouts, begins the stop,
+//   cuts at the drain deadline and ends the run. Up to options::worker_threads workers
+//   wait together in a second epoll set that holds every connection, armed one-shot: the
+//   worker that sees a connection ready reads, parses, runs the handler and writes the
+//   response itself, with no hand-off (leader/follower: before it serves, a worker starts
+//   another when none is left waiting). Sockets are non-blocking: a response that does not
+//   fit the socket buffer waits in the connection for EPOLLOUT, so a client that does not
+//   read holds no thread. With worker_threads == 0 the control thread serves connections
+//   itself (the connection set is nested in its own).
+//
+//   A connection is held by one thread at a time (connection::hold): "parked" while it
+//   waits in epoll, "held" while a thread works on it. Only its holder changes it or
+//   closes it; the control thread takes parked ones (compare-and-swap) to time them out.
+//   Connection objects live until the run ends (a pool), so a late epoll event never
+//   points at freed memory; it is checked against hold and ignored when stale.
+//
+// MEMORY BUDGET (per connection, and per run)
+//
+//   idle connection          ~0.4 KiB (the object; no buffer)
+//   request head             <= max_header_bytes, in a buffer that grows as bytes arrive
+//   buffered request body    <= max_body_bytes; grows with the bytes that arrived, never
+//                            with the declared Content-Length; chunk framing is dropped
+//                            as it is decoded (a chunk-size line <= max_chunk_line bytes)
+//   pipelined requests       read only while no response is waiting to be written
+//   unsent response          the rest of one response (the handler's body, moved)
+//   per serving thread       read_size (64 KiB) read buffer + a streaming buffer
+//   all request buffers      <= options::max_buffered_bytes per run (503 past it)
+//   A failed allocation answers that one connection 503 and closes it.
 
-/// route_entry: one registered route. Shared (immutable) between the server and its runs.
-struct server::route_entry {
+namespace detail {
+
+using clock = std::chrono::steady_clock;
+
+inline std::int64_t to_ns(clock::time_point t) noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+inline clock::time_point from_ns(std::int64_t ns) noexcept {
+    return clock::time_point(std::chrono::duration_cast<clock::duration>(std::chrono::nanoseconds(ns)));
+}
+constexpr std::int64_t never = INT64_MAX;
+
+/// route: one registered route. Immutable; shared between the server and its runs.
+struct route {
     std::string method;
     std::vector<std::string> segments;  // the pattern split at '/'; ":name" is a parameter
     handler fn;
@@ -1425,7 +1526,7 @@ struct server::route_entry {
             std::string_view part = path.substr(pos, end - pos);
             if (!seg.empty() && seg.front() == ':') {
                 if (part.empty()) return false;
-                params.emplace_back(std::string_view(seg).substr(1), detail::percent_decode(part, false));
+                params.emplace_back(std::string_view(seg).substr(1), percent_decode(part, false));
             } else if (seg != part) {
                 return false;
             }
@@ -1434,65 +1535,1107 @@ struct server::route_entry {
         return pos == path.size() + 1;
     }
 };
+using route_list = std::vector<std::shared_ptr<const route>>;
 
-/// connection: one accepted connection. Owned by the loop; lent to one worker at a time.
-struct server::connection {
-    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
-    /// phase_t: what the connection waits for, which says which timeout applies.
-    /// closing: the response is out and our side shut down; the client's unread bytes are
-    /// read and dropped until it closes (a close with unread data would reset the
-    /// connection, and the client could lose the response), for at most linger_time.
-    enum class phase_t : unsigned char { head, body, idle, closing };
-    static constexpr std::chrono::milliseconds linger_time{1000};
-    unique_fd fd;
-    detail::byte_buffer pending;  // bytes of an unfinished request, kept while in the loop
-    std::chrono::steady_clock::time_point request_started;  // accept, or a request's first byte
-    std::chrono::steady_clock::time_point deadline;  // while polled: when its timeout strikes
-    std::size_t slot = 0;          // index in run_context::conns
-    std::size_t poll_slot = npos;  // index in run_context::polled; npos while lent out
-    bool in_epoll = false;         // added to the run's epoll set (armed or not)
-    phase_t phase = phase_t::head;
-    bool close = false;            // verdict of the last process(): close, don't poll again
-    bool continue_sent = false;    // "100 Continue" already sent for the current request
-    detail::chunked_decoder decoder;  // a buffered chunked body being decoded in place:
-    std::size_t body_read = 0;        // offset of the next byte to decode,
-    std::size_t body_write = 0;       // and of the end of the decoded body
+/// match_route: the route for method and path (a GET route also answers HEAD), with the
+/// path parameters in params; or null and status 404 (no such path) or 405.
+using params_t = std::vector<std::pair<std::string_view, std::string>>;
+inline const route* match_route(const route_list& routes, std::string_view method, std::string_view path,
+                                params_t& params, int& status) {
+    const route* get_for_head = nullptr;
+    bool path_known = false;
+    for (const auto& r : routes) {
+        if (!r->match(path, params)) continue;
+        path_known = true;
+        if (r->method == method) return r.get();
+        if (!get_for_head && r->method == "GET" && method == "HEAD") get_for_head = r.get();
+    }
+    if (get_for_head) {
+        get_for_head->match(path, params);
+        return get_for_head;
+    }
+    status = path_known ? 405 : 404;
+    return nullptr;
+}
+
+/// allowed_methods: the Allow value of a 405: the methods whose routes match path.
+inline std::string allowed_methods(const route_list& routes, std::string_view path, params_t& scratch) {
+    std::vector<std::string_view> methods;
+    for (const auto& r : routes)
+        if (std::find(methods.begin(), methods.end(), r->method) == methods.end() && r->match(path, scratch))
+            methods.push_back(r->method);
+    auto listed = [&methods](std::string_view m) { return std::find(methods.begin(), methods.end(), m) != methods.end(); };
+    if (listed("GET") && !listed("HEAD")) methods.push_back("HEAD");
+    std::string allow;
+    for (std::string_view m : methods) {
+        if (!allow.empty()) allow += ", ";
+        allow += m;
+    }
+    return allow;
+}
+
+/// error_response: the body of every response the server makes up itself.
+inline void error_response(response& res, int status) {
+    res.status = status;
+    res.set_content(status_text(status), "text/plain");
+}
+
+/// wants_keep_alive: whether the client lets the connection stay open. Connection is one
+/// list across all its field lines (RFC 9110 7.6.1).
+inline bool wants_keep_alive(const request& req) noexcept {
+    bool close = false, keep_alive = false;
+    for (const header& h : req.headers) {
+        if (!iequals(h.name, "Connection")) continue;
+        close |= has_token(h.value, "close");
+        keep_alive |= has_token(h.value, "keep-alive");
+    }
+    return !close && (req.version_minor == 1 || keep_alive);
+}
+
+/// conn_state: where one connection is (Go's ConnState, finer). Only the thread that
+/// holds the connection changes it, through connection::set(), which checks this table:
+///
+///   from \ to    idle  head  body  handling  writing  lingering  closed
+///   (accepted)         x
+///   idle               x                                           x
+///   head                     x     x         x                     x
+///   body                           x         x                     x
+///   handling     x                           x        x            x
+///   writing      x                                    x            x
+///   lingering                                                      x
+///
+///   idle: between requests, no byte of the next one yet (idle_timeout)
+///   head: a request head is arriving (header_timeout, from accept or its first byte)
+///   body: a buffered body is arriving (body_timeout between reads)
+///   handling: a handler runs; a streamed body flows (the thread is busy)
+///   writing: a response waits for the socket (write_timeout between writes)
+///   lingering: our side is shut down; the client's late bytes are dropped (linger_time),
+///     so closing never resets a response the client has not read (RFC 9112 9.6)
+enum class conn_state : unsigned char { idle, head, body, handling, writing, lingering, closed };
+
+constexpr bool allowed(conn_state from, conn_state to) noexcept {
+    using s = conn_state;
+    switch (from) {
+        case s::idle: return to == s::head || to == s::closed;
+        case s::head: return to == s::body || to == s::handling || to == s::writing || to == s::closed;
+        case s::body: return to == s::handling || to == s::writing || to == s::closed;
+        case s::handling:
+            return to == s::idle || to == s::writing || to == s::lingering || to == s::closed;
+        case s::writing: return to == s::idle || to == s::lingering || to == s::closed;
+        case s::lingering: return to == s::closed;
+        case s::closed: return to == s::head;  // a pooled object taking a new connection
+    }
+    return false;
+}
+
+/// connection: one accepted connection, and what it keeps between events.
+struct connection {
+    enum hold_t : int { free_slot, parked, arming, held };
+    std::atomic<int> hold{free_slot};          // see the design notes above
+    std::atomic<std::int64_t> deadline{never};  // while parked: when its timeout strikes
+    std::atomic<bool> in_flight{false};         // a request has begun and is not answered
+    std::atomic<bool> cut{false};               // counted in stop_result::cut
+
+    unique_fd fd;  // changed only under the pool's lock (the cut reads it there)
+    conn_state state = conn_state::closed;
+    bool in_epoll = false;
+    clock::time_point since;  // when the current timeout started counting
+
+    byte_buffer in;                // bytes of requests not yet answered
+    bool borrowed = false;         // in is the serving thread's read buffer, lent for now
+    std::size_t charged = 0;       // in's capacity counted in run::buffered_
+    std::size_t start = 0;         // where the current request begins in `in`
+    std::size_t scanned = 0;       // bytes after start searched for a line end in vain
+
+    // The current request, once its head is parsed.
+    std::size_t head_bytes = 0;
+    request_framing framing;
+    const route* matched = nullptr;
+    int route_status = 0;  // 404 or 405 when matched is null
+    int version_minor = 1;
+    bool is_head = false, keep_alive = true, continue_sent = false;
+    chunked_decoder decoder;                     // a buffered chunked body, decoded in place:
+    std::size_t body_read = 0, body_write = 0;   // next raw byte, end of the decoded body
+
+    // The part of a response the socket did not take yet.
+    std::string out_head, out_body;
+    std::size_t out_sent = 0;
+    bool read_short = false;  // the last read did not fill the buffer: the socket is likely empty
+
+    void set(conn_state to) noexcept {
+        assert(allowed(state, to));
+        state = to;
+    }
+    bool output_pending() const noexcept { return out_sent < out_head.size() + out_body.size(); }
+    void reset_request() noexcept {
+        head_bytes = scanned = body_read = body_write = 0;
+        matched = nullptr;
+        continue_sent = false;
+        decoder = chunked_decoder();
+    }
 };
 
-/// worker_context: what one serving thread reuses from request to request.
-struct server::worker_context {
-    static constexpr std::size_t base_buffer = 64 * 1024;
-    detail::byte_buffer in;       // the bytes being parsed; request views point here
-    detail::byte_buffer scratch;  // what a streamed request body is read into
+/// worker: what one serving thread reuses from request to request.
+struct worker {
+    byte_buffer scratch;  // the read buffer, lent to the connection being served
+    byte_buffer stream;   // what a streamed request body is read into
     request req;
     response res;
     std::string head;  // the response head being written
-    detail::date_cache date;
+    date_cache date;
 };
 
-/// run_context: everything one run owns: a snapshot of options and routes, the listener,
-/// the connections and the workers. Made by start(), destroyed when the run ends.
-struct server::run_context {
-    options opts;
-    detail::parse_limits limits;
-    std::vector<std::shared_ptr<const route_entry>> routes;
-    unique_fd listener;
+/// connection_pool: every connection object of a run. Objects are reused, never freed
+/// before the run ends, so a pointer from a late epoll event stays valid.
+class connection_pool {
+public:
+    connection* acquire(int fd) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        connection* c;
+        if (free_.empty()) {
+            all_.emplace_back();
+            c = &all_.back();
+        } else {
+            c = free_.back();
+            free_.pop_back();
+        }
+        c->fd.reset(fd);
+        c->hold.store(connection::held);
+        return c;
+    }
+    /// release: closes c's descriptor (leaving epfd first: a duplicate of it elsewhere
+    /// would keep it registered) and returns the object.
+    void release(connection& c, int epfd) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (c.in_epoll) ::epoll_ctl(epfd, EPOLL_CTL_DEL, c.fd.get(), nullptr);
+        c.in_epoll = false;
+        c.fd.reset();
+        c.hold.store(connection::free_slot);
+        free_.push_back(&c);
+    }
+    /// for_each_live: calls f(c) for every connection in use, under the pool's lock (no
+    /// descriptor is closed meanwhile). f must not acquire or release.
+    template <class F>
+    void for_each_live(F f) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (connection& c : all_)
+            if (c.hold.load() != connection::free_slot) f(c);
+    }
 
-    // Hand-offs between the loop and the workers.
-    std::mutex mutex;
-    std::condition_variable cv;
-    std::deque<connection*> queue;      // readable connections for the workers
-    std::vector<connection*> returned;  // connections the workers are done with
-    bool closing = false;               // workers exit when the queue is empty
-    std::size_t idle_workers = 0;       // workers waiting for the queue
-    std::vector<std::thread> workers;   // started by the loop as the queue needs them
-
-    // Owned by the loop thread alone.
-    unique_fd epoll;  // the self-pipe, the listener and every connection in polled
-    std::vector<std::unique_ptr<connection>> conns;
-    std::vector<connection*> polled;  // connections the loop waits on (armed in epoll)
-    worker_context inline_worker;  // serves in the loop when there are no workers
+private:
+    std::mutex mutex_;
+    std::deque<connection> all_;
+    std::vector<connection*> free_;
 };
+
+/// take: makes the calling thread the holder of a parked connection. False when another
+/// thread holds it or it is free (the event was stale). Waits out the instant between a
+/// holder's re-arming and its "parked" (an event may arrive in it).
+inline bool take(connection& c) noexcept {
+    for (;;) {
+        int expected = connection::parked;
+        if (c.hold.compare_exchange_strong(expected, connection::held)) return true;
+        if (expected != connection::arming) return false;
+        std::this_thread::yield();
+    }
+}
+
+/// run: one run of a server, from a started listener to the last joined thread.
+class run {
+public:
+    run(server& srv, options opts, route_list routes, unique_fd listener);
+    run(const run&) = delete;
+    run& operator=(const run&) = delete;
+    ~run();
+
+    /// init: makes the epoll sets. Before loop(), in the starting thread.
+    std::error_code init() noexcept;
+    /// loop: the control thread's loop; returns when the run is over and every worker is
+    /// joined. Steps: wait, serve_inline, begin_stop, accept, sweep, cut, teardown.
+    void loop() noexcept;
+    stop_result result() const noexcept { return {true, cut_.load() == 0, cut_.load(), error_}; }
+
+private:
+    /// outcome: what a step on a connection leaves to do. progress: take another step;
+    /// need_input: the request needs more bytes; wait: park it; close: close it.
+    enum class outcome { progress, need_input, wait, close };
+
+    // The control thread's steps.
+    int wait_timeout(clock::time_point now) const noexcept;
+    void serve_inline() noexcept;
+    void begin_stop(clock::time_point now) noexcept;
+    void accept_ready(clock::time_point now) noexcept;
+    void sweep(clock::time_point now) noexcept;
+    void cut_at_deadline() noexcept;
+    void teardown() noexcept;
+    void fail(std::error_code ec) noexcept;
+
+    // Workers.
+    void spawn_worker() noexcept;
+    void worker_main() noexcept;
+
+    // One connection, by its holder.
+    void serve(worker& w, connection& c) noexcept;
+    outcome step(worker& w, connection& c);
+    outcome read_input(worker& w, connection& c);
+    outcome process_input(worker& w, connection& c);
+    outcome parse_head(worker& w, connection& c, bool& req_valid);
+    outcome collect_body(worker& w, connection& c, bool req_valid);
+    outcome handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end);
+    outcome handle_streamed(worker& w, connection& c);
+    outcome respond(worker& w, connection& c, bool keep_alive);
+    outcome send_streamed(worker& w, connection& c, bool keep_alive);
+    outcome answer_error(worker& w, connection& c, int status);
+    outcome flush(connection& c) noexcept;
+    outcome after_response(connection& c);
+    outcome linger(connection& c) noexcept;
+    void on_timeout(worker& w, connection& c, clock::time_point now) noexcept;
+    void call_handler(worker& w, const route* r, int route_status);
+    void build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed);
+    bool grow_input(connection& c, std::size_t want);
+    void charge(connection& c) noexcept;
+    void lend_buffer(worker& w, connection& c);
+    void return_buffer(worker& w, connection& c);
+    void park(connection& c) noexcept;
+    void close(connection& c) noexcept;
+    bool past_deadline(clock::time_point now) const noexcept;
+    void lower_next_sweep(std::int64_t ns) noexcept;
+
+    server& srv_;
+    options opts_;
+    parse_limits limits_;
+    route_list routes_;
+    unique_fd listener_;
+    unique_fd control_epoll_;  // the self-pipe, the listener (and the connection set, inline)
+    unique_fd conn_epoll_;     // every connection, one-shot
+    bool inline_ = false;      // the control thread serves connections itself
+    connection_pool pool_;
+    worker control_worker_;
+
+    std::atomic<bool> stopping_{false};
+    std::atomic<std::int64_t> drain_deadline_{never};
+    std::atomic<std::int64_t> next_sweep_{never};
+    std::atomic<std::size_t> live_{0};
+    std::atomic<std::size_t> buffered_{0};
+    std::atomic<std::size_t> cut_{0};
+    std::atomic<int> waiting_{0};  // workers waiting in epoll_wait
+    std::thread::id control_thread_;
+    bool cut_done_ = false;
+    bool accept_paused_ = false;
+    clock::time_point accept_resume_{};
+    std::error_code error_;
+
+    std::mutex workers_mutex_;
+    std::vector<std::thread> workers_;
+    bool over_ = false;  // under workers_mutex_: no worker may be started any more
+    std::atomic<bool> workers_exit_{false};
+};
+
+inline run::run(server& srv, options opts, route_list routes, unique_fd listener)
+    : srv_(srv), opts_(std::move(opts)), routes_(std::move(routes)), listener_(std::move(listener)) {
+    limits_ = {opts_.max_request_line_bytes, opts_.max_header_bytes, opts_.max_headers};
+    inline_ = opts_.worker_threads == 0;
+}
+
+inline run::~run() = default;
+
+inline std::error_code run::init() noexcept {
+    control_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    conn_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    // The self-pipe is marked by a null pointer, the listener and the connection set by
+    // their own addresses.
+    epoll_event pipe_event{EPOLLIN, {nullptr}}, listener_event{EPOLLIN, {&listener_}},
+        conns_event{EPOLLIN, {&conn_epoll_}};
+    if (!control_epoll_ || !conn_epoll_ ||
+        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, srv_.wake_read_.get(), &pipe_event) != 0 ||
+        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &listener_event) != 0 ||
+        (inline_ && ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, conn_epoll_.get(), &conns_event) != 0))
+        return last_error();
+    return {};
+}
+
+// ------------------------------------------------------- control thread --
+
+inline void run::loop() noexcept {
+    control_thread_ = std::this_thread::get_id();
+    epoll_event events[control_events];
+    for (;;) {
+        clock::time_point now = clock::now();
+        const int ready = ::epoll_wait(control_epoll_.get(), events, control_events, wait_timeout(now));
+        if (ready < 0 && errno != EINTR) fail(last_error());
+        now = clock::now();
+        bool acceptable = false, conns_ready = false;
+        for (int i = 0; i < ready; ++i) {
+            if (events[i].data.ptr == nullptr) srv_.drain_wake();
+            acceptable |= events[i].data.ptr == &listener_;
+            conns_ready |= events[i].data.ptr == &conn_epoll_;
+        }
+        if (conns_ready) serve_inline();
+        if (!stopping_.load() && srv_.stop_requested_.load()) begin_stop(now);
+        if (accept_paused_ && now >= accept_resume_) {
+            accept_paused_ = false;
+            epoll_event ev{EPOLLIN, {&listener_}};
+            ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+        }
+        if (acceptable && !stopping_.load()) accept_ready(now);
+        if (to_ns(now) >= next_sweep_.load()) sweep(now);
+        if (stopping_.load()) {
+            if (!cut_done_ && now >= from_ns(drain_deadline_.load())) cut_at_deadline();
+            if (live_.load() == 0) break;
+        }
+    }
+    teardown();
+}
+
+inline int run::wait_timeout(clock::time_point now) const noexcept {
+    std::int64_t until = next_sweep_.load();
+    if (stopping_.load() && !cut_done_) until = std::min(until, drain_deadline_.load());
+    if (accept_paused_) until = std::min(until, to_ns(accept_resume_));
+    if (!stopping_.load() && srv_.stop_requested_.load()) return 0;  // its wake-up may predate the run
+    if (until == never) return -1;
+    const std::int64_t ms = (until - to_ns(now) + 999999) / 1000000;
+    return static_cast<int>(std::clamp<std::int64_t>(ms, 0, 1 << 30));
+}
+
+/// serve_inline: with no workers, the control thread serves the connections that are ready.
+inline void run::serve_inline() noexcept {
+    epoll_event events[control_events];
+    const int ready = ::epoll_wait(conn_epoll_.get(), events, control_events, 0);
+    for (int i = 0; i < ready; ++i) {
+        auto* c = static_cast<connection*>(events[i].data.ptr);
+        if (take(*c)) serve(control_worker_, *c);
+    }
+}
+
+/// begin_stop: the listener closes (a new client is refused at once, so a load balancer
+/// moves on), idle connections close, requests in flight go on until the drain deadline.
+inline void run::begin_stop(clock::time_point now) noexcept {
+    stopping_.store(true);
+    srv_.transition(server_state::running, server_state::stopping);
+    const std::int64_t requested = srv_.stop_requested_at_.load();
+    const std::int64_t from = requested != 0 && !error_ ? requested : to_ns(now);
+    drain_deadline_.store(error_ ? from : from + std::chrono::nanoseconds(opts_.drain_timeout).count());
+    if (listener_) {
+        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+        listener_.reset();
+    }
+    std::vector<connection*> taken;
+    pool_.for_each_live([&taken](connection& c) {
+        if (c.hold.load() == connection::parked && take(c)) taken.push_back(&c);
+    });
+    for (connection* c : taken) {
+        const bool waiting = c->state == conn_state::idle || (c->state == conn_state::head && c->in.size() == 0);
+        if (!waiting) {
+            park(*c);
+            continue;
+        }
+        char byte;  // bytes already here are a request arriving: it gets its answer
+        if (::recv(c->fd.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
+            if (c->state == conn_state::idle) c->set(conn_state::head);
+            c->since = now;
+            park(*c);
+        } else {
+            close(*c);
+        }
+    }
+}
+
+inline void run::accept_ready(clock::time_point now) noexcept {
+    for (int i = 0; i < accept_batch; ++i) {
+        const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            const int e = errno;
+            if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
+            if (e == EAGAIN || e == EWOULDBLOCK) return;
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                accept_paused_ = true;  // out of descriptors or memory: back off, don't spin
+                accept_resume_ = now + accept_backoff;
+                epoll_event ev{0, {&listener_}};
+                ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+                return;
+            }
+            return fail({e, std::system_category()});  // the listener itself is broken
+        }
+        if (live_.load() >= opts_.max_connections) {
+            send_unavailable(fd);
+            ::close(fd);
+            continue;
+        }
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix sockets
+        connection* c = nullptr;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            c = pool_.acquire(fd);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+            send_unavailable(fd);
+            ::close(fd);
+            continue;
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        live_.fetch_add(1);
+        c->set(conn_state::head);
+        c->since = now;
+        if (!inline_ && waiting_.load() == 0) spawn_worker();
+        park(*c);
+    }
+}
+
+/// sweep: closes or answers (408) the parked connections whose timeout struck.
+inline void run::sweep(clock::time_point now) noexcept {
+    next_sweep_.store(never);
+    const std::int64_t now_ns = to_ns(now);
+    std::vector<connection*> due;
+    pool_.for_each_live([&](connection& c) {
+        const std::int64_t d = c.deadline.load();
+        if (c.hold.load() != connection::parked) return;  // its holder re-arms its timer
+        if (d > now_ns) {
+            lower_next_sweep(d);
+        } else if (take(c)) {
+            due.push_back(&c);
+        }
+    });
+    for (connection* c : due) on_timeout(control_worker_, *c, now);
+}
+
+inline void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
+    if (c.deadline.load() > to_ns(now)) return park(c);  // re-armed meanwhile: not due
+    const bool has_request = c.in.size() > c.start;
+    if ((c.state == conn_state::head && has_request) || c.state == conn_state::body) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            if (answer_error(w, c, 408) == outcome::close) return close(c);
+            return serve(w, c);  // writes what it can, then lingers
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    close(c);
+}
+
+/// cut_at_deadline: the drain deadline passed: every connection still open is shut down;
+/// those with a request in flight are counted in stop_result::cut.
+inline void run::cut_at_deadline() noexcept {
+    cut_done_ = true;
+    std::vector<connection*> taken;
+    pool_.for_each_live([&](connection& c) {
+        if (c.hold.load() == connection::parked && take(c)) {
+            taken.push_back(&c);
+        } else {  // a thread holds it (a handler, a stream): its next read or write fails
+            if (c.in_flight.load() && !c.cut.exchange(true)) cut_.fetch_add(1);
+            ::shutdown(c.fd.get(), SHUT_RDWR);
+        }
+    });
+    for (connection* c : taken) {
+        if (c->in_flight.load() && !c->cut.exchange(true)) cut_.fetch_add(1);
+        close(*c);
+    }
+}
+
+/// fail: the run cannot go on (its listener or epoll failed): stop it at once, and say why.
+inline void run::fail(std::error_code ec) noexcept {
+    if (!error_) error_ = ec;
+    if (!stopping_.load()) begin_stop(clock::now());
+}
+
+/// teardown: every worker learns the run is over through the self-pipe, which is now
+/// added to their epoll set with a byte in it; then they are joined.
+inline void run::teardown() noexcept {
+    std::vector<std::thread> joining;
+    {
+        std::lock_guard<std::mutex> lock(workers_mutex_);
+        over_ = true;
+        joining.swap(workers_);
+    }
+    if (!joining.empty()) {
+        workers_exit_.store(true);
+        srv_.wake();
+        epoll_event ev{EPOLLIN, {nullptr}};
+        ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_ADD, srv_.wake_read_.get(), &ev);
+        for (std::thread& t : joining) t.join();
+    }
+    listener_.reset();
+}
+
+// --------------------------------------------------------------- workers --
+
+inline void run::spawn_worker() noexcept {
+    std::lock_guard<std::mutex> lock(workers_mutex_);
+    if (over_ || workers_.size() >= opts_.worker_threads) return;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        workers_.emplace_back([this] { worker_main(); });
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::exception&) {  // out of threads or memory: the ones there are carry on
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+inline void run::worker_main() noexcept {
+    srv_.add_server_thread();  // before it serves: a handler's stop() must know its thread
+    worker w;
+    epoll_event ev;
+    for (;;) {
+        waiting_.fetch_add(1);
+        const int ready = ::epoll_wait(conn_epoll_.get(), &ev, 1, -1);
+        const int still_waiting = waiting_.fetch_sub(1) - 1;
+        if (workers_exit_.load()) break;
+        if (ready != 1 || ev.data.ptr == nullptr) continue;
+        if (still_waiting == 0) spawn_worker();  // a follower waits while this one serves
+        auto* c = static_cast<connection*>(ev.data.ptr);
+        if (take(*c)) serve(w, *c);
+    }
+    srv_.remove_server_thread();  // ids are reused: forget this one before it ends
+}
+
+// ------------------------------------------------------------ connection --
+
+/// serve: the holder's work on c after it became ready: read, parse, handle and write
+/// until c must wait again (then it is parked) or is closed.
+inline void run::serve(worker& w, connection& c) noexcept {
+    outcome o = outcome::close;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        lend_buffer(w, c);
+        c.read_short = false;
+        do {
+            o = step(w, c);
+        } while (o == outcome::progress);
+        return_buffer(w, c);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::bad_alloc&) {  // this connection fails, the others go on
+        send_unavailable(c.fd.get());
+        o = outcome::close;
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    if (o == outcome::wait)
+        park(c);
+    else
+        close(c);
+}
+
+/// step: one move of c's state machine. progress: call again; wait: park; close: close.
+inline run::outcome run::step(worker& w, connection& c) {
+    switch (c.state) {
+        case conn_state::lingering: return linger(c);
+        case conn_state::writing: {
+            const outcome o = flush(c);
+            return o == outcome::progress ? after_response(c) : o;
+        }
+        case conn_state::idle:
+        case conn_state::head:
+        case conn_state::body: {
+            if (c.output_pending()) {  // a "100 Continue" the socket did not take at once
+                const outcome o = flush(c);
+                if (o != outcome::progress) return o;
+            }
+            const outcome o = process_input(w, c);
+            if (o != outcome::need_input) return o;
+            if (c.read_short) return outcome::wait;  // the socket is most likely empty: park
+            return read_input(w, c);
+        }
+        case conn_state::handling:
+        case conn_state::closed: break;
+    }
+    return outcome::close;
+}
+
+/// read_input: reads what the socket has into c.in, growing it as bytes arrive (a body's
+/// declared length reserves nothing), within options::max_buffered_bytes.
+inline run::outcome run::read_input(worker& w, connection& c) {
+    if (c.start != 0 && (c.start == c.in.size() || c.in.capacity() - c.in.size() < min_read)) {
+        c.in.consume(c.start);  // offsets are kept relative to start
+        c.start = 0;
+    }
+    std::size_t wanted_room = min_read;
+    if (c.state == conn_state::body && c.framing.kind == request_framing::content_length)
+        wanted_room = std::min(wanted_room, c.head_bytes + c.framing.length - (c.in.size() - c.start));
+    if (c.in.capacity() - c.in.size() < wanted_room) {
+        std::size_t want = std::max(c.in.capacity() * 2, c.in.size() + read_size);
+        if (c.state == conn_state::body && c.framing.kind == request_framing::content_length)
+            want = std::min(want, c.start + c.head_bytes + c.framing.length);
+        if (!grow_input(c, want)) return answer_error(w, c, 503);
+    }
+    const std::size_t room = c.in.capacity() - c.in.size();
+    const ssize_t n = retry_eintr([&] { return ::recv(c.fd.get(), c.in.data() + c.in.size(), room, 0); });
+    if (n > 0) {
+        c.in.grow_by(static_cast<std::size_t>(n));
+        c.read_short = static_cast<std::size_t>(n) < room;
+        if (c.state == conn_state::body) c.since = clock::now();  // body_timeout counts from progress
+        return outcome::progress;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return outcome::wait;
+    return outcome::close;  // the client closed (mid-request or between requests), or failed
+}
+
+inline run::outcome run::process_input(worker& w, connection& c) {
+    bool req_valid = false;  // w.req describes c's current request (else: parse its head again)
+    if (c.state == conn_state::idle || c.state == conn_state::head) {
+        const outcome o = parse_head(w, c, req_valid);
+        if (c.state != conn_state::body) return o;
+    }
+    return collect_body(w, c, req_valid);
+}
+
+/// parse_head: drops empty lines before a request line (RFC 9112 2.2), then parses the
+/// head once a line has ended since the last try: a head that arrives a byte at a time
+/// costs a pass per line, not per byte (picohttpparser's last_len).
+inline run::outcome run::parse_head(worker& w, connection& c, bool& req_valid) {
+    std::string_view v = c.in.view().substr(c.start);
+    if (v.empty()) return outcome::need_input;
+    if (c.state == conn_state::idle) {
+        c.set(conn_state::head);
+        c.since = clock::now();  // header_timeout counts from the first byte
+    }
+    if (!c.in_flight.load(std::memory_order_relaxed)) c.in_flight.store(true);
+    std::size_t skip = 0;
+    while (skip + 1 < v.size() && v[skip] == '\r' && v[skip + 1] == '\n') skip += 2;
+    if (skip != 0) {
+        c.start += skip;
+        c.scanned = 0;
+        v.remove_prefix(skip);
+        if (v.empty()) return outcome::need_input;
+    }
+    if (v.size() < limits_.max_request_line + 2 && v.size() <= limits_.max_header_bytes &&
+        std::memchr(v.data() + c.scanned, '\n', v.size() - c.scanned) == nullptr) {
+        c.scanned = v.size();
+        return outcome::need_input;
+    }
+    w.req.method = std::string_view();
+    const parse_result pr = parse_request(v, w.req, limits_);
+    c.is_head = w.req.method == "HEAD";
+    if (pr.status == parse_status::error) return answer_error(w, c, pr.error_status);
+    if (pr.status == parse_status::partial) {
+        c.scanned = v.size();
+        return outcome::need_input;
+    }
+    c.head_bytes = pr.head_bytes;
+    c.version_minor = w.req.version_minor;
+    c.keep_alive = wants_keep_alive(w.req);
+    if (const int status = frame_request(w.req, c.framing)) return answer_error(w, c, status);
+    if (c.framing.kind == request_framing::content_length && c.framing.length > opts_.max_body_bytes)
+        return answer_error(w, c, 413);
+    c.matched = match_route(routes_, w.req.method, w.req.path, w.req.params_, c.route_status);
+    req_valid = true;
+    if (c.matched && c.matched->mode == body_mode::streamed && c.framing.kind != request_framing::none)
+        return handle_streamed(w, c);
+    c.set(conn_state::body);
+    c.since = clock::now();
+    return outcome::progress;
+}
+
+/// collect_body: waits until a buffered body is whole. A chunked one is decoded in place
+/// behind the head, and the framing is dropped as it is decoded.
+inline run::outcome run::collect_body(worker& w, connection& c, bool req_valid) {
+    char* const base = c.in.data() + c.start;
+    const std::size_t size = c.in.size() - c.start;
+    std::string_view body;
+    std::size_t end = 0;  // where the request ends, relative to start; 0: not yet whole
+    if (c.framing.kind == request_framing::none) {
+        end = c.head_bytes;
+    } else if (c.framing.kind == request_framing::content_length) {
+        if (size - c.head_bytes >= c.framing.length) {
+            body = std::string_view(base + c.head_bytes, c.framing.length);
+            end = c.head_bytes + c.framing.length;
+        }
+    } else {
+        if (c.body_read == 0) c.body_read = c.body_write = c.head_bytes;
+        while (c.body_read < size && end == 0) {
+            const chunked_decoder::step_result r = c.decoder.step({base + c.body_read, size - c.body_read});
+            c.body_read += r.consumed;
+            if (!r.data.empty()) {
+                std::memmove(base + c.body_write, r.data.data(), r.data.size());
+                c.body_write += r.data.size();
+                if (c.body_write - c.head_bytes > opts_.max_body_bytes) return answer_error(w, c, 413);
+            }
+            if (r.status == parse_status::error) return answer_error(w, c, r.error_status);
+            if (r.status == parse_status::complete) {
+                body = std::string_view(base + c.head_bytes, c.body_write - c.head_bytes);
+                end = c.body_read;
+            }
+        }
+        if (end == 0 && c.body_read != c.body_write) {  // keep the decoded body and the raw tail only
+            std::memmove(base + c.body_write, base + c.body_read, size - c.body_read);
+            c.in.truncate(c.start + c.body_write + (size - c.body_read));
+            c.body_read = c.body_write;
+        }
+    }
+    if (end == 0) {
+        if (c.framing.expect_continue && !c.continue_sent) {
+            if (!c.matched) return answer_error(w, c, c.route_status);  // not going to read it: say so now
+            c.continue_sent = true;
+            static constexpr std::string_view text = "HTTP/1.1 100 Continue\r\n\r\n";
+            c.out_head.assign(text);
+            c.out_sent = 0;
+            const outcome o = flush(c);
+            if (o != outcome::progress) return o;
+        }
+        return outcome::need_input;
+    }
+    if (!req_valid) {  // the head was parsed during an earlier event, maybe by another thread
+        parse_request(std::string_view(base, c.head_bytes), w.req, limits_);
+        match_route(routes_, w.req.method, w.req.path, w.req.params_, c.route_status);
+    }
+    return handle_buffered(w, c, body, c.start + end);
+}
+
+inline run::outcome run::handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end) {
+    c.set(conn_state::handling);
+    w.req.body = body;
+    call_handler(w, c.matched, c.route_status);
+    c.start = end;  // the request's bytes are used up; what follows is the next request
+    c.reset_request();
+    return respond(w, c, c.keep_alive);
+}
+
+/// handle_streamed: runs a body_mode::streamed handler, which reads the body itself from
+/// the socket (blocking this thread, with back-pressure) through request::read_body.
+inline run::outcome run::handle_streamed(worker& w, connection& c) {
+    c.set(conn_state::handling);
+    body_reader reader(c.fd.get(), c.framing, c.in.view().substr(c.start + c.head_bytes), w.stream, opts_,
+                       c.framing.expect_continue && !c.continue_sent);
+    w.req.body = std::string_view();
+    w.req.reader_ = &reader;
+    call_handler(w, c.matched, c.route_status);
+    w.req.reader_ = nullptr;
+    bool keep_alive = c.keep_alive && reader.done() && !reader.error();
+    if (const std::error_code ec = reader.error()) {
+        w.res.clear();
+        error_response(w.res, ec == errc::body_too_large ? 413 : ec == std::errc::timed_out ? 408 : 400);
+    }
+    const std::string_view rest = reader.rest();  // the next request's first bytes, if any
+    if (!keep_alive) {
+        c.start = c.in.size();
+    } else if (reader.rest_in_scratch()) {
+        c.in.assign(rest);
+        c.start = 0;
+    } else {
+        c.start = static_cast<std::size_t>(rest.data() - c.in.data());
+    }
+    c.reset_request();
+    return respond(w, c, keep_alive);
+}
+
+inline void run::call_handler(worker& w, const route* r, int route_status) {
+    response& res = w.res;
+    res.clear();
+    if (!r) {
+        error_response(res, route_status);
+        if (route_status == 405) res.set_header("Allow", allowed_methods(routes_, w.req.path, w.req.params_));
+        return;
+    }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+        r->fn(w.req, res);
+    } catch (...) {
+        res.clear();
+        error_response(res, 500);
+    }
+#else
+    r->fn(w.req, res);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+/// answer_error: the one error path: answers status with "Connection: close" (no body
+/// for HEAD) and drops the rest of the request; the connection then lingers.
+inline run::outcome run::answer_error(worker& w, connection& c, int status) {
+    w.res.clear();
+    error_response(w.res, status);
+    c.in_flight.store(true);
+    c.start = c.in.size();
+    c.reset_request();
+    return respond(w, c, false);
+}
+
+/// respond: writes w.res without blocking; what the socket does not take waits in c for
+/// EPOLLOUT. A stop that began makes this the connection's last response.
+inline run::outcome run::respond(worker& w, connection& c, bool keep_alive) {
+    if (srv_.stop_requested_.load()) keep_alive = false;
+    if (past_deadline(clock::now())) {  // the drain deadline passed while the handler ran
+        if (!c.cut.exchange(true)) cut_.fetch_add(1);
+        return outcome::close;
+    }
+    response& res = w.res;
+    const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
+    if (res.provider_ && !bodiless) return send_streamed(w, c, keep_alive);
+    build_head(w, c, keep_alive, false, false);
+    const std::size_t body_size = bodiless || c.is_head ? 0 : res.body.size();
+    iovec iov[2] = {{w.head.data(), w.head.size()}, {res.body.data(), body_size}};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL); });
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return outcome::close;
+    c.keep_alive = keep_alive;
+    c.set(conn_state::writing);
+    const std::size_t sent = n < 0 ? 0 : static_cast<std::size_t>(n);
+    if (sent == w.head.size() + body_size) return after_response(c);
+    c.out_head.assign(w.head);  // the rest waits for EPOLLOUT; the body is moved, not copied
+    if (body_size != 0) c.out_body = std::move(res.body);
+    c.out_sent = sent;
+    c.since = clock::now();
+    return outcome::wait;
+}
+
+/// send_streamed: a set_stream() response: the head, then the provider's writes, each
+/// sent before write() returns (blocking this thread up to write_timeout per write).
+inline run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive) {
+    const bool chunked = c.version_minor == 1;
+    if (!chunked) keep_alive = false;  // HTTP/1.0: closing the connection ends the body
+    build_head(w, c, keep_alive, chunked, true);
+    iovec head{w.head.data(), w.head.size()};
+    if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) return outcome::close;
+    body_provider provider = std::move(w.res.provider_);
+    if (!c.is_head) {
+        body_writer out(c.fd.get(), chunked, opts_.write_timeout);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+            provider(out);
+        } catch (...) {
+            return outcome::close;  // no last chunk: the client sees the body is incomplete
+        }
+#else
+        provider(out);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        if (out.failed_) return outcome::close;
+        static constexpr std::string_view last_chunk = "0\r\n\r\n";
+        iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
+        if (chunked && !send_all(c.fd.get(), &end, 1, opts_.write_timeout)) return outcome::close;
+    }
+    c.keep_alive = keep_alive;
+    c.set(conn_state::writing);
+    return after_response(c);
+}
+
+inline void run::build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed) {
+    const response& res = w.res;
+    const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
+    std::string& h = w.head;
+    h.clear();
+    h += "HTTP/1.1 ";
+    append_number(h, static_cast<std::size_t>(res.status));
+    h += ' ';
+    h += status_text(res.status);
+    h += "\r\n";
+    bool has_date = false;
+    for (const auto& f : res.headers) {
+        const std::string& name = f.first;
+        if (iequals(name, "Content-Length") || iequals(name, "Connection") || iequals(name, "Transfer-Encoding") ||
+            !is_token(name) || !is_field_value(f.second))
+            continue;  // framing is the server's; CR/LF would split the response
+        has_date |= iequals(name, "Date");
+        h += name;
+        h += ": ";
+        h += f.second;
+        h += "\r\n";
+    }
+    if (chunked) {
+        h += "Transfer-Encoding: chunked\r\n";
+    } else if (!bodiless && !streamed) {
+        h += "Content-Length: ";
+        append_number(h, res.body.size());
+        h += "\r\n";
+    }
+    if (!has_date) {
+        h += "Date: ";
+        h += w.date.now();
+        h += "\r\n";
+    }
+    if (!keep_alive)
+        h += "Connection: close\r\n";
+    else if (c.version_minor == 0)
+        h += "Connection: keep-alive\r\n";
+    h += "\r\n";
+}
+
+/// flush: sends what waits in c.out_*; progress once all of it is out.
+inline run::outcome run::flush(connection& c) noexcept {
+    const std::size_t head_left = c.out_sent < c.out_head.size() ? c.out_head.size() - c.out_sent : 0;
+    const std::size_t body_from = c.out_sent - (c.out_head.size() - head_left);
+    iovec iov[2] = {{c.out_head.data() + (c.out_head.size() - head_left), head_left},
+                    {c.out_body.data() + body_from, c.out_body.size() - body_from}};
+    msghdr msg{};
+    msg.msg_iov = head_left != 0 ? iov : iov + 1;
+    msg.msg_iovlen = head_left != 0 ? 2 : 1;
+    const ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL); });
+    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? outcome::wait : outcome::close;
+    c.out_sent += static_cast<std::size_t>(n);
+    c.since = clock::now();  // write_timeout counts from progress
+    if (c.output_pending()) return outcome::wait;
+    c.out_head.clear();
+    std::string().swap(c.out_body);
+    c.out_sent = 0;
+    return outcome::progress;
+}
+
+/// after_response: the response is out: wait for the next request, or linger and close.
+inline run::outcome run::after_response(connection& c) {
+    c.in_flight.store(false);
+    c.since = clock::now();
+    if (c.keep_alive) {
+        c.set(conn_state::idle);
+        return outcome::progress;
+    }
+    ::shutdown(c.fd.get(), SHUT_WR);  // the client sees the end of the response at once
+    c.set(conn_state::lingering);
+    c.in.clear();
+    c.start = 0;
+    return outcome::progress;
+}
+
+/// linger: drops what a closing client still sends until it closes too (or linger_time
+/// passes): closing with unread bytes would reset the connection and lose the response.
+inline run::outcome run::linger(connection& c) noexcept {
+    for (int i = 0; i < linger_reads; ++i) {
+        const ssize_t n = ::recv(c.fd.get(), c.in.data(), c.in.capacity(), 0);
+        if (n > 0) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return outcome::wait;
+        if (n < 0 && errno == EINTR) continue;
+        return outcome::close;
+    }
+    return outcome::wait;  // a fast sender: it waits its turn in epoll
+}
+
+/// grow_input: makes c.in's capacity want, if the run's budget allows.
+inline bool run::grow_input(connection& c, std::size_t want) {
+    if (c.in.capacity() >= want) return true;
+    if (buffered_.load() + (want - c.charged) > opts_.max_buffered_bytes) return false;
+    c.in.reserve(want);
+    charge(c);
+    return true;
+}
+
+inline void run::charge(connection& c) noexcept {
+    const std::size_t cap = c.in.capacity();
+    if (cap >= c.charged)
+        buffered_.fetch_add(cap - c.charged);
+    else
+        buffered_.fetch_sub(c.charged - cap);
+    c.charged = cap;
+}
+
+/// lend_buffer: a connection with nothing kept reads into the thread's buffer, so idle
+/// connections hold no memory.
+inline void run::lend_buffer(worker& w, connection& c) {
+    if (c.borrowed || c.in.size() != 0) return;
+    if (w.scratch.capacity() < read_size) w.scratch.reserve(read_size);
+    std::swap(c.in, w.scratch);
+    c.borrowed = true;
+    charge(c);
+}
+
+/// return_buffer: gives the thread its buffer back, copying what the connection keeps
+/// (a partial request) into one of its own when that is small.
+inline void run::return_buffer(worker& w, connection& c) {
+    if (c.borrowed) {
+        const std::size_t kept = c.in.size() - c.start;
+        if (kept == 0) {
+            std::swap(c.in, w.scratch);
+            c.in.release();
+            w.scratch.clear();
+        } else if (kept <= keep_capacity) {
+            byte_buffer own;
+            own.reserve(std::max(kept * 2, min_read));
+            own.assign(c.in.view().substr(c.start));
+            std::swap(c.in, w.scratch);
+            c.in = std::move(own);
+            w.scratch.clear();
+        } else if (c.start != 0) {  // a large body keeps the buffer; the thread makes another
+            c.in.consume(c.start);
+        }
+        c.start = 0;
+        c.borrowed = false;
+    } else if (c.in.size() == c.start) {
+        c.in.release();
+        c.start = 0;
+    }
+    charge(c);
+}
+
+/// park: arms c in the connection set for what its state waits for, with its timeout.
+inline void run::park(connection& c) noexcept {
+    const conn_state s = c.state;
+    if (s == conn_state::idle && stopping_.load()) return close(c);
+    std::chrono::milliseconds limit{0};
+    std::uint32_t events = EPOLLIN;
+    switch (s) {
+        case conn_state::idle: limit = opts_.idle_timeout; break;
+        case conn_state::head: limit = opts_.header_timeout; break;
+        case conn_state::body:
+            limit = opts_.body_timeout;
+            if (c.output_pending()) events |= EPOLLOUT;
+            break;
+        case conn_state::writing:
+            limit = opts_.write_timeout;
+            events = EPOLLOUT;
+            break;
+        case conn_state::lingering: limit = linger_time; break;
+        case conn_state::handling:
+        case conn_state::closed: return close(c);
+    }
+    const std::int64_t deadline = limit.count() > 0 ? to_ns(c.since + limit) : never;
+    c.deadline.store(deadline);
+    if (deadline != never) lower_next_sweep(deadline);
+    c.hold.store(connection::arming);
+    epoll_event ev{events | EPOLLONESHOT, {&c}};
+    const int op = c.in_epoll ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    c.in_epoll = true;
+    if (::epoll_ctl(conn_epoll_.get(), op, c.fd.get(), &ev) != 0) {
+        c.hold.store(connection::held);
+        c.in_epoll = op == EPOLL_CTL_MOD;
+        return close(c);
+    }
+    c.hold.store(connection::parked);  // from here on another thread may hold c
+    // An idle connection parked just as a stop began may have been missed by its sweep.
+    if (s == conn_state::idle && stopping_.load() && take(c)) close(c);
+}
+
+/// close: closes c for good (by its holder) and returns the object to the pool.
+inline void run::close(connection& c) noexcept {
+    c.state = conn_state::closed;
+    c.in_flight.store(false);
+    c.in.release();
+    c.borrowed = false;
+    charge(c);
+    c.start = 0;
+    c.reset_request();
+    c.keep_alive = true;
+    c.out_head.clear();
+    std::string().swap(c.out_body);
+    c.out_sent = 0;
+    pool_.release(c, conn_epoll_.get());
+    if (live_.fetch_sub(1) == 1 && stopping_.load()) srv_.wake();  // the drain may be over
+}
+
+inline bool run::past_deadline(clock::time_point now) const noexcept {
+    if (!srv_.stop_requested_.load()) return false;
+    std::int64_t d = drain_deadline_.load();
+    if (d == never)  // the stop has not begun in the control thread yet
+        d = srv_.stop_requested_at_.load() + std::chrono::nanoseconds(opts_.drain_timeout).count();
+    return to_ns(now) >= d;
+}
+
+/// lower_next_sweep: makes the control thread sweep by ns at the latest; wakes it when a
+/// worker moved the sweep earlier than what it sleeps for.
+inline void run::lower_next_sweep(std::int64_t ns) noexcept {
+    std::int64_t current = next_sweep_.load();
+    while (ns < current) {
+        if (next_sweep_.compare_exchange_weak(current, ns)) {
+            if (std::this_thread::get_id() != control_thread_) srv_.wake();
+            return;
+        }
+    }
+}
+
+}  // namespace detail
+
+// --------------------------------------------------------------- server --
 
 inline server::server(options opts) : options_(std::move(opts)) {
     int fds[2];
@@ -1507,7 +2650,7 @@ inline server::server(options opts) : options_(std::move(opts)) {
 inline server::~server() { stop(); }
 
 inline server& server::route(std::string method, std::string pattern, handler h, body_mode mode) {
-    auto r = std::make_shared<route_entry>();
+    auto r = std::make_shared<detail::route>();
     r->method = std::move(method);
     r->mode = mode;
     std::string_view p = pattern;
@@ -1539,12 +2682,23 @@ inline void server::set_listener(listener_factory f) {
     options_.listener = std::move(f);
 }
 
-inline void server::set_state(server_state s) {
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        state_.store(s);
-    }
+/// transition_locked: the one place the state changes (mutex_ held). It checks the
+/// table under server_state, and notifies under the lock, so a waiter that returns and
+/// destroys the server cannot race with the notification.
+inline bool server::transition_locked(server_state from, server_state to) noexcept {
+    using s = server_state;
+    const bool legal = (from == s::stopped && to == s::starting) || (from == s::starting && to == s::running) ||
+                       (from == s::starting && to == s::stopped) || (from == s::running && to == s::stopping) ||
+                       (from == s::stopping && to == s::stopped);
+    if (!legal || state_.load() != from) return false;
+    state_.store(to);
     cv_.notify_all();
+    return true;
+}
+
+inline bool server::transition(server_state from, server_state to) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return transition_locked(from, to);
 }
 
 inline bool server::on_server_thread() const {
@@ -1553,9 +2707,15 @@ inline bool server::on_server_thread() const {
            server_threads_.end();
 }
 
-inline void server::register_server_thread() {
+inline void server::add_server_thread() {
     std::lock_guard<std::mutex> lock(mutex_);
     server_threads_.push_back(std::this_thread::get_id());
+}
+
+inline void server::remove_server_thread() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id());
+    if (it != server_threads_.end()) server_threads_.erase(it);
 }
 
 inline void server::wake() noexcept {
@@ -1572,6 +2732,8 @@ inline void server::drain_wake() noexcept {
 
 inline void server::request_stop() noexcept {
     const int saved_errno = errno;  // a signal handler must leave errno as it found it
+    if (!stop_requested_.load())    // clock_gettime is async-signal-safe
+        stop_requested_at_.store(detail::to_ns(detail::clock::now()));
     stop_requested_.store(true);
     if (wake_write_) wake();
     errno = saved_errno;
@@ -1605,73 +2767,118 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
         return;
     }
     std::unique_lock<std::mutex> lifecycle(lifecycle_);
-    if (state_.load() != server_state::stopped) {
+    if (state_.load() == server_state::stopped && loop_thread_.joinable()) loop_thread_.join();  // ended by itself
+    stop_requested_.store(false);  // a request from here on is kept
+    stop_requested_at_.store(0);
+    if (!transition(server_state::stopped, server_state::starting)) {
         ec = make_error_code(errc::already_running);
         return;
     }
-    if (loop_thread_.joinable()) loop_thread_.join();  // a run that ended by request_stop()
-
-    auto run = std::make_unique<run_context>();
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        run->opts = options_;
-        run->routes = routes_;
-    }
-    options& o = run->opts;
-    const options defaults;
-    if (o.max_header_bytes == 0) o.max_header_bytes = defaults.max_header_bytes;
-    if (o.max_headers == 0) o.max_headers = defaults.max_headers;
-    if (o.max_body_bytes == 0) o.max_body_bytes = defaults.max_body_bytes;
-    if (o.max_request_line_bytes == 0) o.max_request_line_bytes = defaults.max_request_line_bytes;
-    if (o.max_connections == 0) o.max_connections = defaults.max_connections;
-    run->limits = {o.max_request_line_bytes, o.max_header_bytes, o.max_headers};
-    if (!o.listener) o.listener = tcp_listener("127.0.0.1", 8080);
-
-    stop_requested_.store(false);
     drain_wake();
-    set_state(server_state::starting);
-    run->listener = o.listener(ec);
-    if (run->listener && !detail::set_nonblocking_cloexec(run->listener.get())) ec = detail::last_error();
-    if (!run->listener && !ec) ec = make_error_code(errc::no_listener);
-    if (ec) {
-        run.reset();  // closes the listener
-        set_state(server_state::stopped);
+    std::unique_ptr<detail::run> run = make_run(ec);
+    if (!run) {
+        transition(server_state::starting, server_state::stopped);
         return;
     }
-    port_.store(detail::local_port(run->listener.get()));
-    // The wake-up pipe is marked by a null pointer, the listener by its own address.
-    run->epoll.reset(::epoll_create1(EPOLL_CLOEXEC));
-    epoll_event pipe_event{EPOLLIN, {nullptr}}, listener_event{EPOLLIN, {&run->listener}};
-    if (!run->epoll || ::epoll_ctl(run->epoll.get(), EPOLL_CTL_ADD, wake_read_.get(), &pipe_event) != 0 ||
-        ::epoll_ctl(run->epoll.get(), EPOLL_CTL_ADD, run->listener.get(), &listener_event) != 0) {
-        ec = detail::last_error();
-        run.reset();
-        port_.store(0);
-        set_state(server_state::stopped);
-        return;
-    }
-
-    set_state(server_state::running);
+    transition(server_state::starting, server_state::running);
     if (in_caller_thread) {
-        register_server_thread();
+        add_server_thread();
         lifecycle.unlock();
-        loop(*run);
+        ec = run_to_end(std::move(run)).error;  // `this` may be gone once the run ended
         return;
     }
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        loop_thread_ = std::thread([this, owned = std::move(run)] {
-            register_server_thread();
-            loop(*owned);
+        loop_thread_ = std::thread([this, r = run.get()] {
+            add_server_thread();
+            run_to_end(std::unique_ptr<detail::run>(r));
         });
+        run.release();  // the thread owns it now
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } catch (const std::system_error& e) {  // no thread: the run (and its listener) is gone
+    } catch (const std::system_error& e) {  // no thread: the run (and its listener) goes
         ec = e.code();
+        run.reset();
+        std::lock_guard<std::mutex> lock(mutex_);
         port_.store(0);
-        set_state(server_state::stopped);
+        transition_locked(server_state::running, server_state::stopping);
+        transition_locked(server_state::stopping, server_state::stopped);
     }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+/// make_run: a run built from a snapshot of the options and routes and a fresh listener
+/// from the factory; null with ec set when that fails (nothing is left open).
+inline std::unique_ptr<detail::run> server::make_run(std::error_code& ec) noexcept {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        options o;
+        detail::route_list routes;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            o = options_;
+            routes = routes_;
+        }
+        const options defaults;
+        if (o.max_header_bytes == 0) o.max_header_bytes = defaults.max_header_bytes;
+        if (o.max_headers == 0) o.max_headers = defaults.max_headers;
+        if (o.max_body_bytes == 0) o.max_body_bytes = defaults.max_body_bytes;
+        if (o.max_request_line_bytes == 0) o.max_request_line_bytes = defaults.max_request_line_bytes;
+        if (o.max_connections == 0) o.max_connections = defaults.max_connections;
+        if (o.max_buffered_bytes == 0) o.max_buffered_bytes = defaults.max_buffered_bytes;
+        if (!o.listener) o.listener = tcp_listener("127.0.0.1", 8080);
+
+        unique_fd listener;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+            listener = o.listener(ec);
+        } catch (const std::system_error& e) {
+            ec = e.code();
+        } catch (...) {
+            ec = make_error_code(errc::listener_threw);
+        }
+#else
+        listener = o.listener(ec);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        if (!ec && !listener) ec = make_error_code(errc::no_listener);
+        if (!ec && !detail::set_nonblocking_cloexec(listener.get())) ec = detail::last_error();
+        if (!ec) {  // an unlistened socket would be "readable" forever and accept nothing
+            int listening = 0;
+            socklen_t len = sizeof listening;
+            if (::getsockopt(listener.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0)
+                ec = detail::last_error();
+            else if (!listening)
+                ec = make_error_code(errc::not_listening);
+        }
+        if (ec) return nullptr;
+        const std::uint16_t port = detail::local_port(listener.get());
+        auto run = std::make_unique<detail::run>(*this, std::move(o), std::move(routes), std::move(listener));
+        ec = run->init();
+        if (ec) return nullptr;
+        port_.store(port);
+        return run;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::bad_alloc&) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+        return nullptr;
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+/// run_to_end: runs the control loop, then closes everything of the run and only then
+/// says "stopped". Touches nothing of the server after that: it may be destroyed at once.
+inline stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
+    run->loop();
+    const stop_result result = run->result();
+    run.reset();  // its workers are joined; this closes its epoll sets and listener
+    std::lock_guard<std::mutex> lock(mutex_);
+    last_stop_ = result;
+    port_.store(0);
+    auto self = std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id());
+    if (self != server_threads_.end()) server_threads_.erase(self);
+    transition_locked(server_state::stopping, server_state::stopped);
+    return result;
 }
 
 inline stop_result server::stop() noexcept {
@@ -1680,11 +2887,10 @@ inline stop_result server::stop() noexcept {
         return {false, false, 0, {}};
     }
     std::lock_guard<std::mutex> lifecycle(lifecycle_);
-    if (state_.load() == server_state::stopped && !loop_thread_.joinable()) return {};
-    request_stop();
+    if (state_.load() != server_state::stopped) request_stop();
     std::unique_lock<std::mutex> lock(mutex_);
     cv_.wait(lock, [this] { return state_.load() == server_state::stopped; });
-    stop_result result = last_stop_;
+    const stop_result result = last_stop_;
     lock.unlock();
     if (loop_thread_.joinable()) loop_thread_.join();
     return result;
@@ -1705,558 +2911,6 @@ inline stop_result server::wait() noexcept {
 inline bool server::wait_until_running(std::chrono::milliseconds timeout) const {
     std::unique_lock<std::mutex> lock(mutex_);
     return cv_.wait_for(lock, timeout, [this] { return state_.load() == server_state::running; });
-}
-
-inline void server::start_worker(run_context& run) noexcept {
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    try {
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        run.workers.emplace_back([this, &run] { worker_main(run); });
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } catch (const std::system_error&) {  // out of threads: the ones there are carry on
-    }
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-}
-
-inline void server::worker_main(run_context& run) noexcept {
-    register_server_thread();
-    worker_context w;
-    for (;;) {
-        connection* c;
-        {
-            std::unique_lock<std::mutex> lock(run.mutex);
-            ++run.idle_workers;
-            run.cv.wait(lock, [&run] { return !run.queue.empty() || run.closing; });
-            --run.idle_workers;
-            if (run.queue.empty()) break;
-            c = run.queue.front();
-            run.queue.pop_front();
-        }
-        process(run, w, *c);
-        bool first;
-        {
-            std::lock_guard<std::mutex> lock(run.mutex);
-            first = run.returned.empty();
-            run.returned.push_back(c);
-        }
-        if (first) wake();  // later hand-backs ride on the same wake-up
-    }
-    // Forget this thread's id before it ends: a thread created later may get the same id.
-    std::lock_guard<std::mutex> lock(mutex_);
-    server_threads_.erase(std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id()));
-}
-
-inline void server::process(run_context& run, worker_context& w, connection& c) noexcept {
-    const options& o = run.opts;
-    detail::byte_buffer& in = w.in;
-    if (c.pending.size() > worker_context::base_buffer / 4) {
-        std::swap(in, c.pending);  // a large partial body: move it, don't copy it
-    } else {
-        in.reserve(worker_context::base_buffer);
-        in.assign(c.pending.view());
-    }
-    c.pending.release();
-    c.close = false;
-
-    auto linger = [&] {  // the request was not read to its end: see phase_t::closing
-        ::shutdown(c.fd.get(), SHUT_WR);
-        c.phase = connection::phase_t::closing;
-        c.request_started = std::chrono::steady_clock::now();  // the lingering starts now
-        in.clear();
-    };
-    auto fail = [&](int status) {
-        w.req.method = std::string_view();  // may be stale: the response has a body
-        w.res.clear();
-        w.res.status = status;
-        w.res.set_content(status_text(status), "text/plain");
-        bool keep_alive = false;
-        if (write_response(run, w, c, keep_alive))
-            linger();
-        else
-            c.close = true;
-    };
-    auto finish_request = [&](std::size_t consumed) {  // the response went out; what's next
-        c.continue_sent = false;
-        c.decoder = detail::chunked_decoder();
-        c.body_read = c.body_write = 0;
-        c.phase = connection::phase_t::idle;
-        in.consume(consumed);
-        in.shrink(worker_context::base_buffer);
-    };
-    for (;;) {
-        if (in.size() != 0) {
-            if (c.phase == connection::phase_t::idle) {
-                c.phase = connection::phase_t::head;
-                c.request_started = std::chrono::steady_clock::now();
-            }
-            const detail::parse_result pr = detail::parse_request(in.view(), w.req, run.limits);
-            if (pr.status == detail::parse_status::error) return fail(pr.error_status);
-            if (pr.status == detail::parse_status::complete) {
-                detail::request_framing f;
-                if (int status = detail::frame_request(w.req, f)) return fail(status);
-                if (f.kind == detail::request_framing::content_length && f.length > o.max_body_bytes) return fail(413);
-                int route_status = 200;
-                const route_entry* r = find_route(run, w.req, route_status);
-                c.phase = connection::phase_t::body;
-
-                if (r && r->mode == body_mode::streamed && f.kind != detail::request_framing::none) {
-                    detail::body_reader reader(c.fd.get(), f, in.view().substr(pr.head_bytes), w.scratch, o,
-                                               f.expect_continue && !c.continue_sent);
-                    w.req.body = std::string_view();
-                    w.req.reader_ = &reader;
-                    bool keep_alive = respond(run, w, c, r, route_status);
-                    w.req.reader_ = nullptr;
-                    if (!keep_alive) {
-                        if (reader.done() || reader.error() == errc::body_incomplete)
-                            c.close = true;
-                        else
-                            linger();
-                        return;
-                    }
-                    std::string_view rest = reader.rest();  // the next request's first bytes
-                    if (reader.rest_in_scratch()) {
-                        in.assign(rest);
-                        finish_request(0);
-                    } else {
-                        finish_request(static_cast<std::size_t>(rest.data() - in.data()));
-                    }
-                    continue;
-                }
-
-                // A buffered body: wait until it is all here. Chunked bodies are decoded
-                // in place, behind the head; the progress is kept in the connection.
-                std::size_t consumed = 0;
-                if (f.kind == detail::request_framing::none) {
-                    w.req.body = std::string_view();
-                    consumed = pr.head_bytes;
-                } else if (f.kind == detail::request_framing::content_length) {
-                    if (in.size() >= pr.head_bytes + f.length) {
-                        w.req.body = std::string_view(in.data() + pr.head_bytes, f.length);
-                        consumed = pr.head_bytes + f.length;
-                    } else {
-                        in.reserve(pr.head_bytes + f.length);
-                    }
-                } else {
-                    if (c.body_read == 0) c.body_read = c.body_write = pr.head_bytes;
-                    while (c.body_read < in.size()) {
-                        auto step = c.decoder.step(in.view().substr(c.body_read));
-                        c.body_read += step.consumed;
-                        if (!step.data.empty()) {
-                            std::memmove(in.data() + c.body_write, step.data.data(), step.data.size());
-                            c.body_write += step.data.size();
-                            if (c.body_write - pr.head_bytes > o.max_body_bytes) return fail(413);
-                        }
-                        if (step.status == detail::parse_status::error) return fail(step.error_status);
-                        if (step.status == detail::parse_status::complete) {
-                            w.req.body = std::string_view(in.data() + pr.head_bytes, c.body_write - pr.head_bytes);
-                            consumed = c.body_read;
-                            break;
-                        }
-                    }
-                }
-                if (consumed != 0) {
-                    if (!respond(run, w, c, r, route_status)) {
-                        c.close = true;
-                        return;
-                    }
-                    finish_request(consumed);
-                    continue;
-                }
-                if (f.expect_continue && !c.continue_sent) {
-                    if (!r) return fail(route_status);  // not going to read it: say so now
-                    if (!detail::send_continue(c.fd.get(), o.write_timeout)) {
-                        c.close = true;
-                        return;
-                    }
-                    c.continue_sent = true;
-                }
-            }
-        }
-        if (in.size() == in.capacity()) in.reserve(std::max(in.capacity() * 2, worker_context::base_buffer));
-        ssize_t n = detail::retry_eintr(
-            [&] { return ::recv(c.fd.get(), in.data() + in.size(), in.capacity() - in.size(), 0); });
-        if (n > 0) {
-            in.grow_by(static_cast<std::size_t>(n));
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // back to the loop to wait
-            if (in.size() > worker_context::base_buffer / 4) {
-                std::swap(in, c.pending);
-            } else {
-                c.pending.assign(in.view());
-                in.clear();
-            }
-            return;
-        }
-        c.close = true;  // the peer closed, or an error
-        return;
-    }
-}
-
-inline const server::route_entry* server::find_route(const run_context& run, request& req, int& status) const {
-    const bool is_head = req.method == "HEAD";
-    const route_entry* get_for_head = nullptr;
-    bool path_known = false;
-    for (const auto& r : run.routes) {
-        if (!r->match(req.path, req.params_)) continue;
-        path_known = true;
-        if (r->method == req.method) return r.get();
-        if (is_head && !get_for_head && r->method == "GET") get_for_head = r.get();
-    }
-    if (get_for_head) {
-        get_for_head->match(req.path, req.params_);
-        return get_for_head;
-    }
-    status = path_known ? 405 : 404;
-    return nullptr;
-}
-
-inline bool server::respond(run_context& run, worker_context& w, connection& c, const route_entry* r,
-                            int route_status) noexcept {
-    request& req = w.req;
-    response& res = w.res;
-    res.clear();
-    std::string_view connection_field = req.get_header("Connection");
-    bool keep_alive = req.version_minor == 1 ? !detail::has_token(connection_field, "close")
-                                             : detail::has_token(connection_field, "keep-alive");
-    if (r) {
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-        try {
-            r->fn(req, res);
-        } catch (...) {
-            res.clear();
-            res.status = 500;
-            res.set_content(status_text(500), "text/plain");
-        }
-#else
-        r->fn(req, res);
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } else {
-        res.status = route_status;
-        res.set_content(status_text(route_status), "text/plain");
-        if (route_status == 405) {
-            std::vector<std::string_view> methods;
-            for (const auto& other : run.routes)
-                if (std::find(methods.begin(), methods.end(), other->method) == methods.end() &&
-                    other->match(req.path, req.params_))
-                    methods.push_back(other->method);
-            auto listed = [&methods](std::string_view m) {
-                return std::find(methods.begin(), methods.end(), m) != methods.end();
-            };
-            if (listed("GET") && !listed("HEAD")) methods.push_back("HEAD");
-            std::string allow;
-            for (std::string_view m : methods) {
-                if (!allow.empty()) allow += ", ";
-                allow += m;
-            }
-            res.set_header("Allow", allow);
-        }
-    }
-    if (req.reader_) {  // a streamed body: did the handler read it all, and was it sound?
-        std::error_code ec = req.reader_->error();
-        if (ec) {
-            int status = ec == errc::body_too_large ? 413
-                         : ec == std::errc::timed_out ? 408
-                                                      : 400;
-            res.clear();
-            res.status = status;
-            res.set_content(status_text(status), "text/plain");
-        }
-        if (ec || !req.reader_->done()) keep_alive = false;
-    }
-    if (stop_requested_.load()) keep_alive = false;  // a stop began: this is the last response
-    return write_response(run, w, c, keep_alive) && keep_alive;
-}
-
-inline bool server::write_response(run_context& run, worker_context& w, connection& c, bool& keep_alive) noexcept {
-    const response& res = w.res;
-    const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
-    const bool is_head = w.req.method == "HEAD";
-    const bool streamed = static_cast<bool>(res.provider_) && !bodiless;
-    const bool chunked = streamed && w.req.version_minor == 1;
-    if (streamed && !chunked) keep_alive = false;  // HTTP/1.0: the close ends the body
-
-    std::string& h = w.head;
-    h.clear();
-    h += "HTTP/1.1 ";
-    detail::append_number(h, static_cast<std::size_t>(res.status));
-    h += ' ';
-    h += status_text(res.status);
-    h += "\r\n";
-    bool has_date = false;
-    for (const auto& f : res.headers) {
-        const std::string& name = f.first;
-        if (detail::iequals(name, "Content-Length") || detail::iequals(name, "Connection") ||
-            detail::iequals(name, "Transfer-Encoding") || !detail::is_token(name) || !detail::is_field_value(f.second))
-            continue;  // framing is the server's; CR/LF would split the response
-        has_date |= detail::iequals(name, "Date");
-        h += name;
-        h += ": ";
-        h += f.second;
-        h += "\r\n";
-    }
-    if (chunked) {
-        h += "Transfer-Encoding: chunked\r\n";
-    } else if (!bodiless && !streamed) {
-        h += "Content-Length: ";
-        detail::append_number(h, res.body.size());
-        h += "\r\n";
-    }
-    if (!has_date) {
-        h += "Date: ";
-        h += w.date.now();
-        h += "\r\n";
-    }
-    if (!keep_alive)
-        h += "Connection: close\r\n";
-    else if (w.req.version_minor == 0)
-        h += "Connection: keep-alive\r\n";
-    h += "\r\n";
-    const bool send_body = !bodiless && !is_head && !streamed;
-    iovec iov[2] = {{h.data(), h.size()},
-                    {const_cast<char*>(res.body.data()), send_body ? res.body.size() : 0}};
-    if (!detail::send_all(c.fd.get(), iov, 2, run.opts.write_timeout)) return false;
-    if (!streamed || is_head) return true;
-
-    body_writer out(c.fd.get(), chunked, run.opts.write_timeout);
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    try {
-        res.provider_(out);
-    } catch (...) {
-        return false;  // no last chunk: the client sees the body is incomplete
-    }
-#else
-    res.provider_(out);
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-    if (out.failed_) return false;
-    if (!chunked) return true;
-    static constexpr std::string_view last_chunk = "0\r\n\r\n";
-    iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
-    return detail::send_all(c.fd.get(), &end, 1, run.opts.write_timeout);
-}
-
-inline void server::loop(run_context& run) noexcept {
-    using clock = std::chrono::steady_clock;
-    const options& o = run.opts;
-    auto& polled = run.polled;
-    auto& conns = run.conns;
-    const int epfd = run.epoll.get();
-    const bool inline_serving = o.worker_threads == 0;
-    bool stopping = false, cut_done = false, accept_paused = false;
-    clock::time_point drain_deadline{}, accept_resume{}, next_sweep = clock::time_point::max();
-    std::size_t cut = 0;
-    std::vector<connection*> returned;
-    std::vector<epoll_event> events(256);
-
-    auto close_connection = [&](connection* c) {  // closing the descriptor leaves epoll too
-        if (c->poll_slot != connection::npos) {
-            const std::size_t i = c->poll_slot;
-            polled[i] = polled.back();
-            polled[i]->poll_slot = i;
-            polled.pop_back();
-        }
-        const std::size_t i = c->slot;
-        std::swap(conns[i], conns.back());
-        conns[i]->slot = i;
-        conns.pop_back();  // destroys c, closing its descriptor
-    };
-    auto add_polled = [&](connection* c, clock::time_point now) {  // wait for c's next bytes
-        using phase = connection::phase_t;
-        const std::chrono::milliseconds limit = c->phase == phase::idle      ? o.idle_timeout
-                                                : c->phase == phase::head    ? o.header_timeout
-                                                : c->phase == phase::closing ? connection::linger_time
-                                                                             : o.body_timeout;
-        const clock::time_point from = c->phase == phase::head || c->phase == phase::closing ? c->request_started : now;
-        c->deadline = limit.count() > 0 ? from + limit : clock::time_point::max();
-        next_sweep = std::min(next_sweep, c->deadline);
-        c->poll_slot = polled.size();
-        polled.push_back(c);
-        // One-shot: a readiness event disarms the connection until the loop re-arms it.
-        epoll_event ev{EPOLLIN | EPOLLONESHOT, {c}};
-        if (::epoll_ctl(epfd, c->in_epoll ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd.get(), &ev) != 0)
-            return close_connection(c);
-        c->in_epoll = true;
-    };
-    auto settle = [&](connection* c, clock::time_point now) {  // a connection back from serving
-        if (c->close || stopping)
-            close_connection(c);
-        else
-            add_polled(c, now);
-    };
-    auto serve = [&](connection* c, clock::time_point now) {  // c has bytes (or an EOF) to read
-        const std::size_t i = c->poll_slot;
-        polled[i] = polled.back();
-        polled[i]->poll_slot = i;
-        polled.pop_back();
-        c->poll_slot = connection::npos;
-        if (c->phase == connection::phase_t::closing) {  // drop what the client still sends
-            char sink[16384];
-            ssize_t n = 1;
-            for (int reads = 0; reads < 16 && n > 0; ++reads)  // a fast sender can't hold the loop
-                n = ::recv(c->fd.get(), sink, sizeof sink, 0);
-            c->close = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
-            settle(c, now);
-            return;
-        }
-        if (!inline_serving) {
-            bool more_workers;  // every worker busy: start another, up to worker_threads
-            {
-                std::lock_guard<std::mutex> lock(run.mutex);
-                more_workers = run.queue.size() >= run.idle_workers && run.workers.size() < o.worker_threads;
-            }
-            if (more_workers) start_worker(run);
-            if (!run.workers.empty()) {
-                {
-                    std::lock_guard<std::mutex> lock(run.mutex);
-                    run.queue.push_back(c);
-                }
-                run.cv.notify_one();
-                return;
-            }
-        }
-        process(run, run.inline_worker, *c);  // no workers wanted, or none could be started
-        settle(c, now);
-    };
-    auto watch_listener = [&](bool on) {
-        epoll_event ev{on ? static_cast<std::uint32_t>(EPOLLIN) : 0u, {&run.listener}};
-        ::epoll_ctl(epfd, EPOLL_CTL_MOD, run.listener.get(), &ev);
-    };
-    auto ms_until = [](clock::time_point t, clock::time_point now) {
-        if (t <= now) return 0;
-        auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
-        return static_cast<int>(std::min<decltype(ms)>(ms, 1 << 30));
-    };
-
-    for (;;) {
-        clock::time_point now = clock::now();
-        int timeout = -1;
-        if (stopping && !cut_done) timeout = ms_until(drain_deadline, now);
-        if (!stopping && next_sweep != clock::time_point::max()) timeout = ms_until(next_sweep, now);
-        if (accept_paused) {
-            int t = ms_until(accept_resume, now);
-            timeout = timeout < 0 ? t : std::min(timeout, t);
-        }
-        if (!stopping && stop_requested_.load()) timeout = 0;  // its wake-up may predate the run
-        int ready = ::epoll_wait(epfd, events.data(), static_cast<int>(events.size()), timeout);
-        if (ready < 0) {
-            if (errno != EINTR) stop_requested_.store(true);  // cannot happen with a valid epfd
-            ready = 0;
-        }
-        now = clock::now();
-
-        bool woken = false, acceptable = false;
-        for (int i = 0; i < ready; ++i) {
-            woken |= events[i].data.ptr == nullptr;
-            acceptable |= events[i].data.ptr == &run.listener;
-        }
-        if (woken) drain_wake();
-        if (!inline_serving) {  // after draining the pipe: a later hand-back writes again
-            {
-                std::lock_guard<std::mutex> lock(run.mutex);
-                returned.swap(run.returned);
-            }
-            for (connection* c : returned) settle(c, now);
-            returned.clear();
-        }
-        // Connections with bytes to read. Before anything below may close a connection: an
-        // event in this batch must not outlive its connection.
-        for (int i = 0; i < ready; ++i) {
-            void* p = events[i].data.ptr;
-            if (p != nullptr && p != &run.listener) serve(static_cast<connection*>(p), now);
-        }
-
-        if (!stopping && stop_requested_.load()) {
-            stopping = true;
-            set_state(server_state::stopping);
-            run.listener.reset();
-            accept_paused = false;
-            drain_deadline = now + o.drain_timeout;
-            // Idle connections close now; one with bytes waiting or a partial request is in
-            // flight: epoll reports it next, and its response says "Connection: close".
-            std::vector<pollfd> probe;
-            probe.reserve(polled.size());
-            for (connection* c : polled) probe.push_back({c->fd.get(), POLLIN, 0});
-            if (!probe.empty()) ::poll(probe.data(), static_cast<nfds_t>(probe.size()), 0);
-            for (std::size_t i = polled.size(); i-- > 0;)
-                if (probe[i].revents == 0 && polled[i]->pending.size() == 0) close_connection(polled[i]);
-        }
-
-        if (accept_paused && now >= accept_resume) {
-            accept_paused = false;
-            watch_listener(true);
-        }
-        if (!stopping && acceptable) {
-            for (int i = 0; i < 64; ++i) {
-                int fd = ::accept4(run.listener.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd < 0) {
-                    if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-                    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                        accept_paused = true;  // out of descriptors or memory: back off, don't spin
-                        accept_resume = now + std::chrono::milliseconds(100);
-                        watch_listener(false);
-                    }
-                    break;
-                }
-                if (conns.size() >= o.max_connections) {
-                    detail::send_now(fd, 503);
-                    ::close(fd);
-                    continue;
-                }
-                int one = 1;
-                ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix sockets
-                auto c = std::make_unique<connection>();
-                c->fd.reset(fd);
-                c->request_started = now;
-                c->slot = conns.size();
-                conns.push_back(std::move(c));
-                add_polled(conns.back().get(), now);
-            }
-        }
-
-        if (!stopping && now >= next_sweep) {  // idle, header and body timeouts
-            next_sweep = clock::time_point::max();
-            for (std::size_t i = polled.size(); i-- > 0;) {
-                connection* c = polled[i];
-                if (c->deadline > now) {
-                    next_sweep = std::min(next_sweep, c->deadline);
-                    continue;
-                }
-                if ((c->phase == connection::phase_t::head || c->phase == connection::phase_t::body) &&
-                    c->pending.size() != 0)
-                    detail::send_now(c->fd.get(), 408);
-                close_connection(c);
-            }
-        }
-
-        if (stopping) {
-            if (conns.empty()) break;
-            if (!cut_done && now >= drain_deadline) {  // the deadline: cut what is left
-                cut_done = true;
-                for (auto& c : conns) {
-                    ++cut;
-                    if (c->poll_slot == connection::npos) ::shutdown(c->fd.get(), SHUT_RDWR);
-                }
-                for (std::size_t i = polled.size(); i-- > 0;) close_connection(polled[i]);
-                if (conns.empty()) break;  // workers still hold the rest: wait for them
-            }
-        }
-    }
-
-    {
-        std::lock_guard<std::mutex> lock(run.mutex);
-        run.closing = true;
-    }
-    run.cv.notify_all();
-    for (auto& t : run.workers) t.join();
-    run.listener.reset();
-    port_.store(0);
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        last_stop_ = {true, cut == 0, cut, {}};
-        server_threads_.clear();
-        state_.store(server_state::stopped);
-    }
-    cv_.notify_all();
 }
 
 }  // namespace restartable_server

@@ -745,7 +745,7 @@ int connect_small_rcvbuf(std::uint16_t port) {
 
 TEST_CASE("write_timeout: a client that never reads a large response is abandoned", "[limits][timeout]") {
     constexpr std::size_t big = 64u << 20;
-    auto o = test::local_options(1);  // one worker: while it is stuck, nothing else is served
+    auto o = test::local_options(1);  // one worker: it must not be the one held by the stuck write
     o.write_timeout = 300ms;
     o.drain_timeout = 3s;
     rs::server srv(o);
@@ -776,24 +776,23 @@ TEST_CASE("write_timeout: a client that never reads a large response is abandone
         REQUIRE(cv.wait_for(lk, 10s, [&] { return entered; }));
         handler_done = entered_at;
     }
-    // The only worker is now writing 64 MiB to a client that never reads. A request on
-    // another connection is answered once that write is abandoned.
+    // 64 MiB wait for a client that never reads; they wait in the connection, not in the
+    // only worker, so a request on another connection is answered while they wait.
     client fast(port, 5s);
     REQUIRE(fast.ok());
     REQUIRE(fast.send(get_req("/hello")));
     auto r = fast.read();
-    const auto answered_after = ms_between(handler_done, clk::now());
     CHECK(r.status == 200);
     CHECK(r.body == "hello");
-    CHECK(answered_after >= 250);   // the worker really was held by the stuck write
-    CHECK(answered_after < 5000);
 
-    const auto t0 = clk::now();
+    // A stop waits for the stuck write only until write_timeout passes without progress:
+    // then that connection is closed (not cut: the drain deadline is far), and the run ends.
     const rs::stop_result res = srv.stop();
-    const auto stop_ms = ms_between(t0, clk::now());
+    const auto stopped_after = ms_between(handler_done, clk::now());
     CHECK(res.drained);
     CHECK(res.cut == 0);
-    CHECK(stop_ms < 2000);
+    CHECK(stopped_after >= 250);
+    CHECK(stopped_after < 2500);
 
     // The slow client got a truncated response, then the close.
     auto all = read_until_close(slow);
