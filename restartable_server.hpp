@@ -17,11 +17,20 @@
 // LIFECYCLE
 //
 //   A server object holds options and routes. Each start() or run() asks the listener
-//   factory for a fresh listening socket and runs a loop that waits (epoll(7), Linux's
-//   scalable poll) on the listener, a self-pipe and the idle connections; a connection is
-//   lent to a worker thread only when it has bytes to read. stop() ends the run
-//   gracefully; the same object can then be started again, any number of times, with
-//   changed options or routes.
+//   factory for a fresh listening socket and begins a run: a control thread (run()'s
+//   caller, or one start() makes) that accepts and keeps time, and up to
+//   options::worker_threads workers that wait for ready connections and serve them
+//   (see ENGINE below). stop() ends the run gracefully; the same object can then be
+//   started again, any number of times, with changed options or routes.
+//
+//   state      what is going on                              next
+//   ---------  --------------------------------------------  ---------------------------
+//   stopped    nothing open but the self-pipe; no thread     starting (start/run)
+//   starting   the listener is being made                    running, or stopped + error
+//   running    accepting and serving                         stopping (a stop request, or
+//                                                            the run failed: see error)
+//   stopping   listener closed, requests in flight drain     stopped (every thread joined,
+//                                                            every descriptor closed)
 //
 //   call              blocks?                       thread                  signal-safe
 //   ----------------  ----------------------------  ----------------------  -----------
@@ -38,22 +47,49 @@
 //       that called it: it requests the stop and returns at once with waited == false.
 //       The run ends after that handler's response is sent.
 //
-//   stop(): closes the listener, closes idle keep-alive connections at once, lets requests
-//   in flight finish (their responses carry "Connection: close"), waits up to
-//   options::drain_timeout, then shuts the remaining connections down. It returns once
-//   every thread of the run is joined and every descriptor of the run is closed.
+//   stop(): closes the listener at once (a new connection is refused, so a load balancer
+//   moves on), closes idle keep-alive connections, lets requests in flight finish - a head
+//   still arriving too - with "Connection: close" on their responses, and at
+//   options::drain_timeout after the stop request shuts down what is left (counted in
+//   stop_result::cut). It returns once every thread of the run is joined and every
+//   descriptor of the run is closed, and reports what the run's stop found; every later
+//   stop() or wait() reports the same until the next run.
+//
+// ENGINE
+//
+//   No thread waits on one client. Sockets are non-blocking; connections wait in one
+//   epoll set, armed one-shot, and the worker that sees one ready reads, parses, runs the
+//   handler and writes the response itself - no hand-off between threads (before it
+//   serves, it starts another worker if none is left waiting). A response the socket does
+//   not take at once waits in its connection until the socket is writable, under
+//   write_timeout; a client that pipelines without reading gets no more of its requests
+//   read until it reads. Workers start as load needs them and last until the run ends.
+//   Each thread learns of a stop through the stop flag and the self-pipe.
+//
+//   Memory per connection: an idle connection holds no buffer (~0.5 KiB in all); a head
+//   at most max_header_bytes; a buffered body grows with the bytes that arrived (never
+//   with the declared Content-Length) up to max_body_bytes, chunk framing dropped as it
+//   is decoded; one unsent response. All request buffers of a run together: at most
+//   max_buffered_bytes (then 503). Each serving thread keeps a 64 KiB read buffer. A
+//   failed allocation answers that one connection 503 and closes it.
+//
+//   A connection the server closes while its client may still be sending is shut down for
+//   writing first and its late bytes are dropped for up to a second (lingering close,
+//   RFC 9112 9.6), so a reset never destroys a response the client has not read.
 //
 // LIMITATIONS
 //
 //   - Linux (uses epoll, accept4, pipe2, SOCK_CLOEXEC). Other POSIX systems: not yet.
 //   - No TLS, no HTTP/2, no transfer codings but chunked (gzip request bodies get 501).
 //   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
-//   - A streamed request or response body holds a worker thread while it flows (buffered
-//     bodies and idle connections hold none).
+//   - A streamed request or response body (read_body, set_stream) holds a worker thread
+//     while it flows, blocking on the socket with back-pressure; so does a slow handler.
+//     When every worker is held, ready connections wait for one to come free.
 //   - A handler that never returns keeps stop() from returning: threads cannot be killed.
-//     After the drain deadline its connection is shut down, so the client is released.
+//     At the drain deadline its connection is shut down, so the client is released.
 //   - The unix_listener() socket file is left on disk after a stop; the next start
 //     finds it stale (nobody accepts on it) and replaces it.
+//   - Compiled with -fno-exceptions, a failed allocation ends the process as usual.
 //
 // CONFIGURATION MACROS
 //
@@ -321,9 +357,10 @@ struct options {
     /// listener: builds the listening socket at each start. Empty (the default) means
     /// tcp_listener("127.0.0.1", 8080).
     listener_factory listener;
-    /// worker_threads: at most this many threads run handlers; the loop starts them as
-    /// requests find every worker busy, and they last until the run ends. Default 8. 0 runs
-    /// every handler in the loop thread, for tiny targets: then one slow handler delays all.
+    /// worker_threads: at most this many threads serve connections (read, run handlers,
+    /// write); they start as load needs them and last until the run ends. Default 8. 0
+    /// serves everything in the run's control thread, for tiny targets: then one slow
+    /// handler delays all, and a stop's drain deadline is checked when it returns.
     std::size_t worker_threads = 8;
     /// drain_timeout: how long stop() lets requests in flight finish before it shuts their
     /// connections down. Default 5 s. 0 shuts them down at once.
@@ -338,8 +375,8 @@ struct options {
     /// body_timeout: a request body that makes no progress for this long gets 408 and the
     /// connection closes. Default 30 s. 0 means never.
     std::chrono::milliseconds body_timeout{30000};
-    /// write_timeout: a response that makes no progress for this long is abandoned and its
-    /// connection closed. Default 30 s. 0 means never.
+    /// write_timeout: a response that makes no progress for this long (the client does
+    /// not read) is abandoned and its connection closed. Default 30 s. 0 means never.
     std::chrono::milliseconds write_timeout{30000};
     /// max_request_line_bytes: the request line may not be longer (414 past it).
     /// Default 8 KiB. 0 means the default.
@@ -369,7 +406,8 @@ enum class body_mode {
     streamed,  ///< the handler runs after the head; it reads with request::read_body()
 };
 
-/// server_state: where a server is in its lifecycle.
+/// server_state: where a server is in its lifecycle; the table under LIFECYCLE at the top
+/// of this file lists each state's transitions, which the server checks as it makes them.
 enum class server_state { stopped, starting, running, stopping };
 
 /// to_string: "stopped", "starting", "running" or "stopping".
