@@ -1836,7 +1836,7 @@ private:
     void return_buffer(worker& w, connection& c);
     void park(connection& c) noexcept;
     void close(connection& c) noexcept;
-    bool past_deadline(clock::time_point now) const noexcept;
+    bool past_deadline() const noexcept;
     void lower_next_sweep(std::int64_t ns) noexcept;
 
     server& srv_;
@@ -2395,7 +2395,7 @@ inline run::outcome run::answer_error(worker& w, connection& c, int status) {
 /// EPOLLOUT. A stop that began makes this the connection's last response.
 inline run::outcome run::respond(worker& w, connection& c, bool keep_alive) {
     if (srv_.stop_requested_.load()) keep_alive = false;
-    if (past_deadline(clock::now())) {  // the drain deadline passed while the handler ran
+    if (past_deadline()) {  // the drain deadline passed while the handler ran
         if (!c.cut.exchange(true)) cut_.fetch_add(1);
         return outcome::close;
     }
@@ -2651,12 +2651,12 @@ inline void run::close(connection& c) noexcept {
     if (live_.fetch_sub(1) == 1 && stopping_.load()) srv_.wake();  // the drain may be over
 }
 
-inline bool run::past_deadline(clock::time_point now) const noexcept {
+inline bool run::past_deadline() const noexcept {
     if (!srv_.stop_requested_.load()) return false;
     std::int64_t d = drain_deadline_.load();
     if (d == never)  // the stop has not begun in the control thread yet
         d = srv_.stop_requested_at_.load() + std::chrono::nanoseconds(opts_.drain_timeout).count();
-    return to_ns(now) >= d;
+    return to_ns(clock::now()) >= d;
 }
 
 /// lower_next_sweep: makes the control thread sweep by ns at the latest; wakes it when a
