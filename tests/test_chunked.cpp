@@ -3,7 +3,7 @@
 // into two feeds; every strict prefix of it must stay "partial"; each malformed body must
 // be an error 400. Every feed lives in a heap buffer of exactly its size, so a sanitizer
 // catches a decoder that reads one byte too far. The bytes behind a body (a pipelined next
-// request) must never be consumed.
+// request) must never be consumed. At the end, the chunk-size line limit over real sockets.
 #include "support.hpp"
 
 #include <cstdint>
@@ -121,7 +121,21 @@ std::vector<valid_case> valid_cases() {
         {"binary data with CRLFs and NULs", "9\r\n\0\r\n0\r\n\r\n\xff\r\n0\r\n\r\n"s, "\0\r\n0\r\n\r\n\xff"s},
         {"data that looks like a chunk header", "5\r\n0\r\n\r\n\r\n0\r\n\r\n", "0\r\n\r\n"},
         {"one-byte chunks", "1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n", "abc"},
-        {"extension of 1 KiB", "5;" + std::string(1024, 'e') + "\r\nhello\r\n0\r\n\r\n", "hello"},
+        // A chunk-size line (size, whitespace and extensions, without its CRLF) may be up to
+        // 1024 bytes long; these stay well within that.
+        {"extension of 900 bytes", "5;" + std::string(900, 'e') + "\r\nhello\r\n0\r\n\r\n", "hello"},
+        {"1000 leading zeros", std::string(1000, '0') + "5\r\nhello\r\n0\r\n\r\n", "hello"},
+        {"1000 zeros in the last chunk", "5\r\nhello\r\n" + std::string(1000, '0') + "\r\n\r\n", "hello"},
+        {"a size line of 1020 bytes", "5;" + std::string(1018, 'e') + "\r\nhello\r\n0\r\n\r\n", "hello"},
+        {"zeros, whitespace and an extension: 902 bytes together",
+         std::string(300, '0') + "5" + std::string(300, ' ') + ";" + std::string(300, 'e') + "\r\nhello\r\n0\r\n\r\n",
+         "hello"},
+        {"900-byte size lines on every chunk", [] {
+             std::string s;
+             for (int i = 0; i < 6; ++i) s += "1;" + std::string(898, 'e') + "\r\nx\r\n";
+             return s + "0;" + std::string(898, 'e') + "\r\n\r\n";
+         }(),
+         "xxxxxx"},
     };
     // A body of several KiB in uneven chunks.
     std::string enc, body;
@@ -304,6 +318,17 @@ TEST_CASE("chunked_decoder: malformed bodies are errors 400", "[chunked]") {
         {"ESC in last chunk's extension", "5\r\nhello\r\n0;\x1b\r\n\r\n"},
         {"overlong extension (8 KiB)", "5;" + std::string(8192, 'e') + "\r\nhello\r\n0\r\n\r\n"},
         {"overlong extension (64 KiB)", "5;" + std::string(65536, 'e') + "\r\nhello\r\n0\r\n\r\n"},
+        // A chunk-size line over 1024 bytes, whatever it is made of.
+        {"2000 leading zeros", std::string(2000, '0') + "5\r\nhello\r\n0\r\n\r\n"},
+        {"2000 zeros as the last chunk", "5\r\nhello\r\n" + std::string(2000, '0') + "\r\n\r\n"},
+        {"2000 spaces between the size and an extension", "5" + std::string(2000, ' ') + ";x\r\nhello\r\n0\r\n\r\n"},
+        {"2000 tabs between the size and an extension", "5" + std::string(2000, '\t') + ";x\r\nhello\r\n0\r\n\r\n"},
+        {"extension of 4000 bytes", "5;" + std::string(4000, 'e') + "\r\nhello\r\n0\r\n\r\n"},
+        {"last chunk's extension of 4000 bytes", "5\r\nhello\r\n0;" + std::string(4000, 'e') + "\r\n\r\n"},
+        {"a size line of 1030 bytes", "5;" + std::string(1028, 'e') + "\r\nhello\r\n0\r\n\r\n"},
+        {"zeros, whitespace and an extension: 1102 bytes together",
+         std::string(500, '0') + "5" + std::string(300, ' ') + ";" + std::string(300, 'e') + "\r\nhello\r\n0\r\n\r\n"},
+        {"a long line on a later chunk", "1\r\nx\r\n1;" + std::string(2000, 'e') + "\r\ny\r\n0\r\n\r\n"},
         {"overlong trailer section", "0\r\nX-Big: " + std::string(8192, 'v') + "\r\n\r\n"},
         {"many trailers past the limit", [] {
              std::string s = "0\r\n";
@@ -345,27 +370,61 @@ TEST_CASE("chunked_decoder: malformed bodies are errors 400", "[chunked]") {
     }
 }
 
-TEST_CASE("chunked_decoder: an extension or trailer section within the limit is fine, past it is 400",
+TEST_CASE("chunked_decoder: a chunk-size line up to 1024 bytes is fine, a longer one is 400 before it ends",
           "[chunked]") {
-    // The documented limit is 4096 bytes for one extension or for all trailer fields; a body
-    // just under it must pass, one well past it must not.
-    const decoded ok_ext = feed_whole("5;" + std::string(4000, 'e') + "\r\nhello\r\n0\r\n\r\n");
+    // A chunk-size line (the size, whitespace and extensions together, without its CRLF) may
+    // be up to 1024 bytes long. Past that the line is an error at once, before its CRLF
+    // comes: no unbounded buffering of one line, whichever part of it is long.
+    const decoded ok_ext = feed_whole("5;" + std::string(900, 'e') + "\r\nhello\r\n0\r\n\r\n");
     CHECK(ok_ext.status == parse_status::complete);
     CHECK(ok_ext.body == "hello");
-    const decoded ok_trailer = feed_whole("0\r\nX-T: " + std::string(3000, 'v') + "\r\n\r\n");
-    CHECK(ok_trailer.status == parse_status::complete);
-    // Past it, the error comes before the line ends: no unbounded buffering of the line.
-    const decoded long_ext = feed_whole("5;" + std::string(5000, 'e'));
-    CHECK(long_ext.status == parse_status::error);
-    const decoded long_trailer = feed_whole("0\r\nX-T: " + std::string(5000, 'v'));
-    CHECK(long_trailer.status == parse_status::error);
-    // Each chunk's extension is counted on its own.
+    const decoded ok_zeros = feed_whole(std::string(1000, '0') + "5\r\nhello\r\n0\r\n\r\n");
+    CHECK(ok_zeros.status == parse_status::complete);
+    CHECK(ok_zeros.body == "hello");
+    struct unended {
+        const char* name;
+        std::string in;
+    };
+    const std::vector<unended> cases = {
+        {"extension", "5;" + std::string(5000, 'e')},
+        {"extension just past the limit", "5;" + std::string(1100, 'e')},
+        {"leading zeros", std::string(2000, '0')},
+        {"leading zeros before a digit", std::string(2000, '0') + "5"},
+        {"whitespace after the size", "5" + std::string(2000, ' ')},
+        {"zeros, whitespace and an extension", std::string(400, '0') + "5" + std::string(400, ' ') + ";" +
+                                                   std::string(400, 'e')},
+        {"on a later chunk", "1\r\nx\r\n" + std::string(2000, '0')},
+    };
+    for (const unended& c : cases) {
+        DYNAMIC_SECTION(c.name) {
+            INFO("input: " << printable(c.in));
+            const decoded w = feed_whole(c.in);
+            CHECK(status_name(w.status) == "error");
+            CHECK(w.error_status == 400);
+            const decoded b = feed_bytes(c.in);
+            CHECK(status_name(b.status) == "error");
+            CHECK(b.error_status == 400);
+        }
+    }
+    // Each chunk's size line is counted on its own.
     std::string many;
-    for (int i = 0; i < 10; ++i) many += "1;" + std::string(3000, 'e') + "\r\nx\r\n";
+    for (int i = 0; i < 10; ++i) many += "1;" + std::string(900, 'e') + "\r\nx\r\n";
     many += "0\r\n\r\n";
     const decoded m = feed_whole(many);
     CHECK(m.status == parse_status::complete);
     CHECK(m.body == std::string(10, 'x'));
+}
+
+TEST_CASE("chunked_decoder: a trailer section within its limit is fine, one far past it is 400", "[chunked]") {
+    // The trailer section keeps its own limit (4096 bytes for all trailer fields today): a
+    // few KiB of trailers pass, a longer section is an error before it ends.
+    const decoded ok_trailer = feed_whole("0\r\nX-T: " + std::string(3000, 'v') + "\r\n\r\n");
+    CHECK(ok_trailer.status == parse_status::complete);
+    const decoded long_trailer = feed_whole("0\r\nX-T: " + std::string(5000, 'v'));
+    CHECK(long_trailer.status == parse_status::error);
+    CHECK(long_trailer.error_status == 400);
+    const decoded bytes = feed_bytes("0\r\nX-T: " + std::string(5000, 'v'));
+    CHECK(bytes.status == parse_status::error);
 }
 
 TEST_CASE("chunked_decoder: the largest sizes that fit are not errors (they only need more data)",
@@ -505,6 +564,25 @@ TEST_CASE("frame_request: Host", "[framing]") {
     CHECK(frame("GET / HTTP/1.0\r\n\r\n").status == 0);
 }
 
+TEST_CASE("frame_request: a Host value must be uri-host [\":\" port]", "[framing][host]") {
+    // RFC 9112 3.2 / RFC 9110 7.2: Host = uri-host [ ":" port ]. Whitespace, '/', userinfo,
+    // a list and a non-numeric port are not a host; an empty value is (no authority).
+    for (const char* v : {"example.com", "example.com:8080", "127.0.0.1:80", "[::1]:8080", "[::1]", "",
+                          "xn--bcher-kva.example", "a_b-c.d~e", "localhost", "EXAMPLE.com:1"}) {
+        INFO("Host: [" << v << "]");
+        CHECK(frame("GET / HTTP/1.1\r\nHost: " + std::string(v) + "\r\n\r\n").status == 0);
+        CHECK(frame("GET / HTTP/1.0\r\nHost: " + std::string(v) + "\r\n\r\n").status == 0);
+    }
+    for (const char* v : {"a b", "a/b", "user@host", "user:pw@host", "a, b", "a,b", "host:8x", "host:x8", "/"}) {
+        INFO("Host: [" << v << "]");
+        CHECK(frame("GET / HTTP/1.1\r\nHost: " + std::string(v) + "\r\n\r\n").status == 400);
+        CHECK(frame("GET / HTTP/1.0\r\nHost: " + std::string(v) + "\r\n\r\n").status == 400);
+        CHECK(frame("POST /u HTTP/1.1\r\nHost: " + std::string(v) + "\r\nContent-Length: 5\r\n\r\n").status == 400);
+    }
+    // Two Host fields stay 400, even when both are valid and equal.
+    CHECK(frame("GET / HTTP/1.1\r\nHost: example.com\r\nHost: example.com\r\n\r\n").status == 400);
+}
+
 TEST_CASE("frame_request: Expect", "[framing]") {
     SECTION("another expectation is 417") {
         for (const char* v : {"200-ok", "100-continue-please", "continue", "100-continue, foo", ""}) {
@@ -551,4 +629,55 @@ TEST_CASE("frame_request: Expect", "[framing]") {
         CHECK(f.kind == request_framing::none);
         CHECK(!f.expect_continue);
     }
+}
+
+// ------------------------------------------------------------ over the wire --
+
+TEST_CASE("a chunk-size line over 1024 bytes is answered 400 over the wire", "[chunked][server]") {
+    rs::server srv(test::local_options());
+    srv.post("/echo", [](const rs::request& req, rs::response& res) { res.set_content(req.body, "text/plain"); });
+    srv.post(
+        "/stream",
+        [](const rs::request& req, rs::response& res) {
+            std::string body;
+            const std::error_code ec = req.read_body([&](std::string_view piece) {
+                body.append(piece.data(), piece.size());
+                return true;
+            });
+            res.set_content(ec ? "error: " + ec.message() : body, "text/plain");
+        },
+        rs::body_mode::streamed);
+    const auto port = test::start(srv);
+
+    struct wire_case {
+        const char* name;
+        std::string body;  // the chunked body after the head
+        int status;
+    };
+    const std::vector<wire_case> cases = {
+        {"1000 leading zeros", std::string(1000, '0') + "5\r\nhello\r\n0\r\n\r\n", 200},
+        {"an extension of 900 bytes", "5;" + std::string(900, 'e') + "\r\nhello\r\n0\r\n\r\n", 200},
+        {"2000 leading zeros", std::string(2000, '0') + "5\r\nhello\r\n0\r\n\r\n", 400},
+        {"2000 spaces before an extension", "5" + std::string(2000, ' ') + ";x\r\nhello\r\n0\r\n\r\n", 400},
+        {"an extension of 4000 bytes", "5;" + std::string(4000, 'e') + "\r\nhello\r\n0\r\n\r\n", 400},
+        {"a trailer section of 8 KiB", "5\r\nhello\r\n0\r\nX-Big: " + std::string(8192, 'v') + "\r\n\r\n", 400},
+    };
+    for (const char* path : {"/echo", "/stream"}) {
+        for (const wire_case& c : cases) {
+            DYNAMIC_SECTION(path << ": " << c.name) {
+                test::client cl(port);
+                REQUIRE(cl.ok());
+                REQUIRE(cl.send("POST " + std::string(path) +
+                                " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + c.body));
+                const test::http_response r = cl.read();
+                INFO("head: " << printable(r.head) << " body: " << printable(r.body));
+                CHECK(r.status == c.status);
+                if (c.status == 200)
+                    CHECK(r.body == "hello");
+                else if (r.status == c.status)
+                    CHECK(cl.closed());  // a framing error ends the connection
+            }
+        }
+    }
+    srv.stop();
 }

@@ -817,3 +817,257 @@ TEST_CASE("a real client: curl makes two requests over one connection", "[http][
     CHECK(out2 == "curl body");
     srv.stop();
 }
+
+// ------------------------------------------------------ RFC 9112 details --
+
+namespace {
+
+/// read_to_eof: every byte the server sends on c (after what c already buffered) until it
+/// closes the connection; eof is false when the receive timed out or failed instead.
+std::string read_to_eof(client& c, bool& eof) {
+    std::string all = c.rd.buf;
+    c.rd.buf.clear();
+    eof = false;
+    for (;;) {
+        char tmp[16384];
+        const ssize_t n = ::recv(c.fd, tmp, sizeof tmp, 0);
+        if (n > 0) {
+            all.append(tmp, static_cast<std::size_t>(n));
+            continue;
+        }
+        eof = n == 0 || errno == ECONNRESET;
+        return all;
+    }
+}
+
+}  // namespace
+
+TEST_CASE("empty lines before a request line are ignored (RFC 9112 2.2)", "[http][rfc9112]") {
+    for (std::size_t workers : {std::size_t{4}, std::size_t{0}}) {
+        DYNAMIC_SECTION("worker_threads = " << workers) {
+            rs::server srv(test::local_options(workers));
+            add_echo_routes(srv);
+            const auto port = start(srv);
+
+            SECTION("before the first request of a connection") {
+                client c(port);
+                REQUIRE(c.ok());
+                REQUIRE(c.send("\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+                auto r = c.read();
+                CHECK(r.status == 200);
+                CHECK(r.body == "hello");
+                // and the connection goes on
+                REQUIRE(c.send(get_req("/path?n=2")));
+                auto r2 = c.read();
+                CHECK(r2.status == 200);
+                CHECK(r2.body == "/path|n=2");
+            }
+            SECTION("between pipelined requests, sent in one piece") {
+                client c(port);
+                REQUIRE(c.ok());
+                const std::string batch = get_req("/path?n=1") + "\r\n" + post_req("/echo", "abc") + "\r\n" +
+                                          get_req("/path?n=3");
+                REQUIRE(c.send(batch));
+                auto r1 = c.read();
+                auto r2 = c.read();
+                auto r3 = c.read();
+                CHECK(r1.status == 200);
+                CHECK(r1.body == "/path|n=1");
+                CHECK(r2.status == 200);
+                CHECK(r2.body == "abc");
+                CHECK(r3.status == 200);
+                CHECK(r3.body == "/path|n=3");
+                REQUIRE(c.send(get_req("/hello")));
+                CHECK(c.read().body == "hello");
+            }
+            SECTION("an empty line sent on its own between two requests") {
+                client c(port);
+                REQUIRE(c.ok());
+                REQUIRE(c.send(get_req("/hello")));
+                REQUIRE(c.read().status == 200);
+                REQUIRE(c.send("\r\n"));
+                REQUIRE(c.send(get_req("/path?n=2")));
+                auto r = c.read();
+                CHECK(r.status == 200);
+                CHECK(r.body == "/path|n=2");
+            }
+            SECTION("empty lines and the head sent byte by byte") {
+                client c(port);
+                REQUIRE(c.ok());
+                c.nodelay();
+                const std::string raw = "\r\n\r\n" + get_req("/path?n=1") + "\r\n" + get_req("/hello");
+                for (char ch : raw) REQUIRE(::send(c.fd, &ch, 1, MSG_NOSIGNAL) == 1);
+                auto r1 = c.read();
+                CHECK(r1.status == 200);
+                CHECK(r1.body == "/path|n=1");
+                auto r2 = c.read();
+                CHECK(r2.status == 200);
+                CHECK(r2.body == "hello");
+            }
+            srv.stop();
+        }
+    }
+}
+
+TEST_CASE("a Host value must be uri-host [\":\" port], else 400", "[http][host]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+    for (const char* v : {"a b", "a/b", "user@host", "a, b", "a,b", "host:8x"}) {
+        INFO("Host: [" << v << "]");
+        auto r = test::request(port, "GET /hello HTTP/1.1\r\nHost: " + std::string(v) + "\r\nConnection: close\r\n\r\n");
+        CHECK(r.status == 400);
+    }
+    for (const char* v : {"example.com", "example.com:8080", "127.0.0.1:80", "[::1]:8080", "[::1]", "",
+                          "xn--bcher-kva.example", "a_b-c.d~e"}) {
+        INFO("Host: [" << v << "]");
+        auto r = test::request(port, "GET /hello HTTP/1.1\r\nHost: " + std::string(v) + "\r\nConnection: close\r\n\r\n");
+        CHECK(r.status == 200);
+        CHECK(r.body == "hello");
+    }
+    // Two Host fields stay 400.
+    CHECK(test::request(port, "GET /hello HTTP/1.1\r\nHost: a\r\nHost: a\r\nConnection: close\r\n\r\n").status == 400);
+    // A bad Host on a kept-alive connection: 400, and the connection is closed after it.
+    client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send(get_req("/hello")));
+    REQUIRE(c.read().status == 200);
+    REQUIRE(c.send("GET /hello HTTP/1.1\r\nHost: user@host\r\n\r\n"));
+    auto bad = c.read();
+    CHECK(bad.status == 400);
+    if (bad.status == 400) CHECK(c.closed());  // else it would wait 10 s
+    srv.stop();
+}
+
+TEST_CASE("Connection is one list across all its field lines", "[http][keepalive]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    const auto port = start(srv);
+
+    SECTION("HTTP/1.1: close in any field line closes the connection") {
+        for (const char* fields : {"Connection: keep-alive\r\nConnection: close\r\n", "Connection: foo, close\r\n",
+                                   "Connection: foo\r\nConnection: bar, close\r\n",
+                                   "Connection: foo\r\nX-Other: 1\r\nConnection: Close\r\n"}) {
+            INFO("fields: " << test::printable(fields));
+            client c(port);
+            REQUIRE(c.ok());
+            REQUIRE(c.send(get_req("/hello", fields)));
+            auto r = c.read();
+            CHECK(r.status == 200);
+            CHECK(r.body == "hello");
+            CHECK(lower(r.header("Connection")) == "close");
+            if (lower(r.header("Connection")) == "close") CHECK(c.closed());  // else it would wait 10 s
+        }
+    }
+    SECTION("HTTP/1.1: field lines without close keep the connection") {
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send(get_req("/hello", "Connection: foo\r\nConnection: bar\r\n")));
+        auto r = c.read();
+        CHECK(r.status == 200);
+        CHECK(lower(r.header("Connection")) != "close");
+        REQUIRE(c.send(get_req("/hello")));
+        CHECK(c.read().body == "hello");
+    }
+    SECTION("HTTP/1.0: keep-alive in a later field line keeps the connection") {
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send("GET /hello HTTP/1.0\r\nHost: x\r\nConnection: x\r\nConnection: keep-alive\r\n\r\n"));
+        auto r = c.read();
+        CHECK(r.status == 200);
+        CHECK(r.body == "hello");
+        CHECK(lower(r.header("Connection")) == "keep-alive");
+        REQUIRE(c.send("GET /path?n=2 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"));
+        auto r2 = c.read();
+        CHECK(r2.status == 200);
+        CHECK(r2.body == "/path|n=2");
+    }
+    SECTION("HTTP/1.0: keep-alive and close in different field lines: close wins") {
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send("GET /hello HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"));
+        auto r = c.read();
+        CHECK(r.status == 200);
+        CHECK(lower(r.header("Connection")) != "keep-alive");
+        if (lower(r.header("Connection")) != "keep-alive") CHECK(c.closed());  // else it would wait 10 s
+    }
+    SECTION("HTTP/1.0: keep-alive and close in one field line: close wins") {
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send("GET /hello HTTP/1.0\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n"));
+        auto r = c.read();
+        CHECK(r.status == 200);
+        CHECK(lower(r.header("Connection")) != "keep-alive");
+        if (lower(r.header("Connection")) != "keep-alive") CHECK(c.closed());  // else it would wait 10 s
+    }
+    srv.stop();
+}
+
+TEST_CASE("error responses to HEAD carry no body", "[http][head]") {
+    auto o = test::local_options();
+    o.max_header_bytes = 1024;
+    o.max_headers = 10;
+    rs::server srv(o);
+    add_echo_routes(srv);
+    srv.get("/", [](const rs::request&, rs::response& res) { res.set_content("root", "text/plain"); });
+    const auto port = start(srv);
+
+    SECTION("404 and 405 from routing: the next pipelined response follows the head directly") {
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send("HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n" +
+                       get_req("/hello")));
+        auto h404 = c.read(/*head_only=*/true);
+        CHECK(h404.status == 404);
+        auto h405 = c.read(true);
+        CHECK(h405.status == 405);
+        auto g = c.read();
+        INFO("head of the follow-up response: " << test::printable(g.head));
+        CHECK(g.head.rfind("HTTP/1.1 200", 0) == 0);
+        CHECK(g.body == "hello");
+    }
+    SECTION("errors found in the head: nothing follows the head before the close") {
+        struct head_case {
+            const char* name;
+            std::string raw;
+            int status;
+        };
+        std::string many;
+        for (int i = 0; i < 11; ++i) many += "X-" + std::to_string(i) + ": v\r\n";
+        const std::vector<head_case> cases = {
+            {"413: Content-Length past max_body_bytes",
+             "HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413},
+            {"431: a field past max_header_bytes",
+             "HEAD /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2000, 'b') + "\r\n\r\n", 431},
+            {"431: more fields than max_headers", "HEAD /hello HTTP/1.1\r\nHost: x\r\n" + many + "\r\n", 431},
+            {"400: two Host fields", "HEAD /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+            {"400: space before a colon", "HEAD /hello HTTP/1.1\r\nHost : x\r\n\r\n", 400},
+            {"400: a bad Content-Length", "HEAD /hello HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400},
+            {"417: an unknown expectation", "HEAD /hello HTTP/1.1\r\nHost: x\r\nExpect: x\r\n\r\n", 417},
+            {"501: a transfer coding other than chunked",
+             "HEAD /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501},
+        };
+        for (const head_case& hc : cases) {
+            DYNAMIC_SECTION(hc.name) {
+                client c(port);
+                REQUIRE(c.ok());
+                // A GET behind it, with Connection: close: should the server go on after
+                // the error, its answer ends the connection too, so the read below is bounded.
+                REQUIRE(c.send(hc.raw + get_req("/hello", "Connection: close\r\n")));
+                bool eof = false;
+                const std::string all = read_to_eof(c, eof);
+                INFO("received: " << test::printable(all, 400));
+                CHECK(eof);
+                CHECK(all.rfind("HTTP/1.1 " + std::to_string(hc.status) + " ", 0) == 0);
+                const std::size_t end = all.find("\r\n\r\n");
+                REQUIRE(end != std::string::npos);
+                const std::string after = all.substr(end + 4);
+                INFO("after the head: " << test::printable(after));
+                // Nothing, or the next response: never a body.
+                CHECK((after.empty() || after.rfind("HTTP/1.1 200 ", 0) == 0));
+            }
+        }
+    }
+    srv.stop();
+}
