@@ -1949,14 +1949,14 @@ inline void run::serve_inline() noexcept {
 /// moves on), idle connections close, requests in flight go on until the drain deadline.
 inline void run::begin_stop(clock::time_point now) noexcept {
     stopping_.store(true);
+    if (listener_) {  // before the state says "stopping": from then on a connect is refused
+        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+        listener_.reset();
+    }
     srv_.transition(server_state::running, server_state::stopping);
     const std::int64_t requested = srv_.stop_requested_at_.load();
     const std::int64_t from = requested != 0 && !error_ ? requested : to_ns(now);
     drain_deadline_.store(error_ ? from : from + std::chrono::nanoseconds(opts_.drain_timeout).count());
-    if (listener_) {
-        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
-        listener_.reset();
-    }
     std::vector<connection*> taken;
     pool_.for_each_live([&taken](connection& c) {
         if (c.hold.load() == connection::parked && take(c)) taken.push_back(&c);
