@@ -22,7 +22,8 @@
 //     size, so ASan sees a read past the end) is "partial" or the same result as the
 //     whole; every strict prefix of a complete head is "partial";
 //   - a complete head goes through frame_request, checked against an independent
-//     reading of Host / Content-Length / Transfer-Encoding / Expect (smuggling rules);
+//     reading of Host (its value too) / Content-Length / Transfer-Encoding / Expect
+//     (smuggling rules);
 //   - a chunked body is decoded the way the server does (a step loop over what is
 //     buffered; data moved down in place), whole, in two pieces split at an
 //     input-derived point, and one byte at a time: same status, same bytes, same end;
@@ -279,18 +280,46 @@ inline void check_prefixes(std::string_view buf, const rs::request& whole_req, c
         if (k < n) check_prefix(buf, whole_req, whole, l, k);
 }
 
+/// host_ok: an independent reading of RFC 9110 7.2's Host = uri-host [ ":" port ], minus
+/// the comma (a list of hosts is refused).
+inline bool host_ok(std::string_view v) {
+    auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+    auto is_hex = [&](char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); };
+    std::string_view port;
+    if (!v.empty() && v[0] == '[') {
+        const std::size_t end = v.find(']');
+        if (end == std::string_view::npos || end == 1) return false;
+        for (char c : v.substr(1, end - 1))
+            if (!is_hex(c) && c != ':' && c != '.') return false;
+        const std::string_view rest = v.substr(end + 1);
+        if (!rest.empty() && rest[0] != ':') return false;
+        port = rest.empty() ? rest : rest.substr(1);
+    } else {
+        const std::size_t colon = v.find(':');
+        for (char c : v.substr(0, colon)) {
+            const bool alnum = is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+            if (!alnum && (c == '\0' || std::strchr("-._~%!$&'()*+;=", c) == nullptr)) return false;
+        }
+        port = colon == std::string_view::npos ? std::string_view() : v.substr(colon + 1);
+    }
+    for (char c : port)
+        if (!is_digit(c)) return false;
+    return true;
+}
+
 /// frame_check: frame_request against an independent reading of the framing fields.
 inline int frame_check(const rs::request& req, rs::detail::request_framing& f) {
     const int status = rs::detail::frame_request(req, f);
     RS_FUZZ_CHECK(status == 0 || status == 400 || status == 417 || status == 501);
 
     std::size_t hosts = 0, lengths = 0, tes = 0;
-    bool length_ok = true, expect_other = false, expect_continue = false;
+    bool length_ok = true, expect_other = false, expect_continue = false, host_bad = false;
     std::uint64_t length = 0;
     std::vector<std::string_view> codings;
     for (const rs::header& h : req.headers) {
         if (iequals(h.name, "host")) {
             ++hosts;
+            host_bad |= !host_ok(h.value);
         } else if (iequals(h.name, "content-length")) {
             std::uint64_t v = 0;
             bool ok = !h.value.empty() && h.value.size() <= 18;
@@ -325,6 +354,7 @@ inline int frame_check(const rs::request& req, rs::detail::request_framing& f) {
         // The smuggling defences: one Host (none only for 1.0), never both framings, one
         // plain length, and chunked exactly once, last, only for HTTP/1.1.
         RS_FUZZ_CHECK(hosts == 1 || (hosts == 0 && !v11));
+        RS_FUZZ_CHECK(!host_bad);
         RS_FUZZ_CHECK(!(lengths != 0 && tes != 0));
         RS_FUZZ_CHECK(length_ok);
         RS_FUZZ_CHECK(!expect_other);
@@ -342,9 +372,9 @@ inline int frame_check(const rs::request& req, rs::detail::request_framing& f) {
     } else if (status == 417) {
         RS_FUZZ_CHECK(expect_other);
     } else if (status == 501) {
-        RS_FUZZ_CHECK(tes != 0 && chunked_last && codings.size() > 1 && lengths == 0 && v11);
+        RS_FUZZ_CHECK(tes != 0 && chunked_last && codings.size() > 1 && lengths == 0 && v11 && !host_bad);
     } else {  // 400: some rule was broken
-        RS_FUZZ_CHECK(hosts > 1 || (hosts == 0 && v11) || !length_ok ||
+        RS_FUZZ_CHECK(hosts > 1 || (hosts == 0 && v11) || host_bad || !length_ok ||
                       (tes != 0 && (lengths != 0 || !v11 || !chunked_last || chunked != 1)));
     }
     return status;
@@ -397,7 +427,7 @@ inline decoded decode_whole(std::string_view in) {
     return out;
 }
 
-/// decode_in_place: as server::process() does with a buffered chunked body: the bytes
+/// decode_in_place: as the server (run::collect_body) does with a buffered chunked body: the bytes
 /// arrive in two reads (the first split bytes, then the rest); each time, a step loop
 /// decodes from the read offset to the end of what is buffered, moving each piece of
 /// data down to the write offset in the same buffer.
