@@ -362,8 +362,8 @@ struct options {
     /// serves everything in the run's control thread, for tiny targets: then one slow
     /// handler delays all, and a stop's drain deadline is checked when it returns.
     std::size_t worker_threads = 8;
-    /// drain_timeout: how long stop() lets requests in flight finish before it shuts their
-    /// connections down. Default 5 s. 0 shuts them down at once.
+    /// drain_timeout: how long after the stop request stop() lets requests in flight
+    /// finish before it shuts their connections down. Default 5 s. 0 shuts them down at once.
     std::chrono::milliseconds drain_timeout{5000};
     /// idle_timeout: a keep-alive connection with no request for this long is closed.
     /// Default 60 s. 0 means never.
@@ -910,6 +910,29 @@ public:
 
 // ---------------------------------------------------------------- parser --
 
+/// split_target: out.path and out.query from out.target, which is in origin-form
+/// "/path?query", absolute-form "http://host/path?query", or "*" (OPTIONS only). False
+/// for any other form.
+inline bool split_target(request& out) noexcept {
+    std::string_view target = out.target;
+    const std::size_t scheme_end = iequals(target.substr(0, 7), "http://")    ? 7
+                                   : iequals(target.substr(0, 8), "https://") ? 8
+                                                                              : 0;
+    if (scheme_end != 0) {
+        const std::size_t slash = std::min(target.find_first_of("/?", scheme_end), target.size());
+        if (slash == scheme_end) return false;  // no authority
+        target = target.substr(slash);
+    } else if (target == "*") {
+        if (out.method != "OPTIONS") return false;
+    } else if (target.front() != '/') {
+        return false;
+    }
+    const std::size_t q = target.find('?');
+    out.path = target.empty() || q == 0 ? std::string_view("/") : target.substr(0, q);
+    out.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+    return true;
+}
+
 inline parse_result parse_request(std::string_view buf, request& out, const parse_limits& limits) noexcept {
     out.headers.clear();
     const std::string_view in = buf.substr(0, limits.max_header_bytes);
@@ -951,23 +974,7 @@ inline parse_result parse_request(std::string_view buf, request& out, const pars
     out.version_minor = in[pos + 2] == '0' ? 0 : 1;  // HTTP/1.2 and later are served as 1.1
     pos += 5;
 
-    // origin-form "/path?query", absolute-form "http://host/path?query", or "*".
-    std::string_view target = out.target;
-    const std::size_t scheme_end = iequals(target.substr(0, 7), "http://")    ? 7
-                                   : iequals(target.substr(0, 8), "https://") ? 8
-                                                                              : 0;
-    if (scheme_end != 0) {
-        const std::size_t slash = std::min(target.find_first_of("/?", scheme_end), target.size());
-        if (slash == scheme_end) return bad;  // no authority
-        target = target.substr(slash);
-    } else if (target == "*") {
-        if (out.method != "OPTIONS") return bad;
-    } else if (target.front() != '/') {
-        return bad;
-    }
-    const std::size_t q = target.find('?');
-    out.path = target.empty() || q == 0 ? std::string_view("/") : target.substr(0, q);
-    out.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+    if (!split_target(out)) return bad;
 
     // *( field-name ":" OWS field-value OWS CRLF ) CRLF
     for (;;) {
