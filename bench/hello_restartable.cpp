@@ -1,8 +1,10 @@
 // hello_restartable.cpp - the bench's hello server on restartable_server.
 //   GET /hello -> 200 "Hello, World!" (text/plain). With -DBENCH_ECHO also POST /echo,
-//   which answers the request body with its Content-Type.
+//   which answers the request body with its Content-Type, and GET /big -> 200 with 4 MiB
+//   of 'x' (application/octet-stream).
 // Listens on 127.0.0.1, on the port given as argv[1] (0, the default, picks a free one),
-// prints "port N" once accepting, and serves until killed.
+// with default options unless argv[2] sets worker_threads; prints "worker_threads N" (the
+// option's value) and, once accepting, "port N"; serves until killed.
 #include "restartable_server.hpp"
 
 #include <cstdio>
@@ -16,6 +18,7 @@ int main(int argc, char** argv) {
     rs::options opts;
     opts.listener = rs::tcp_listener("127.0.0.1", static_cast<std::uint16_t>(port));
     if (argc > 2) opts.worker_threads = static_cast<std::size_t>(std::atoi(argv[2]));
+    std::printf("worker_threads %lu\n", static_cast<unsigned long>(opts.worker_threads));
     rs::server srv(std::move(opts));
     srv.get("/hello", [](const rs::request&, rs::response& res) {
         res.set_content("Hello, World!", "text/plain");
@@ -23,6 +26,10 @@ int main(int argc, char** argv) {
 #ifdef BENCH_ECHO
     srv.post("/echo", [](const rs::request& req, rs::response& res) {
         res.set_content(req.body, req.get_header("Content-Type"));
+    });
+    srv.get("/big", [](const rs::request&, rs::response& res) {
+        static const std::string big(4 << 20, 'x');
+        res.set_content(big, "application/octet-stream");
     });
 #endif
     std::error_code ec;

@@ -4,7 +4,9 @@
 //
 // ROWS: one row per line, tab-separated: key, label, better (hi|lo|info), decimals, servers
 //       (a subset of "rhn": r = restartable_server, h = cpp-httplib, n = nginx; the others
-//       show "n/a").
+//       show "n/a"), and optionally a goal: "n>=1.0" (ours ÷ nginx at least 1.0), "h>=X"
+//       (ours ÷ cpp-httplib), or "v<=X" / "v>=X" (our own value); the goals are listed with
+//       met / not met under the table. A goal never changes the exit status.
 // RESULTS: tab-separated lines "key server value" with server one of rs, httplib, nginx and
 //       value a number, "timeout:LIMIT" (more than LIMIT), "fail" or "n/a".
 // Each cell is the median of its values (a timeout counts as larger than any number). The
@@ -123,6 +125,10 @@ int main(int argc, char** argv) {
         return c;
     };
 
+    struct goal_line {
+        std::string label, goal, measured, met;
+    };
+    std::vector<goal_line> goals;
     bool ok = true;
     std::printf("| figure | better | restartable_server | cpp-httplib | nginx | ours ÷ cpp-httplib | ours ÷ nginx |\n");
     std::printf("|---|:-:|--:|--:|--:|--:|--:|\n");
@@ -146,6 +152,50 @@ int main(int argc, char** argv) {
                     show(h, decimals, ah).c_str(), show(n, decimals, an).c_str(),
                     ratio(r, h, ar && ah && better != "info").c_str(),
                     ratio(r, n, ar && an && better != "info").c_str());
+        if (f.size() > 5 && f[5].size() > 3) {
+            // goal: TARGET OP NUMBER, TARGET one of n, h, v and OP >= or <=
+            const std::string& g = f[5];
+            const char target = g[0];
+            const bool at_least = g.compare(1, 2, ">=") == 0;
+            const double want = std::atof(g.c_str() + 3);
+            goal_line gl;
+            gl.label = f[1];
+            const cell* peer = target == 'n' ? &n : target == 'h' ? &h : nullptr;
+            const char* peer_name = target == 'n' ? "nginx" : "cpp-httplib";
+            gl.goal = (peer ? std::string("ours ÷ ") + peer_name + " " : std::string("ours ")) +
+                      (at_least ? "≥ " : "≤ ") + fmt(want, peer ? 1 : decimals) + (peer ? "×" : "");
+            auto usable = [](const cell& c) { return c.present && !c.failed; };
+            if (!usable(r) || (peer && !usable(*peer))) {
+                gl.measured = "—";
+                gl.met = "no value";
+            } else if (peer) {
+                gl.measured = ratio(r, *peer, true);
+                const value& a = r.median;
+                const value& b = peer->median;
+                bool met = false;
+                if (a.timeout && b.timeout) {
+                    gl.met = "—";
+                } else {
+                    if (a.timeout)  // ours took longer than its limit: infinitely large
+                        met = at_least;
+                    else if (b.timeout || b.v == 0)
+                        met = !at_least;
+                    else
+                        met = at_least ? a.v / b.v >= want : a.v / b.v <= want;
+                    gl.met = met ? "met" : "not met";
+                }
+            } else {
+                gl.measured = show(r, decimals, true);
+                const bool met = r.median.timeout ? at_least : at_least ? r.median.v >= want : r.median.v <= want;
+                gl.met = met ? "met" : "not met";
+            }
+            goals.push_back(gl);
+        }
+    }
+    if (!goals.empty()) {
+        std::printf("\n| goal | target | measured | |\n|---|---|--:|---|\n");
+        for (const goal_line& g : goals)
+            std::printf("| %s | %s | %s | %s |\n", g.label.c_str(), g.goal.c_str(), g.measured.c_str(), g.met.c_str());
     }
     return ok ? 0 : 1;
 }

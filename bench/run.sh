@@ -15,8 +15,19 @@
 # current user with a generated config in a temporary directory. Every process started
 # here is killed on exit. Exit status: 0 when every figure produced a value, 1 otherwise.
 #
+# Figures 1-7 compare the three servers in RUNS rounds. Figure 8 is the headline keep-alive
+# comparison with nginx: restartable_server with default options and nginx, both running,
+# wrk -t2 -c64 alternating between them for KA_ROUNDS rounds of KA_SECONDS (5 x 5 s; --quick
+# 1 x 1 s), medians. Figures 9 and 10: 64 clients that never read (4 KiB receive buffers)
+# POST 4 MiB bodies to /echo, or GET a 4 MiB /big, or pipeline GET /hello without end, while
+# 200 fresh GET /hello requests on new connections (--quick: 20) measure how long everyone
+# else waits (each with a 2 s limit, --quick 1 s: a stuck server shows as unanswered
+# requests, not as a hung bench), and the server's peak memory (VmHWM) under that attack.
+#
 # Environment: CXX (default g++), BENCH_CACHE, BENCH_RUNS (full mode, default 3),
-# BENCH_WRK_SECONDS (full mode, default 4).
+# BENCH_WRK_SECONDS (full mode, default 4), BENCH_KA_ROUNDS and BENCH_KA_SECONDS (figure 8,
+# full mode, default 5 and 5), BENCH_RS_DIR (the directory whose restartable_server.hpp is
+# measured, default the repository root: point it at another checkout to compare engines).
 set -euo pipefail
 
 QUICK=0
@@ -28,6 +39,8 @@ esac
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+RS_DIR=$(cd "${BENCH_RS_DIR:-$ROOT}" && pwd)
+[ -f "$RS_DIR/restartable_server.hpp" ] || { echo "run.sh: no restartable_server.hpp in $RS_DIR" >&2; exit 1; }
 CACHE=${BENCH_CACHE:-$HERE/.cache}
 BUILD=$CACHE/build
 CXX=${CXX:-g++}
@@ -36,12 +49,20 @@ if [ "$QUICK" = 1 ]; then
   RUNS=1 WRK_SECONDS=1 WARMUP_SECONDS=0 COMPILE_RUNS=1
   IDLE_N=100 IDLE_OPEN_MS=1500 FRESH_TIMEOUT_MS=500 SECOND_BUDGET_MS=1500
   STOP_N=100 STOP_ANSWER_MS=500 RESTART_SECONDS=0.3 ECHO_COUNT=1
+  KA_ROUNDS=1 KA_SECONDS=1
+  ATTACK_PROBES=20 ATTACK_TIMEOUT_MS=1000 ATTACK_SETUP_MS=3000
 else
   RUNS=${BENCH_RUNS:-3} WRK_SECONDS=${BENCH_WRK_SECONDS:-4} WARMUP_SECONDS=1 COMPILE_RUNS=3
   IDLE_N=10000 IDLE_OPEN_MS=8000 FRESH_TIMEOUT_MS=3000 SECOND_BUDGET_MS=25000
   STOP_N=1000 STOP_ANSWER_MS=2000 RESTART_SECONDS=2 ECHO_COUNT=8
+  KA_ROUNDS=${BENCH_KA_ROUNDS:-5} KA_SECONDS=${BENCH_KA_SECONDS:-5}
+  ATTACK_PROBES=200 ATTACK_TIMEOUT_MS=2000 ATTACK_SETUP_MS=5000
 fi
 ECHO_MIB=10
+# Figures 9 and 10: ATTACKERS connections that never read (SO_RCVBUF 4 KiB), each POSTing
+# ATTACK_MIB MiB to /echo, or GETting /big (4 MiB), or pipelining GET /hello; meanwhile
+# ATTACK_PROBES fresh requests, one every ATTACK_INTERVAL_MS, each with ATTACK_TIMEOUT_MS.
+ATTACKERS=64 ATTACK_MIB=4 ATTACK_INTERVAL_MS=10
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
@@ -146,14 +167,14 @@ if [ ! -s "$HTTPLIB_DIR/httplib.h" ]; then
 fi
 HTTPLIB_VERSION=$(sed -n 's/^#define CPPHTTPLIB_VERSION "\(.*\)"/\1/p' "$HTTPLIB_DIR/httplib.h" | head -n 1)
 NGINX_VERSION=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
-RS_VERSION=$(awk '/define RESTARTABLE_SERVER_VERSION_(MAJOR|MINOR|PATCH)/ {v = v (v == "" ? "" : ".") $3} END {print v}' "$ROOT/restartable_server.hpp")
+RS_VERSION=$(awk '/define RESTARTABLE_SERVER_VERSION_(MAJOR|MINOR|PATCH)/ {v = v (v == "" ? "" : ".") $3} END {print v}' "$RS_DIR/restartable_server.hpp")
 
 # -------------------------------------------------------------------- build --
 # Both hello servers: -O2, header-only. cpp-httplib without OpenSSL, with TCP_NODELAY (else
 # Nagle dominates its keep-alive latency) and with poll(2) instead of select(2) (0.11.4's
 # default select answers 500 on descriptors >= 1024, which 10,000 idle connections reach;
 # newer versions always poll).
-RS_FLAGS=(-std=c++17 -O2 -pthread -I"$ROOT")
+RS_FLAGS=(-std=c++17 -O2 -pthread -I"$RS_DIR")
 HTTPLIB_FLAGS=(-std=c++17 -O2 -pthread -I"$HTTPLIB_DIR" -DCPPHTTPLIB_TCP_NODELAY=true -DCPPHTTPLIB_USE_POLL)
 rm -rf "$BUILD" && mkdir -p "$BUILD"
 RESULTS=$TMP/results.tsv
@@ -189,8 +210,8 @@ bg_build echo_rs "${RS_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_restartable.cpp"
 bg_build echo_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_httplib.cpp"
 bg_build lifecycle_rs "${RS_FLAGS[@]}" "$HERE/lifecycle.cpp"
 bg_build lifecycle_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_HTTPLIB "$HERE/lifecycle.cpp"
-for tool in idle_clients post_echo probe report; do
-  bg_build "$tool" -std=c++17 -O2 "$HERE/$tool.cpp"
+for tool in idle_clients post_echo probe report slow_readers; do
+  bg_build "$tool" -std=c++17 -O2 -pthread "$HERE/$tool.cpp"
 done
 build_failed=0
 for i in "${!jobs_pids[@]}"; do
@@ -238,7 +259,8 @@ start_server() {
     : >"$out"
     if [ "$name" = nginx ]; then
       local dir=$TMP/nginx
-      rm -rf "$dir" && mkdir -p "$dir/logs"
+      rm -rf "$dir" && mkdir -p "$dir/logs" "$dir/www"
+      head -c $((4 << 20)) /dev/zero | tr '\0' x >"$dir/www/big"  # GET /big: 4 MiB, as the other servers
       SPORT=$("$BUILD/probe" freeport)
       cat >"$dir/nginx.conf" <<EOF
 worker_processes 1;
@@ -256,11 +278,16 @@ http {
   fastcgi_temp_path $dir/fastcgi;
   uwsgi_temp_path $dir/uwsgi;
   scgi_temp_path $dir/scgi;
+  sendfile on;
   server {
     listen 127.0.0.1:$SPORT;
     location = /hello {
       default_type text/plain;
       return 200 "Hello, World!";
+    }
+    location = /big {
+      root $dir/www;
+      default_type application/octet-stream;
     }
   }
 }
@@ -306,6 +333,8 @@ stop_server() {
 status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 kb_to_mb() { awk -v k="$1" 'BEGIN {printf "%.2f", k / 1024}'; }
 
+# toms: awk function turning wrk's "1.23ms" / "456.00us" / "1.20s" into milliseconds
+toms='function ms(s) { if (s ~ /us$/) return s / 1000; if (s ~ /ms$/) return s + 0; if (s ~ /m$/) return s * 60000; if (s ~ /s$/) return s * 1000; return s }'
 # run_wrk NAME CONNS KEY_PREFIX [wrk args]: records req/s, p50 and p99 (ms)
 run_wrk() {
   local name=$1 conns=$2 key=$3
@@ -323,7 +352,6 @@ run_wrk() {
   fi
   local rps p50 p99 errors
   rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
-  toms='function ms(s) { if (s ~ /us$/) return s / 1000; if (s ~ /ms$/) return s + 0; if (s ~ /m$/) return s * 60000; if (s ~ /s$/) return s * 1000; return s }'
   p50=$(printf '%s\n' "$out" | awk "$toms"' $1 == "50%" {printf "%.3f", ms($2)}')
   p99=$(printf '%s\n' "$out" | awk "$toms"' $1 == "99%" {printf "%.3f", ms($2)}')
   errors=$(printf '%s\n' "$out" | sed -n 's/.*Socket errors: //p')
@@ -336,12 +364,88 @@ run_wrk() {
 # kv FILE KEY: the value of a "key value" line
 kv() { sed -n "s/^$2 //p" "$1" | head -n 1; }
 
+# Figure 8 helpers. cpu_ticks PID: user + system clock ticks of every thread of PID so far.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo fail; }
+# ka_round NAME PID PORT: one wrk -t2 -c64 run of KA_SECONDS against the server; records its
+# req/s, p99, the server's CPU time per request (µs) and how busy the load generator was (%
+# of its CPUs: near 100 means wrk, not the server, set the pace).
+KA_LAST_RPS=""
+ka_round() {
+  local name=$1 pid=$2 port=$3 out c0 c1 rps p99 reqs cpu_us wrk_cpu
+  KA_LAST_RPS=""
+  c0=$(cpu_ticks "$pid")
+  if ! out=$( { time -p "${CLI_PIN[@]}" timeout $((KA_SECONDS + 30)) wrk -t2 -c64 -d"${KA_SECONDS}s" --latency \
+                  "http://127.0.0.1:$port/hello"; } 2>&1 ); then
+    printf '%s\n' "$out" >&2
+    for k in kad_rps kad_p99 kad_cpu_us kad_wrk_cpu; do record "$k" "$name" fail; done
+    return
+  fi
+  c1=$(cpu_ticks "$pid")
+  if printf '%s\n' "$out" | grep -q 'Non-2xx\|Socket errors'; then
+    log "$name: wrk -t2 -c64: errors"
+    printf '%s\n' "$out" >&2
+  fi
+  rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
+  p99=$(printf '%s\n' "$out" | awk "$toms"' $1 == "99%" {printf "%.3f", ms($2)}')
+  reqs=$(printf '%s\n' "$out" | awk '$2 == "requests" && $3 == "in" {print $1}')
+  cpu_us=$(awk -v a="$c0" -v b="$c1" -v n="${reqs:-0}" -v hz="$CLK_TCK" \
+    'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && n > 0) printf "%.2f", (b - a) * 1e6 / hz / n; else print "fail"}')
+  wrk_cpu=$(printf '%s\n' "$out" | awk -v cpus="$CLI_CPUS" \
+    '$1 == "real" {r = $2} $1 == "user" {u = $2} $1 == "sys" {s = $2} END {if (r > 0) printf "%.0f", (u + s) * 100 / r / cpus; else print "fail"}')
+  KA_LAST_RPS=$rps
+  record kad_rps "$name" "${rps:-fail}"
+  record kad_p99 "$name" "${p99:-fail}"
+  record kad_cpu_us "$name" "$cpu_us"
+  record kad_wrk_cpu "$name" "$wrk_cpu"
+}
+
 # The order of the servers rotates from run to run; within a run every figure alternates.
 ALL=(rs httplib nginx)
 order() { local r=$1 i; for ((i = 0; i < 3; i++)); do printf '%s ' "${ALL[$(((i + r) % 3))]}"; done; }
 
 LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 T_START=$(date +%s)
+
+# Figure 8: restartable_server with default options against nginx, both up at once, wrk
+# alternating between them round by round (the first server changes every round).
+log "keep-alive, default options vs nginx: $KA_ROUNDS x ${KA_SECONDS}s each, wrk -t2 -c64"
+declare -A KA_PID=() KA_PORT=()
+RS_WORKERS=""
+for s in rs nginx; do
+  if start_server hello "$s"; then
+    KA_PID[$s]=$SPID KA_PORT[$s]=$SPORT
+    [ "$s" = rs ] && RS_WORKERS=$(sed -n 's/^worker_threads //p' "$TMP/server.out" | head -n 1)
+    if [ "$WARMUP_SECONDS" != 0 ]; then
+      "${CLI_PIN[@]}" timeout 30 wrk -t2 -c64 -d"${WARMUP_SECONDS}s" "http://127.0.0.1:$SPORT/hello" >/dev/null 2>&1 || true
+    fi
+  else
+    log "  $s: the server did not start"
+  fi
+done
+for ((round = 0; round < KA_ROUNDS; round++)); do
+  if [ $((round % 2)) = 0 ]; then pair="rs nginx"; else pair="nginx rs"; fi
+  declare -A round_rps=([rs]="" [nginx]="")
+  for s in $pair; do
+    if [ -n "${KA_PID[$s]:-}" ] && kill -0 "${KA_PID[$s]}" 2>/dev/null; then
+      ka_round "$s" "${KA_PID[$s]}" "${KA_PORT[$s]}"
+      round_rps[$s]=$KA_LAST_RPS
+    else
+      for k in kad_rps kad_p99 kad_cpu_us kad_wrk_cpu; do record "$k" "$s" fail; done
+    fi
+  done
+  # The ratio of the same round: both servers saw the same machine within seconds.
+  ratio=$(awk -v a="${round_rps[rs]}" -v b="${round_rps[nginx]}" \
+    'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) printf "%.3f", a / b; else print "fail"}')
+  record kad_ratio rs "$ratio"
+  log "  round $((round + 1))/$KA_ROUNDS: req/s rs ${round_rps[rs]:-fail}, nginx ${round_rps[nginx]:-fail}, ratio $ratio"
+done
+for s in rs nginx; do
+  [ -n "${KA_PID[$s]:-}" ] || continue
+  SPID=${KA_PID[$s]}
+  stop_server
+done
+
 for ((run = 0; run < RUNS; run++)); do
   log "run $((run + 1))/$RUNS"
   # Figures 1, 2 and 6 (idle RSS): one hello server process per server.
@@ -394,6 +498,37 @@ for ((run = 0; run < RUNS; run++)); do
     fi
     stop_server
   done
+  # Figures 9 and 10: fresh requests and peak memory while clients refuse to read, a fresh
+  # server process each (the echo builds: /hello, POST /echo and GET /big; nginx has no echo).
+  for attack in echo download pipeline; do
+    for s in $(order "$run"); do
+      [ "$attack" = echo ] && [ "$s" = nginx ] && continue
+      key=sr_$attack
+      log "  $s: $ATTACKERS clients that never read ($attack), $ATTACK_PROBES fresh requests"
+      out=$TMP/attack.out
+      : >"$out"
+      limit=$(((ATTACK_SETUP_MS + ATTACK_PROBES * ATTACK_INTERVAL_MS + ATTACK_TIMEOUT_MS) / 1000 + 60))
+      if start_server echo "$s" &&
+         "${CLI_PIN[@]}" timeout "$limit" "$BUILD/slow_readers" "$SPORT" "$attack" "$ATTACKERS" "$ATTACK_PROBES" \
+           "$ATTACK_TIMEOUT_MS" "$ATTACK_SETUP_MS" "$ATTACK_INTERVAL_MS" "$ATTACK_MIB" "$SPID" >"$out" &&
+         hwm=$(status_kb "$SPID" VmHWM 2>/dev/null) && [ -n "$hwm" ]; then
+        record "${key}_p50" "$s" "$(kv "$out" p50_ms)"
+        record "${key}_p99" "$s" "$(kv "$out" p99_ms)"
+        record "${key}_unans" "$s" "$(kv "$out" unanswered)"
+        record "${key}_hwm" "$s" "$(kb_to_mb "$hwm")"
+        log "    answered $(kv "$out" answered)/$(kv "$out" probes) (timeouts $(kv "$out" timeouts)," \
+            "errors $(kv "$out" errors)), p50 $(kv "$out" p50_ms) ms, p99 $(kv "$out" p99_ms) ms;" \
+            "attack: $(kv "$out" attack_connected) connected, held after $(kv "$out" attack_ready_ms) ms" \
+            "($([ "$(kv "$out" attack_stalled)" = 1 ] && echo stalled || echo time limit)), $(kv "$out" attack_sent_mib) MiB sent," \
+            "$(kv "$out" attack_closed) closed by the server; server: $(kv "$out" server_threads) threads, VmHWM $(kb_to_mb "$hwm") MiB"
+      else
+        cat "$out" >&2
+        log "    $s: $attack attack failed (or the server died)"
+        for k in p50 p99 unans hwm; do record "${key}_$k" "$s" fail; done
+      fi
+      stop_server
+    done
+  done
   # Figures 4 and 5: in-process, through each library's API (nginx has none).
   for s in $(order "$run"); do
     [ "$s" = nginx ] && continue
@@ -436,13 +571,30 @@ binary_kb${tab}6. stripped hello binary (KiB)${tab}lo${tab}0${tab}rh
 idle_rss_mb${tab}6. idle resident memory, hello (MiB)${tab}lo${tab}2${tab}rhn
 echo_mbps${tab}7. ${ECHO_MIB} MiB POST echo (MB/s)${tab}hi${tab}0${tab}rh
 echo_peak_mb${tab}7. peak server memory (VmHWM) echoing ${ECHO_MIB} MiB (MiB)${tab}lo${tab}1${tab}rh
+kad_rps${tab}8. keep-alive req/s, default options, wrk -t2 -c64${tab}hi${tab}0${tab}rn
+kad_ratio${tab}8. req/s ours ÷ nginx, median of the per-round ratios${tab}hi${tab}2${tab}r${tab}v>=1.0
+kad_p99${tab}8. keep-alive p99 latency (ms), same runs${tab}lo${tab}3${tab}rn
+kad_cpu_us${tab}8. server CPU time per request (µs), same runs${tab}lo${tab}2${tab}rn
+kad_wrk_cpu${tab}8. load generator busy (% of its CPU), same runs${tab}info${tab}0${tab}rn
+sr_echo_p50${tab}9. fresh GET p50 (ms), ${ATTACKERS} clients POST ${ATTACK_MIB} MiB to /echo, never read${tab}lo${tab}3${tab}rh
+sr_echo_p99${tab}9. fresh GET p99 (ms), /echo attack${tab}lo${tab}3${tab}rh
+sr_echo_unans${tab}9. fresh GETs unanswered within $((ATTACK_TIMEOUT_MS / 1000)) s (of $ATTACK_PROBES), /echo attack${tab}lo${tab}0${tab}rh${tab}v<=0
+sr_echo_hwm${tab}10. peak server memory (VmHWM), /echo attack (MiB)${tab}lo${tab}1${tab}rh
+sr_download_p50${tab}9. fresh GET p50 (ms), ${ATTACKERS} clients GET a 4 MiB /big, never read${tab}lo${tab}3${tab}rhn
+sr_download_p99${tab}9. fresh GET p99 (ms), /big attack${tab}lo${tab}3${tab}rhn
+sr_download_unans${tab}9. fresh GETs unanswered within $((ATTACK_TIMEOUT_MS / 1000)) s (of $ATTACK_PROBES), /big attack${tab}lo${tab}0${tab}rhn${tab}v<=0
+sr_download_hwm${tab}10. peak server memory (VmHWM), /big attack (MiB)${tab}lo${tab}1${tab}rhn
+sr_pipeline_p50${tab}9. fresh GET p50 (ms), ${ATTACKERS} clients pipeline GET /hello nonstop, never read${tab}lo${tab}3${tab}rhn
+sr_pipeline_p99${tab}9. fresh GET p99 (ms), pipeline flood${tab}lo${tab}3${tab}rhn
+sr_pipeline_unans${tab}9. fresh GETs unanswered within $((ATTACK_TIMEOUT_MS / 1000)) s (of $ATTACK_PROBES), pipeline flood${tab}lo${tab}0${tab}rhn${tab}v<=0
+sr_pipeline_hwm${tab}10. peak server memory (VmHWM), pipeline flood (MiB)${tab}lo${tab}1${tab}rhn
 EOF
 
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_GIB=$(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
 OS=$(. /etc/os-release && echo "${PRETTY_NAME:-Linux}")
 CXX_VERSION=$("$CXX" --version | head -n 1)
-MODE=$([ "$QUICK" = 1 ] && echo "smoke run: 1 run, ${WRK_SECONDS}s per wrk figure, $IDLE_N idle conns; not a measurement" || echo "median of $RUNS runs")
+MODE=$([ "$QUICK" = 1 ] && echo "smoke run: 1 run, ${WRK_SECONDS}s per wrk figure, $IDLE_N idle conns, $ATTACK_PROBES fresh requests under attack; not a measurement" || echo "median of $RUNS runs; figure 8: median of $KA_ROUNDS rounds")
 TABLE=$TMP/table.md
 set +e
 "$BUILD/report" "$ROWS" "$RESULTS" >"$TABLE"
@@ -455,11 +607,23 @@ set -e
   echo "- machine: $CPU_MODEL, $NPROC CPUs, $MEM_GIB GiB, $OS, kernel $(uname -r); $CXX_VERSION"
   echo "- load average before the run: $LOAD_BEFORE (anything else running on the machine skews the figures)"
   echo "- pinning: $PINNING; wrk $(wrk -v 2>&1 | sed -n 's/^wrk \([^ ]*\).*/\1/p' | head -n 1) -t$CLI_CPUS, ${WRK_SECONDS}s per figure"
-  echo "- servers: restartable_server with default options (8 worker threads); cpp-httplib built with" \
+  echo "- servers: restartable_server with default options (worker_threads ${RS_WORKERS:-?}); cpp-httplib built with" \
        "-DCPPHTTPLIB_TCP_NODELAY=true -DCPPHTTPLIB_USE_POLL, default options; nginx: 1 worker, master_process off," \
        "access_log off, \`return 200\`; all on 127.0.0.1"
   echo "- ratios are restartable_server ÷ peer; ↑ higher is better, ↓ lower is better; figures 4 and 5 run" \
        "in-process (cpp-httplib: listen_after_bind in a thread, stop() + join)"
+  echo "- figure 8: restartable_server (default options) and nginx both up, pinned as above; nginx with 1" \
+       "worker, the one CPU it may use (1.22's \`worker_processes auto\` counts online CPUs, not the affinity" \
+       "mask, and would start 2 on it); wrk -t2 -c64 (both wrk threads on the load generator's CPU) alternates" \
+       "between them, $KA_ROUNDS round(s) of ${KA_SECONDS}s; the server's CPU time per request does not depend on" \
+       "how fast wrk is"
+  echo "- figures 9 and 10: a fresh server process each; $ATTACKERS connections with SO_RCVBUF 4 KiB that never read" \
+       "(no reconnects) each POST ${ATTACK_MIB} MiB to /echo, or GET /big (4 MiB: a string in memory; nginx: a" \
+       "static file, sendfile on), or pipeline GET /hello nonstop (a flood: the server gets as much work as it" \
+       "reads); once the attack holds (all connected, no progress for 300 ms; at most ${ATTACK_SETUP_MS} ms)," \
+       "$ATTACK_PROBES fresh GET /hello on new connections, one every ${ATTACK_INTERVAL_MS} ms, each given" \
+       "${ATTACK_TIMEOUT_MS} ms; an unanswered one counts as slower than any in p50/p99 (\"timeout\");" \
+       "VmHWM read after the probes"
   echo
   cat "$TABLE"
 } | tee "$CACHE/last-table.md"
