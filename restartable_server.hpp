@@ -58,7 +58,7 @@
 // ENGINE
 //
 //   No thread waits on one client. Sockets are non-blocking; connections wait in one
-//   epoll set, armed one-shot, and the worker that sees one ready reads, parses, runs the
+//   epoll set (edge-triggered), and the worker that sees one ready reads, parses, runs the
 //   handler and writes the response itself - no hand-off between threads (before it
 //   serves, it starts another worker if none is left waiting). A response the socket does
 //   not take at once waits in its connection until the socket is writable, under
@@ -1514,10 +1514,11 @@ inline std::string_view to_string(server_state s) noexcept {
 //   One control thread (run() or start()'s thread) waits in its own epoll set on the
 //   listener, the self-pipe and a timer: it accepts, enforces timeouts, begins the stop,
 //   cuts at the drain deadline and ends the run. Up to options::worker_threads workers
-//   wait together in a second epoll set that holds every connection, armed one-shot: the
-//   worker that sees a connection ready reads, parses, runs the handler and writes the
-//   response itself, with no hand-off (leader/follower: before it serves, a worker starts
-//   another when none is left waiting). Sockets are non-blocking: a response that does not
+//   wait together in a second epoll set that holds every connection, registered once,
+//   edge-triggered for both directions: the worker that sees a connection ready reads,
+//   parses, runs the handler and writes the response itself, with no hand-off
+//   (leader/follower: before it serves, a worker starts another when none is left
+//   waiting); parking it again costs no system call. Sockets are non-blocking: a response that does not
 //   fit the socket buffer waits in the connection for EPOLLOUT, so a client that does not
 //   read holds no thread. With worker_threads == 0 the control thread serves connections
 //   itself (the connection set is nested in its own).
@@ -1525,6 +1526,8 @@ inline std::string_view to_string(server_state s) noexcept {
 //   A connection is held by one thread at a time (connection::hold): "parked" while it
 //   waits in epoll, "held" while a thread works on it. Only its holder changes it or
 //   closes it; the control thread takes parked ones (compare-and-swap) to time them out.
+//   An event for a held connection is left in connection::pending, which the holder
+//   checks right after parking it, so an edge is never lost.
 //   Connection objects live until the run ends (a pool), so a late epoll event never
 //   points at freed memory; it is checked against hold and ignored when stale.
 //
@@ -1675,8 +1678,9 @@ constexpr bool allowed(conn_state from, conn_state to) noexcept {
 
 /// connection: one accepted connection, and what it keeps between events.
 struct connection {
-    enum hold_t : int { free_slot, parked, arming, held };
+    enum hold_t : int { free_slot, parked, held };
     std::atomic<int> hold{free_slot};          // see the design notes above
+    std::atomic<std::uint32_t> pending{0};     // events that came while a thread held it
     std::atomic<std::int64_t> deadline{never};  // while parked: when its timeout strikes
     std::atomic<bool> in_flight{false};         // a request has begun and is not answered
     std::atomic<bool> cut{false};               // counted in stop_result::cut
@@ -1706,6 +1710,7 @@ struct connection {
     std::string out_head, out_body;
     std::size_t out_sent = 0;
     bool read_short = false;  // the last read did not fill the buffer: the socket is likely empty
+    bool peer_closed = false;  // the client shut down its side: read until the EOF
 
     void set(conn_state to) noexcept {
         assert(allowed(state, to));
@@ -1745,6 +1750,10 @@ public:
             free_.pop_back();
         }
         c->fd.reset(fd);
+        c->pending.store(0);  // an event for the connection it was before means nothing now
+        c->peer_closed = false;
+        c->cut.store(false);
+        c->deadline.store(never);
         c->hold.store(connection::held);
         return c;
     }
@@ -1760,6 +1769,12 @@ public:
     }
     /// for_each_live: calls f(c) for every connection in use, under the pool's lock (no
     /// descriptor is closed meanwhile). f must not acquire or release.
+    /// locked: calls f() under the pool's lock (no descriptor is closed meanwhile).
+    template <class F>
+    void locked(F f) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        f();
+    }
     template <class F>
     void for_each_live(F f) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -1773,16 +1788,33 @@ private:
     std::vector<connection*> free_;
 };
 
-/// take: makes the calling thread the holder of a parked connection. False when another
-/// thread holds it or it is free (the event was stale). Waits out the instant between a
-/// holder's re-arming and its "parked" (an event may arrive in it).
+/// note_events: what an epoll event says that a read might not: the client has shut
+/// down its side (its EOF may sit behind the bytes already read).
+inline void note_events(connection& c, std::uint32_t events) noexcept {
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c.peer_closed = true;
+}
+
+/// take: makes the calling thread the holder of a parked connection, with the events that
+/// came while another thread held it. False when another thread holds it or it is free.
 inline bool take(connection& c) noexcept {
-    for (;;) {
-        int expected = connection::parked;
-        if (c.hold.compare_exchange_strong(expected, connection::held)) return true;
-        if (expected != connection::arming) return false;
-        std::this_thread::yield();
+    int expected = connection::parked;
+    if (!c.hold.compare_exchange_strong(expected, connection::held)) return false;
+    note_events(c, c.pending.exchange(0));  // what they signalled, the new holder is about to see
+    return true;
+}
+
+/// take_for_event: take() for an epoll event. When another thread holds c, the event is
+/// left in c.pending, which that holder checks right after parking c (edge-triggered
+/// events come once, so none may be dropped). False: someone else serves c, or c is free
+/// (a stale event for a closed connection).
+inline bool take_for_event(connection& c, std::uint32_t events) noexcept {
+    if (take(c)) {
+        note_events(c, events);
+        return true;
     }
+    if (c.hold.load() != connection::held) return false;
+    c.pending.fetch_or(events);
+    return take(c);  // it was parked meanwhile, maybe before seeing the flag
 }
 
 /// run: one run of a server, from a started listener to the last joined thread.
@@ -1841,7 +1873,9 @@ private:
     void charge(connection& c) noexcept;
     void lend_buffer(worker& w, connection& c);
     void return_buffer(worker& w, connection& c);
-    void park(connection& c) noexcept;
+    bool park(connection& c) noexcept;
+    bool watch(connection* c, int fd) noexcept;
+    void hand_back(connection& c) noexcept;
     void close(connection& c) noexcept;
     bool past_deadline() const noexcept;
     void lower_next_sweep(std::int64_t ns) noexcept;
@@ -1852,7 +1886,7 @@ private:
     route_list routes_;
     unique_fd listener_;
     unique_fd control_epoll_;  // the self-pipe, the listener (and the connection set, inline)
-    unique_fd conn_epoll_;     // every connection, one-shot
+    unique_fd conn_epoll_;     // every connection, edge-triggered
     bool inline_ = false;      // the control thread serves connections itself
     connection_pool pool_;
     worker control_worker_;
@@ -1948,7 +1982,7 @@ inline void run::serve_inline() noexcept {
     const int ready = ::epoll_wait(conn_epoll_.get(), events, control_events, 0);
     for (int i = 0; i < ready; ++i) {
         auto* c = static_cast<connection*>(events[i].data.ptr);
-        if (take(*c)) serve(control_worker_, *c);
+        if (take_for_event(*c, events[i].events)) serve(control_worker_, *c);
     }
 }
 
@@ -1971,14 +2005,14 @@ inline void run::begin_stop(clock::time_point now) noexcept {
     for (connection* c : taken) {
         const bool waiting = c->state == conn_state::idle || (c->state == conn_state::head && c->in.size() == 0);
         if (!waiting) {
-            park(*c);
+            hand_back(*c);
             continue;
         }
         char byte;  // bytes already here are a request arriving: it gets its answer
         if (::recv(c->fd.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
             if (c->state == conn_state::idle) c->set(conn_state::head);
             c->since = now;
-            park(*c);
+            hand_back(*c);
         } else {
             close(*c);
         }
@@ -2024,7 +2058,16 @@ inline void run::accept_ready(clock::time_point now) noexcept {
         c->set(conn_state::head);
         c->since = now;
         if (!inline_ && waiting_.load() == 0) spawn_worker();
-        park(*c);
+        // Parked before it is registered, so its first event finds it parked. Until then
+        // no other thread can reach it: only this thread walks the pool.
+        c->in_epoll = true;
+        const bool at_once = park(*c);  // nothing can be pending before it is watched
+        assert(!at_once);
+        (void)at_once;
+        if (!watch(c, fd) && take(*c)) {
+            c->in_epoll = false;
+            close(*c);
+        }
     }
 }
 
@@ -2046,7 +2089,7 @@ inline void run::sweep(clock::time_point now) noexcept {
 }
 
 inline void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
-    if (c.deadline.load() > to_ns(now)) return park(c);  // re-armed meanwhile: not due
+    if (c.deadline.load() > to_ns(now)) return hand_back(c);  // re-armed meanwhile: not due
     const bool has_request = c.in.size() > c.start;
     if ((c.state == conn_state::head && has_request) || c.state == conn_state::body) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -2133,7 +2176,7 @@ inline void run::worker_main() noexcept {
         if (ready != 1 || ev.data.ptr == nullptr) continue;
         if (still_waiting == 0) spawn_worker();  // a follower waits while this one serves
         auto* c = static_cast<connection*>(ev.data.ptr);
-        if (take(*c)) serve(w, *c);
+        if (take_for_event(*c, ev.events)) serve(w, *c);
     }
     srv_.remove_server_thread();  // ids are reused: forget this one before it ends
 }
@@ -2143,26 +2186,25 @@ inline void run::worker_main() noexcept {
 /// serve: the holder's work on c after it became ready: read, parse, handle and write
 /// until c must wait again (then it is parked) or is closed.
 inline void run::serve(worker& w, connection& c) noexcept {
-    outcome o = outcome::close;
+    do {
+        outcome o = outcome::close;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    try {
+        try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        lend_buffer(w, c);
-        c.read_short = false;
-        do {
-            o = step(w, c);
-        } while (o == outcome::progress);
-        return_buffer(w, c);
+            lend_buffer(w, c);
+            c.read_short = false;
+            do {
+                o = step(w, c);
+            } while (o == outcome::progress);
+            return_buffer(w, c);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } catch (const std::bad_alloc&) {  // this connection fails, the others go on
-        send_unavailable(c.fd.get());
-        o = outcome::close;
-    }
+        } catch (const std::bad_alloc&) {  // this connection fails, the others go on
+            send_unavailable(c.fd.get());
+            o = outcome::close;
+        }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-    if (o == outcome::wait)
-        park(c);
-    else
-        close(c);
+        if (o != outcome::wait) return close(c);
+    } while (park(c));
 }
 
 /// step: one move of c's state machine. progress: call again; wait: park; close: close.
@@ -2211,7 +2253,7 @@ inline run::outcome run::read_input(worker& w, connection& c) {
     const ssize_t n = retry_eintr([&] { return ::recv(c.fd.get(), c.in.data() + c.in.size(), room, 0); });
     if (n > 0) {
         c.in.grow_by(static_cast<std::size_t>(n));
-        c.read_short = static_cast<std::size_t>(n) < room;
+        c.read_short = static_cast<std::size_t>(n) < room && !c.peer_closed;
         if (c.state == conn_state::body) c.since = clock::now();  // body_timeout counts from progress
         return outcome::progress;
     }
@@ -2603,42 +2645,54 @@ inline void run::return_buffer(worker& w, connection& c) {
     charge(c);
 }
 
-/// park: arms c in the connection set for what its state waits for, with its timeout.
-inline void run::park(connection& c) noexcept {
+/// park: lets c wait for what its state needs, under its timeout. c is registered once,
+/// edge-triggered for both directions, so parking costs no system call. True when an
+/// event came in while this thread held c: the caller holds it again and serves it.
+inline bool run::park(connection& c) noexcept {
     const conn_state s = c.state;
-    if (s == conn_state::idle && stopping_.load()) return close(c);
+    if (s == conn_state::idle && stopping_.load()) {
+        close(c);
+        return false;
+    }
     std::chrono::milliseconds limit{0};
-    std::uint32_t events = EPOLLIN;
     switch (s) {
         case conn_state::idle: limit = opts_.idle_timeout; break;
         case conn_state::head: limit = opts_.header_timeout; break;
-        case conn_state::body:
-            limit = opts_.body_timeout;
-            if (c.output_pending()) events |= EPOLLOUT;
-            break;
-        case conn_state::writing:
-            limit = opts_.write_timeout;
-            events = EPOLLOUT;
-            break;
+        case conn_state::body: limit = opts_.body_timeout; break;
+        case conn_state::writing: limit = opts_.write_timeout; break;
         case conn_state::lingering: limit = linger_time; break;
         case conn_state::handling:
-        case conn_state::closed: return close(c);
+        case conn_state::closed: close(c); return false;
     }
     const std::int64_t deadline = limit.count() > 0 ? to_ns(c.since + limit) : never;
     c.deadline.store(deadline);
     if (deadline != never) lower_next_sweep(deadline);
-    c.hold.store(connection::arming);
-    epoll_event ev{events | EPOLLONESHOT, {&c}};
-    const int op = c.in_epoll ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    c.in_epoll = true;
-    if (::epoll_ctl(conn_epoll_.get(), op, c.fd.get(), &ev) != 0) {
-        c.hold.store(connection::held);
-        c.in_epoll = op == EPOLL_CTL_MOD;
-        return close(c);
-    }
     c.hold.store(connection::parked);  // from here on another thread may hold c
+    if (c.pending.load() != 0 && take(c)) return true;  // an event came while this thread held it
     // An idle connection parked just as a stop began may have been missed by its sweep.
     if (s == conn_state::idle && stopping_.load() && take(c)) close(c);
+    return false;
+}
+
+/// hand_back: parks a connection the control thread took. An event that came meanwhile
+/// is raised again (EPOLL_CTL_MOD reports present readiness) for a worker to serve.
+inline void run::hand_back(connection& c) noexcept {
+    if (!park(c)) return;
+    if (inline_) return serve(control_worker_, c);
+    const int fd = c.fd.get();
+    c.hold.store(connection::parked);
+    pool_.locked([&] {  // no descriptor is closed meanwhile: if c is still open, fd is its
+        if (c.hold.load() == connection::free_slot) return;
+        epoll_event ev{EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, {&c}};
+        ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_MOD, fd, &ev);
+    });
+}
+
+/// watch: registers a new connection (c, on descriptor fd) in the connection set, once
+/// for its whole life. Touches nothing of c: c is parked already.
+inline bool run::watch(connection* c, int fd) noexcept {
+    epoll_event ev{EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, {c}};
+    return ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
 }
 
 /// close: closes c for good (by its holder) and returns the object to the pool.
