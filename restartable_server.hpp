@@ -1848,7 +1848,7 @@ private:
     void fail(std::error_code ec) noexcept;
 
     // Workers.
-    void spawn_worker() noexcept;
+    bool spawn_worker() noexcept;
     void worker_main() noexcept;
 
     // One connection, by its holder.
@@ -2057,7 +2057,10 @@ inline void run::accept_ready(clock::time_point now) noexcept {
         live_.fetch_add(1);
         c->set(conn_state::head);
         c->since = now;
-        if (!inline_ && waiting_.load() == 0) spawn_worker();
+        if (!inline_ && waiting_.load() == 0 && !spawn_worker()) {  // no thread at all: serve here
+            epoll_event ev{EPOLLIN, {&conn_epoll_}};
+            inline_ = ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, conn_epoll_.get(), &ev) == 0;
+        }
         // Parked before it is registered, so its first event finds it parked. Until then
         // no other thread can reach it: only this thread walks the pool.
         c->in_epoll = true;
@@ -2151,9 +2154,11 @@ inline void run::teardown() noexcept {
 
 // --------------------------------------------------------------- workers --
 
-inline void run::spawn_worker() noexcept {
+/// spawn_worker: starts one more worker, up to options::worker_threads. False when there
+/// is no worker at all (none could be started).
+inline bool run::spawn_worker() noexcept {
     std::lock_guard<std::mutex> lock(workers_mutex_);
-    if (over_ || workers_.size() >= opts_.worker_threads) return;
+    if (over_ || workers_.size() >= opts_.worker_threads) return !workers_.empty();
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -2162,6 +2167,7 @@ inline void run::spawn_worker() noexcept {
     } catch (const std::exception&) {  // out of threads or memory: the ones there are carry on
     }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    return !workers_.empty();
 }
 
 inline void run::worker_main() noexcept {
