@@ -1808,13 +1808,19 @@ inline bool take(connection& c) noexcept {
 /// events come once, so none may be dropped). False: someone else serves c, or c is free
 /// (a stale event for a closed connection).
 inline bool take_for_event(connection& c, std::uint32_t events) noexcept {
-    if (take(c)) {
-        note_events(c, events);
-        return true;
+    for (;;) {
+        if (take(c)) {
+            note_events(c, events);
+            return true;
+        }
+        const int hold = c.hold.load();
+        if (hold == connection::free_slot) return false;
+        if (hold == connection::parked) continue;  // parked between the two looks: take it
+        // Held: leave the event to the holder, who looks at pending after parking. If it
+        // parked before this store, the take below sees "parked" (both are seq_cst).
+        c.pending.fetch_or(events);
+        return take(c);
     }
-    if (c.hold.load() != connection::held) return false;
-    c.pending.fetch_or(events);
-    return take(c);  // it was parked meanwhile, maybe before seeing the flag
 }
 
 /// run: one run of a server, from a started listener to the last joined thread.
@@ -2064,10 +2070,13 @@ inline void run::accept_ready(clock::time_point now) noexcept {
         // Parked before it is registered, so its first event finds it parked. Until then
         // no other thread can reach it: only this thread walks the pool.
         c->in_epoll = true;
-        const bool at_once = park(*c);  // nothing can be pending before it is watched
-        assert(!at_once);
-        (void)at_once;
-        if (!watch(c, fd) && take(*c)) {
+        while (park(*c)) {  // not watched yet: what is pending is a late event of the
+        }                   // connection this object was before, so park it again
+        bool watched = false;
+        pool_.locked([&] {  // a late event may have let a worker close it: then fd is not its
+            watched = c->hold.load() == connection::free_slot || watch(c, fd);
+        });
+        if (!watched && take(*c)) {
             c->in_epoll = false;
             close(*c);
         }
