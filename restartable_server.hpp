@@ -1515,7 +1515,7 @@ inline std::string_view to_string(server_state s) noexcept {
 //   listener, the self-pipe and a timer: it accepts, enforces timeouts, begins the stop,
 //   cuts at the drain deadline and ends the run. Up to options::worker_threads workers
 //   wait together in a second epoll set that holds every connection, registered once,
-//   edge-triggered for both directions: the worker that sees a connection ready reads,
+//   edge-triggered (for output too once a response had to wait): the worker that sees a connection ready reads,
 //   parses, runs the handler and writes the response itself, with no hand-off
 //   (leader/follower: before it serves, a worker starts another when none is left
 //   waiting); parking it again costs no system call. Sockets are non-blocking: a response that does not
@@ -1711,6 +1711,7 @@ struct connection {
     std::size_t out_sent = 0;
     bool read_short = false;  // the last read did not fill the buffer: the socket is likely empty
     bool peer_closed = false;  // the client shut down its side: read until the EOF
+    bool watch_output = false;  // registered for EPOLLOUT too (once a response had to wait)
 
     void set(conn_state to) noexcept {
         assert(allowed(state, to));
@@ -1752,6 +1753,7 @@ public:
         c->fd.reset(fd);
         c->pending.store(0);  // an event for the connection it was before means nothing now
         c->peer_closed = false;
+        c->watch_output = false;
         c->cut.store(false);
         c->deadline.store(never);
         c->hold.store(connection::held);
@@ -2584,6 +2586,10 @@ inline run::outcome run::after_response(connection& c) {
         c.set(conn_state::idle);
         return outcome::progress;
     }
+    // Always linger, even when the client asked for the close and nothing more of it is
+    // here yet (nginx closes then): bytes it still sends would be answered with a reset,
+    // which can destroy the response before the client reads it (the connection fuzzer
+    // catches exactly that). It costs one more wake-up per closed connection.
     ::shutdown(c.fd.get(), SHUT_WR);  // the client sees the end of the response at once
     c.set(conn_state::lingering);
     c.in.clear();
@@ -2660,8 +2666,15 @@ inline void run::return_buffer(worker& w, connection& c) {
     charge(c);
 }
 
+/// watched_events: what c is registered for: input always, output once a response had
+/// to wait for the socket (then for good: edges come only when a full buffer drains).
+inline std::uint32_t watched_events(const connection& c) noexcept {
+    return EPOLLIN | EPOLLRDHUP | EPOLLET | (c.watch_output ? EPOLLOUT : 0u);
+}
+
 /// park: lets c wait for what its state needs, under its timeout. c is registered once,
-/// edge-triggered for both directions, so parking costs no system call. True when an
+/// edge-triggered, so parking costs no system call (but the first time a response has
+/// to wait for the socket: then output is added). True when an
 /// event came in while this thread held c: the caller holds it again and serves it.
 inline bool run::park(connection& c) noexcept {
     const conn_state s = c.state;
@@ -2679,6 +2692,14 @@ inline bool run::park(connection& c) noexcept {
         case conn_state::handling:
         case conn_state::closed: close(c); return false;
     }
+    if (c.output_pending() && !c.watch_output) {  // the first response that has to wait
+        c.watch_output = true;
+        epoll_event ev{watched_events(c), {&c}};
+        if (::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) != 0) {
+            close(c);
+            return false;
+        }
+    }
     const std::int64_t deadline = limit.count() > 0 ? to_ns(c.since + limit) : never;
     c.deadline.store(deadline);
     if (deadline != never) lower_next_sweep(deadline);
@@ -2695,18 +2716,19 @@ inline void run::hand_back(connection& c) noexcept {
     if (!park(c)) return;
     if (inline_) return serve(control_worker_, c);
     const int fd = c.fd.get();
+    const std::uint32_t events = watched_events(c);
     c.hold.store(connection::parked);
     pool_.locked([&] {  // no descriptor is closed meanwhile: if c is still open, fd is its
         if (c.hold.load() == connection::free_slot) return;
-        epoll_event ev{EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, {&c}};
+        epoll_event ev{events, {&c}};
         ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_MOD, fd, &ev);
     });
 }
 
-/// watch: registers a new connection (c, on descriptor fd) in the connection set, once
-/// for its whole life. Touches nothing of c: c is parked already.
+/// watch: registers a new connection (c, on descriptor fd) in the connection set, for
+/// input, once for its whole life. Touches nothing of c: c is parked already.
 inline bool run::watch(connection* c, int fd) noexcept {
-    epoll_event ev{EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, {c}};
+    epoll_event ev{EPOLLIN | EPOLLRDHUP | EPOLLET, {c}};
     return ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
 }
 
