@@ -16,6 +16,10 @@
 #include <poll.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <thread>
+#include <mutex>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -38,6 +42,39 @@ inline int count_entries(const char* dir) {
 }
 inline int open_fds() { return count_entries("/proc/self/fd"); }
 inline int thread_count() { return count_entries("/proc/self/task"); }
+
+/// watchdog: aborts the process (Catch2 reports the running test) if a test case is
+/// still running after limit, so a deadlock fails with a message instead of a CTest
+/// timeout. Its thread exists for the whole test case, so it is part of every baseline.
+class watchdog {
+public:
+    watchdog(const char* name, std::chrono::seconds limit)
+        : thread_([this, name, limit] {
+              std::unique_lock<std::mutex> lock(m_);
+              if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+                  std::fprintf(stderr, "watchdog: '%s' still running after %lld s (deadlock?)\n", name,
+                               static_cast<long long>(limit.count()));
+                  std::fflush(stderr);
+                  std::abort();
+              }
+          }) {}
+    ~watchdog() {
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            done_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+    }
+    watchdog(const watchdog&) = delete;
+    watchdog& operator=(const watchdog&) = delete;
+
+private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::thread thread_;  // last: starts once the members above exist
+};
 
 /// connect_to: a blocking TCP connection to 127.0.0.1:port with a receive timeout, so a
 /// broken server fails the test instead of hanging it. Returns -1 on failure.

@@ -68,38 +68,7 @@ private:
     bool set_ = false;
 };
 
-/// watchdog: aborts the process (Catch2 reports the running test) if a test case is
-/// still running after limit, so a deadlock fails with a message instead of a CTest
-/// timeout. Its thread exists for the whole test case, so it is part of every baseline.
-class watchdog {
-public:
-    watchdog(const char* name, std::chrono::seconds limit)
-        : thread_([this, name, limit] {
-              std::unique_lock<std::mutex> lock(m_);
-              if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-                  std::fprintf(stderr, "watchdog: '%s' still running after %lld s (deadlock?)\n", name,
-                               static_cast<long long>(limit.count()));
-                  std::fflush(stderr);
-                  std::abort();
-              }
-          }) {}
-    ~watchdog() {
-        {
-            std::lock_guard<std::mutex> lock(m_);
-            done_ = true;
-        }
-        cv_.notify_all();
-        thread_.join();
-    }
-    watchdog(const watchdog&) = delete;
-    watchdog& operator=(const watchdog&) = delete;
-
-private:
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool done_ = false;
-    std::thread thread_;  // last: starts once the members above exist
-};
+using test::watchdog;
 
 /// scoped_thread: a std::thread that is joined on destruction (so a failed REQUIRE does
 /// not std::terminate the test binary).

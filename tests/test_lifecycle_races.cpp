@@ -21,37 +21,7 @@ namespace rs = restartable_server;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 
-/// watchdog: aborts the process if a test case still runs after limit, so a deadlock
-/// fails with a message instead of a CTest timeout.
-class watchdog {
-public:
-    watchdog(const char* name, std::chrono::seconds limit)
-        : thread_([this, name, limit] {
-              std::unique_lock<std::mutex> lock(m_);
-              if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-                  std::fprintf(stderr, "watchdog: '%s' still running after %lld s (deadlock?)\n", name,
-                               static_cast<long long>(limit.count()));
-                  std::fflush(stderr);
-                  std::abort();
-              }
-          }) {}
-    ~watchdog() {
-        {
-            std::lock_guard<std::mutex> lock(m_);
-            done_ = true;
-        }
-        cv_.notify_all();
-        thread_.join();
-    }
-    watchdog(const watchdog&) = delete;
-    watchdog& operator=(const watchdog&) = delete;
-
-private:
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool done_ = false;
-    std::thread thread_;  // last: starts once the members above exist
-};
+using test::watchdog;
 
 /// run_in_thread: calls srv.run() in a thread of its own. If the test fails early, the
 /// destructor keeps requesting a stop until run() has returned, then joins.
