@@ -595,8 +595,9 @@ public:
 private:
     enum class state : unsigned char {
         size, size_space, extension, size_lf, data, data_cr, data_lf, trailer_start, trailer_name,
-        trailer_value, trailer_lf, end_lf
+        trailer_value, trailer_lf, end_lf, done
     };
+    bool trailer_byte(unsigned char c) noexcept;
     state state_ = state::size;
     std::uint64_t remaining_ = 0;  // chunk bytes still to come (the size, while parsing it)
     unsigned digits_ = 0;
@@ -1072,36 +1073,45 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
                 state_ = state::size;
                 break;
             case state::trailer_start:
-                if (c == '\r') {
-                    state_ = state::end_lf;
-                    break;
-                }
-                if (!is_tchar(c)) return bad;  // also obs-fold
-                state_ = state::trailer_name;
-                break;
             case state::trailer_name:
-                if (c == ':')
-                    state_ = state::trailer_value;
-                else if (!is_tchar(c))
-                    return bad;
-                break;
             case state::trailer_value:
-                if (c == '\r')
-                    state_ = state::trailer_lf;
-                else if (ctl)
-                    return bad;
-                break;
             case state::trailer_lf:
-                if (c != '\n') return bad;
-                state_ = state::trailer_start;
-                break;
             case state::end_lf:
-                if (c != '\n') return bad;
-                return {parse_status::complete, i + 1, {}, 0};
+                if (!trailer_byte(c)) return bad;
+                if (state_ == state::done) return {parse_status::complete, i + 1, {}, 0};
+                break;
+            case state::done: return bad;
         }
         if (state_ >= state::trailer_start && ++line_bytes_ > max_trailer_bytes) return bad;
     }
     return {parse_status::partial, i, {}, 0};
+}
+
+/// trailer_byte: one byte of the trailer section (fields, then the empty line that ends
+/// the body; RFC 9112 7.1.2), checked and dropped. False when it is malformed.
+inline bool chunked_decoder::trailer_byte(unsigned char c) noexcept {
+    switch (state_) {
+        case state::trailer_start:
+            if (c == '\r') {
+                state_ = state::end_lf;
+                return true;
+            }
+            state_ = state::trailer_name;
+            return is_tchar(c);  // also refuses obs-fold
+        case state::trailer_name:
+            if (c == ':') state_ = state::trailer_value;
+            return c == ':' || is_tchar(c);
+        case state::trailer_value:
+            if (c == '\r') state_ = state::trailer_lf;
+            return c == '\r' || !((c < 0x20 && c != '\t') || c == 0x7f);
+        case state::trailer_lf:
+            state_ = state::trailer_start;
+            return c == '\n';
+        case state::end_lf:
+            state_ = state::done;
+            return c == '\n';
+        default: return false;
+    }
 }
 
 /// request_framing: how a request's body is delimited, and whether it expects "100 Continue".
