@@ -12,10 +12,15 @@
 #include "restartable_server.hpp"
 
 #include <dirent.h>
+#include <sys/stat.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 
 #include <chrono>
+#include <vector>
+#include <iterator>
+#include <fstream>
+#include <algorithm>
 #include <cstdlib>
 #include <thread>
 #include <mutex>
@@ -75,6 +80,28 @@ private:
     bool done_ = false;
     std::thread thread_;  // last: starts once the members above exist
 };
+
+/// files_in: the regular files in dir, sorted; empty when dir does not exist.
+inline std::vector<std::string> files_in(const std::string& dir) {
+    std::vector<std::string> out;
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return out;
+    while (dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::string path = dir + "/" + e->d_name;
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(path);
+    }
+    ::closedir(d);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+/// read_file: the whole file's bytes.
+inline std::string read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
 
 /// connect_to: a blocking TCP connection to 127.0.0.1:port with a receive timeout, so a
 /// broken server fails the test instead of hanging it. Returns -1 on failure.

@@ -21,26 +21,8 @@
 
 namespace {
 
-/// files_in: the regular files in dir, sorted; empty when dir does not exist.
-std::vector<std::string> files_in(const std::string& dir) {
-    std::vector<std::string> out;
-    DIR* d = ::opendir(dir.c_str());
-    if (!d) return out;
-    while (dirent* e = ::readdir(d)) {
-        if (e->d_name[0] == '.') continue;
-        std::string path = dir + "/" + e->d_name;
-        struct stat st {};
-        if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(path);
-    }
-    ::closedir(d);
-    std::sort(out.begin(), out.end());
-    return out;
-}
-
-std::string read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
+using test::files_in;
+using test::read_file;
 
 /// replay: runs the fuzz target on each file; each must pass every invariant.
 void replay(const std::vector<std::string>& files) {
