@@ -132,6 +132,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -143,6 +144,7 @@
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -158,6 +160,9 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace restartable_server {
@@ -178,6 +183,8 @@ enum class errc {
     body_incomplete,      ///< the client closed the connection before the body ended
     not_listening,        ///< the listener factory's socket is not a listening socket
     listener_threw,       ///< the listener factory threw something other than std::system_error
+    not_running,          ///< restart() or upgrade() while no run is in progress (or it is stopping)
+    not_activated,        ///< systemd_listener(): no socket was passed (LISTEN_FDS, LISTEN_PID)
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -223,9 +230,36 @@ private:
 };
 
 /// listener_factory: builds a bound, listening socket for one run. Called once per
-/// start() / run(), in the starting thread. On failure it sets ec and returns an empty
-/// unique_fd. The server makes the socket non-blocking and close-on-exec.
-using listener_factory = std::function<unique_fd(std::error_code& ec)>;
+/// start() / run() (and per restart() that changes the address), in the starting thread.
+/// On failure it sets ec and returns an empty unique_fd. The server makes the socket
+/// non-blocking and close-on-exec.
+///
+/// A factory may carry an address ("tcp:127.0.0.1:8080"; the library's factories all do):
+/// restart() hands the listening socket of the current run over to the next one, never
+/// closing it, when the next run's factory has the same non-empty address. A factory
+/// without one is called at each restart while the old socket still listens, so it must
+/// bind something else (or restart() fails with EADDRINUSE and the old run goes on).
+class listener_factory {
+public:
+    listener_factory() = default;
+    /// listener_factory(make, address): make is called as make(ec) -> unique_fd.
+    template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, listener_factory> &&
+                                                std::is_invocable_r_v<unique_fd, F&, std::error_code&>>>
+    listener_factory(F make, std::string address = {})  // NOLINT: implicit, like std::function
+        : make_(std::move(make)), address_(std::move(address)) {}
+
+    /// operator(): makes a listening socket, or sets ec.
+    unique_fd operator()(std::error_code& ec) const { return make_(ec); }
+    /// valid: whether there is a factory.
+    explicit operator bool() const noexcept { return static_cast<bool>(make_); }
+    /// address: what the sockets are bound to, as "tcp:HOST:PORT", "unix:PATH" or "fd:N";
+    /// "" when unknown.
+    const std::string& address() const noexcept { return address_; }
+
+private:
+    std::function<unique_fd(std::error_code&)> make_;
+    std::string address_;
+};
 
 /// tcp_listener: a factory for a TCP socket bound to host:port with SO_REUSEADDR (so a
 /// restart on the same port never fails on TIME_WAIT), not SO_REUSEPORT. host is an IPv4
@@ -244,6 +278,23 @@ listener_factory unix_listener(std::string path, int backlog = SOMAXCONN);
 /// socket's file status flags, so fd becomes non-blocking too.
 listener_factory inherited_listener(int fd);
 
+/// systemd_listener: adopts a listening socket passed by systemd socket activation (or by
+/// server::upgrade()): LISTEN_PID must be this process and LISTEN_FDS count the sockets
+/// from descriptor 3 on (sd_listen_fds(3) semantics). name picks the socket whose
+/// LISTEN_FDNAMES entry matches ("" takes the first). Reads the environment once, here:
+/// marks the passed descriptors close-on-exec and unsets LISTEN_PID, LISTEN_FDS and
+/// LISTEN_FDNAMES so children do not inherit them (call it before starting threads that
+/// read the environment). The socket stays open for the life of the factory and is handed
+/// to every run, so restarts keep it. Without one, each start fails with
+/// errc::not_activated.
+listener_factory systemd_listener(std::string name = {});
+
+/// notify_ready: tells a service manager the server is ready: sends "READY=1" to the
+/// datagram socket named by $NOTIFY_SOCKET (systemd's Type=notify; also how a child
+/// started by server::upgrade() says it has taken over). No error and nothing sent
+/// when NOTIFY_SOCKET is not set.
+std::error_code notify_ready() noexcept;
+
 // ----------------------------------------------------------------- HTTP --
 
 /// header: one request header field; views into the request buffer.
@@ -256,6 +307,7 @@ namespace detail {
 class body_reader;
 class run;
 struct route;
+struct stop_signal;
 }  // namespace detail
 
 /// body_sink: receives a request body piece by piece; returns false to stop reading.
@@ -291,11 +343,15 @@ public:
     /// errc::malformed_body (400), std::errc::timed_out (408), errc::body_incomplete
     /// when the client went away. On a buffered route, calls sink once with body.
     std::error_code read_body(const body_sink& sink) const;
+    /// stop_requested: a stop or a restart began while this request was being served: a
+    /// long-running handler should finish soon (its run shuts it down at the drain deadline).
+    bool stop_requested() const noexcept;
 
 private:
     friend class detail::run;
     std::vector<std::pair<std::string_view, std::string>> params_;
     detail::body_reader* reader_ = nullptr;
+    const detail::stop_signal* stop_ = nullptr;
 };
 
 /// body_writer: where a streamed response's provider writes its body.
@@ -306,15 +362,23 @@ public:
     /// false once the client is gone, a write timed out, or the drain deadline of a stop
     /// cut the connection: the provider should return then.
     bool write(std::string_view data);
+    /// stopping: a stop or restart of the run began: an endless stream (server-sent
+    /// events, a long poll) should end now, cleanly, instead of being cut at the drain
+    /// deadline. Its connection then closes (stop) or moves to the next run (restart).
+    bool stopping() const noexcept;
+    /// wait_for_stop: sleeps up to timeout, or less if a stop or restart begins; returns
+    /// stopping(). The tick of a stream: `while (!out.wait_for_stop(1s)) out.write(...)`.
+    bool wait_for_stop(std::chrono::milliseconds timeout) const;
 
 private:
     friend class detail::run;
-    body_writer(int fd, bool chunked, std::chrono::milliseconds timeout) noexcept
-        : fd_(fd), chunked_(chunked), timeout_(timeout) {}
+    body_writer(int fd, bool chunked, std::chrono::milliseconds timeout, const detail::stop_signal* stop) noexcept
+        : fd_(fd), chunked_(chunked), timeout_(timeout), stop_(stop) {}
     int fd_;
     bool chunked_;
     bool failed_ = false;
     std::chrono::milliseconds timeout_;
+    const detail::stop_signal* stop_;
 };
 
 /// body_provider: produces a streamed response body by calling body_writer::write.
@@ -420,7 +484,18 @@ enum class server_state { stopped, starting, running, stopping };
 /// to_string: "stopped", "starting", "running" or "stopping".
 std::string_view to_string(server_state s) noexcept;
 
-/// stop_result: what a stop() found.
+/// stop_reason: what an on_stop hook is told began.
+enum class stop_reason {
+    stop,     ///< the run is stopping (stop(), request_stop(), or it failed)
+    restart,  ///< restart(): the run hands its listener and idle connections to the next
+};
+
+/// stop_hook: called on the run's control thread when a stop or restart begins, before
+/// the drain; keep it short (wake your own waiters, turn readiness off).
+using stop_hook = std::function<void(stop_reason)>;
+
+/// stop_result: what a stop() found. The counts include the runs that restart() replaced
+/// since the start.
 struct stop_result {
     /// waited: false only when stop() was called from a server thread and so returned
     /// without waiting for the run to end.
@@ -432,6 +507,11 @@ struct stop_result {
     /// error: why the run ended when nobody asked it to (e.g. its listener failed);
     /// empty after a requested stop.
     std::error_code error;
+    /// idle_closed: keep-alive connections with no request in flight, closed by the stop.
+    std::size_t idle_closed = 0;
+    /// finished: responses completed after the stop or a restart began (requests that
+    /// were in flight, or arriving, then).
+    std::size_t finished = 0;
 };
 
 /// server: an HTTP/1.1 server that can be started, stopped and started again.
@@ -478,6 +558,10 @@ public:
     options get_options() const;
     /// set_listener: replaces options::listener; the next start uses it. Any thread.
     void set_listener(listener_factory f);
+    /// on_stop: adds a hook called when a stop or a restart begins (Go's
+    /// RegisterOnShutdown), on the control thread. Like routes, hooks added while running
+    /// take effect at the next start or restart. Any thread.
+    server& on_stop(stop_hook hook);
 
     /// start: builds a fresh listener, starts the run's threads and returns once the
     /// listener accepts connections, so port() is valid. On failure (the port is in use,
@@ -504,6 +588,43 @@ public:
     /// Idempotent; safe before the first start. From a handler it only requests the stop
     /// (waited == false), so it never deadlocks.
     stop_result stop() noexcept;
+    /// stop: as stop(), with drain_timeout instead of options::drain_timeout for this stop
+    /// (Go's Shutdown(ctx)). A stop already under way gets the earlier of the two deadlines,
+    /// so stop(0ms) after a plain stop cuts at once.
+    stop_result stop(std::chrono::milliseconds drain_timeout) noexcept;
+
+    /// restart: replaces the current run by a new one built from the current options,
+    /// routes and hooks, without refusing a connection or dropping a request:
+    ///   - the listening socket is handed over as is when the factory's address is the
+    ///     same (see listener_factory); otherwise the new one is bound first, and the
+    ///     connections the old one had queued are moved before it closes;
+    ///   - idle keep-alive connections, and those whose next request is still arriving,
+    ///     move to the new run and are served by its routes and options;
+    ///   - requests in flight finish on the old run, under its drain_timeout counted from
+    ///     the restart (streams see body_writer::stopping()); their connections then move
+    ///     too; the old run's threads are joined once its last connection is gone.
+    /// Returns once the new run serves. On failure (errc::not_running, the new address is
+    /// in use, ...) sets ec and the current run goes on unchanged. From a handler it works
+    /// too; with worker_threads == 0 it returns before the hand-over (which happens when the
+    /// handler returns). Not async-signal-safe: from a signal, wake a thread that calls it.
+    void restart(std::error_code& ec) noexcept;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    /// restart: as restart(ec), throwing std::system_error on failure.
+    void restart();
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+
+    /// upgrade: a binary upgrade without a refused connection (nginx's USR2): starts
+    /// argv[0] (a path; argv[1..] its arguments) with the current listening socket as
+    /// descriptor 3 and LISTEN_FDS=1, LISTEN_PID=<its pid>, NOTIFY_SOCKET set, so a
+    /// systemd_listener() in it adopts the socket; waits up to ready_timeout until it calls
+    /// notify_ready(), then requests a graceful stop of this server (the caller's run()
+    /// or wait() returns after the drain; then exit). Both processes accept on the socket
+    /// in between. Returns the child's pid; on failure (not running, exec failed, not
+    /// ready in time: the child is killed) sets ec and this server goes on. Not from a
+    /// server thread.
+    pid_t upgrade(const std::vector<std::string>& argv, std::error_code& ec,
+                  std::chrono::milliseconds ready_timeout = std::chrono::seconds(10)) noexcept;
+
     /// wait: blocks until the current run ends (for whatever reason) and its threads are
     /// joined; returns at once when stopped. Returns what the run's stop found (the last
     /// run's, when stopped). Not from a server thread.
@@ -521,8 +642,12 @@ private:
     friend class detail::run;
 
     void start_impl(std::error_code& ec, bool in_caller_thread) noexcept;
-    std::unique_ptr<detail::run> make_run(std::error_code& ec) noexcept;
+    std::unique_ptr<detail::run> make_run(std::error_code& ec, bool for_restart) noexcept;
+    unique_fd make_listener(const options& o, std::error_code& ec) noexcept;
     stop_result run_to_end(std::unique_ptr<detail::run> run) noexcept;
+    std::unique_ptr<detail::run> take_next_run(std::uint64_t generation) noexcept;
+    void end_restart(bool done) noexcept;
+    void set_listener_fd(int fd) noexcept;
     bool transition(server_state from, server_state to) noexcept;
     bool transition_locked(server_state from, server_state to) noexcept;
     bool on_server_thread() const;
@@ -536,6 +661,7 @@ private:
     std::mutex lifecycle_;                // serialises start/run/stop/wait
     options options_;
     std::vector<std::shared_ptr<const detail::route>> routes_;
+    std::vector<stop_hook> hooks_;
     std::vector<std::thread::id> server_threads_;
     std::thread loop_thread_;             // the run's control thread, in start() mode
     unique_fd wake_read_, wake_write_;    // the self-pipe, for the server's whole life
@@ -545,6 +671,19 @@ private:
     std::atomic<server_state> state_{server_state::stopped};
     std::atomic<std::uint16_t> port_{0};
     stop_result last_stop_;               // what the last run's stop found
+
+    // Restarts. restart() builds the next run and leaves it in next_run_ for the control
+    // thread, which hands over and says so in restart_outcome_ (all under mutex_).
+    std::mutex restart_mutex_;            // one restart() or upgrade() at a time
+    std::unique_ptr<detail::run> next_run_;
+    int restart_outcome_ = 0;             // 0 pending, 1 done, -1 cancelled (the run stopped)
+    std::atomic<bool> restart_requested_{false};
+    std::uint64_t generation_ = 0;        // counts starts; a next run belongs to one
+    std::string listener_address_;        // the current listener factory's address
+    int listener_fd_ = -1;                // the current listening socket (for upgrade)
+    std::atomic<std::thread::id> control_thread_{};
+    std::atomic<detail::run*> current_{nullptr};       // where handed-over connections go
+    std::atomic<std::int64_t> drain_limit_{INT64_MAX};  // stop(timeout)'s deadline, steady ns
 };
 
 }  // namespace restartable_server
@@ -753,6 +892,26 @@ inline bool parse_content_length(std::string_view v, std::size_t& out) noexcept 
     return true;
 }
 
+/// stop_signal: one run's "a stop or restart began", as handlers and streams see it:
+/// a flag to look at and a condition to sleep on.
+struct stop_signal {
+    std::atomic<bool> raised{false};
+    mutable std::mutex mutex;
+    mutable std::condition_variable cv;
+
+    void raise() noexcept {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            raised.store(true);
+        }
+        cv.notify_all();
+    }
+    bool wait_for(std::chrono::milliseconds timeout) const {
+        std::unique_lock<std::mutex> lock(mutex);
+        return cv.wait_for(lock, timeout, [this] { return raised.load(); });
+    }
+};
+
 /// date_cache: the IMF-fixdate of the current second (RFC 9110 5.6.7), formatted once a
 /// second. Independent of the C locale. One per thread that writes responses.
 class date_cache {
@@ -911,6 +1070,8 @@ public:
             case errc::body_incomplete: return "the client closed the connection before the body ended";
             case errc::not_listening: return "the listener is not a listening socket";
             case errc::listener_threw: return "the listener factory threw an exception";
+            case errc::not_running: return "the server is not running";
+            case errc::not_activated: return "no listening socket was passed (LISTEN_FDS, LISTEN_PID)";
         }
         return "unknown restartable_server error";
     }
@@ -1316,7 +1477,9 @@ inline void unique_fd::reset(int fd) noexcept {
 }
 
 inline listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
-    return [host = std::move(host), port, backlog](std::error_code& ec) -> unique_fd {
+    std::string address = "tcp:" + host + ":";
+    detail::append_number(address, port);
+    auto make = [host = std::move(host), port, backlog](std::error_code& ec) -> unique_fd {
         ec.clear();
         addrinfo hints{};
         hints.ai_family = host.empty() ? AF_INET : AF_UNSPEC;
@@ -1344,10 +1507,12 @@ inline listener_factory tcp_listener(std::string host, std::uint16_t port, int b
         }
         return unique_fd();
     };
+    return listener_factory(std::move(make), std::move(address));
 }
 
 inline listener_factory unix_listener(std::string path, int backlog) {
-    return [path = std::move(path), backlog](std::error_code& ec) -> unique_fd {
+    std::string address = "unix:" + path;
+    auto make = [path = std::move(path), backlog](std::error_code& ec) -> unique_fd {
         ec.clear();
         sockaddr_un addr{};
         addr.sun_family = AF_UNIX;
@@ -1378,15 +1543,87 @@ inline listener_factory unix_listener(std::string path, int backlog) {
         ec = detail::last_error();
         return unique_fd();
     };
+    return listener_factory(std::move(make), std::move(address));
 }
 
 inline listener_factory inherited_listener(int fd) {
-    return [fd](std::error_code& ec) -> unique_fd {
+    std::string address = "fd:";
+    detail::append_number(address, static_cast<unsigned>(fd));
+    auto make = [fd](std::error_code& ec) -> unique_fd {
         ec.clear();
         unique_fd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
         if (!dup) ec = detail::last_error();
         return dup;
     };
+    return listener_factory(std::move(make), std::move(address));
+}
+
+namespace detail {
+/// env_number: the environment variable name as a decimal number, or -1.
+inline long env_number(const char* name) noexcept {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v < '0' || *v > '9') return -1;
+    char* end = nullptr;
+    errno = 0;
+    const long n = std::strtol(v, &end, 10);
+    return errno == 0 && *end == '\0' ? n : -1;
+}
+}  // namespace detail
+
+inline listener_factory systemd_listener(std::string name) {
+    constexpr int first_fd = 3;  // SD_LISTEN_FDS_START
+    int chosen = -1;
+    const long count = detail::env_number("LISTEN_FDS");
+    if (detail::env_number("LISTEN_PID") == static_cast<long>(::getpid()) && count > 0) {
+        const char* names_env = std::getenv("LISTEN_FDNAMES");
+        std::string_view names = names_env ? names_env : "";
+        for (long i = 0; i < count && i < 1024; ++i) {
+            const int fd = first_fd + static_cast<int>(i);
+            ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // ours now: not for children
+            const std::string_view this_name = names.substr(0, names.find(':'));
+            names.remove_prefix(std::min(names.size(), this_name.size() + 1));
+            if (chosen < 0 && (name.empty() || this_name == name)) chosen = fd;
+        }
+        ::unsetenv("LISTEN_PID");
+        ::unsetenv("LISTEN_FDS");
+        ::unsetenv("LISTEN_FDNAMES");
+    }
+    std::string address;
+    if (chosen >= 0) {
+        address = "fd:";
+        detail::append_number(address, static_cast<unsigned>(chosen));
+    }
+    auto owned = std::make_shared<unique_fd>(chosen);  // open as long as a copy of the factory lives
+    auto make = [owned](std::error_code& ec) -> unique_fd {
+        ec.clear();
+        if (!*owned) {
+            ec = make_error_code(errc::not_activated);
+            return unique_fd();
+        }
+        unique_fd dup(::fcntl(owned->get(), F_DUPFD_CLOEXEC, 0));
+        if (!dup) ec = detail::last_error();
+        return dup;
+    };
+    return listener_factory(std::move(make), std::move(address));
+}
+
+inline std::error_code notify_ready() noexcept {
+    const char* path = std::getenv("NOTIFY_SOCKET");
+    if (path == nullptr || *path == '\0') return {};
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::size_t len = std::strlen(path);
+    if (len >= sizeof addr.sun_path || (path[0] != '/' && path[0] != '@'))
+        return make_error_code(errc::invalid_address);
+    std::memcpy(addr.sun_path, path, len);
+    if (path[0] == '@') addr.sun_path[0] = '\0';  // an abstract socket
+    const unique_fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    static constexpr char ready[] = "READY=1";
+    const auto addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+    if (!fd || ::sendto(fd.get(), ready, sizeof ready - 1, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr),
+                        addr_len) < 0)
+        return detail::last_error();
+    return {};
 }
 
 // ----------------------------------------------------------------- HTTP --
@@ -1421,6 +1658,18 @@ inline std::optional<std::string> request::query_param(std::string_view name) co
         rest.remove_prefix(amp + 1);
     }
     return std::nullopt;
+}
+
+inline bool request::stop_requested() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
+
+inline bool body_writer::stopping() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
+
+inline bool body_writer::wait_for_stop(std::chrono::milliseconds timeout) const {
+    if (stop_ == nullptr) {
+        std::this_thread::sleep_for(timeout);
+        return false;
+    }
+    return stop_->wait_for(timeout);
 }
 
 inline std::error_code request::read_body(const body_sink& sink) const {
@@ -1696,7 +1945,8 @@ constexpr bool allowed(conn_state from, conn_state to) noexcept {
             return to == s::idle || to == s::writing || to == s::lingering || to == s::closed;
         case s::writing: return to == s::idle || to == s::lingering || to == s::closed;
         case s::lingering: return to == s::closed;
-        case s::closed: return to == s::head;  // a pooled object taking a new connection
+        case s::closed:  // a pooled object taking a new connection, or one handed over
+            return to == s::head || to == s::idle;
     }
     return false;
 }
@@ -1794,14 +2044,24 @@ public:
         c.hold.store(connection::free_slot);
         free_.push_back(&c);
     }
-    /// for_each_live: calls f(c) for every connection in use, under the pool's lock (no
-    /// descriptor is closed meanwhile). f must not acquire or release.
+    /// detach: like release, but gives the descriptor to the caller instead of closing it.
+    int detach(connection& c, int epfd) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (c.in_epoll) ::epoll_ctl(epfd, EPOLL_CTL_DEL, c.fd.get(), nullptr);
+        c.in_epoll = false;
+        const int fd = c.fd.release();
+        c.hold.store(connection::free_slot);
+        free_.push_back(&c);
+        return fd;
+    }
     /// locked: calls f() under the pool's lock (no descriptor is closed meanwhile).
     template <class F>
     void locked(F f) {
         std::lock_guard<std::mutex> lock(mutex_);
         f();
     }
+    /// for_each_live: calls f(c) for every connection in use, under the pool's lock (no
+    /// descriptor is closed meanwhile). f must not acquire or release.
     template <class F>
     void for_each_live(F f) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -1850,10 +2110,20 @@ inline bool take_for_event(connection& c, std::uint32_t events) noexcept {
     }
 }
 
-/// run: one run of a server, from a started listener to the last joined thread.
+/// watched_events: what c is registered for: input always, output once a response had
+/// to wait for the socket (then for good: edges come only when a full buffer drains).
+inline std::uint32_t watched_events(const connection& c) noexcept {
+    return EPOLLIN | EPOLLRDHUP | EPOLLET | (c.watch_output ? EPOLLOUT : 0u);
+}
+
+/// run: one run of a server, from a started listener to the last joined thread. A
+/// restart() hands a run's listener and waiting connections to the next run; the old
+/// one, a retiree, finishes its requests in flight while the next run's control thread
+/// keeps its time, and goes when its last connection has.
 class run {
 public:
-    run(server& srv, options opts, route_list routes, unique_fd listener);
+    run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
+        std::uint64_t generation);
     run(const run&) = delete;
     run& operator=(const run&) = delete;
     ~run();
@@ -1861,9 +2131,23 @@ public:
     /// init: makes the epoll sets. Before loop(), in the starting thread.
     std::error_code init() noexcept;
     /// loop: the control thread's loop; returns when the run is over and every worker is
-    /// joined. Steps: wait, serve_inline, begin_stop, accept, sweep, cut, teardown.
+    /// joined, or right after a restart handed it over (then take_next() has the next
+    /// run). Steps: wait, serve_inline, begin_stop, hand_over, accept, sweep, tend the
+    /// retirees, cut, teardown.
     void loop() noexcept;
-    stop_result result() const noexcept { return {true, cut_.load() == 0, cut_.load(), error_}; }
+    /// take_next: the run this one handed over to, once; null when it ended instead.
+    std::unique_ptr<run> take_next() noexcept { return std::move(next_); }
+    /// adopt_retiree: makes this run's control thread finish old's drain (and the
+    /// drains old was finishing).
+    void adopt_retiree(std::unique_ptr<run> old) noexcept;
+    /// adopt: takes a connection another run handed over (any thread).
+    void adopt(int fd, conn_state state, std::string bytes, clock::time_point since, bool peer_closed) noexcept;
+    stop_result result() const noexcept {
+        return {true, cut_.load() == 0, cut_.load(), error_, idle_closed_.load(), finished_.load()};
+    }
+    std::uint64_t generation() const noexcept { return generation_; }
+    const std::string& address() const noexcept { return opts_.listener.address(); }
+    int listener_fd() const noexcept { return listener_.get(); }
 
 private:
     /// outcome: what a step on a connection leaves to do. progress: take another step;
@@ -1874,7 +2158,12 @@ private:
     int wait_timeout(clock::time_point now) const noexcept;
     void serve_inline() noexcept;
     void begin_stop(clock::time_point now) noexcept;
+    bool hand_over(clock::time_point now) noexcept;
+    void move_backlog(run& to, clock::time_point now) noexcept;
+    void tend_retirees(clock::time_point now) noexcept;
+    void run_hooks(stop_reason why) noexcept;
     void accept_ready(clock::time_point now) noexcept;
+    void register_connection(connection* c, int fd) noexcept;
     void sweep(clock::time_point now) noexcept;
     void cut_at_deadline() noexcept;
     void teardown() noexcept;
@@ -1907,9 +2196,13 @@ private:
     void lend_buffer(worker& w, connection& c);
     void return_buffer(worker& w, connection& c);
     bool park(connection& c) noexcept;
-    bool watch(connection* c, int fd) noexcept;
+    bool watch(connection* c, int fd, std::uint32_t events) noexcept;
     void hand_back(connection& c) noexcept;
     void close(connection& c) noexcept;
+    void transfer(connection& c) noexcept;
+    void clear(connection& c) noexcept;
+    void left() noexcept;
+    std::int64_t drain_deadline() const noexcept;
     bool past_deadline() const noexcept;
     void lower_next_sweep(std::int64_t ns) noexcept;
 
@@ -1917,14 +2210,22 @@ private:
     options opts_;
     parse_limits limits_;
     route_list routes_;
+    std::vector<stop_hook> hooks_;
+    std::uint64_t generation_;  // the start this run belongs to (restarts keep it)
     unique_fd listener_;
-    unique_fd control_epoll_;  // the self-pipe, the listener (and the connection set, inline)
+    unique_fd control_epoll_;  // the self-pipe, the listener (and connection sets served inline)
     unique_fd conn_epoll_;     // every connection, edge-triggered
-    bool inline_ = false;      // the control thread serves connections itself
+    std::atomic<bool> inline_{false};  // the control thread serves connections itself
     connection_pool pool_;
     worker control_worker_;
+    stop_signal stop_signal_;  // what handlers and streams see of a stop or restart
 
-    std::atomic<bool> stopping_{false};
+    std::atomic<bool> stopping_{false};  // no more accepts; the drain is on
+    std::atomic<bool> retiring_{false};  // stopping for a restart: connections move on
+    std::unique_ptr<run> next_;          // the run this one handed over to (until taken)
+    std::vector<std::unique_ptr<run>> retirees_;  // replaced runs still draining (control thread)
+    std::atomic<std::size_t> idle_closed_{0};
+    std::atomic<std::size_t> finished_{0};
     std::atomic<std::int64_t> drain_deadline_{never};
     std::atomic<std::int64_t> next_sweep_{never};
     std::atomic<std::size_t> live_{0};
@@ -1943,8 +2244,14 @@ private:
     std::atomic<bool> workers_exit_{false};
 };
 
-inline run::run(server& srv, options opts, route_list routes, unique_fd listener)
-    : srv_(srv), opts_(std::move(opts)), routes_(std::move(routes)), listener_(std::move(listener)) {
+inline run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
+                std::uint64_t generation)
+    : srv_(srv),
+      opts_(std::move(opts)),
+      routes_(std::move(routes)),
+      hooks_(std::move(hooks)),
+      generation_(generation),
+      listener_(std::move(listener)) {
     limits_ = {opts_.max_request_line_bytes, opts_.max_header_bytes, opts_.max_headers};
     inline_ = opts_.worker_threads == 0;
 }
@@ -1954,13 +2261,13 @@ inline run::~run() = default;
 inline std::error_code run::init() noexcept {
     control_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     conn_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-    // The self-pipe is marked by a null pointer, the listener and the connection set by
-    // their own addresses.
-    epoll_event pipe_event{EPOLLIN, {nullptr}}, listener_event{EPOLLIN, {&listener_}},
-        conns_event{EPOLLIN, {&conn_epoll_}};
+    // The self-pipe is marked by a null pointer, the listener by its own address, a
+    // connection set served inline by its run's address. A run made by restart() to take
+    // the current listener over gets it at the hand-over.
+    epoll_event pipe_event{EPOLLIN, {nullptr}}, listener_event{EPOLLIN, {&listener_}}, conns_event{EPOLLIN, {this}};
     if (!control_epoll_ || !conn_epoll_ ||
         ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, srv_.wake_read_.get(), &pipe_event) != 0 ||
-        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &listener_event) != 0 ||
+        (listener_ && ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &listener_event) != 0) ||
         (inline_ && ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, conn_epoll_.get(), &conns_event) != 0))
         return last_error();
     return {};
@@ -1976,14 +2283,18 @@ inline void run::loop() noexcept {
         const int ready = ::epoll_wait(control_epoll_.get(), events, control_events, wait_timeout(now));
         if (ready < 0 && errno != EINTR) fail(last_error());
         now = clock::now();
-        bool acceptable = false, conns_ready = false;
+        bool acceptable = false;
         for (int i = 0; i < ready; ++i) {
-            if (events[i].data.ptr == nullptr) srv_.drain_wake();
-            acceptable |= events[i].data.ptr == &listener_;
-            conns_ready |= events[i].data.ptr == &conn_epoll_;
+            void* const p = events[i].data.ptr;
+            if (p == nullptr)
+                srv_.drain_wake();
+            else if (p == &listener_)
+                acceptable = true;
+            else  // a connection set served inline: this run's, or a retiree's
+                static_cast<run*>(p)->serve_inline();
         }
-        if (conns_ready) serve_inline();
         if (!stopping_.load() && srv_.stop_requested_.load()) begin_stop(now);
+        if (!stopping_.load() && srv_.restart_requested_.load() && hand_over(now)) return;
         if (accept_paused_ && now >= accept_resume_) {
             accept_paused_ = false;
             epoll_event ev{EPOLLIN, {&listener_}};
@@ -1991,9 +2302,10 @@ inline void run::loop() noexcept {
         }
         if (acceptable && !stopping_.load()) accept_ready(now);
         if (to_ns(now) >= next_sweep_.load()) sweep(now);
+        tend_retirees(now);  // before live_ is read: a retiree's last hand-over counts here first
         if (stopping_.load()) {
-            if (!cut_done_ && now >= from_ns(drain_deadline_.load())) cut_at_deadline();
-            if (live_.load() == 0) break;
+            if (!cut_done_ && to_ns(now) >= drain_deadline()) cut_at_deadline();
+            if (retirees_.empty() && live_.load() == 0) break;
         }
     }
     teardown();
@@ -2001,9 +2313,14 @@ inline void run::loop() noexcept {
 
 inline int run::wait_timeout(clock::time_point now) const noexcept {
     std::int64_t until = next_sweep_.load();
-    if (stopping_.load() && !cut_done_) until = std::min(until, drain_deadline_.load());
+    if (stopping_.load() && !cut_done_) until = std::min(until, drain_deadline());
     if (accept_paused_) until = std::min(until, to_ns(accept_resume_));
-    if (!stopping_.load() && srv_.stop_requested_.load()) return 0;  // its wake-up may predate the run
+    for (const auto& r : retirees_) {
+        until = std::min(until, r->next_sweep_.load());
+        if (!r->cut_done_) until = std::min(until, r->drain_deadline());
+    }
+    // A request's wake-up may predate this run (drained at its start): look now.
+    if (!stopping_.load() && (srv_.stop_requested_.load() || srv_.restart_requested_.load())) return 0;
     if (until == never) return -1;
     const std::int64_t ms = (until - to_ns(now) + 999999) / 1000000;
     return static_cast<int>(std::clamp<std::int64_t>(ms, 0, 1 << 30));
@@ -2025,12 +2342,16 @@ inline void run::begin_stop(clock::time_point now) noexcept {
     stopping_.store(true);
     if (listener_) {  // before the state says "stopping": from then on a connect is refused
         ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+        srv_.set_listener_fd(-1);  // upgrade() dups it under the same lock
         listener_.reset();
     }
     srv_.transition(server_state::running, server_state::stopping);
+    srv_.end_restart(false);  // a restart not handed over yet will not be
     const std::int64_t requested = srv_.stop_requested_at_.load();
     const std::int64_t from = requested != 0 && !error_ ? requested : to_ns(now);
     drain_deadline_.store(error_ ? from : from + std::chrono::nanoseconds(opts_.drain_timeout).count());
+    stop_signal_.raise();
+    run_hooks(stop_reason::stop);
     std::vector<connection*> taken;
     pool_.for_each_live([&taken](connection& c) {
         if (c.hold.load() == connection::parked && take(c)) taken.push_back(&c);
@@ -2047,8 +2368,117 @@ inline void run::begin_stop(clock::time_point now) noexcept {
             c->since = now;
             hand_back(*c);
         } else {
+            if (c->state == conn_state::idle) idle_closed_.fetch_add(1);
             close(*c);
         }
+    }
+}
+
+/// hand_over: a restart: the next run (built by restart()) takes the listener and every
+/// connection waiting for a request; this run becomes a retiree that finishes what is in
+/// flight, its connections moving on as their responses end. False when the next run
+/// is not for this run (the request came from an earlier start).
+inline bool run::hand_over(clock::time_point now) noexcept {
+    std::unique_ptr<run> next = srv_.take_next_run(generation_);
+    if (!next) return false;
+    run& to = *next;
+    ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+    if (!to.listener_) {
+        to.listener_ = std::move(listener_);  // the same socket: never closed, nothing refused
+    } else {
+        move_backlog(to, now);  // the new address listens already; the old one's queue moves
+    }
+    epoll_event ev{EPOLLIN, {&to.listener_}};
+    ::epoll_ctl(to.control_epoll_.get(), EPOLL_CTL_ADD, to.listener_.get(), &ev);
+    srv_.set_listener_fd(to.listener_.get());  // before the old one closes (upgrade dups it)
+    listener_.reset();
+    srv_.port_.store(local_port(to.listener_.get()));
+    srv_.current_.store(&to);  // where connections go from now on...
+    retiring_.store(true);     // ...before anything can see stopping_ and close an idle one
+    stopping_.store(true);
+    drain_deadline_.store(to_ns(now) + std::chrono::nanoseconds(opts_.drain_timeout).count());
+    stop_signal_.raise();
+    run_hooks(stop_reason::restart);
+    std::vector<connection*> taken;
+    pool_.for_each_live([&taken](connection& c) {
+        if (c.hold.load() == connection::parked && take(c)) taken.push_back(&c);
+    });
+    for (connection* c : taken) {
+        if (c->state == conn_state::idle || c->state == conn_state::head)
+            transfer(*c);
+        else
+            hand_back(*c);  // its request finishes here
+    }
+    next_ = std::move(next);
+    srv_.end_restart(true);
+    return true;
+}
+
+/// move_backlog: the connections the old listener has queued, accepted now and handed to
+/// the next run, so closing the old listener resets none.
+inline void run::move_backlog(run& to, clock::time_point now) noexcept {
+    for (;;) {
+        const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return;
+        }
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        to.adopt(fd, conn_state::head, std::string(), now, false);
+    }
+}
+
+/// tend_retirees: the control duties of the runs restarts replaced: their timeouts and
+/// drain deadlines; once one has no connection left, its workers are joined and it goes.
+inline void run::tend_retirees(clock::time_point now) noexcept {
+    for (auto it = retirees_.begin(); it != retirees_.end();) {
+        run& r = **it;
+        if (to_ns(now) >= r.next_sweep_.load()) r.sweep(now);
+        if (!r.cut_done_ && to_ns(now) >= r.drain_deadline()) r.cut_at_deadline();
+        if (r.live_.load() != 0) {
+            ++it;
+            continue;
+        }
+        r.teardown();
+        cut_.fetch_add(r.cut_.load());
+        idle_closed_.fetch_add(r.idle_closed_.load());
+        finished_.fetch_add(r.finished_.load());
+        it = retirees_.erase(it);  // closing its epoll sets takes its connection set out of ours
+    }
+}
+
+inline void run::adopt_retiree(std::unique_ptr<run> old) noexcept {
+    std::vector<std::unique_ptr<run>> drains = std::move(old->retirees_);
+    drains.push_back(std::move(old));
+    for (auto& r : drains) {
+        if (r->inline_.load()) {  // its connections are served by this control thread now
+            epoll_event ev{EPOLLIN, {r.get()}};
+            ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, r->conn_epoll_.get(), &ev);
+        }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            retirees_.push_back(std::move(r));
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {  // cannot keep it: finish its drain here and now
+            r->loop();
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+}
+
+/// run_hooks: the server's on_stop hooks, as this run was started with them.
+inline void run::run_hooks(stop_reason why) noexcept {
+    for (const stop_hook& hook : hooks_) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+            hook(why);
+        } catch (...) {  // a hook's failure must not stop the stop
+        }
+#else
+        hook(why);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
     }
 }
 
@@ -2090,24 +2520,70 @@ inline void run::accept_ready(clock::time_point now) noexcept {
         live_.fetch_add(1);
         c->set(conn_state::head);
         c->since = now;
-        if (!inline_ && waiting_.load() == 0 && !spawn_worker()) {  // no thread at all: serve here
-            epoll_event ev{EPOLLIN, {&conn_epoll_}};
+        if (!inline_.load() && waiting_.load() == 0 && !spawn_worker()) {  // no thread at all: serve here
+            epoll_event ev{EPOLLIN, {this}};
             inline_ = ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, conn_epoll_.get(), &ev) == 0;
         }
-        // Parked before it is registered, so its first event finds it parked. Until then
-        // no other thread can reach it: only this thread walks the pool.
-        c->in_epoll = true;
-        while (park(*c)) {  // not watched yet: what is pending is a late event of the
-        }                   // connection this object was before, so park it again
-        bool watched = false;
-        pool_.locked([&] {  // a late event may have let a worker close it: then fd is not its
-            watched = c->hold.load() == connection::free_slot || watch(c, fd);
-        });
-        if (!watched && take(*c)) {
-            c->in_epoll = false;
-            close(*c);
-        }
+        register_connection(c, fd);
     }
+}
+
+/// register_connection: parks a new (or handed-over) connection, then adds it to the
+/// connection set, so its first event finds it parked. Until then no other thread can
+/// reach it: it is in no epoll set, and pointers to it come only from there.
+inline void run::register_connection(connection* c, int fd) noexcept {
+    const std::uint32_t events = watched_events(*c);
+    c->in_epoll = true;
+    while (park(*c)) {  // not watched yet: what is pending is a late event of the
+    }                   // connection this object was before, so park it again
+    bool watched = false;
+    pool_.locked([&] {  // a late event may have let a worker close it: then fd is not its
+        watched = c->hold.load() == connection::free_slot || watch(c, fd, events);
+    });
+    if (!watched && take(*c)) {
+        c->in_epoll = false;
+        close(*c);
+    }
+}
+
+/// adopt: a connection the run this one replaced hands over, waiting for a request (state
+/// idle or head). The bytes of a request that began to arrive come along; then it is
+/// watched for output too, so its first event comes at once (a writable socket is ready)
+/// even if no more input does.
+inline void run::adopt(int fd, conn_state state, std::string bytes, clock::time_point since,
+                       bool peer_closed) noexcept {
+    connection* c = nullptr;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        c = pool_.acquire(fd);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::bad_alloc&) {
+        ::close(fd);
+        return;
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    live_.fetch_add(1);
+    c->set(state);
+    c->since = since;
+    c->peer_closed = peer_closed;
+    if (!bytes.empty()) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            c->in.reserve(std::max(bytes.size() * 2, min_read));
+            c->in.assign(bytes);
+            charge(*c);
+            c->watch_output = true;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+            send_unavailable(fd);
+            return close(*c);
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    if (!inline_.load() && waiting_.load() == 0) spawn_worker();
+    register_connection(c, fd);
 }
 
 /// sweep: closes or answers (408) the parked connections whose timeout struck.
@@ -2454,6 +2930,7 @@ inline run::outcome run::handle_streamed(worker& w, connection& c) {
 inline void run::call_handler(worker& w, const route* r, int route_status) {
     response& res = w.res;
     res.clear();
+    w.req.stop_ = &stop_signal_;
     if (!r) {
         error_response(res, route_status);
         if (route_status == 405) res.set_header("Allow", allowed_methods(routes_, w.req.path, w.req.params_));
@@ -2522,7 +2999,7 @@ inline run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive
     if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) return outcome::close;
     body_provider provider = std::move(w.res.provider_);
     if (!c.is_head) {
-        body_writer out(c.fd.get(), chunked, opts_.write_timeout);
+        body_writer out(c.fd.get(), chunked, opts_.write_timeout, &stop_signal_);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
             provider(out);
@@ -2606,10 +3083,13 @@ inline run::outcome run::flush(connection& c) noexcept {
 /// after_response: the response is out: wait for the next request, or linger and close.
 inline run::outcome run::after_response(connection& c) {
     c.in_flight.store(false);
+    if (stopping_.load()) finished_.fetch_add(1);
     c.since = clock::now();
     if (c.keep_alive) {
         c.set(conn_state::idle);
-        return outcome::progress;
+        // A retiree reads no more requests: the connection moves to the next run, with
+        // whatever of the next request is here already.
+        return retiring_.load() ? outcome::wait : outcome::progress;
     }
     // Always linger, even when the client asked for the close and nothing more of it is
     // here yet (nginx closes then): bytes it still sends would be answered with a reset,
@@ -2691,11 +3171,6 @@ inline void run::return_buffer(worker& w, connection& c) {
     charge(c);
 }
 
-/// watched_events: what c is registered for: input always, output once a response had
-/// to wait for the socket (then for good: edges come only when a full buffer drains).
-inline std::uint32_t watched_events(const connection& c) noexcept {
-    return EPOLLIN | EPOLLRDHUP | EPOLLET | (c.watch_output ? EPOLLOUT : 0u);
-}
 
 /// park: lets c wait for what its state needs, under its timeout. c is registered once,
 /// edge-triggered, so parking costs no system call (but the first time a response has
@@ -2703,7 +3178,13 @@ inline std::uint32_t watched_events(const connection& c) noexcept {
 /// event came in while this thread held c: the caller holds it again and serves it.
 inline bool run::park(connection& c) noexcept {
     const conn_state s = c.state;
+    const bool waits_for_request = s == conn_state::idle || s == conn_state::head;
+    if (waits_for_request && retiring_.load()) {  // read retiring_ first: it is set first
+        transfer(c);
+        return false;
+    }
     if (s == conn_state::idle && stopping_.load()) {
+        idle_closed_.fetch_add(1);
         close(c);
         return false;
     }
@@ -2730,8 +3211,16 @@ inline bool run::park(connection& c) noexcept {
     if (deadline != never) lower_next_sweep(deadline);
     c.hold.store(connection::parked);  // from here on another thread may hold c
     if (c.pending.load() != 0 && take(c)) return true;  // an event came while this thread held it
-    // An idle connection parked just as a stop began may have been missed by its sweep.
-    if (s == conn_state::idle && stopping_.load() && take(c)) close(c);
+    // A connection parked just as a stop or restart began may have been missed by its
+    // sweep of parked connections.
+    if (stopping_.load() && (s == conn_state::idle || (waits_for_request && retiring_.load())) && take(c)) {
+        if (retiring_.load()) {
+            transfer(c);
+        } else {
+            idle_closed_.fetch_add(1);
+            close(c);
+        }
+    }
     return false;
 }
 
@@ -2750,15 +3239,48 @@ inline void run::hand_back(connection& c) noexcept {
     });
 }
 
-/// watch: registers a new connection (c, on descriptor fd) in the connection set, for
-/// input, once for its whole life. Touches nothing of c: c is parked already.
-inline bool run::watch(connection* c, int fd) noexcept {
-    epoll_event ev{EPOLLIN | EPOLLRDHUP | EPOLLET, {c}};
+/// watch: registers a new connection (c, on descriptor fd) in the connection set, once
+/// for its whole life. Touches nothing of c: c is parked already.
+inline bool run::watch(connection* c, int fd, std::uint32_t events) noexcept {
+    epoll_event ev{events, {c}};
     return ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
 }
 
 /// close: closes c for good (by its holder) and returns the object to the pool.
 inline void run::close(connection& c) noexcept {
+    clear(c);
+    pool_.release(c, conn_epoll_.get());
+    left();
+}
+
+/// transfer: moves c (held, waiting for a request) to the run that replaced this one:
+/// its socket, never closed, and the bytes of a request that began to arrive.
+inline void run::transfer(connection& c) noexcept {
+    run* const to = srv_.current_.load();
+    std::string bytes;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        bytes.assign(c.in.view().substr(c.start));
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::bad_alloc&) {
+        send_unavailable(c.fd.get());
+        return close(c);
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    if (to == nullptr || to == this) return close(c);  // cannot happen while retiring
+    const conn_state state = c.state;
+    const bool begun = state == conn_state::head && !bytes.empty();
+    const clock::time_point since = begun ? c.since : clock::now();  // header_timeout goes on
+    const bool peer_closed = c.peer_closed;
+    clear(c);
+    const int fd = pool_.detach(c, conn_epoll_.get());
+    to->adopt(fd, state, std::move(bytes), since, peer_closed);
+    left();  // after the next run counted it: its drain cannot end in between
+}
+
+/// clear: what closing or handing over does to the connection object.
+inline void run::clear(connection& c) noexcept {
     c.state = conn_state::closed;
     c.in_flight.store(false);
     c.in.release();
@@ -2770,17 +3292,23 @@ inline void run::close(connection& c) noexcept {
     c.out_head.clear();
     std::string().swap(c.out_body);
     c.out_sent = 0;
-    pool_.release(c, conn_epoll_.get());
-    if (live_.fetch_sub(1) == 1 && stopping_.load()) srv_.wake();  // the drain may be over
 }
 
-inline bool run::past_deadline() const noexcept {
-    if (!srv_.stop_requested_.load()) return false;
-    std::int64_t d = drain_deadline_.load();
-    if (d == never)  // the stop has not begun in the control thread yet
-        d = srv_.stop_requested_at_.load() + std::chrono::nanoseconds(opts_.drain_timeout).count();
-    return to_ns(clock::now()) >= d;
+/// left: one connection fewer; the last one of a draining run wakes the control thread.
+inline void run::left() noexcept {
+    if (live_.fetch_sub(1) == 1 && stopping_.load()) srv_.wake();
 }
+
+/// drain_deadline: when what is left of this run is cut: its stop's (or restart's)
+/// deadline, or a stop(timeout)'s if that is earlier; never while it serves.
+inline std::int64_t run::drain_deadline() const noexcept {
+    std::int64_t d = drain_deadline_.load();
+    if (d == never && srv_.stop_requested_.load())  // the stop has not begun in the control thread yet
+        d = srv_.stop_requested_at_.load() + std::chrono::nanoseconds(opts_.drain_timeout).count();
+    return std::min(d, srv_.drain_limit_.load());
+}
+
+inline bool run::past_deadline() const noexcept { return to_ns(clock::now()) >= drain_deadline(); }
 
 /// lower_next_sweep: makes the control thread sweep by ns at the latest; wakes it when a
 /// worker moved the sweep earlier than what it sleeps for.
@@ -2794,10 +3322,121 @@ inline void run::lower_next_sweep(std::int64_t ns) noexcept {
     }
 }
 
+/// notify_listener: a private datagram socket for a child's "READY=1", bound to a unique
+/// abstract name (so nothing is left on disk); name gets "@name" for NOTIFY_SOCKET.
+inline unique_fd notify_listener(std::string& name) {
+    unique_fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!fd) return fd;
+    name = "restartable_server/";
+    append_number(name, static_cast<std::size_t>(::getpid()));
+    name += '/';
+    append_number(name, static_cast<std::size_t>(to_ns(clock::now())));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path + 1, name.data(), name.size());  // sun_path[0] == 0: abstract
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), len) != 0) fd.reset();
+    name.insert(0, "@");
+    return fd;
+}
+
+/// wait_ready: waits until notify receives "READY=1" (true), the child exits or time runs out.
+inline bool wait_ready(int notify, pid_t child, std::chrono::milliseconds timeout, std::error_code& ec) {
+#ifdef SYS_pidfd_open
+    const unique_fd exited(static_cast<int>(::syscall(SYS_pidfd_open, child, 0)));  // -1 on old kernels: time only
+#else
+    const unique_fd exited;
+#endif
+    const clock::time_point until = clock::now() + timeout;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clock::now()).count();
+        if (left <= 0) {
+            ec = std::make_error_code(std::errc::timed_out);
+            return false;
+        }
+        pollfd fds[2] = {{notify, POLLIN, 0}, {exited.get(), POLLIN, 0}};
+        if (::poll(fds, exited ? 2 : 1, static_cast<int>(std::min<long long>(left, 1 << 30))) < 0 && errno != EINTR) {
+            ec = last_error();
+            return false;
+        }
+        if (fds[0].revents & POLLIN) {
+            char buf[512];
+            const ssize_t n = ::recv(notify, buf, sizeof buf, MSG_DONTWAIT);
+            const std::string_view msg(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+            for (std::string_view rest = msg; !rest.empty();) {  // newline-separated assignments
+                const std::string_view line = rest.substr(0, rest.find('\n'));
+                if (line == "READY=1") return true;
+                rest.remove_prefix(std::min(rest.size(), line.size() + 1));
+            }
+        } else if (exited && (fds[1].revents & POLLIN)) {
+            ec = std::make_error_code(std::errc::no_child_process);  // it exited before it was ready
+            return false;
+        }
+    }
+}
+
+/// spawn_inheriting: starts argv with listener as descriptor 3, LISTEN_FDS=1,
+/// LISTEN_PID=<child> and NOTIFY_SOCKET set, and waits until it reports ready. On failure
+/// the child (if any) is killed and reaped, and -1 returned with ec set.
+inline pid_t spawn_inheriting(const std::vector<std::string>& argv, int listener,
+                              std::chrono::milliseconds ready_timeout, std::error_code& ec) noexcept {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        std::string notify_name;
+        const unique_fd notify = notify_listener(notify_name);
+        if (!notify) {
+            ec = last_error();
+            return -1;
+        }
+        // Everything is allocated before fork(): the child may only make async-signal-safe calls.
+        std::vector<std::string> env;
+        for (char** e = environ; *e != nullptr; ++e) {
+            const std::string_view var = *e;
+            if (var.rfind("LISTEN_", 0) != 0 && var.rfind("NOTIFY_SOCKET=", 0) != 0) env.emplace_back(var);
+        }
+        env.emplace_back("LISTEN_FDS=1");
+        env.push_back("NOTIFY_SOCKET=" + notify_name);
+        env.emplace_back("LISTEN_PID=" + std::string(20, '\0'));  // the child writes its pid in
+        std::vector<char*> envp, args;
+        for (std::string& v : env) envp.push_back(v.data());
+        envp.push_back(nullptr);
+        for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+        args.push_back(nullptr);
+        char* const pid_digits = env.back().data() + std::strlen("LISTEN_PID=");
+
+        const pid_t child = ::fork();
+        if (child == 0) {
+            if (listener == 3 ? ::fcntl(3, F_SETFD, 0) != 0 : ::dup2(listener, 3) != 3) ::_exit(127);
+            char digits[20];
+            int n = 0;
+            for (pid_t p = ::getpid(); p > 0; p /= 10) digits[n++] = static_cast<char>('0' + p % 10);
+            for (int i = 0; i < n; ++i) pid_digits[i] = digits[n - 1 - i];
+            sigset_t none;  // the new program starts with no signal blocked
+            sigemptyset(&none);
+            ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
+            ::execve(args[0], args.data(), envp.data());
+            ::_exit(127);
+        }
+        if (child < 0) {
+            ec = last_error();
+            return -1;
+        }
+        if (wait_ready(notify.get(), child, ready_timeout, ec)) return child;
+        ::kill(child, SIGKILL);
+        ::waitpid(child, nullptr, 0);
+        return -1;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::bad_alloc&) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+        return -1;
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
 }  // namespace detail
 
 // --------------------------------------------------------------- server --
-
 inline server::server(options opts) : options_(std::move(opts)) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
@@ -2841,6 +3480,12 @@ inline options server::get_options() const {
 inline void server::set_listener(listener_factory f) {
     std::lock_guard<std::mutex> lock(mutex_);
     options_.listener = std::move(f);
+}
+
+inline server& server::on_stop(stop_hook hook) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    hooks_.push_back(std::move(hook));
+    return *this;
 }
 
 /// transition_locked: the one place the state changes (mutex_ held). It checks the
@@ -2931,12 +3576,17 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
     if (state_.load() == server_state::stopped && loop_thread_.joinable()) loop_thread_.join();  // ended by itself
     stop_requested_.store(false);  // a request from here on is kept
     stop_requested_at_.store(0);
-    if (!transition(server_state::stopped, server_state::starting)) {
-        ec = make_error_code(errc::already_running);
-        return;
+    drain_limit_.store(detail::never);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!transition_locked(server_state::stopped, server_state::starting)) {
+            ec = make_error_code(errc::already_running);
+            return;
+        }
+        ++generation_;
     }
     drain_wake();
-    std::unique_ptr<detail::run> run = make_run(ec);
+    std::unique_ptr<detail::run> run = make_run(ec, false);
     if (!run) {
         transition(server_state::starting, server_state::stopped);
         return;
@@ -2968,18 +3618,25 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 
-/// make_run: a run built from a snapshot of the options and routes and a fresh listener
-/// from the factory; null with ec set when that fails (nothing is left open).
-inline std::unique_ptr<detail::run> server::make_run(std::error_code& ec) noexcept {
+/// make_run: a run built from a snapshot of the options, routes and hooks, and a fresh
+/// listener from the factory - or, for a restart to the same address, none: it takes the
+/// current one at the hand-over. Null with ec set when that fails (nothing is left open).
+inline std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool for_restart) noexcept {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
         options o;
         detail::route_list routes;
+        std::vector<stop_hook> hooks;
+        std::uint64_t generation = 0;
+        bool same_address = false;
         {
             std::lock_guard<std::mutex> lock(mutex_);
             o = options_;
             routes = routes_;
+            hooks = hooks_;
+            generation = generation_;
+            same_address = for_restart && !o.listener.address().empty() && o.listener.address() == listener_address_;
         }
         const options defaults;
         if (o.max_header_bytes == 0) o.max_header_bytes = defaults.max_header_bytes;
@@ -2989,35 +3646,21 @@ inline std::unique_ptr<detail::run> server::make_run(std::error_code& ec) noexce
         if (o.max_connections == 0) o.max_connections = defaults.max_connections;
         if (o.max_buffered_bytes == 0) o.max_buffered_bytes = defaults.max_buffered_bytes;
         if (!o.listener) o.listener = tcp_listener("127.0.0.1", 8080);
-
         unique_fd listener;
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-        try {
-            listener = o.listener(ec);
-        } catch (const std::system_error& e) {
-            ec = e.code();
-        } catch (...) {
-            ec = make_error_code(errc::listener_threw);
+        if (!same_address) {
+            listener = make_listener(o, ec);
+            if (ec) return nullptr;
         }
-#else
-        listener = o.listener(ec);
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        if (!ec && !listener) ec = make_error_code(errc::no_listener);
-        if (!ec && !detail::set_nonblocking_cloexec(listener.get())) ec = detail::last_error();
-        if (!ec) {  // an unlistened socket would be "readable" forever and accept nothing
-            int listening = 0;
-            socklen_t len = sizeof listening;
-            if (::getsockopt(listener.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0)
-                ec = detail::last_error();
-            else if (!listening)
-                ec = make_error_code(errc::not_listening);
-        }
-        if (ec) return nullptr;
-        const std::uint16_t port = detail::local_port(listener.get());
-        auto run = std::make_unique<detail::run>(*this, std::move(o), std::move(routes), std::move(listener));
+        auto run = std::make_unique<detail::run>(*this, std::move(o), std::move(routes), std::move(hooks),
+                                                 std::move(listener), generation);
         ec = run->init();
         if (ec) return nullptr;
-        port_.store(port);
+        if (!for_restart) {  // a restart's run becomes the current one at the hand-over
+            std::lock_guard<std::mutex> lock(mutex_);
+            port_.store(detail::local_port(run->listener_fd()));
+            listener_address_ = run->address();
+            listener_fd_ = run->listener_fd();
+        }
         return run;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     } catch (const std::bad_alloc&) {
@@ -3027,15 +3670,58 @@ inline std::unique_ptr<detail::run> server::make_run(std::error_code& ec) noexce
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 
+/// make_listener: a listening socket from o's factory, non-blocking and close-on-exec.
+inline unique_fd server::make_listener(const options& o, std::error_code& ec) noexcept {
+    unique_fd listener;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+        listener = o.listener(ec);
+    } catch (const std::system_error& e) {
+        ec = e.code();
+    } catch (...) {
+        ec = make_error_code(errc::listener_threw);
+    }
+#else
+    listener = o.listener(ec);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    if (!ec && !listener) ec = make_error_code(errc::no_listener);
+    if (!ec && !detail::set_nonblocking_cloexec(listener.get())) ec = detail::last_error();
+    if (!ec) {  // an unlistened socket would be "readable" forever and accept nothing
+        int listening = 0;
+        socklen_t len = sizeof listening;
+        if (::getsockopt(listener.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0)
+            ec = detail::last_error();
+        else if (!listening)
+            ec = make_error_code(errc::not_listening);
+    }
+    if (ec) listener.reset();
+    return listener;
+}
+
 /// run_to_end: runs the control loop, then closes everything of the run and only then
 /// says "stopped". Touches nothing of the server after that: it may be destroyed at once.
+/// A restart makes the loop return with a next run, which takes over the old one's drain
+/// and this thread.
 inline stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
-    run->loop();
+    control_thread_.store(std::this_thread::get_id());
+    current_.store(run.get());
+    for (;;) {
+        run->loop();
+        std::unique_ptr<detail::run> next = run->take_next();
+        if (!next) break;
+        next->adopt_retiree(std::move(run));
+        run = std::move(next);
+    }
     const stop_result result = run->result();
+    end_restart(false);
+    current_.store(nullptr);
+    control_thread_.store(std::thread::id());
     run.reset();  // its workers are joined; this closes its epoll sets and listener
     std::lock_guard<std::mutex> lock(mutex_);
     last_stop_ = result;
     port_.store(0);
+    listener_fd_ = -1;
+    listener_address_.clear();
     auto self = std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id());
     if (self != server_threads_.end()) server_threads_.erase(self);
     transition_locked(server_state::stopping, server_state::stopped);
@@ -3055,6 +3741,114 @@ inline stop_result server::stop() noexcept {
     lock.unlock();
     if (loop_thread_.joinable()) loop_thread_.join();
     return result;
+}
+
+inline stop_result server::stop(std::chrono::milliseconds drain_timeout) noexcept {
+    const std::int64_t limit =
+        detail::to_ns(detail::clock::now()) +
+        std::chrono::nanoseconds(std::max(drain_timeout, std::chrono::milliseconds(0))).count();
+    std::int64_t current = drain_limit_.load();
+    while (limit < current && !drain_limit_.compare_exchange_weak(current, limit)) {
+    }
+    return stop();
+}
+
+inline void server::restart(std::error_code& ec) noexcept {
+    ec.clear();
+    // On the control thread (a handler with worker_threads == 0) the hand-over cannot
+    // happen before this returns, so it does not wait for it - nor for another restart().
+    const bool on_control_thread = std::this_thread::get_id() == control_thread_.load();
+    std::unique_lock<std::mutex> serial(restart_mutex_, std::defer_lock);
+    if (on_control_thread && !serial.try_lock()) {
+        ec = std::make_error_code(std::errc::operation_in_progress);
+        return;
+    }
+    if (!on_control_thread) serial.lock();
+    if (state_.load() != server_state::running) {
+        ec = make_error_code(errc::not_running);
+        return;
+    }
+    std::unique_ptr<detail::run> next = make_run(ec, true);
+    if (!next) return;
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (state_.load() != server_state::running) {  // a stop began meanwhile
+        ec = make_error_code(errc::not_running);
+        return;
+    }
+    std::swap(next_run_, next);  // one left by an earlier restart on the control thread is replaced
+    restart_outcome_ = 0;
+    restart_requested_.store(true);
+    wake();
+    if (on_control_thread) return;
+    cv_.wait(lock, [this] { return restart_outcome_ != 0; });
+    if (restart_outcome_ < 0) ec = make_error_code(errc::not_running);
+}
+
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+inline void server::restart() {
+    std::error_code ec;
+    restart(ec);
+    if (ec) throw std::system_error(ec, "restartable_server: restart");
+}
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+
+/// take_next_run: the control thread takes the run restart() left for it, if it is for
+/// the control thread's start.
+inline std::unique_ptr<detail::run> server::take_next_run(std::uint64_t generation) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    restart_requested_.store(false);
+    if (!next_run_ || next_run_->generation() != generation) return nullptr;
+    listener_address_ = next_run_->address();
+    return std::move(next_run_);
+}
+
+/// end_restart: tells a waiting restart() its run was handed over (done) or will not be.
+inline void server::end_restart(bool done) noexcept {
+    std::unique_ptr<detail::run> dropped;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!done) {
+        dropped = std::move(next_run_);  // closed after the lock is released
+        restart_requested_.store(false);
+    }
+    if (restart_outcome_ == 0) {
+        restart_outcome_ = done ? 1 : -1;
+        cv_.notify_all();
+    }
+}
+
+inline pid_t server::upgrade(const std::vector<std::string>& argv, std::error_code& ec,
+                             std::chrono::milliseconds ready_timeout) noexcept {
+    ec.clear();
+    if (argv.empty()) {
+        ec = std::make_error_code(std::errc::invalid_argument);
+        return -1;
+    }
+    if (on_server_thread()) {  // it waits for the child, and then the run must end
+        ec = std::make_error_code(std::errc::resource_deadlock_would_occur);
+        return -1;
+    }
+    std::lock_guard<std::mutex> serial(restart_mutex_);  // the listener stays the same meanwhile
+    unique_fd inherited;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);  // a stop closes the listener under it
+        if (state_.load() != server_state::running || listener_fd_ < 0) {
+            ec = make_error_code(errc::not_running);
+            return -1;
+        }
+        inherited.reset(::fcntl(listener_fd_, F_DUPFD_CLOEXEC, 3));
+    }
+    if (!inherited) {
+        ec = detail::last_error();
+        return -1;
+    }
+    const pid_t child = detail::spawn_inheriting(argv, inherited.get(), ready_timeout, ec);
+    if (child > 0) request_stop();
+    return child;
+}
+
+inline void server::set_listener_fd(int fd) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    listener_fd_ = fd;
 }
 
 inline stop_result server::wait() noexcept {
