@@ -1,25 +1,40 @@
-// echo_server.cpp - a small server that restarts in-process, on request or on SIGHUP.
+// echo_server.cpp - a small server that restarts without losing a request: in-process
+// (hand-over restart) or into a new binary (upgrade), on request or on a signal.
 //
 //   echo_server [--host 127.0.0.1] [--port 8080] [--workers N] [--drain-ms N]
 //
-// Prints "listening on http://HOST:PORT" (the real port when --port 0) at every start.
+// Prints "listening on http://HOST:PORT" (the real port for --port 0) when it starts,
+// "restarted N" after the N-th in-process restart and "upgraded to pid N" when a new
+// process took over. With LISTEN_FDS/LISTEN_PID set (systemd socket activation, or an
+// upgrade) it serves the socket it was given instead of --host/--port, and it tells
+// $NOTIFY_SOCKET "READY=1" once it serves (systemd Type=notify).
 //
 //   GET  /hello        200 "Hello, World!" (text/plain)
-//   ANY  /echo         200 with the request body and its Content-Type
-//                      (GET, HEAD, POST, PUT, PATCH, DELETE)
-//   GET  /slow?ms=N    waits N ms (at most 10000), then 200
-//   POST /restart      202, then a graceful restart on the same port
+//   GET|HEAD|POST|PUT|PATCH|DELETE /echo
+//                      200 with the request body and its Content-Type
+//   GET  /slow?ms=N    waits N ms (capped at 10000), then 200
+//   GET  /pid          this process's id
+//   GET  /events       server-sent events: "data: tick N" every 100 ms until a stop or
+//                      restart begins, then "event: bye" and the stream ends cleanly
+//   POST /restart      an in-process restart (202): nothing refused, nothing dropped
 //
 //   SIGHUP             the same restart
+//   SIGUSR2            binary upgrade: a new process of this executable (same arguments)
+//                      takes the listening socket over; once it is ready this one drains
+//                      and exits 0
 //   SIGINT, SIGTERM    a graceful stop; exit status 0
 //
-// The library never touches signals. Here the handlers only store into lock-free atomics
-// and call server::request_stop(), which is async-signal-safe; main() does the rest.
-// Exit status: 0 after a signal-requested stop, 1 when a start fails, 2 on bad arguments.
+// The library never touches signals. Here main() blocks them in every thread and takes
+// them one at a time with sigwait(), so nothing runs in a signal handler.
+// Exit status: 0 after a stop by signal or an upgrade, 1 when a start fails or the run
+// fails, 2 on bad arguments.
 
 #include "restartable_server.hpp"
 
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -30,38 +45,11 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace rs = restartable_server;
 
 namespace {
-
-static_assert(std::atomic<int>::is_always_lock_free, "signal handlers need a lock-free atomic");
-
-rs::server* g_server = nullptr;     // set before the handlers are installed
-std::atomic<int> g_restart{0};      // 1: restart after the current run ends
-std::atomic<int> g_terminate{0};    // 1: exit after the current run ends
-
-extern "C" void on_signal(int sig) {
-    if (sig == SIGHUP)
-        g_restart.store(1);
-    else
-        g_terminate.store(1);
-    if (g_server) g_server->request_stop();  // an atomic store and a write(2)
-}
-
-bool install_handlers() {
-    struct sigaction sa {};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    for (int sig : {SIGHUP, SIGINT, SIGTERM})
-        if (::sigaction(sig, &sa, nullptr) != 0) return false;
-    // The handlers must be able to run even if our parent left these signals blocked.
-    sigset_t set;
-    sigemptyset(&set);
-    for (int sig : {SIGHUP, SIGINT, SIGTERM}) sigaddset(&set, sig);
-    return ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr) == 0;
-}
 
 int usage(const char* argv0) {
     std::fprintf(stderr,
@@ -79,6 +67,22 @@ bool parse_number(const char* s, unsigned long max, unsigned long& out) {
     if (errno != 0 || *end != '\0' || v > max) return false;
     out = v;
     return true;
+}
+
+// self_path: this executable's path, for an upgrade (resolved now: the file may be
+// replaced by a new build before the upgrade, which is the point of one).
+std::string self_path(const char* argv0) {
+    char buf[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string(argv0);
+}
+
+// socket_name: "unix:PATH" or "" (TCP: the port is printed) for an inherited socket.
+std::string socket_name(int fd) {
+    sockaddr_un addr{};
+    socklen_t len = sizeof addr;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0 || addr.sun_family != AF_UNIX) return {};
+    return std::string("unix:") + addr.sun_path;
 }
 
 }  // namespace
@@ -106,8 +110,21 @@ int main(int argc, char** argv) {
     }
 
     // ---------------------------------------------------------------- server --
+    // Signals are blocked before any thread starts, so every thread inherits the mask and
+    // only sigwait() below takes them.
+    sigset_t signals;
+    sigemptyset(&signals);
+    for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGUSR2}) sigaddset(&signals, sig);
+    if (::pthread_sigmask(SIG_BLOCK, &signals, nullptr) != 0) return 1;
+
     rs::options opts;
-    opts.listener = rs::tcp_listener(host, static_cast<std::uint16_t>(port));
+    std::string inherited;  // how to show an inherited Unix socket
+    if (std::getenv("LISTEN_FDS") != nullptr) {
+        inherited = socket_name(3);  // before systemd_listener() takes the variables away
+        opts.listener = rs::systemd_listener();
+    } else {
+        opts.listener = rs::tcp_listener(host, static_cast<std::uint16_t>(port));
+    }
     opts.worker_threads = workers;
     opts.drain_timeout = std::chrono::milliseconds(drain_ms);
     rs::server srv(std::move(opts));
@@ -137,47 +154,91 @@ int main(int argc, char** argv) {
         res.set_content("slept " + std::to_string(ms) + " ms\n", "text/plain");
     });
 
-    srv.post("/restart", [&srv](const rs::request&, rs::response& res) {
-        // The stop is graceful: this response is still sent (with Connection: close),
-        // then the run ends and main() starts the next one.
-        g_restart.store(1);
-        srv.request_stop();
-        res.status = 202;
-        res.set_content("restarting\n", "text/plain");
+    srv.get("/pid", [](const rs::request&, rs::response& res) {
+        res.set_content(std::to_string(::getpid()) + "\n", "text/plain");
     });
 
-    g_server = &srv;
-    if (!install_handlers()) {
-        std::perror("sigaction");
+    srv.get("/events", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/event-stream", [](rs::body_writer& out) {
+            for (unsigned long n = 1;; ++n) {
+                if (!out.write("data: tick " + std::to_string(n) + "\n\n")) return;  // the client left
+                if (out.wait_for_stop(std::chrono::milliseconds(100))) break;
+            }
+            out.write("event: bye\ndata: the server is stopping or restarting\n\n");
+        });
+    });
+
+    std::atomic<unsigned long> restarts{0};
+    auto restart = [&srv, &restarts] {
+        std::error_code ec;
+        srv.restart(ec);
+        if (ec)
+            std::fprintf(stderr, "echo_server: restart failed: %s\n", ec.message().c_str());
+        else
+            std::printf("restarted %lu\n", ++restarts);
+        std::fflush(stdout);
+        return !ec;
+    };
+    srv.post("/restart", [&restart](const rs::request&, rs::response& res) {
+        // This response is sent by the run being replaced, on a connection that then
+        // moves to the new run like every idle one.
+        const bool ok = restart();
+        res.status = ok ? 202 : 503;
+        res.set_content(ok ? "restarted\n" : "restart failed\n", "text/plain");
+    });
+
+    // ------------------------------------------------------------------ run --
+    std::error_code ec;
+    srv.start(ec);
+    if (ec) {
+        std::fprintf(stderr, "echo_server: cannot start on %s:%lu: %s\n", host.c_str(), port, ec.message().c_str());
         return 1;
     }
+    if (!inherited.empty())
+        std::printf("listening on %s\n", inherited.c_str());
+    else
+        std::printf("listening on http://%s:%u\n", host.find(':') != std::string::npos ? ("[" + host + "]").c_str()
+                                                                                        : host.c_str(), srv.port());
+    std::fflush(stdout);
+    rs::notify_ready();
 
-    // ------------------------------------------------------------------ runs --
-    const std::string shown_host = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+    // A run that ends by itself (its listener failed) wakes main() like a SIGTERM would.
+    std::atomic<bool> failed{false};
+    std::thread watcher([&srv, &failed] {
+        if (srv.wait().error) {
+            failed.store(true);
+            ::kill(::getpid(), SIGTERM);
+        }
+    });
+
+    const std::vector<std::string> upgrade_argv = [&] {
+        std::vector<std::string> v{self_path(argv[0])};
+        for (int i = 1; i < argc; ++i) v.emplace_back(argv[i]);
+        return v;
+    }();
     for (;;) {
-        std::error_code ec;
-        srv.start(ec);
-        if (ec) {
-            std::fprintf(stderr, "echo_server: cannot start on %s:%lu: %s\n", host.c_str(), port,
-                         ec.message().c_str());
-            return 1;
+        int sig = 0;
+        if (::sigwait(&signals, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            restart();
+        } else if (sig == SIGUSR2) {
+            const pid_t child = srv.upgrade(upgrade_argv, ec);
+            if (ec) {
+                std::fprintf(stderr, "echo_server: upgrade failed: %s\n", ec.message().c_str());
+                continue;
+            }
+            std::printf("upgraded to pid %ld\n", static_cast<long>(child));
+            std::fflush(stdout);
+            break;  // upgrade() asked this server to stop: it drains below
+        } else {
+            break;  // SIGINT, SIGTERM
         }
-        port = srv.port();  // with --port 0, every restart reuses the port first obtained
-        std::printf("listening on http://%s:%lu\n", shown_host.c_str(), port);
-        std::fflush(stdout);
-
-        // A signal that arrived while no run was in progress found nothing to stop; its
-        // flag is still set, so honour it now.
-        if (g_terminate.load() || g_restart.load()) srv.request_stop();
-
-        srv.wait();  // until POST /restart, SIGHUP, SIGINT or SIGTERM
-        if (g_terminate.load()) break;
-        if (!g_restart.exchange(0)) {
-            std::fprintf(stderr, "echo_server: the run ended without a stop request\n");
-            return 1;
-        }
-        srv.set_listener(rs::tcp_listener(host, static_cast<std::uint16_t>(port)));
     }
-    srv.stop();  // already stopped; joins nothing, returns at once
+    srv.stop();  // graceful: requests in flight finish (up to --drain-ms)
+    watcher.join();
+    if (failed.load()) {
+        std::fprintf(stderr, "echo_server: the run failed\n");
+        return 1;
+    }
     return 0;
 }
