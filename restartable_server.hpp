@@ -2232,7 +2232,6 @@ private:
     std::atomic<std::size_t> buffered_{0};
     std::atomic<std::size_t> cut_{0};
     std::atomic<int> waiting_{0};  // workers waiting in epoll_wait
-    std::thread::id control_thread_;
     bool cut_done_ = false;
     bool accept_paused_ = false;
     clock::time_point accept_resume_{};
@@ -2276,7 +2275,6 @@ inline std::error_code run::init() noexcept {
 // ------------------------------------------------------- control thread --
 
 inline void run::loop() noexcept {
-    control_thread_ = std::this_thread::get_id();
     epoll_event events[control_events];
     for (;;) {
         clock::time_point now = clock::now();
@@ -3316,7 +3314,7 @@ inline void run::lower_next_sweep(std::int64_t ns) noexcept {
     std::int64_t current = next_sweep_.load();
     while (ns < current) {
         if (next_sweep_.compare_exchange_weak(current, ns)) {
-            if (std::this_thread::get_id() != control_thread_) srv_.wake();
+            if (std::this_thread::get_id() != srv_.control_thread_.load()) srv_.wake();
             return;
         }
     }
