@@ -89,11 +89,13 @@
 //     At the drain deadline its connection is shut down, so the client is released.
 //   - The unix_listener() socket file is left on disk after a stop; the next start
 //     finds it stale (nobody accepts on it) and replaces it.
-//   - Compiled with -fno-exceptions, a failed allocation ends the process as usual.
+//   - Compiled with -fno-exceptions, a failed allocation ends the process as usual, and
+//     the throwing forms (start(), run(), restart() without an error_code) print the
+//     error and abort instead of throwing (as fmt does).
 //
 // CONFIGURATION MACROS
 //
-//   RESTARTABLE_SERVER_NO_EXCEPTIONS  Define to drop the throwing overloads. Detected
+//   RESTARTABLE_SERVER_NO_EXCEPTIONS  Define to build without exceptions. Detected
 //                                     automatically under -fno-exceptions.
 
 #ifndef RESTARTABLE_SERVER_HPP
@@ -117,6 +119,9 @@
 
 // ================================================================== config ==
 
+#if __cplusplus < 201703L && (!defined(_MSVC_LANG) || _MSVC_LANG < 201703L)
+#error "restartable_server.hpp needs C++17 or later (e.g. -std=c++17)"
+#else  // C++17: the whole library, to the end of the file
 #if !defined(RESTARTABLE_SERVER_NO_EXCEPTIONS) && !defined(__cpp_exceptions) && \
     !defined(__EXCEPTIONS)
 #define RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -572,12 +577,11 @@ public:
     /// run: like start(), but the loop runs in the calling thread and run() returns when
     /// the run has ended and every thread and descriptor of it is gone.
     void run(std::error_code& ec) noexcept;
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    /// start: as start(ec), throwing std::system_error on failure.
+    /// start: as start(ec), throwing std::system_error on failure (without exceptions:
+    /// printing it to stderr and aborting).
     void start();
-    /// run: as run(ec), throwing std::system_error on failure.
+    /// run: as run(ec), throwing std::system_error on failure (or aborting, as start()).
     void run();
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 
     /// request_stop: asks the current run to stop gracefully and returns at once. Only an
     /// atomic store and a write(2): async-signal-safe, callable from any thread, a handler
@@ -608,10 +612,8 @@ public:
     /// too; with worker_threads == 0 it returns before the hand-over (which happens when the
     /// handler returns). Not async-signal-safe: from a signal, wake a thread that calls it.
     void restart(std::error_code& ec) noexcept;
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    /// restart: as restart(ec), throwing std::system_error on failure.
+    /// restart: as restart(ec), throwing std::system_error on failure (or aborting, as start()).
     void restart();
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 
     /// upgrade: a binary upgrade without a refused connection (nginx's USR2): starts
     /// argv[0] (a path; argv[1..] its arguments) with the current listening socket as
@@ -3546,19 +3548,30 @@ inline void server::request_stop() noexcept {
 inline void server::start(std::error_code& ec) noexcept { start_impl(ec, false); }
 inline void server::run(std::error_code& ec) noexcept { start_impl(ec, true); }
 
+namespace detail {
+/// throw_error: throws std::system_error(ec, what); without exceptions, says so on stderr
+/// and aborts.
+[[noreturn]] inline void throw_error(std::error_code ec, const char* what) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    throw std::system_error(ec, what);
+#else
+    std::fprintf(stderr, "%s: %s\n", what, ec.message().c_str());
+    std::abort();
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+}  // namespace detail
+
 inline void server::start() {
     std::error_code ec;
     start(ec);
-    if (ec) throw std::system_error(ec, "restartable_server: start");
+    if (ec) detail::throw_error(ec, "restartable_server: start");
 }
 
 inline void server::run() {
     std::error_code ec;
     run(ec);
-    if (ec) throw std::system_error(ec, "restartable_server: run");
+    if (ec) detail::throw_error(ec, "restartable_server: run");
 }
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 
 inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
     ec.clear();
@@ -3782,13 +3795,11 @@ inline void server::restart(std::error_code& ec) noexcept {
     if (restart_outcome_ < 0) ec = make_error_code(errc::not_running);
 }
 
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
 inline void server::restart() {
     std::error_code ec;
     restart(ec);
-    if (ec) throw std::system_error(ec, "restartable_server: restart");
+    if (ec) detail::throw_error(ec, "restartable_server: restart");
 }
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 
 /// take_next_run: the control thread takes the run restart() left for it, if it is for
 /// the control thread's start.
@@ -3868,6 +3879,7 @@ inline bool server::wait_until_running(std::chrono::milliseconds timeout) const 
 
 }  // namespace restartable_server
 
+#endif  // C++17
 #endif  // RESTARTABLE_SERVER_HPP
 
 // Copyright (c) 2026 the restartable_server authors
