@@ -778,6 +778,11 @@ inline constexpr std::chrono::milliseconds accept_backoff{100};
 /// linger_time: how long a closing connection's late bytes are dropped before the close
 /// (nginx's lingering_time is 30 s; a client that read its response closes far sooner).
 inline constexpr std::chrono::milliseconds linger_time{1000};
+/// first_request_grace: a connection that has sent nothing when a stop begins may still
+/// send its first request this long after its accept (it was likely accepted just before
+/// its request arrived: closing it would lose that request, and after an upgrade() the
+/// client would not even be refused); a silent one (a browser's preconnect) goes then.
+inline constexpr std::chrono::milliseconds first_request_grace{1000};
 /// linger_reads: reads per wake-up while lingering, so a fast sender cannot hold a thread.
 inline constexpr int linger_reads = 16;
 /// control_events: events per epoll_wait() of the control thread.
@@ -2367,9 +2372,11 @@ inline void run::begin_stop(clock::time_point now) noexcept {
             if (c->state == conn_state::idle) c->set(conn_state::head);
             c->since = now;
             hand_back(*c);
-        } else {
-            if (c->state == conn_state::idle) idle_closed_.fetch_add(1);
+        } else if (c->state == conn_state::idle) {
+            idle_closed_.fetch_add(1);
             close(*c);
+        } else {
+            hand_back(*c);  // accepted, silent so far: it gets first_request_grace
         }
     }
 }
@@ -3191,7 +3198,11 @@ inline bool run::park(connection& c) noexcept {
     std::chrono::milliseconds limit{0};
     switch (s) {
         case conn_state::idle: limit = opts_.idle_timeout; break;
-        case conn_state::head: limit = opts_.header_timeout; break;
+        case conn_state::head:
+            limit = opts_.header_timeout;
+            if (stopping_.load() && c.in.size() == c.start && (limit.count() == 0 || limit > first_request_grace))
+                limit = first_request_grace;  // silent since its accept: see first_request_grace
+            break;
         case conn_state::body: limit = opts_.body_timeout; break;
         case conn_state::writing: limit = opts_.write_timeout; break;
         case conn_state::lingering: limit = linger_time; break;

@@ -514,3 +514,24 @@ TEST_CASE("stop(timeout): a shorter drain deadline for this stop", "[restart][st
     CHECK(!res.drained);
     CHECK(res.idle_closed == 1);
 }
+
+TEST_CASE("stop: a connection accepted just before the stop may still send its request", "[restart][stop]") {
+    test::watchdog dog("stop: first request grace", 60s);
+    rs::server srv(restart_options());
+    add_basic_routes(srv);
+    const std::uint16_t port = test::start(srv);
+    test::client silent(port);  // connected, nothing sent yet
+    test::client probe(port);   // answered: the silent one, queued first, was accepted too
+    REQUIRE(probe.send(get_keep_alive("/hello")));
+    REQUIRE(probe.read().status == 200);
+
+    std::thread stopper([&] { srv.stop(); });
+    REQUIRE(eventually([&] { return srv.state() != rs::server_state::running; }));
+    // Its request comes after the stop began: answered (with Connection: close), not lost.
+    REQUIRE(silent.send(get_keep_alive("/hello")));
+    test::http_response r = silent.read();
+    CHECK(r.status == 200);
+    CHECK(r.header("Connection") == "close");
+    stopper.join();
+    CHECK(srv.stop().cut == 0);
+}
