@@ -1,5 +1,5 @@
-// Test support: a Catch2 2/3 shim, a tiny blocking HTTP client over real sockets, and
-// counters for open descriptors and threads. Shared by every test file; keep it small.
+// Test support: a Catch2 2/3 shim, RS_SKIP, a tiny blocking HTTP client over real sockets,
+// and counters for open descriptors and threads. Shared by every test file; keep it small.
 #ifndef RESTARTABLE_SERVER_TESTS_SUPPORT_HPP
 #define RESTARTABLE_SERVER_TESTS_SUPPORT_HPP
 
@@ -30,10 +30,38 @@
 #include <memory>
 #include <cstdio>
 #include <string>
+#include <atomic>
+#include <sstream>
+
+/// RS_SKIP(reason): the test case cannot run here (a missing tool, no IPv6, a sanitizer):
+/// prints "SKIPPED: reason" to stderr, records the skip and returns from the test case, so
+/// call it in the test case's body (or a SECTION's), not in a helper function. With a skip
+/// and no failure the test executable exits 77 and CTest shows the test as skipped, not
+/// passed. The reason may be streamed, as in Catch2's INFO: RS_SKIP("no " << path).
+#define RS_SKIP(reason)                                                      \
+    do {                                                                     \
+        std::ostringstream rs_skip_reason_;                                  \
+        rs_skip_reason_ << reason;                                           \
+        ::test::record_skip(rs_skip_reason_.str(), __FILE__, __LINE__);      \
+        return;                                                              \
+    } while (false)
 
 namespace test {
 
 namespace rs = restartable_server;
+
+/// skip_count: how many RS_SKIPs this run went through. main.cpp exits 77 when it is not 0
+/// and nothing failed, and every CTest test has SKIP_RETURN_CODE 77.
+inline std::atomic<int>& skip_count() {
+    static std::atomic<int> count{0};
+    return count;
+}
+
+inline void record_skip(const std::string& reason, const char* file, int line) {
+    std::fprintf(stderr, "SKIPPED: %s (%s:%d)\n", reason.c_str(), file, line);
+    std::fflush(stderr);
+    ++skip_count();
+}
 
 /// count_entries: entries in a /proc directory (minus . and ..), e.g. "/proc/self/fd".
 inline int count_entries(const char* dir) {

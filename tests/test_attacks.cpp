@@ -683,8 +683,7 @@ struct child_guard {
 TEST_CASE("attack: bodies announced at max_body_bytes reserve no memory: under an address-space limit the "
           "server lives on", "[attack][memory][fork]") {
     if (sanitized) {  // a sanitizer's shadow memory and allocator do not live under RLIMIT_AS
-        WARN("SKIPPED under a sanitizer: the address-space limit case");
-        return;
+        RS_SKIP("under a sanitizer: the address-space limit case");
     }
     // Fork only while single-threaded: every earlier server of this process is stopped.
     REQUIRE(test::thread_count() == 1);

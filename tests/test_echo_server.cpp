@@ -475,8 +475,7 @@ TEST_CASE("echo_server: keep-alive, echo and slow requests, checked with curl", 
     SECTION("Python's http.client: keep-alive reuse and pipelined requests") {
         const std::string python = "/usr/bin/python3";
         if (::access(python.c_str(), X_OK) != 0) {
-            WARN("python3 not installed: skipped");
-            return;
+            RS_SKIP("python3 not installed");
         }
         const std::string script = R"PY(
 import http.client, socket, sys
@@ -569,8 +568,7 @@ TEST_CASE("echo_server: SIGTERM and SIGINT stop it with exit status 0", "[echo_s
 TEST_CASE("echo_server: a short wrk run", "[echo_server][wrk]") {
     const std::string wrk = "/usr/bin/wrk";
     if (::access(wrk.c_str(), X_OK) != 0) {
-        WARN("wrk is not installed at " << wrk << ": skipped");
-        return;
+        RS_SKIP("wrk is not installed at " << wrk);
     }
     echo_server srv;
     command_result r = run_command({wrk, "-t1", "-c4", "-d1s", "--timeout", "5s", srv.url("/hello")}, 30s);

@@ -737,8 +737,7 @@ TEST_CASE("many idle keep-alive connections do not block a fresh client", "[http
 
 TEST_CASE("a real client: Python http.client reuses one connection", "[http][clients]") {
     if (!have_command("python3")) {
-        WARN("python3 not found; skipped");
-        return;
+        RS_SKIP("python3 not found");
     }
     rs::server srv(test::local_options());
     add_echo_routes(srv);
@@ -794,8 +793,7 @@ c.close()
 
 TEST_CASE("a real client: curl makes two requests over one connection", "[http][clients]") {
     if (!have_command("curl")) {
-        WARN("curl not found; skipped");
-        return;
+        RS_SKIP("curl not found");
     }
     rs::server srv(test::local_options());
     add_echo_routes(srv);

@@ -1222,8 +1222,7 @@ TEST_CASE("a body that stops arriving gets 408 and the connection closes", "[str
 TEST_CASE("curl: chunked upload, large upload with 100-continue, keep-alive, streamed download",
           "[streaming][clients][curl]") {
     if (!have_command("curl")) {
-        WARN("curl not found; skipped");
-        return;
+        RS_SKIP("curl not found");
     }
     rs::server srv(test::local_options());
     add_echo_routes(srv);
@@ -1321,8 +1320,7 @@ TEST_CASE("curl: chunked upload, large upload with 100-continue, keep-alive, str
 TEST_CASE("Python http.client: pipelined requests on one socket, keep-alive with chunked bodies",
           "[streaming][clients][python]") {
     if (!have_command("python3")) {
-        WARN("python3 not found; skipped");
-        return;
+        RS_SKIP("python3 not found");
     }
     rs::server srv(test::local_options());
     add_echo_routes(srv);
@@ -1427,8 +1425,7 @@ TEST_CASE("a browser's EventSource receives server-sent events (headless Chromiu
           "[streaming][clients][browser]") {
     const char* chromium = "/usr/bin/chromium";
     if (::access(chromium, X_OK) != 0) {
-        WARN("chromium not installed; skipped");
-        return;
+        RS_SKIP("chromium not installed");
     }
     rs::server srv(test::local_options());
     std::atomic<int> event_requests{0};
