@@ -1,0 +1,518 @@
+// Black-box test of examples/echo_server under systemd socket activation, driven by
+// systemd-socket-activate(1) (Debian package systemd), which plays systemd's part: it
+// listens on a unix socket, and at the first connection execs echo_server in its own
+// process with the socket as fd 3 and LISTEN_FDS=1, LISTEN_PID=<that process>
+// (sd_listen_fds(3)). A unix socket path in a fresh directory needs no free port.
+//
+// Checked: requests are served over the activated socket and echo_server says so on
+// stdout; READY=1 reaches $NOTIFY_SOCKET (what Type=notify waits for); SIGHUP restarts
+// the server in the same process on the same socket while clients keep sending, with
+// nothing refused, unanswered, cut short or wrong; a SIGUSR2 upgrade hands the socket to
+// a new process whose environment holds exactly one LISTEN_FDS=1 and one LISTEN_PID,
+// its own; SIGTERM ends the process with status 0.
+//
+// Whether echo_server removes LISTEN_FDS/LISTEN_PID from its own environment (so a child
+// it starts does not take them for its own) is not visible from outside:
+// /proc/PID/environ shows the environment the process started with, not what unsetenv(3)
+// made of it. The upgrade check is the observable part: the one child echo_server starts
+// must see its own values, once each.
+
+#include "support.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef RS_ECHO_SERVER
+#error "RS_ECHO_SERVER (the path of the built echo_server) must be defined"
+#endif
+
+extern char** environ;
+
+namespace {
+
+namespace rs = restartable_server;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+const char* const activate_tool = "/usr/bin/systemd-socket-activate";
+
+int ms_until(steady::time_point deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
+    return left <= 0 ? 0 : static_cast<int>(left);
+}
+
+/// poll_in: waits until fd is readable (or at EOF) or deadline passes; retries on EINTR.
+bool poll_in(int fd, steady::time_point deadline) {
+    for (;;) {
+        pollfd p{fd, POLLIN, 0};
+        int n = ::poll(&p, 1, ms_until(deadline));
+        if (n > 0) return true;
+        if (n == 0 || errno != EINTR) return false;
+    }
+}
+
+std::string describe_status(std::optional<int> st) {
+    if (!st) return "still running";
+    if (WIFEXITED(*st)) return "exit " + std::to_string(WEXITSTATUS(*st));
+    if (WIFSIGNALED(*st)) return "signal " + std::to_string(WTERMSIG(*st));
+    return "status " + std::to_string(*st);
+}
+
+bool exited_0(std::optional<int> st) { return st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0; }
+
+/// temp_dir: a fresh directory under /tmp, removed (with the files named in it) at the end.
+struct temp_dir {
+    std::string path;
+    temp_dir() {
+        char t[] = "/tmp/rs_activate_XXXXXX";
+        if (::mkdtemp(t)) path = t;
+    }
+    ~temp_dir() {
+        for (const char* name : {"/http.sock", "/notify.sock"}) ::unlink((path + name).c_str());
+        ::rmdir(path.c_str());
+    }
+};
+
+/// line_pipe: the read end of a child's stdout or stderr, read line by line.
+class line_pipe {
+public:
+    rs::unique_fd fd;
+    /// read_line: the next line without '\n'; nullopt on EOF or after timeout.
+    std::optional<std::string> read_line(std::chrono::milliseconds timeout) {
+        const auto deadline = steady::now() + timeout;
+        for (;;) {
+            auto nl = buf_.find('\n');
+            if (nl != std::string::npos) {
+                std::string line = buf_.substr(0, nl);
+                buf_.erase(0, nl + 1);
+                return line;
+            }
+            if (!fill(deadline)) return std::nullopt;
+        }
+    }
+    /// line_starting: skips lines until one starts with prefix; nullopt if none in time.
+    /// Every line read is appended to seen.
+    std::optional<std::string> line_starting(const std::string& prefix, std::chrono::milliseconds timeout,
+                                             std::string& seen) {
+        const auto deadline = steady::now() + timeout;
+        while (std::optional<std::string> line = read_line(std::chrono::milliseconds(ms_until(deadline)))) {
+            seen += *line + "\n";
+            if (line->compare(0, prefix.size(), prefix) == 0) return line;
+        }
+        return std::nullopt;
+    }
+    bool at_eof_within(std::chrono::milliseconds timeout) {
+        const auto deadline = steady::now() + timeout;
+        while (fill(deadline)) buf_.clear();
+        return eof_;
+    }
+
+private:
+    bool fill(steady::time_point deadline) {
+        if (eof_ || !fd || !poll_in(fd.get(), deadline)) return false;
+        char tmp[4096];
+        ssize_t n;
+        do n = ::read(fd.get(), tmp, sizeof tmp);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            eof_ = true;
+            return false;
+        }
+        buf_.append(tmp, static_cast<std::size_t>(n));
+        return true;
+    }
+    std::string buf_;
+    bool eof_ = false;
+};
+
+/// activated: systemd-socket-activate, which becomes echo_server, in a new process group
+/// (which a process it upgrades to inherits), stdout and stderr on pipes. The destructor
+/// kills (SIGKILL) and reaps the group; with the test a subreaper, that includes orphans.
+class activated {
+public:
+    line_pipe out, err;
+
+    activated(const std::string& socket_path, const std::vector<std::string>& extra_env) {
+        std::vector<std::string> args = {activate_tool, "-l", socket_path, "-E", "RS_MARK=activation-test"};
+        for (const std::string& e : extra_env) {
+            args.push_back("-E");
+            args.push_back(e);
+        }
+        for (const char* a : {RS_ECHO_SERVER, "--workers", "4", "--drain-ms", "3000"}) args.push_back(a);
+        spawn(args);
+    }
+    activated(const activated&) = delete;
+    activated& operator=(const activated&) = delete;
+    ~activated() {
+        if (pgid_ <= 0) return;
+        ::kill(-pgid_, SIGKILL);
+        while (::waitpid(-pgid_, nullptr, 0) > 0 || errno == EINTR) {
+        }
+    }
+
+    /// pid: the process, which after the exec is echo_server's.
+    pid_t pid() const { return pgid_; }
+
+    /// wait_exit: the wait status of pid (this process or one the test has adopted as a
+    /// subreaper) once it exits; nullopt if it does not within timeout.
+    std::optional<int> wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
+        rs::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+        if (!pidfd || !poll_in(pidfd.get(), steady::now() + timeout)) return std::nullopt;
+        int st = 0;
+        pid_t r;
+        do r = ::waitpid(pid, &st, 0);
+        while (r < 0 && errno == EINTR);
+        return r == pid ? std::optional<int>(st) : std::nullopt;
+    }
+
+private:
+    void spawn(const std::vector<std::string>& args) {
+        int o[2], e[2];
+        if (::pipe2(o, O_CLOEXEC) != 0) return;
+        out.fd.reset(o[0]);
+        rs::unique_fd ow(o[1]);
+        if (::pipe2(e, O_CLOEXEC) != 0) return;
+        err.fd.reset(e[0]);
+        rs::unique_fd ew(e[1]);
+
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, ow.get(), STDOUT_FILENO);
+        posix_spawn_file_actions_adddup2(&fa, ew.get(), STDERR_FILENO);
+        posix_spawnattr_t at;
+        posix_spawnattr_init(&at);
+        sigset_t none, dflt;
+        sigemptyset(&none);
+        sigemptyset(&dflt);
+        for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGUSR2, SIGPIPE}) sigaddset(&dflt, sig);
+        posix_spawnattr_setsigmask(&at, &none);
+        posix_spawnattr_setsigdefault(&at, &dflt);
+        posix_spawnattr_setpgroup(&at, 0);
+        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+
+        // The tool logs "Listening on ..." to stderr only when its log target is the
+        // console; under a systemd that collects stderr it would pick the journal.
+        std::vector<std::string> env_strings = {"SYSTEMD_LOG_TARGET=console"};
+        for (char** e2 = environ; *e2; ++e2)
+            if (std::strncmp(*e2, "SYSTEMD_LOG_TARGET=", 19) != 0) env_strings.push_back(*e2);
+        std::vector<char*> envp, argv;
+        for (std::string& s : env_strings) envp.push_back(&s[0]);
+        envp.push_back(nullptr);
+        for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        pid_t pid = -1;
+        if (::posix_spawn(&pid, argv[0], &fa, &at, argv.data(), envp.data()) == 0) pgid_ = pid;
+        posix_spawn_file_actions_destroy(&fa);
+        posix_spawnattr_destroy(&at);
+    }
+
+    pid_t pgid_ = -1;
+};
+
+// ----------------------------------------------------------- unix clients --
+
+/// connect_unix: a blocking connection to the unix socket at path, with 10 s send and
+/// receive timeouts; -1 on failure (errno set).
+int connect_unix(const std::string& path) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        int saved = errno;
+        ::close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/// get_unix: GET path on a fresh connection to the unix socket; status 0 on failure.
+test::http_response get_unix(const std::string& socket_path, const std::string& path) {
+    rs::unique_fd fd(connect_unix(socket_path));
+    if (!fd) return {};
+    if (!test::send_all(fd.get(), "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))
+        return {};
+    test::reader rd{fd.get(), {}};
+    return rd.read_response();
+}
+
+pid_t pid_serving(const std::string& socket_path) {
+    test::http_response r = get_unix(socket_path, "/pid");
+    return r.status == 200 ? static_cast<pid_t>(std::strtol(r.body.c_str(), nullptr, 10)) : 0;
+}
+
+/// unix_client: a thread sending GET /hello over and over to the unix socket, on a new
+/// connection each time or on one kept alive. Counts:
+///   ok          200 "Hello, World!"
+///   refused     connect() failed: nobody listening on the socket
+///   reuse_race  a kept-alive connection closed before any byte of a response
+///   bad         anything else: no response on a new connection, a partial or wrong one
+class unix_client {
+public:
+    unix_client(std::string path, bool keep_alive)
+        : path_(std::move(path)), keep_alive_(keep_alive), thread_([this] { run(); }) {}
+    unix_client(const unix_client&) = delete;
+    unix_client& operator=(const unix_client&) = delete;
+    ~unix_client() { stop(); }
+    void stop() {
+        stop_.store(true);
+        if (thread_.joinable()) thread_.join();
+    }
+    bool wait_for_ok(long n, std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(m_);
+        return cv_.wait_for(lock, timeout, [&] { return ok_ >= n; });
+    }
+    long ok() const { std::lock_guard<std::mutex> l(m_); return ok_; }
+    std::string summary() const {
+        std::lock_guard<std::mutex> l(m_);
+        return std::string(keep_alive_ ? "kept-alive" : "new connections") + ": ok " + std::to_string(ok_) +
+               ", refused " + std::to_string(refused_) + ", reuse races " + std::to_string(reuse_races_) +
+               ", bad " + std::to_string(bad_) + (first_bad_.empty() ? "" : " (first: " + first_bad_ + ")");
+    }
+    long refused() const { std::lock_guard<std::mutex> l(m_); return refused_; }
+    long reuse_races() const { std::lock_guard<std::mutex> l(m_); return reuse_races_; }
+    long bad() const { std::lock_guard<std::mutex> l(m_); return bad_; }
+
+private:
+    void run() {
+        const std::string req = keep_alive_ ? "GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                                            : "GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        rs::unique_fd fd;
+        test::reader rd{-1, {}};
+        long answered = 0;  // on the current connection
+        while (!stop_.load()) {
+            if (!fd) {
+                fd.reset(connect_unix(path_));
+                if (!fd) {
+                    count(refused_, std::string("connect: ") + std::strerror(errno));
+                    continue;
+                }
+                rd = test::reader{fd.get(), {}};
+                answered = 0;
+            }
+            errno = 0;
+            test::http_response r;
+            const bool sent = test::send_all(fd.get(), req);
+            if (sent) r = rd.read_response();
+            const bool nothing = r.status == 0 && r.head.empty() && rd.buf.empty();
+            const bool timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
+            if (r.status == 200 && r.body == "Hello, World!") {
+                ++answered;
+                count(ok_, "");
+                if (!keep_alive_ || r.header("Connection") == "close") fd.reset();
+            } else if (nothing && !timed_out && answered > 0) {
+                count(reuse_races_, "");
+                fd.reset();
+            } else {
+                count(bad_, !sent ? "send failed" : timed_out ? "timed out" : nothing ? "no response" :
+                                    "status " + std::to_string(r.status) + ": " + test::printable(r.head + r.body));
+                fd.reset();
+            }
+        }
+    }
+    void count(long& counter, const std::string& failure) {
+        {
+            std::lock_guard<std::mutex> l(m_);
+            ++counter;
+            if (!failure.empty() && first_bad_.empty()) first_bad_ = failure;
+        }
+        cv_.notify_all();
+    }
+
+    const std::string path_;
+    const bool keep_alive_;
+    mutable std::mutex m_;
+    std::condition_variable cv_;
+    long ok_ = 0, refused_ = 0, reuse_races_ = 0, bad_ = 0;
+    std::string first_bad_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;  // last: starts once everything above is built
+};
+
+/// notify_socket: a unix datagram socket standing in for systemd's $NOTIFY_SOCKET.
+struct notify_socket {
+    rs::unique_fd fd;
+    explicit notify_socket(const std::string& path) {
+        fd.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+        if (fd && ::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) fd.reset();
+    }
+    /// wait_for: reads datagrams until one holds the line `line`; false if none in time.
+    bool wait_for(const std::string& line, std::chrono::milliseconds timeout, std::string& seen) {
+        const auto deadline = steady::now() + timeout;
+        while (fd && poll_in(fd.get(), deadline)) {
+            char buf[4096];
+            ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+            if (n < 0) return false;
+            std::string msg(buf, static_cast<std::size_t>(n));
+            seen += msg + "|";
+            if (("\n" + msg + "\n").find("\n" + line + "\n") != std::string::npos) return true;
+        }
+        return false;
+    }
+};
+
+/// environment_of: /proc/PID/environ as NAME -> every value given to NAME.
+std::map<std::string, std::vector<std::string>> environment_of(pid_t pid) {
+    std::map<std::string, std::vector<std::string>> env;
+    std::string all = test::read_file("/proc/" + std::to_string(pid) + "/environ");
+    std::size_t start = 0;
+    while (start < all.size()) {
+        std::size_t end = all.find('\0', start);
+        if (end == std::string::npos) end = all.size();
+        std::string entry = all.substr(start, end - start);
+        std::size_t eq = entry.find('=');
+        if (eq != std::string::npos) env[entry.substr(0, eq)].push_back(entry.substr(eq + 1));
+        start = end + 1;
+    }
+    return env;
+}
+
+/// first_request: the first GET /hello, which makes the tool exec echo_server; then
+/// echo_server's first line must name the socket.
+void first_request(activated& proc, const std::string& socket_path) {
+    std::string seen;
+    std::optional<std::string> ready = proc.err.line_starting("Listening on ", 10s, seen);
+    INFO(activate_tool << " stderr:\n" << seen);
+    REQUIRE(ready);
+
+    test::http_response r = get_unix(socket_path, "/hello");
+    std::optional<std::string> line = proc.out.read_line(10s);
+    CHECK(line.value_or("(none)") == "listening on unix:" + socket_path);
+    REQUIRE(r.status == 200);
+    CHECK(r.body == "Hello, World!");
+    CHECK(pid_serving(socket_path) == proc.pid());  // the tool exec'd: same process
+}
+
+}  // namespace
+
+TEST_CASE("socket activation: served on the inherited socket, SIGHUP restarts in place, SIGTERM exits 0",
+          "[activation]") {
+    if (::access(activate_tool, X_OK) != 0) RS_SKIP("systemd-socket-activate is not installed (package systemd)");
+    test::watchdog dog("socket activation and SIGHUP", std::chrono::seconds(120));
+    temp_dir dir;
+    REQUIRE(!dir.path.empty());
+    const std::string socket_path = dir.path + "/http.sock";
+    notify_socket notify(dir.path + "/notify.sock");
+    REQUIRE(notify.fd);
+
+    activated proc(socket_path, {"NOTIFY_SOCKET=" + dir.path + "/notify.sock"});
+    REQUIRE(proc.pid() > 0);
+    first_request(proc, socket_path);
+    {
+        std::string seen;
+        const bool ready = notify.wait_for("READY=1", 10s, seen);
+        INFO("datagrams on $NOTIFY_SOCKET: " << seen);
+        CHECK(ready);  // what a Type=notify unit waits for
+    }
+
+    unix_client fresh(socket_path, false);
+    unix_client kept(socket_path, true);
+    REQUIRE(fresh.wait_for_ok(20, 10s));
+    REQUIRE(kept.wait_for_ok(20, 10s));
+
+    for (int n = 1; n <= 3; ++n) {
+        INFO("restart " << n);
+        REQUIRE(::kill(proc.pid(), SIGHUP) == 0);
+        std::string seen;
+        std::optional<std::string> line = proc.out.line_starting("restarted ", 10s, seen);
+        INFO("stdout after SIGHUP:\n" << seen);
+        CHECK(line.value_or("(none)") == "restarted " + std::to_string(n));
+        CHECK(pid_serving(socket_path) == proc.pid());  // same process, same socket
+        CHECK(fresh.wait_for_ok(fresh.ok() + 20, 10s));
+        CHECK(kept.wait_for_ok(kept.ok() + 20, 10s));
+    }
+    fresh.stop();
+    kept.stop();
+    std::printf("test_socket_activation: 3 restarts; %s; %s\n", fresh.summary().c_str(), kept.summary().c_str());
+    std::fflush(stdout);
+    for (unix_client* c : {&fresh, &kept}) {
+        INFO(c->summary());
+        CHECK(c->refused() == 0);
+        CHECK(c->bad() == 0);
+        // A hand-over restart moves idle kept-alive connections to the next run instead of
+        // closing them, so not even a reuse race is expected.
+        CHECK(c->reuse_races() == 0);
+    }
+
+    REQUIRE(::kill(proc.pid(), SIGTERM) == 0);
+    std::optional<int> st = proc.wait_exit(proc.pid(), 10s);
+    INFO("echo_server after SIGTERM: " << describe_status(st));
+    CHECK(exited_0(st));
+    CHECK(proc.out.at_eof_within(5s));
+}
+
+TEST_CASE("socket activation: a SIGUSR2 upgrade hands the socket to a process with its own LISTEN_PID",
+          "[activation][upgrade]") {
+    if (::access(activate_tool, X_OK) != 0) RS_SKIP("systemd-socket-activate is not installed (package systemd)");
+    test::watchdog dog("socket activation and SIGUSR2", std::chrono::seconds(120));
+    // The new process is echo_server's child; when echo_server exits it is re-parented
+    // to this process, which can then reap it.
+    REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    temp_dir dir;
+    REQUIRE(!dir.path.empty());
+    const std::string socket_path = dir.path + "/http.sock";
+
+    activated proc(socket_path, {});
+    REQUIRE(proc.pid() > 0);
+    first_request(proc, socket_path);
+
+    REQUIRE(::kill(proc.pid(), SIGUSR2) == 0);
+    std::string seen;
+    std::optional<std::string> line = proc.out.line_starting("upgraded to pid ", 15s, seen);
+    INFO("stdout after SIGUSR2:\n" << seen);
+    if (!line) FAIL("no 'upgraded to pid N' line; echo_server: " << describe_status(proc.wait_exit(proc.pid(), 1s)));
+    const auto next = static_cast<pid_t>(std::strtol(line->c_str() + 16, nullptr, 10));
+    REQUIRE(next > 0);
+    CHECK(next != proc.pid());
+    CHECK(seen.find("listening on unix:" + socket_path + "\n") != std::string::npos);  // the new one's line
+
+    // Read before anything else can happen to the new process.
+    std::map<std::string, std::vector<std::string>> env = environment_of(next);
+    std::optional<int> st = proc.wait_exit(proc.pid(), 15s);
+    INFO("old echo_server after the upgrade: " << describe_status(st));
+    CHECK(exited_0(st));
+    CHECK(pid_serving(socket_path) == next);
+
+    using values = std::vector<std::string>;
+    CHECK(env["LISTEN_FDS"] == values{"1"});
+    CHECK(env["LISTEN_PID"] == values{std::to_string(next)});
+    CHECK(env["RS_MARK"] == values{"activation-test"});  // the rest of the environment passes on
+    for (const auto& entry : env) {
+        INFO("variable " << entry.first);
+        CHECK(entry.second.size() == 1);  // no variable twice
+    }
+
+    REQUIRE(::kill(next, SIGTERM) == 0);
+    st = proc.wait_exit(next, 10s);
+    INFO("new echo_server after SIGTERM: " << describe_status(st));
+    CHECK(exited_0(st));
+    CHECK(proc.out.at_eof_within(5s));
+}
