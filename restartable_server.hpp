@@ -334,7 +334,10 @@ public:
     std::string_view get_header(std::string_view name) const noexcept;
     /// has_header: whether a field called name (case-insensitive) was sent.
     bool has_header(std::string_view name) const noexcept;
-    /// param: the percent-decoded path parameter ":name" of the matched route, or "".
+    /// param: the percent-decoded path parameter ":name" of the matched route, or "";
+    /// param("*") is what a trailing "*" matched, NOT decoded (so "%2F" stays apart from
+    /// "/"). Decoded parameters may hold "/" and "..": check them before using them as
+    /// paths (static_files() does).
     std::string_view param(std::string_view name) const noexcept;
     /// query_param: the first query parameter called name, percent-decoded ('+' is a
     /// space), or std::nullopt when the query has no such parameter.
@@ -534,7 +537,8 @@ public:
     server(server&&) = delete;
     server& operator=(server&&) = delete;
 
-    // Routes. pattern is a path whose segments may be ":name" parameters ("/users/:id").
+    // Routes. pattern is a path whose segments may be ":name" parameters ("/users/:id");
+    // a last segment "*" matches the rest of the path ("/static/*": "/static/a/b.css").
     // Routes added while running take effect at the next start. Any thread.
 
     /// route: calls h for requests with this method (exact, case-sensitive) and pattern;
@@ -1840,7 +1844,7 @@ constexpr std::int64_t never = INT64_MAX;
 /// route: one registered route. Immutable; shared between the server and its runs.
 struct route {
     std::string method;
-    std::vector<std::string> segments;  // the pattern split at '/'; ":name" is a parameter
+    std::vector<std::string> segments;  // the pattern split at '/'; ":name" is a parameter, a last "*" the rest
     handler fn;
     body_mode mode;
 
@@ -1851,6 +1855,10 @@ struct route {
         std::size_t pos = 1;
         for (const std::string& seg : segments) {
             if (pos > path.size()) return false;
+            if (seg == "*" && &seg == &segments.back()) {  // the rest of the path, raw
+                params.emplace_back(std::string_view(seg), std::string(path.substr(pos)));
+                return true;
+            }
             std::size_t end = std::min(path.find('/', pos), path.size());
             std::string_view part = path.substr(pos, end - pos);
             if (!seg.empty() && seg.front() == ':') {

@@ -210,6 +210,24 @@ TEST_CASE("path parameters are matched and percent-decoded", "[http][routing]") 
     srv.stop();
 }
 
+TEST_CASE("a trailing star segment matches the rest of the path, raw", "[http][routing]") {
+    rs::server srv(test::local_options());
+    srv.get("/files/*", [](const rs::request& req, rs::response& res) {
+        res.set_content("[" + std::string(req.param("*")) + "]", "text/plain");
+    });
+    srv.get("/a/*/b", [](const rs::request& req, rs::response& res) {  // "*" inside: a literal segment
+        res.set_content("literal " + std::string(req.param("*")), "text/plain");
+    });
+    const auto port = start(srv);
+    CHECK(test::get(port, "/files/a/b/c.css").body == "[a/b/c.css]");
+    CHECK(test::get(port, "/files/").body == "[]");
+    CHECK(test::get(port, "/files/..%2Fsecret?x=1").body == "[..%2Fsecret]");  // not decoded, no query
+    CHECK(test::get(port, "/files").status == 404);
+    CHECK(test::get(port, "/a/*/b").body == "literal ");
+    CHECK(test::get(port, "/a/x/b").status == 404);
+    srv.stop();
+}
+
 TEST_CASE("query_param decodes percent escapes and '+'", "[http]") {
     rs::server srv(test::local_options());
     srv.get("/q", [](const rs::request& req, rs::response& res) {
