@@ -387,6 +387,7 @@ private:
     bool failed_ = false;
     std::chrono::milliseconds timeout_;
     const detail::stop_signal* stop_;
+    std::size_t written_ = 0;  // body bytes sent, for the access log
 };
 
 /// body_provider: produces a streamed response body by calling body_writer::write.
@@ -429,6 +430,16 @@ using handler = std::function<void(const request&, response&)>;
 std::string_view status_text(int status) noexcept;
 
 // --------------------------------------------------------------- server --
+
+/// access_entry: one response, as options::access_log sees it. The views are valid only
+/// during the call.
+struct access_entry {
+    std::string_view method;  ///< as sent; "" for an error the server answered itself (400, 408, 413, ...)
+    std::string_view target;  ///< as sent; "" likewise
+    int status = 0;
+    std::size_t bytes = 0;    ///< body bytes: the body handed to the socket, or those a stream wrote
+    std::chrono::microseconds duration{0};  ///< from the whole head's arrival to the response handed over
+};
 
 /// options: the settings of a run. Every field has a working default. A change made with
 /// server::set_options() takes effect at the next start.
@@ -477,6 +488,13 @@ struct options {
     /// connections of a run together may not exceed this; a request that would pass it is
     /// answered 503 and its connection closed. Default 256 MiB. 0 means the default.
     std::size_t max_buffered_bytes = 256 * 1024 * 1024;
+    /// access_log: called once per response, on the thread that sent it (keep it quick:
+    /// it delays that connection). Empty (the default): no log.
+    std::function<void(const access_entry&)> access_log;
+    /// error_log: called with one line for each problem the server handles on its own (a
+    /// handler or hook that threw, a failed accept, an allocation failure answered 503).
+    /// Any thread. Empty (the default): nothing is reported.
+    std::function<void(std::string_view message)> error_log;
 };
 
 /// body_mode: how a route receives request bodies.
@@ -1700,6 +1718,7 @@ inline bool body_writer::write(std::string_view data) {
     char crlf[] = {'\r', '\n'};
     iovec iov[3] = {{size_line, len}, {const_cast<char*>(data.data()), data.size()}, {crlf, 2}};
     failed_ = chunked_ ? !detail::send_all(fd_, iov, 3, timeout_) : !detail::send_all(fd_, iov + 1, 1, timeout_);
+    if (!failed_) written_ += data.size();
     return !failed_;
 }
 
@@ -1979,6 +1998,7 @@ struct connection {
     conn_state state = conn_state::closed;
     bool in_epoll = false;
     clock::time_point since;  // when the current timeout started counting
+    clock::time_point began;  // when the current request's head was whole (access log)
 
     byte_buffer in;                // bytes of requests not yet answered
     bool borrowed = false;         // in is the serving thread's read buffer, lent for now
@@ -2206,6 +2226,8 @@ private:
     void on_timeout(worker& w, connection& c, clock::time_point now) noexcept;
     void call_handler(worker& w, const route* r, int route_status);
     void build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed);
+    void log_access(const worker& w, const connection& c, std::size_t bytes) noexcept;
+    void log_error(const char* what, const char* detail) noexcept;
     bool grow_input(connection& c, std::size_t want);
     void charge(connection& c) noexcept;
     void lend_buffer(worker& w, connection& c);
@@ -2490,6 +2512,7 @@ inline void run::run_hooks(stop_reason why) noexcept {
         try {
             hook(why);
         } catch (...) {  // a hook's failure must not stop the stop
+            log_error("an on_stop hook threw", "");
         }
 #else
         hook(why);
@@ -2511,6 +2534,7 @@ inline void run::accept_ready(clock::time_point now) noexcept {
                 ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
                 return;
             }
+            log_error("accept failed, the run ends: ", std::strerror(e));
             return fail({e, std::system_category()});  // the listener itself is broken
         }
         if (live_.load() >= opts_.max_connections) {
@@ -2732,6 +2756,7 @@ inline void run::serve(worker& w, connection& c) noexcept {
             return_buffer(w, c);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         } catch (const std::bad_alloc&) {  // this connection fails, the others go on
+            log_error("out of memory: a connection was answered 503 and closed", "");
             send_unavailable(c.fd.get());
             o = outcome::close;
         }
@@ -2836,6 +2861,7 @@ inline run::outcome run::parse_head(worker& w, connection& c, bool& req_valid) {
         return outcome::need_input;
     }
     c.head_bytes = pr.head_bytes;
+    if (opts_.access_log) c.began = clock::now();
     c.version_minor = w.req.version_minor;
     c.keep_alive = wants_keep_alive(w.req);
     if (const int status = frame_request(w.req, c.framing)) return answer_error(w, c, status);
@@ -2954,7 +2980,12 @@ inline void run::call_handler(worker& w, const route* r, int route_status) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
         r->fn(w.req, res);
+    } catch (const std::exception& e) {
+        log_error("a handler threw (answered 500): ", e.what());
+        res.clear();
+        error_response(res, 500);
     } catch (...) {
+        log_error("a handler threw (answered 500)", "");
         res.clear();
         error_response(res, 500);
     }
@@ -2968,6 +2999,8 @@ inline void run::call_handler(worker& w, const route* r, int route_status) {
 inline run::outcome run::answer_error(worker& w, connection& c, int status) {
     w.res.clear();
     error_response(w.res, status);
+    w.req.method = w.req.target = std::string_view();  // may point into bytes gone by now
+    c.began = c.since;
     c.in_flight.store(true);
     c.start = c.in.size();
     c.reset_request();
@@ -2993,6 +3026,7 @@ inline run::outcome run::respond(worker& w, connection& c, bool keep_alive) {
     msg.msg_iovlen = 2;
     ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL); });
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return outcome::close;
+    if (opts_.access_log) log_access(w, c, body_size);
     c.keep_alive = keep_alive;
     c.set(conn_state::writing);
     const std::size_t sent = n < 0 ? 0 : static_cast<std::size_t>(n);
@@ -3018,12 +3052,17 @@ inline run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
             provider(out);
-        } catch (...) {
+        } catch (const std::exception& e) {
+            log_error("a stream provider threw: ", e.what());
             return outcome::close;  // no last chunk: the client sees the body is incomplete
+        } catch (...) {
+            log_error("a stream provider threw", "");
+            return outcome::close;
         }
 #else
         provider(out);
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        if (opts_.access_log) log_access(w, c, out.written_);
         if (out.failed_) return outcome::close;
         static constexpr std::string_view last_chunk = "0\r\n\r\n";
         iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
@@ -3128,6 +3167,31 @@ inline run::outcome run::linger(connection& c) noexcept {
         return outcome::close;
     }
     return outcome::wait;  // a fast sender: it waits its turn in epoll
+}
+
+inline void run::log_access(const worker& w, const connection& c, std::size_t bytes) noexcept {
+    const access_entry entry{w.req.method, w.req.target, w.res.status, bytes,
+                             std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - c.began)};
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+        opts_.access_log(entry);
+    } catch (...) {  // a failing log must not fail the response
+    }
+#else
+    opts_.access_log(entry);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+inline void run::log_error(const char* what, const char* detail) noexcept {
+    if (!opts_.error_log) return;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+        opts_.error_log(std::string("restartable_server: ") + what + detail);
+    } catch (...) {
+    }
+#else
+    opts_.error_log(std::string("restartable_server: ") + what + detail);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 
 /// grow_input: makes c.in's capacity want, if the run's budget allows.

@@ -1087,3 +1087,51 @@ TEST_CASE("error responses to HEAD carry no body", "[http][head]") {
     }
     srv.stop();
 }
+
+TEST_CASE("access_log sees every response; error_log what the server handled itself", "[http][log]") {
+    struct entry {
+        std::string method, target;
+        int status;
+        std::size_t bytes;
+    };
+    std::mutex m;
+    std::vector<entry> log;
+    std::vector<std::string> errors;
+    rs::options o = test::local_options();
+    o.access_log = [&](const rs::access_entry& e) {
+        std::lock_guard<std::mutex> lock(m);
+        log.push_back({std::string(e.method), std::string(e.target), e.status, e.bytes});
+        CHECK(e.duration.count() >= 0);
+    };
+    o.error_log = [&](std::string_view line) {
+        std::lock_guard<std::mutex> lock(m);
+        errors.emplace_back(line);
+    };
+    rs::server srv(o);
+    srv.get("/hello", [](const rs::request&, rs::response& res) { res.set_content("Hello, World!", "text/plain"); });
+    srv.get("/throw", [](const rs::request&, rs::response&) { throw std::runtime_error("boom"); });
+    srv.get("/stream", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [](rs::body_writer& out) {
+            out.write("abc");
+            out.write("de");
+        });
+    });
+    const auto port = start(srv);
+    CHECK(test::get(port, "/hello?x=1").status == 200);
+    CHECK(test::get(port, "/nowhere").status == 404);
+    CHECK(test::get(port, "/throw").status == 500);
+    CHECK(test::get(port, "/stream").status == 200);
+    CHECK(test::request(port, "BAD\r\n\r\n").status == 400);
+    srv.stop();
+
+    std::lock_guard<std::mutex> lock(m);
+    REQUIRE(log.size() == 5);
+    CHECK((log[0].method == "GET" && log[0].target == "/hello?x=1" && log[0].status == 200 && log[0].bytes == 13));
+    CHECK((log[1].status == 404 && log[1].target == "/nowhere"));
+    CHECK(log[2].status == 500);
+    CHECK((log[3].status == 200 && log[3].bytes == 5));  // what the stream wrote
+    CHECK((log[4].status == 400 && log[4].method.empty()));
+    REQUIRE(errors.size() == 1);
+    CHECK(errors[0].find("a handler threw") != std::string::npos);
+    CHECK(errors[0].find("boom") != std::string::npos);
+}
