@@ -710,6 +710,60 @@ private:
     std::atomic<std::int64_t> drain_limit_{INT64_MAX};  // stop(timeout)'s deadline, steady ns
 };
 
+// --------------------------------------------------------- static files --
+
+/// static_options: how static_files() serves a directory. Every field has a working default.
+struct static_options {
+    /// index: the file served for a directory ("index.html"); "" serves no directory. A
+    /// directory is never listed. Asked for without its trailing slash ("/docs"), a directory
+    /// with an index is redirected (301) to "/docs/", so relative links in the index resolve.
+    std::string index = "index.html";
+    /// cache_control: the Cache-Control value sent with every file and 304, e.g. "no-cache"
+    /// (clients revalidate each time; unchanged files cost a 304) or "public, max-age=31536000,
+    /// immutable" (for names that change with the content). "" (the default) sends none.
+    std::string cache_control;
+    /// dotfiles: whether names starting with '.' (.git, .env, .well-known) are served. Default
+    /// false: they are 404, so a checkout or secrets next to the site do not leak.
+    bool dotfiles = false;
+};
+
+/// static_files: a handler that serves the files under the directory root, for a route
+/// whose last segment is "*":
+///
+///     srv.get("/static/*", rs::static_files("/var/www"));  // /static/a/b.css: /var/www/a/b.css
+///
+/// The rest of the path (request::param("*")) is percent-decoded once, segment by segment,
+/// and checked before any file is touched. Answers:
+///   400  a "." or ".." segment (raw or %2e%2e in any case), an empty segment ("a//b"), an
+///        encoded slash (%2F), a backslash, NUL or another control byte, a bad %-escape;
+///   404  no such file; a name starting with '.' (see static_options::dotfiles); a directory
+///        without index; a FIFO, device or socket; a file whose real path (symbolic links
+///        resolved) is not under the real path of root, resolved at each request (so root
+///        may be a symbolic link that a deploy switches);
+///   405  a method other than GET and HEAD;
+///   301  a directory without its trailing slash (see static_options::index);
+///   200  the file, with Content-Type from mime_type(), Last-Modified, a weak ETag
+///        (W/"size-mtime_ns" in hex), Accept-Ranges: bytes, X-Content-Type-Options: nosniff;
+///   304  If-None-Match (weak comparison; it takes precedence) or If-Modified-Since says the
+///        client's copy is current; no body (RFC 9110 13.1.2, 13.1.3);
+///   412  If-Match (strong comparison, so only "*" can match the weak ETag) or
+///        If-Unmodified-Since fails (RFC 9110 13.1.1, 13.1.4);
+///   206  a GET with one range "bytes=a-b", "a-" or "-n": that part, with Content-Range;
+///        several ranges or a malformed Range are ignored (200, allowed by RFC 9110 14.2);
+///   416  the one range starts past the end, with "Content-Range: bytes */size".
+/// If-Range: an HTTP-date equal to Last-Modified keeps the range (for a file at least a
+/// second old); an entity tag never strongly matches the weak ETag, so it sends the whole
+/// file (200), which RFC 9110 13.1.5 allows. HEAD gets the header fields of GET, no body.
+/// A file (or range) up to 1 MiB is read into the response; a larger one is streamed with
+/// response::set_stream, 64 KiB per pread(), never held whole in memory. Descriptors are
+/// O_CLOEXEC and closed once the response is sent. The handler keeps copies of root, opts.
+handler static_files(std::string root, static_options opts = {});
+
+/// mime_type: the Content-Type for a file name by its extension, case-insensitively
+/// ("app.JS": "text/javascript; charset=utf-8"). Text types carry charset=utf-8; an unknown
+/// or missing extension gives "application/octet-stream".
+std::string_view mime_type(std::string_view filename) noexcept;
+
 }  // namespace restartable_server
 
 // ========================================================= implementation ==
@@ -1778,9 +1832,11 @@ inline std::string_view status_text(int status) noexcept {
         case 408: return "Request Timeout";
         case 409: return "Conflict";
         case 411: return "Length Required";
+        case 412: return "Precondition Failed";
         case 413: return "Content Too Large";
         case 414: return "URI Too Long";
         case 415: return "Unsupported Media Type";
+        case 416: return "Range Not Satisfiable";
         case 417: return "Expectation Failed";
         case 429: return "Too Many Requests";
         case 431: return "Request Header Fields Too Large";
@@ -3958,6 +4014,578 @@ inline stop_result server::wait() noexcept {
 inline bool server::wait_until_running(std::chrono::milliseconds timeout) const {
     std::unique_lock<std::mutex> lock(mutex_);
     return cv_.wait_for(lock, timeout, [this] { return state_.load() == server_state::running; });
+}
+
+namespace detail {
+
+// --------------------------------------------------------- static files --
+
+/// static_buffer_limit: a file or range up to this size is read into the response body
+/// (a Content-Length response); a larger one is streamed, never wholly in memory.
+inline constexpr std::uint64_t static_buffer_limit = 1024 * 1024;
+/// static_chunk: bytes per pread() and per write of a streamed file: big enough for few
+/// system calls, small enough to hold per streaming thread.
+inline constexpr std::size_t static_chunk = 64 * 1024;
+
+struct mime_entry {
+    std::string_view extension;
+    std::string_view type;
+};
+/// mime_types: extension (lower case) to Content-Type; javascript per RFC 9239.
+inline constexpr mime_entry mime_types[] = {
+    {"html", "text/html; charset=utf-8"},      {"htm", "text/html; charset=utf-8"},
+    {"css", "text/css; charset=utf-8"},        {"js", "text/javascript; charset=utf-8"},
+    {"mjs", "text/javascript; charset=utf-8"}, {"txt", "text/plain; charset=utf-8"},
+    {"csv", "text/csv; charset=utf-8"},        {"md", "text/markdown; charset=utf-8"},
+    {"json", "application/json"},              {"map", "application/json"},
+    {"xml", "application/xml"},                {"svg", "image/svg+xml"},
+    {"png", "image/png"},                      {"jpg", "image/jpeg"},
+    {"jpeg", "image/jpeg"},                    {"gif", "image/gif"},
+    {"webp", "image/webp"},                    {"avif", "image/avif"},
+    {"ico", "image/x-icon"},                   {"wasm", "application/wasm"},
+    {"pdf", "application/pdf"},                {"woff", "font/woff"},
+    {"woff2", "font/woff2"},                   {"mp4", "video/mp4"},
+    {"webm", "video/webm"},                    {"mp3", "audio/mpeg"},
+    {"zip", "application/zip"},                {"gz", "application/gzip"},
+};
+
+/// append_u64: appends n in decimal, or in lower-case hex with base 16.
+inline void append_u64(std::string& out, std::uint64_t n, unsigned base = 10) {
+    char tmp[24];
+    char* p = tmp + sizeof tmp;
+    do {
+        *--p = "0123456789abcdef"[n % base];
+        n /= base;
+    } while (n != 0);
+    out.append(p, static_cast<std::size_t>(tmp + sizeof tmp - p));
+}
+
+inline std::string_view trim_ows(std::string_view s) noexcept {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+// --- the path --
+
+/// decode_segment: appends raw percent-decoded to out. False for a bad %-escape, or a
+/// decoded byte no file name in a URL path may have: '/' (it would split the segment, so
+/// "..%2F" could climb), '\' (a separator elsewhere), NUL and other control bytes.
+inline bool decode_segment(std::string_view raw, std::string& out) {
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+        char c = raw[i];
+        if (c == '%') {
+            if (i + 2 >= raw.size()) return false;
+            const int hi = hex_value(raw[i + 1]), lo = hex_value(raw[i + 2]);
+            if (hi < 0 || lo < 0) return false;
+            c = static_cast<char>(hi * 16 + lo);
+            i += 2;
+        }
+        auto u = static_cast<unsigned char>(c);
+        if (c == '/' || c == '\\' || u < 0x20 || u == 0x7f) return false;
+        out += c;
+    }
+    return true;
+}
+
+/// decode_static_path: checks the raw rest of a path (request::param("*")) and decodes it
+/// into rel: segments joined by '/', "" for root itself; dir_slash tells whether it ended
+/// in '/'. Returns 0 when rel may name a file, 400 when no file name gives such a path, 404
+/// for a dot-file that is not served. Every check is on the decoded bytes that will be used.
+inline int decode_static_path(std::string_view raw, bool dotfiles, std::string& rel, bool& dir_slash) {
+    rel.clear();
+    dir_slash = !raw.empty() && raw.back() == '/';
+    if (dir_slash) raw.remove_suffix(1);
+    if (raw.empty()) return dir_slash ? 400 : 0;  // "/" alone is an empty segment
+    int status = 0;
+    for (;;) {
+        const std::size_t slash = raw.find('/');
+        if (!rel.empty()) rel += '/';
+        const std::size_t start = rel.size();
+        if (!decode_segment(raw.substr(0, slash), rel)) return 400;
+        const std::string_view name = std::string_view(rel).substr(start);
+        if (name.empty() || name == "." || name == "..") return 400;
+        if (name.front() == '.' && !dotfiles) status = 404;  // go on: a later ".." is still 400
+        if (slash == std::string_view::npos) return status;
+        raw.remove_prefix(slash + 1);
+    }
+}
+
+struct free_deleter {
+    void operator()(char* p) const noexcept { std::free(p); }
+};
+
+/// real_path: path with every symbolic link, "." and ".." resolved; false when it does not
+/// exist (or cannot be resolved).
+inline bool real_path(const std::string& path, std::string& out) {
+    std::unique_ptr<char, free_deleter> p(::realpath(path.c_str(), nullptr));
+    if (!p) return false;
+    out.assign(p.get());
+    return true;
+}
+
+/// is_beneath: whether the real path real is root or inside it ("/srv/www2" is not inside
+/// "/srv/www").
+inline bool is_beneath(std::string_view real, std::string_view root) noexcept {
+    if (root == "/") return true;
+    return real.substr(0, root.size()) == root && (real.size() == root.size() || real[root.size()] == '/');
+}
+
+/// static_file: an open file or directory and what fstat() said about it.
+struct static_file {
+    unique_fd fd;
+    struct stat st {};
+};
+
+/// open_beneath: opens path if its real path is under real_root and it is a regular file or
+/// a directory. The type is checked before open() (opening a FIFO or a device can block or
+/// act) and again after, on the same inode; O_NOFOLLOW fails a symbolic link swapped in
+/// after realpath() resolved the name.
+inline bool open_beneath(const std::string& real_root, const std::string& path, static_file& f) {
+    std::string real;
+    if (!real_path(path, real) || !is_beneath(real, real_root)) return false;
+    struct stat before {};
+    if (::stat(real.c_str(), &before) != 0 || !(S_ISREG(before.st_mode) || S_ISDIR(before.st_mode))) return false;
+    f.fd.reset(retry_eintr([&] { return ::open(real.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY); }));
+    if (!f.fd || ::fstat(f.fd.get(), &f.st) != 0) return false;
+    return f.st.st_ino == before.st_ino && f.st.st_dev == before.st_dev &&
+           (S_ISREG(f.st.st_mode) || S_ISDIR(f.st.st_mode));
+}
+
+// --- dates --
+
+/// format_http_date: t as an IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT" (RFC 9110
+/// 5.6.7), independent of the C locale; "" when t cannot be represented.
+inline std::string format_http_date(std::time_t t) {
+    std::tm tm{};
+    if (!::gmtime_r(&t, &tm) || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) return {};
+    static constexpr char days[] = "SunMonTueWedThuFriSat";
+    static constexpr char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    std::string out;
+    auto two = [&out](int v) {
+        out += static_cast<char>('0' + v / 10);
+        out += static_cast<char>('0' + v % 10);
+    };
+    out.append(days + 3 * tm.tm_wday, 3);
+    out += ", ";
+    two(tm.tm_mday);
+    out += ' ';
+    out.append(months + 3 * tm.tm_mon, 3);
+    out += ' ';
+    two((tm.tm_year + 1900) / 100);
+    two((tm.tm_year + 1900) % 100);
+    out += ' ';
+    two(tm.tm_hour);
+    out += ':';
+    two(tm.tm_min);
+    out += ':';
+    two(tm.tm_sec);
+    out += " GMT";
+    return out;
+}
+
+/// date_reader: reads an HTTP-date from left to right; once a step does not fit, ok stays
+/// false and every later step fails too.
+struct date_reader {
+    std::string_view s;
+    bool ok = true;
+
+    void literal(std::string_view lit) {
+        ok = ok && s.substr(0, lit.size()) == lit;
+        if (ok) s.remove_prefix(lit.size());
+    }
+    int number(std::size_t digits) {
+        int v = 0;
+        for (std::size_t i = 0; i < digits && ok; ++i) {
+            ok = !s.empty() && s.front() >= '0' && s.front() <= '9';
+            if (ok) v = v * 10 + (s.front() - '0'), s.remove_prefix(1);
+        }
+        return v;
+    }
+    /// one_of: the index of the name at the front (names are case-sensitive, RFC 9110 5.6.7).
+    template <std::size_t N>
+    int one_of(const std::string_view (&names)[N]) {
+        for (std::size_t i = 0; ok && i < N; ++i)
+            if (s.substr(0, names[i].size()) == names[i]) {
+                s.remove_prefix(names[i].size());
+                return static_cast<int>(i);
+            }
+        ok = false;
+        return 0;
+    }
+    void clock(int& h, int& m, int& sec) {
+        h = number(2), literal(":"), m = number(2), literal(":"), sec = number(2);
+    }
+};
+
+/// days_from_epoch: days from 1970-01-01 to the proleptic Gregorian date y-m-d (y >= 1).
+inline std::int64_t days_from_epoch(std::int64_t y, int m, int d) noexcept {
+    static constexpr int before_month[12] = {0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334};
+    auto leap_years_through = [](std::int64_t year) { return year / 4 - year / 100 + year / 400; };
+    const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return 365 * (y - 1970) + leap_years_through(y - 1) - leap_years_through(1969) + before_month[m - 1] +
+           (leap && m > 2 ? 1 : 0) + (d - 1);
+}
+
+/// parse_http_date: an HTTP-date in any of its three forms (RFC 9110 5.6.7: a recipient
+/// must accept all three): IMF-fixdate "Sun, 06 Nov 1994 08:49:37 GMT", rfc850-date
+/// "Sunday, 06-Nov-94 08:49:37 GMT" (a two-digit year more than 50 years ahead is in the
+/// last century) and asctime "Sun Nov  6 08:49:37 1994". False for anything else or an
+/// impossible date. The day name is not checked against the date.
+inline bool parse_http_date(std::string_view s, std::time_t& out) noexcept {
+    static constexpr std::string_view short_days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static constexpr std::string_view long_days[] = {"Sunday",   "Monday", "Tuesday", "Wednesday",
+                                                     "Thursday", "Friday", "Saturday"};
+    static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    date_reader r{s};
+    int year = 0, month = 0, day = 0, h = 0, m = 0, sec = 0;
+    if (s.size() > 3 && s[3] == ',') {  // IMF-fixdate
+        r.one_of(short_days), r.literal(", "), day = r.number(2), r.literal(" ");
+        month = r.one_of(months), r.literal(" "), year = r.number(4), r.literal(" ");
+        r.clock(h, m, sec), r.literal(" GMT");
+    } else if (s.size() > 3 && s[3] == ' ') {  // asctime: the day is space-padded
+        r.one_of(short_days), r.literal(" "), month = r.one_of(months), r.literal(" ");
+        if (!r.s.empty() && r.s.front() == ' ') r.literal(" "), day = r.number(1);
+        else day = r.number(2);
+        r.literal(" "), r.clock(h, m, sec), r.literal(" "), year = r.number(4);
+    } else {  // rfc850-date
+        r.one_of(long_days), r.literal(", "), day = r.number(2), r.literal("-");
+        month = r.one_of(months), r.literal("-"), year = r.number(2), r.literal(" ");
+        r.clock(h, m, sec), r.literal(" GMT");
+        std::time_t now = std::time(nullptr);
+        std::tm tm{};
+        ::gmtime_r(&now, &tm);
+        const int this_year = tm.tm_year + 1900;
+        year += this_year / 100 * 100;
+        if (year > this_year + 50) year -= 100;
+    }
+    static constexpr int month_days[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (!r.ok || !r.s.empty() || year < 1 || day < 1 || day > month_days[month] || h > 23 || m > 59 || sec > 60)
+        return false;
+    const bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (month == 1 && day == 29 && !leap) return false;
+    const std::int64_t t = days_from_epoch(year, month + 1, day) * 86400 + h * 3600 + m * 60 + sec;
+    out = static_cast<std::time_t>(t);
+    return true;
+}
+
+// --- conditional requests --
+
+/// file_validators: what conditional requests compare with (RFC 9110 8.8).
+struct file_validators {
+    std::string etag;                 ///< W/"size-mtime_ns", hex
+    std::time_t last_modified = 0;    ///< seconds; never later than now (RFC 9110 8.8.2.1)
+    bool date_is_strong = false;      ///< the file's last second is over (for If-Range)
+};
+
+inline file_validators validators_of(const struct stat& st) {
+    const std::time_t now = std::time(nullptr);
+    file_validators v;
+    v.etag = "W/\"";
+    append_u64(v.etag, static_cast<std::uint64_t>(st.st_size), 16);
+    v.etag += '-';
+    const std::uint64_t mtime_ns =
+        static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000u + static_cast<std::uint64_t>(st.st_mtim.tv_nsec);
+    append_u64(v.etag, mtime_ns, 16);
+    v.etag += '"';
+    v.last_modified = std::min(st.st_mtim.tv_sec, now);
+    v.date_is_strong = st.st_mtim.tv_sec < now;
+    return v;
+}
+
+/// etag_list_matches: whether list ("*", or entity-tags separated by commas) holds etag.
+/// Weak comparison ignores W/; strong comparison needs both tags strong (RFC 9110 8.8.3.2).
+/// The list is read up to its first malformed member.
+inline bool etag_list_matches(std::string_view list, std::string_view etag, bool strong) noexcept {
+    if (trim_ows(list) == "*") return true;
+    const bool ours_weak = etag.substr(0, 2) == "W/";
+    if (ours_weak) etag.remove_prefix(2);
+    for (;;) {
+        while (!list.empty() && (list.front() == ' ' || list.front() == '\t' || list.front() == ','))
+            list.remove_prefix(1);
+        if (list.empty()) return false;
+        const bool weak = list.substr(0, 2) == "W/";
+        if (weak) list.remove_prefix(2);
+        if (list.empty() || list.front() != '"') return false;
+        const std::size_t close = list.find('"', 1);
+        if (close == std::string_view::npos) return false;
+        if (list.substr(0, close + 1) == etag && !(strong && (weak || ours_weak))) return true;
+        list.remove_prefix(close + 1);
+    }
+}
+
+/// any_field_matches: etag_list_matches over every field line called name (a list may be
+/// split across lines, RFC 9110 5.3).
+inline bool any_field_matches(const request& req, std::string_view name, std::string_view etag, bool strong) {
+    for (const header& h : req.headers)
+        if (iequals(h.name, name) && etag_list_matches(h.value, etag, strong)) return true;
+    return false;
+}
+
+/// single_field: the value of the only field line called name; false when there is none or
+/// several (a date field with more than one member is ignored, RFC 9110 13.1.3).
+inline bool single_field(const request& req, std::string_view name, std::string_view& value) noexcept {
+    int found = 0;
+    for (const header& h : req.headers)
+        if (iequals(h.name, name)) value = h.value, ++found;
+    return found == 1;
+}
+
+inline bool date_field(const request& req, std::string_view name, std::time_t& t) noexcept {
+    std::string_view value;
+    return single_field(req, name, value) && parse_http_date(value, t);
+}
+
+/// precondition_status: RFC 9110 13.2.2 steps 1 to 4 for a GET or HEAD of an existing
+/// file: 412 when If-Match or If-Unmodified-Since fails, 304 when If-None-Match or
+/// If-Modified-Since finds the client's copy current, 0 to go on.
+inline int precondition_status(const request& req, const file_validators& v) {
+    std::time_t t = 0;
+    if (req.has_header("If-Match")) {
+        if (!any_field_matches(req, "If-Match", v.etag, true)) return 412;
+    } else if (date_field(req, "If-Unmodified-Since", t) && v.last_modified > t) {
+        return 412;
+    }
+    if (req.has_header("If-None-Match")) {
+        if (any_field_matches(req, "If-None-Match", v.etag, false)) return 304;
+    } else if (date_field(req, "If-Modified-Since", t) && v.last_modified <= t) {
+        return 304;
+    }
+    return 0;
+}
+
+/// if_range_holds: whether a Range may be served (RFC 9110 13.1.5): true without If-Range;
+/// with an entity tag, a strong match (never, against a weak ETag); with a date, equal to
+/// Last-Modified and strong.
+inline bool if_range_holds(const request& req, const file_validators& v) {
+    if (!req.has_header("If-Range")) return true;
+    std::string_view value;
+    if (!single_field(req, "If-Range", value)) return false;
+    value = trim_ows(value);
+    if (value.substr(0, 1) == "\"" || value.substr(0, 2) == "W/") return etag_list_matches(value, v.etag, true);
+    std::time_t t = 0;
+    return parse_http_date(value, t) && v.date_is_strong && t == v.last_modified;
+}
+
+// --- ranges --
+
+/// byte_range: the first and last (inclusive) byte of a part of a file.
+struct byte_range {
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+};
+
+/// range_kind: what parse_range() found.
+enum class range_kind {
+    whole,          ///< no usable Range: send the whole file (200)
+    part,           ///< one satisfiable range: send it (206)
+    unsatisfiable,  ///< one range that selects nothing: 416
+};
+
+/// parse_digits: a non-empty run of decimal digits, saturated at UINT64_MAX (a range
+/// beyond any file is then still unsatisfiable, not wrapped around).
+inline bool parse_digits(std::string_view s, std::uint64_t& out) noexcept {
+    if (s.empty()) return false;
+    std::uint64_t n = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return false;
+        const auto d = static_cast<std::uint64_t>(c - '0');
+        n = n > (UINT64_MAX - d) / 10 ? UINT64_MAX : n * 10 + d;
+    }
+    out = n;
+    return true;
+}
+
+/// parse_range: a Range value against a file of size bytes (RFC 9110 14.1.1, 14.1.2):
+/// "bytes=a-b" (b clamped to the end), "bytes=a-", "bytes=-n" (the last n bytes). A range
+/// starting at or past the end, or "-0", is unsatisfiable. Another unit, several ranges, a
+/// malformed range or one with b < a give whole: the server may ignore them (14.2).
+inline range_kind parse_range(std::string_view value, std::uint64_t size, byte_range& out) noexcept {
+    const std::size_t eq = value.find('=');
+    if (eq == std::string_view::npos || !iequals(value.substr(0, eq), "bytes")) return range_kind::whole;
+    std::string_view set = value.substr(eq + 1), spec;
+    int specs = 0;
+    while (!set.empty()) {  // a list: empty elements are allowed and skipped (RFC 9110 5.6.1.2)
+        const std::size_t comma = set.find(',');
+        const std::string_view item = trim_ows(set.substr(0, comma));
+        if (!item.empty()) spec = item, ++specs;
+        set.remove_prefix(comma == std::string_view::npos ? set.size() : comma + 1);
+    }
+    const std::size_t dash = spec.find('-');
+    if (specs != 1 || dash == std::string_view::npos) return range_kind::whole;
+    std::uint64_t first = 0, last = UINT64_MAX;
+    if (dash == 0) {  // suffix: the last n bytes
+        if (!parse_digits(spec.substr(1), last)) return range_kind::whole;
+        if (last == 0 || size == 0) return range_kind::unsatisfiable;
+        out.first = size - std::min(last, size);
+        out.last = size - 1;
+        return range_kind::part;
+    }
+    if (!parse_digits(spec.substr(0, dash), first)) return range_kind::whole;
+    if (dash + 1 < spec.size() && !parse_digits(spec.substr(dash + 1), last)) return range_kind::whole;
+    if (last < first) return range_kind::whole;
+    if (first >= size) return range_kind::unsatisfiable;
+    out.first = first;
+    out.last = std::min(last, size - 1);
+    return range_kind::part;
+}
+
+// --- sending --
+
+/// read_at: n bytes of fd at offset into out; false on an error or when the file ended
+/// first (it shrank since fstat()).
+inline bool read_at(int fd, std::uint64_t offset, std::size_t n, std::string& out) {
+    out.resize(n);
+    std::size_t got = 0;
+    while (got < n) {
+        const ssize_t r =
+            retry_eintr([&] { return ::pread(fd, &out[got], n - got, static_cast<off_t>(offset + got)); });
+        if (r <= 0) return false;
+        got += static_cast<std::size_t>(r);
+    }
+    return true;
+}
+
+/// file_slice: the part of an open file a streamed response sends; shared by the copies of
+/// its provider, closed when the last goes (after the response, or unsent after HEAD).
+struct file_slice {
+    unique_fd fd;
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+};
+
+/// stream_slice: the body provider of a large file: static_chunk bytes per pread() and write.
+/// A file that shrank or could not be read ends the body early: body_writer has no way yet
+/// to make the server drop the connection instead, so the client cannot tell.
+inline void stream_slice(const file_slice& f, body_writer& out) {
+    std::unique_ptr<char[]> buf(new char[static_chunk]);
+    std::uint64_t pos = f.offset;
+    const std::uint64_t end = f.offset + f.length;
+    while (pos < end) {
+        const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(static_chunk, end - pos));
+        const ssize_t n = retry_eintr([&] { return ::pread(f.fd.get(), buf.get(), want, static_cast<off_t>(pos)); });
+        if (n <= 0) return;
+        if (!out.write(std::string_view(buf.get(), static_cast<std::size_t>(n)))) return;
+        pos += static_cast<std::uint64_t>(n);
+    }
+}
+
+/// send_file: answers a GET or HEAD for the open regular file f: preconditions, range,
+/// then the body, read into the response or streamed.
+inline void send_file(const request& req, response& res, static_file& f, std::string_view type,
+                      const static_options& opts) {
+    const file_validators v = validators_of(f.st);
+    res.set_header("ETag", v.etag);
+    const std::string last_modified = format_http_date(v.last_modified);
+    if (!last_modified.empty()) res.set_header("Last-Modified", last_modified);
+    if (!opts.cache_control.empty()) res.set_header("Cache-Control", opts.cache_control);
+    if (const int status = precondition_status(req, v)) {
+        if (status == 304) res.status = 304;  // no body; ETag, Last-Modified, Cache-Control stay (RFC 9110 15.4.5)
+        else error_response(res, status);
+        return;
+    }
+    const auto size = static_cast<std::uint64_t>(f.st.st_size);
+    byte_range r;
+    std::string_view range;
+    range_kind kind = range_kind::whole;
+    // Range is defined for GET only (RFC 9110 14.2): HEAD reports the whole file.
+    if (req.method == "GET" && single_field(req, "Range", range) && if_range_holds(req, v))
+        kind = parse_range(range, size, r);
+    res.set_header("Accept-Ranges", "bytes");
+    if (kind == range_kind::unsatisfiable) {
+        error_response(res, 416);
+        std::string content_range = "bytes */";
+        append_u64(content_range, size);
+        res.set_header("Content-Range", content_range);
+        return;
+    }
+    res.set_header("Content-Type", type);
+    res.set_header("X-Content-Type-Options", "nosniff");  // browsers must not sniff HTML into a .txt
+    std::uint64_t offset = 0, length = size;
+    if (kind == range_kind::part) {
+        res.status = 206;
+        std::string content_range = "bytes ";
+        append_u64(content_range, r.first), content_range += '-', append_u64(content_range, r.last);
+        content_range += '/', append_u64(content_range, size);
+        res.set_header("Content-Range", content_range);
+        offset = r.first;
+        length = r.last - r.first + 1;
+    }
+    if (length <= static_buffer_limit) {
+        if (!read_at(f.fd.get(), offset, static_cast<std::size_t>(length), res.body)) {
+            res.headers.clear();
+            error_response(res, 500);
+        }
+        return;
+    }
+    auto slice = std::make_shared<file_slice>();
+    slice->fd = std::move(f.fd);
+    slice->offset = offset;
+    slice->length = length;
+    res.set_stream(type, [slice](body_writer& out) { stream_slice(*slice, out); });
+}
+
+/// redirect_to_slash: 301 to the directory's URL with a trailing slash, the query kept.
+inline void redirect_to_slash(const request& req, response& res) {
+    // "//host/" or "/\host/" in Location would send a browser to another host.
+    if (req.path.size() < 2 || req.path[1] == '/' || req.path[1] == '\\') return error_response(res, 404);
+    std::string location(req.path);
+    location += '/';
+    if (!req.query.empty()) location += '?', location += req.query;
+    error_response(res, 301);
+    res.set_header("Location", location);
+}
+
+/// serve_static: the body of the handler static_files() returns.
+inline void serve_static(const std::string& root, const static_options& opts, const request& req, response& res) {
+    if (req.method != "GET" && req.method != "HEAD") {
+        error_response(res, 405);
+        res.set_header("Allow", "GET, HEAD");
+        return;
+    }
+    std::string rel;
+    bool dir_slash = false;
+    if (const int status = decode_static_path(req.param("*"), opts.dotfiles, rel, dir_slash))
+        return error_response(res, status);
+    std::string real_root;
+    if (!real_path(root, real_root)) return error_response(res, 404);
+    std::string path = real_root;
+    if (!rel.empty()) {
+        if (path.back() != '/') path += '/';
+        path += rel;
+    }
+    static_file f;
+    if (!open_beneath(real_root, path, f)) return error_response(res, 404);
+    std::string_view name = rel;  // what the Content-Type goes by
+    if (S_ISDIR(f.st.st_mode)) {
+        if (opts.index.empty() || !open_beneath(real_root, path + "/" + opts.index, f) || !S_ISREG(f.st.st_mode))
+            return error_response(res, 404);
+        if (req.path.empty() || req.path.back() != '/') return redirect_to_slash(req, res);
+        name = opts.index;
+    } else if (dir_slash) {
+        return error_response(res, 404);  // "file.txt/"
+    }
+    send_file(req, res, f, mime_type(name), opts);
+}
+
+}  // namespace detail
+
+inline std::string_view mime_type(std::string_view filename) noexcept {
+    const std::size_t dot = filename.rfind('.');
+    const std::size_t slash = filename.rfind('/');
+    if (dot == std::string_view::npos || (slash != std::string_view::npos && dot < slash))
+        return "application/octet-stream";
+    const std::string_view ext = filename.substr(dot + 1);
+    for (const detail::mime_entry& m : detail::mime_types)
+        if (detail::iequals(m.extension, ext)) return m.type;
+    return "application/octet-stream";
+}
+
+inline handler static_files(std::string root, static_options opts) {
+    return [root = std::move(root), opts = std::move(opts)](const request& req, response& res) {
+        detail::serve_static(root, opts, req, res);
+    };
 }
 
 }  // namespace restartable_server
