@@ -23,6 +23,13 @@
 //   (see ENGINE below). stop() ends the run gracefully; the same object can then be
 //   started again, any number of times, with changed options or routes.
 //
+//   restart() replaces the run without stopping: the next run, built from the current
+//   options and routes, takes the listening socket as it is (same factory address) and
+//   every connection waiting for a request; the old run finishes its requests in flight
+//   (their connections then move too) while the control thread, now the new run's, keeps
+//   its time; its workers are joined when its last connection has gone. Nothing is
+//   refused or dropped. upgrade() hands the socket to a new process instead.
+//
 //   state      what is going on                              next
 //   ---------  --------------------------------------------  ---------------------------
 //   stopped    nothing open but the self-pipe; no thread     starting (start/run)
@@ -38,6 +45,8 @@
 //   run()             until the run ends            any but a server thread no
 //   request_stop()    no                            any, handlers too       yes
 //   stop()            until drained and joined (*)  any                     no
+//   restart()         until the new run serves      any, handlers too       no
+//   upgrade()         until the new process is ready any but a server thread no
 //   wait()            until the run ends            any but a server thread no
 //   state(), port()   no                            any                     yes
 //   wait_until_running(timeout)  up to timeout      any                     no
@@ -80,6 +89,8 @@
 // LIMITATIONS
 //
 //   - Linux (uses epoll, accept4, pipe2, SOCK_CLOEXEC). Other POSIX systems: not yet.
+//   - upgrade() under systemd: the main PID changes, which systemd does not follow; use
+//     socket activation and a unit restart there (or restart(), which stays in-process).
 //   - No TLS, no HTTP/2, no transfer codings but chunked (gzip request bodies get 501).
 //   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
 //   - A streamed request or response body (read_body, set_stream) holds a worker thread
