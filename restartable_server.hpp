@@ -631,7 +631,7 @@ public:
     stop_result stop(std::chrono::milliseconds drain_timeout) noexcept;
 
     /// restart: replaces the current run by a new one built from the current options,
-    /// routes and hooks, without refusing a connection or dropping a request:
+    /// routes and hooks, without refusing a connection or dropping a request. What moves:
     ///   - the listening socket is handed over as is when the factory's address is the
     ///     same (see listener_factory); otherwise the new one is bound first, and the
     ///     connections the old one had queued are moved before it closes;
@@ -739,7 +739,7 @@ struct static_options {
 };
 
 /// static_files: a handler that serves the files under the directory root, for a route
-/// whose last segment is "*":
+/// whose last segment is "*". For example:
 ///
 ///     srv.get("/static/*", rs::static_files("/var/www"));  // /static/a/b.css: /var/www/a/b.css
 ///
