@@ -108,6 +108,10 @@
 //
 //   RESTARTABLE_SERVER_NO_EXCEPTIONS  Define to build without exceptions. Detected
 //                                     automatically under -fno-exceptions.
+//   RESTARTABLE_SERVER_SPLIT          Define in every translation unit to compile the
+//                                     implementation once (stb style): then define
+//                                     RESTARTABLE_SERVER_IMPLEMENTATION too in exactly one
+//                                     of them. Without it the header is the whole library.
 
 #ifndef RESTARTABLE_SERVER_HPP
 #define RESTARTABLE_SERVER_HPP
@@ -778,6 +782,20 @@ std::string_view mime_type(std::string_view filename) noexcept;
 }  // namespace restartable_server
 
 // ========================================================= implementation ==
+//
+// By default every function below is inline and this file is the whole library. With
+// RESTARTABLE_SERVER_SPLIT defined in every translation unit (stb style), the part below
+// is compiled only where RESTARTABLE_SERVER_IMPLEMENTATION is defined too - in one
+// translation unit - and the others see the declarations above only, so a program of many
+// files compiles the implementation once.
+
+#if !defined(RESTARTABLE_SERVER_SPLIT) || defined(RESTARTABLE_SERVER_IMPLEMENTATION)
+
+#ifdef RESTARTABLE_SERVER_SPLIT
+#define RESTARTABLE_SERVER_FN  // defined once, in this translation unit
+#else
+#define RESTARTABLE_SERVER_FN inline
+#endif  // RESTARTABLE_SERVER_SPLIT
 
 namespace restartable_server {
 namespace detail {
@@ -887,13 +905,13 @@ auto retry_eintr(F f) -> decltype(f()) {
     return r;
 }
 
-inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
+RESTARTABLE_SERVER_FN std::error_code last_error() noexcept { return {errno, std::system_category()}; }
 
-inline char ascii_lower(char c) noexcept {
+RESTARTABLE_SERVER_FN char ascii_lower(char c) noexcept {
     return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
-inline bool iequals(std::string_view a, std::string_view b) noexcept {
+RESTARTABLE_SERVER_FN bool iequals(std::string_view a, std::string_view b) noexcept {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i)
         if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
@@ -902,7 +920,7 @@ inline bool iequals(std::string_view a, std::string_view b) noexcept {
 
 /// has_token: whether the comma-separated list (a Connection or Expect value) contains
 /// token, case-insensitively.
-inline bool has_token(std::string_view list, std::string_view token) noexcept {
+RESTARTABLE_SERVER_FN bool has_token(std::string_view list, std::string_view token) noexcept {
     while (!list.empty()) {
         std::size_t comma = list.find(',');
         std::string_view item = list.substr(0, comma);
@@ -916,27 +934,27 @@ inline bool has_token(std::string_view list, std::string_view token) noexcept {
 }
 
 /// is_tchar: whether c may appear in an RFC 9110 token (methods, field names).
-inline bool is_tchar(unsigned char c) noexcept {
+RESTARTABLE_SERVER_FN bool is_tchar(unsigned char c) noexcept {
     // One bit per byte value: DIGIT, ALPHA and !#$%&'*+-.^_`|~ (a table: the parser's hot loop).
     static constexpr std::uint64_t bits[4] = {0x03ff6cfa00000000, 0x57ffffffc7fffffe, 0, 0};
     return (bits[c >> 6] >> (c & 63)) & 1;
 }
 
 /// is_token: whether s is a non-empty token (a valid field name).
-inline bool is_token(std::string_view s) noexcept {
+RESTARTABLE_SERVER_FN bool is_token(std::string_view s) noexcept {
     for (char c : s)
         if (!is_tchar(static_cast<unsigned char>(c))) return false;
     return !s.empty();
 }
 
 /// is_field_value: whether s holds no CR, LF or NUL, which would split a response.
-inline bool is_field_value(std::string_view s) noexcept {
+RESTARTABLE_SERVER_FN bool is_field_value(std::string_view s) noexcept {
     for (char c : s)
         if (c == '\r' || c == '\n' || c == '\0') return false;
     return true;
 }
 
-inline int hex_value(char c) noexcept {
+RESTARTABLE_SERVER_FN int hex_value(char c) noexcept {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
@@ -945,7 +963,7 @@ inline int hex_value(char c) noexcept {
 
 /// percent_decode: in with %XX decoded (and '+' as space when plus_as_space). A '%' not
 /// followed by two hex digits is kept as it is.
-inline std::string percent_decode(std::string_view in, bool plus_as_space) {
+RESTARTABLE_SERVER_FN std::string percent_decode(std::string_view in, bool plus_as_space) {
     std::string out;
     out.reserve(in.size());
     for (std::size_t i = 0; i < in.size(); ++i) {
@@ -964,7 +982,7 @@ inline std::string percent_decode(std::string_view in, bool plus_as_space) {
 }
 
 /// append_number: appends the decimal form of n.
-inline void append_number(std::string& out, std::size_t n) {
+RESTARTABLE_SERVER_FN void append_number(std::string& out, std::size_t n) {
     char tmp[24];
     char* p = tmp + sizeof tmp;
     do {
@@ -975,7 +993,7 @@ inline void append_number(std::string& out, std::size_t n) {
 }
 
 /// parse_content_length: a Content-Length value, which must be plain digits that fit.
-inline bool parse_content_length(std::string_view v, std::size_t& out) noexcept {
+RESTARTABLE_SERVER_FN bool parse_content_length(std::string_view v, std::size_t& out) noexcept {
     if (v.empty() || v.size() > 18) return false;
     std::size_t n = 0;
     for (char c : v) {
@@ -1094,7 +1112,7 @@ private:
 
 /// send_all: sends every byte of iov[0..count) with MSG_NOSIGNAL, waiting in poll(2) up
 /// to timeout (0: forever) whenever the socket buffer is full. False on error or timeout.
-inline bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::milliseconds timeout) noexcept {
+RESTARTABLE_SERVER_FN bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::milliseconds timeout) noexcept {
     while (count != 0 && iov->iov_len == 0) ++iov, --count;
     while (count != 0) {
         msghdr msg{};
@@ -1121,27 +1139,27 @@ inline bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::millise
 
 /// send_unavailable: a 503 for a connection about to be closed, without waiting or
 /// allocating (too many connections, or out of memory).
-inline void send_unavailable(int fd) noexcept {
+RESTARTABLE_SERVER_FN void send_unavailable(int fd) noexcept {
     static constexpr std::string_view text =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     (void)::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 /// send_continue: the interim "100 Continue" response (RFC 9110 15.2.1).
-inline bool send_continue(int fd, std::chrono::milliseconds timeout) noexcept {
+RESTARTABLE_SERVER_FN bool send_continue(int fd, std::chrono::milliseconds timeout) noexcept {
     static constexpr std::string_view text = "HTTP/1.1 100 Continue\r\n\r\n";
     iovec iov{const_cast<char*>(text.data()), text.size()};
     return send_all(fd, &iov, 1, timeout);
 }
 
-inline bool set_nonblocking_cloexec(int fd) noexcept {
+RESTARTABLE_SERVER_FN bool set_nonblocking_cloexec(int fd) noexcept {
     int fl = ::fcntl(fd, F_GETFL);
     int fdfl = ::fcntl(fd, F_GETFD);
     return fl >= 0 && fdfl >= 0 && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 &&
            ::fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) == 0;
 }
 
-inline std::uint16_t local_port(int fd) noexcept {
+RESTARTABLE_SERVER_FN std::uint16_t local_port(int fd) noexcept {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
@@ -1176,7 +1194,7 @@ public:
 /// split_target: out.path and out.query from out.target, which is in origin-form
 /// "/path?query", absolute-form "http://host/path?query", or "*" (OPTIONS only). False
 /// for any other form.
-inline bool split_target(request& out) noexcept {
+RESTARTABLE_SERVER_FN bool split_target(request& out) noexcept {
     std::string_view target = out.target;
     const std::size_t scheme_end = iequals(target.substr(0, 7), "http://")    ? 7
                                    : iequals(target.substr(0, 8), "https://") ? 8
@@ -1196,7 +1214,7 @@ inline bool split_target(request& out) noexcept {
     return true;
 }
 
-inline parse_result parse_request(std::string_view buf, request& out, const parse_limits& limits) noexcept {
+RESTARTABLE_SERVER_FN parse_result parse_request(std::string_view buf, request& out, const parse_limits& limits) noexcept {
     out.headers.clear();
     const std::string_view in = buf.substr(0, limits.max_header_bytes);
     // Out of bytes: "partial", unless the head already runs past a limit.
@@ -1271,7 +1289,7 @@ inline parse_result parse_request(std::string_view buf, request& out, const pars
 }
 
 
-inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) noexcept {
+RESTARTABLE_SERVER_FN chunked_decoder::step_result chunked_decoder::step(std::string_view in) noexcept {
     const step_result bad{parse_status::error, 0, {}, 400};
     std::size_t i = 0;
     for (; i < in.size(); ++i) {
@@ -1351,7 +1369,7 @@ inline chunked_decoder::step_result chunked_decoder::step(std::string_view in) n
 
 /// trailer_byte: one byte of the trailer section (fields, then the empty line that ends
 /// the body; RFC 9112 7.1.2), checked and dropped. False when it is malformed.
-inline bool chunked_decoder::trailer_byte(unsigned char c) noexcept {
+RESTARTABLE_SERVER_FN bool chunked_decoder::trailer_byte(unsigned char c) noexcept {
     switch (state_) {
         case state::trailer_start:
             if (c == '\r') {
@@ -1387,7 +1405,7 @@ struct request_framing {
 /// 3.2.2): an IP literal in brackets or a reg-name, and digits after a colon. Empty is
 /// valid (a target without authority). Refused: spaces, '/', '@' (userinfo), and ','
 /// (which reg-name allows, but which makes a list: two hosts in one field).
-inline bool valid_host(std::string_view v) noexcept {
+RESTARTABLE_SERVER_FN bool valid_host(std::string_view v) noexcept {
     std::size_t port_at = v.size();
     if (!v.empty() && v.front() == '[') {
         const std::size_t close = v.find(']');
@@ -1412,7 +1430,7 @@ inline bool valid_host(std::string_view v) noexcept {
 /// frame_request: checks Host, Content-Length, Transfer-Encoding and Expect of a parsed
 /// head (RFC 9112 3.2, 6; RFC 9110 10.1.1). Returns 0, or the status to answer before
 /// closing: 400 (bad or ambiguous framing, no or several Host), 417, 501.
-inline int frame_request(const request& req, request_framing& out) noexcept {
+RESTARTABLE_SERVER_FN int frame_request(const request& req, request_framing& out) noexcept {
     out = request_framing();
     std::size_t hosts = 0;
     bool has_length = false, has_te = false, chunked_last = false, other_coding = false, chunked_twice = false;
@@ -1545,32 +1563,32 @@ private:
 
 // -------------------------------------------------------------- errors --
 
-inline const std::error_category& error_category() noexcept {
+RESTARTABLE_SERVER_FN const std::error_category& error_category() noexcept {
     static const detail::error_category_impl category;
     return category;
 }
 
-inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
+RESTARTABLE_SERVER_FN std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 // ------------------------------------------------------------- sockets --
 
-inline unique_fd& unique_fd::operator=(unique_fd&& other) noexcept {
+RESTARTABLE_SERVER_FN unique_fd& unique_fd::operator=(unique_fd&& other) noexcept {
     if (this != &other) reset(other.release());
     return *this;
 }
 
-inline int unique_fd::release() noexcept {
+RESTARTABLE_SERVER_FN int unique_fd::release() noexcept {
     int fd = fd_;
     fd_ = -1;
     return fd;
 }
 
-inline void unique_fd::reset(int fd) noexcept {
+RESTARTABLE_SERVER_FN void unique_fd::reset(int fd) noexcept {
     if (fd_ >= 0) ::close(fd_);  // not retried on EINTR: on Linux the descriptor is gone
     fd_ = fd;
 }
 
-inline listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
+RESTARTABLE_SERVER_FN listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
     std::string address = "tcp:" + host + ":";
     detail::append_number(address, port);
     auto make = [host = std::move(host), port, backlog](std::error_code& ec) -> unique_fd {
@@ -1604,7 +1622,7 @@ inline listener_factory tcp_listener(std::string host, std::uint16_t port, int b
     return listener_factory(std::move(make), std::move(address));
 }
 
-inline listener_factory unix_listener(std::string path, int backlog) {
+RESTARTABLE_SERVER_FN listener_factory unix_listener(std::string path, int backlog) {
     std::string address = "unix:" + path;
     auto make = [path = std::move(path), backlog](std::error_code& ec) -> unique_fd {
         ec.clear();
@@ -1640,7 +1658,7 @@ inline listener_factory unix_listener(std::string path, int backlog) {
     return listener_factory(std::move(make), std::move(address));
 }
 
-inline listener_factory inherited_listener(int fd) {
+RESTARTABLE_SERVER_FN listener_factory inherited_listener(int fd) {
     std::string address = "fd:";
     detail::append_number(address, static_cast<unsigned>(fd));
     auto make = [fd](std::error_code& ec) -> unique_fd {
@@ -1654,7 +1672,7 @@ inline listener_factory inherited_listener(int fd) {
 
 namespace detail {
 /// env_number: the environment variable name as a decimal number, or -1.
-inline long env_number(const char* name) noexcept {
+RESTARTABLE_SERVER_FN long env_number(const char* name) noexcept {
     const char* v = std::getenv(name);
     if (v == nullptr || *v < '0' || *v > '9') return -1;
     char* end = nullptr;
@@ -1664,7 +1682,7 @@ inline long env_number(const char* name) noexcept {
 }
 }  // namespace detail
 
-inline listener_factory systemd_listener(std::string name) {
+RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
     constexpr int first_fd = 3;  // SD_LISTEN_FDS_START
     int chosen = -1;
     const long count = detail::env_number("LISTEN_FDS");
@@ -1701,7 +1719,7 @@ inline listener_factory systemd_listener(std::string name) {
     return listener_factory(std::move(make), std::move(address));
 }
 
-inline std::error_code notify_ready() noexcept {
+RESTARTABLE_SERVER_FN std::error_code notify_ready() noexcept {
     const char* path = std::getenv("NOTIFY_SOCKET");
     if (path == nullptr || *path == '\0') return {};
     sockaddr_un addr{};
@@ -1722,25 +1740,25 @@ inline std::error_code notify_ready() noexcept {
 
 // ----------------------------------------------------------------- HTTP --
 
-inline std::string_view request::get_header(std::string_view name) const noexcept {
+RESTARTABLE_SERVER_FN std::string_view request::get_header(std::string_view name) const noexcept {
     for (const auto& h : headers)
         if (detail::iequals(h.name, name)) return h.value;
     return {};
 }
 
-inline bool request::has_header(std::string_view name) const noexcept {
+RESTARTABLE_SERVER_FN bool request::has_header(std::string_view name) const noexcept {
     for (const auto& h : headers)
         if (detail::iequals(h.name, name)) return true;
     return false;
 }
 
-inline std::string_view request::param(std::string_view name) const noexcept {
+RESTARTABLE_SERVER_FN std::string_view request::param(std::string_view name) const noexcept {
     for (const auto& p : params_)
         if (p.first == name) return p.second;
     return {};
 }
 
-inline std::optional<std::string> request::query_param(std::string_view name) const {
+RESTARTABLE_SERVER_FN std::optional<std::string> request::query_param(std::string_view name) const {
     std::string_view rest = query;
     while (!rest.empty()) {
         std::size_t amp = rest.find('&');
@@ -1754,11 +1772,11 @@ inline std::optional<std::string> request::query_param(std::string_view name) co
     return std::nullopt;
 }
 
-inline bool request::stop_requested() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
+RESTARTABLE_SERVER_FN bool request::stop_requested() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
 
-inline bool body_writer::stopping() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
+RESTARTABLE_SERVER_FN bool body_writer::stopping() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
 
-inline bool body_writer::wait_for_stop(std::chrono::milliseconds timeout) const {
+RESTARTABLE_SERVER_FN bool body_writer::wait_for_stop(std::chrono::milliseconds timeout) const {
     if (stop_ == nullptr) {
         std::this_thread::sleep_for(timeout);
         return false;
@@ -1766,13 +1784,13 @@ inline bool body_writer::wait_for_stop(std::chrono::milliseconds timeout) const 
     return stop_->wait_for(timeout);
 }
 
-inline std::error_code request::read_body(const body_sink& sink) const {
+RESTARTABLE_SERVER_FN std::error_code request::read_body(const body_sink& sink) const {
     if (reader_) return reader_->read(sink);
     if (!body.empty()) sink(body);
     return {};
 }
 
-inline bool body_writer::write(std::string_view data) {
+RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
     if (failed_ || data.empty()) return !failed_;
     char size_line[20];
     std::size_t len = 0;
@@ -1787,13 +1805,13 @@ inline bool body_writer::write(std::string_view data) {
     return !failed_;
 }
 
-inline void response::set_stream(std::string_view content_type, body_provider provider) {
+RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, body_provider provider) {
     body.clear();
     provider_ = std::move(provider);
     set_header("Content-Type", content_type);
 }
 
-inline void response::set_header(std::string_view name, std::string_view value) {
+RESTARTABLE_SERVER_FN void response::set_header(std::string_view name, std::string_view value) {
     for (auto& h : headers)
         if (detail::iequals(h.first, name)) {
             h.second.assign(value);
@@ -1802,25 +1820,25 @@ inline void response::set_header(std::string_view name, std::string_view value) 
     headers.emplace_back(std::string(name), std::string(value));
 }
 
-inline void response::set_content(std::string_view content, std::string_view content_type) {
+RESTARTABLE_SERVER_FN void response::set_content(std::string_view content, std::string_view content_type) {
     body.assign(content);
     set_header("Content-Type", content_type);
 }
 
-inline std::string_view response::get_header(std::string_view name) const noexcept {
+RESTARTABLE_SERVER_FN std::string_view response::get_header(std::string_view name) const noexcept {
     for (const auto& h : headers)
         if (detail::iequals(h.first, name)) return h.second;
     return {};
 }
 
-inline void response::clear() noexcept {
+RESTARTABLE_SERVER_FN void response::clear() noexcept {
     status = 200;
     headers.clear();
     body.clear();
     provider_ = nullptr;
 }
 
-inline std::string_view status_text(int status) noexcept {
+RESTARTABLE_SERVER_FN std::string_view status_text(int status) noexcept {
     switch (status) {
         case 100: return "Continue";
         case 101: return "Switching Protocols";
@@ -1860,7 +1878,7 @@ inline std::string_view status_text(int status) noexcept {
     }
 }
 
-inline std::string_view to_string(server_state s) noexcept {
+RESTARTABLE_SERVER_FN std::string_view to_string(server_state s) noexcept {
     switch (s) {
         case server_state::stopped: return "stopped";
         case server_state::starting: return "starting";
@@ -1919,10 +1937,10 @@ namespace detail {
 
 using clock = std::chrono::steady_clock;
 
-inline std::int64_t to_ns(clock::time_point t) noexcept {
+RESTARTABLE_SERVER_FN std::int64_t to_ns(clock::time_point t) noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
-inline clock::time_point from_ns(std::int64_t ns) noexcept {
+RESTARTABLE_SERVER_FN clock::time_point from_ns(std::int64_t ns) noexcept {
     return clock::time_point(std::chrono::duration_cast<clock::duration>(std::chrono::nanoseconds(ns)));
 }
 constexpr std::int64_t never = INT64_MAX;
@@ -1963,7 +1981,7 @@ using route_list = std::vector<std::shared_ptr<const route>>;
 /// match_route: the route for method and path (a GET route also answers HEAD), with the
 /// path parameters in params; or null and status 404 (no such path) or 405.
 using params_t = std::vector<std::pair<std::string_view, std::string>>;
-inline const route* match_route(const route_list& routes, std::string_view method, std::string_view path,
+RESTARTABLE_SERVER_FN const route* match_route(const route_list& routes, std::string_view method, std::string_view path,
                                 params_t& params, int& status) {
     const route* get_for_head = nullptr;
     bool path_known = false;
@@ -1982,7 +2000,7 @@ inline const route* match_route(const route_list& routes, std::string_view metho
 }
 
 /// allowed_methods: the Allow value of a 405: the methods whose routes match path.
-inline std::string allowed_methods(const route_list& routes, std::string_view path, params_t& scratch) {
+RESTARTABLE_SERVER_FN std::string allowed_methods(const route_list& routes, std::string_view path, params_t& scratch) {
     std::vector<std::string_view> methods;
     for (const auto& r : routes)
         if (std::find(methods.begin(), methods.end(), r->method) == methods.end() && r->match(path, scratch))
@@ -1998,14 +2016,14 @@ inline std::string allowed_methods(const route_list& routes, std::string_view pa
 }
 
 /// error_response: the body of every response the server makes up itself.
-inline void error_response(response& res, int status) {
+RESTARTABLE_SERVER_FN void error_response(response& res, int status) {
     res.status = status;
     res.set_content(status_text(status), "text/plain");
 }
 
 /// wants_keep_alive: whether the client lets the connection stay open. Connection is one
 /// list across all its field lines (RFC 9110 7.6.1).
-inline bool wants_keep_alive(const request& req) noexcept {
+RESTARTABLE_SERVER_FN bool wants_keep_alive(const request& req) noexcept {
     bool close = false, keep_alive = false;
     for (const header& h : req.headers) {
         if (!iequals(h.name, "Connection")) continue;
@@ -2179,13 +2197,13 @@ private:
 
 /// note_events: what an epoll event says that a read might not: the client has shut
 /// down its side (its EOF may sit behind the bytes already read).
-inline void note_events(connection& c, std::uint32_t events) noexcept {
+RESTARTABLE_SERVER_FN void note_events(connection& c, std::uint32_t events) noexcept {
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c.peer_closed = true;
 }
 
 /// take: makes the calling thread the holder of a parked connection, with the events that
 /// came while another thread held it. False when another thread holds it or it is free.
-inline bool take(connection& c) noexcept {
+RESTARTABLE_SERVER_FN bool take(connection& c) noexcept {
     int expected = connection::parked;
     if (!c.hold.compare_exchange_strong(expected, connection::held)) return false;
     note_events(c, c.pending.exchange(0));  // what they signalled, the new holder is about to see
@@ -2196,7 +2214,7 @@ inline bool take(connection& c) noexcept {
 /// left in c.pending, which that holder checks right after parking c (edge-triggered
 /// events come once, so none may be dropped). False: someone else serves c, or c is free
 /// (a stale event for a closed connection).
-inline bool take_for_event(connection& c, std::uint32_t events) noexcept {
+RESTARTABLE_SERVER_FN bool take_for_event(connection& c, std::uint32_t events) noexcept {
     for (;;) {
         if (take(c)) {
             note_events(c, events);
@@ -2214,7 +2232,7 @@ inline bool take_for_event(connection& c, std::uint32_t events) noexcept {
 
 /// watched_events: what c is registered for: input always, output once a response had
 /// to wait for the socket (then for good: edges come only when a full buffer drains).
-inline std::uint32_t watched_events(const connection& c) noexcept {
+RESTARTABLE_SERVER_FN std::uint32_t watched_events(const connection& c) noexcept {
     return EPOLLIN | EPOLLRDHUP | EPOLLET | (c.watch_output ? EPOLLOUT : 0u);
 }
 
@@ -2347,7 +2365,7 @@ private:
     std::atomic<bool> workers_exit_{false};
 };
 
-inline run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
+RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
                 std::uint64_t generation)
     : srv_(srv),
       opts_(std::move(opts)),
@@ -2359,9 +2377,9 @@ inline run::run(server& srv, options opts, route_list routes, std::vector<stop_h
     inline_ = opts_.worker_threads == 0;
 }
 
-inline run::~run() = default;
+RESTARTABLE_SERVER_FN run::~run() = default;
 
-inline std::error_code run::init() noexcept {
+RESTARTABLE_SERVER_FN std::error_code run::init() noexcept {
     control_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     conn_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     // The self-pipe is marked by a null pointer, the listener by its own address, a
@@ -2378,7 +2396,7 @@ inline std::error_code run::init() noexcept {
 
 // ------------------------------------------------------- control thread --
 
-inline void run::loop() noexcept {
+RESTARTABLE_SERVER_FN void run::loop() noexcept {
     epoll_event events[control_events];
     for (;;) {
         clock::time_point now = clock::now();
@@ -2413,7 +2431,7 @@ inline void run::loop() noexcept {
     teardown();
 }
 
-inline int run::wait_timeout(clock::time_point now) const noexcept {
+RESTARTABLE_SERVER_FN int run::wait_timeout(clock::time_point now) const noexcept {
     std::int64_t until = next_sweep_.load();
     if (stopping_.load() && !cut_done_) until = std::min(until, drain_deadline());
     if (accept_paused_) until = std::min(until, to_ns(accept_resume_));
@@ -2429,7 +2447,7 @@ inline int run::wait_timeout(clock::time_point now) const noexcept {
 }
 
 /// serve_inline: with no workers, the control thread serves the connections that are ready.
-inline void run::serve_inline() noexcept {
+RESTARTABLE_SERVER_FN void run::serve_inline() noexcept {
     epoll_event events[control_events];
     const int ready = ::epoll_wait(conn_epoll_.get(), events, control_events, 0);
     for (int i = 0; i < ready; ++i) {
@@ -2440,7 +2458,7 @@ inline void run::serve_inline() noexcept {
 
 /// begin_stop: the listener closes (a new client is refused at once, so a load balancer
 /// moves on), idle connections close, requests in flight go on until the drain deadline.
-inline void run::begin_stop(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
     stopping_.store(true);
     if (listener_) {  // before the state says "stopping": from then on a connect is refused
         ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
@@ -2482,7 +2500,7 @@ inline void run::begin_stop(clock::time_point now) noexcept {
 /// connection waiting for a request; this run becomes a retiree that finishes what is in
 /// flight, its connections moving on as their responses end. False when the next run
 /// is not for this run (the request came from an earlier start).
-inline bool run::hand_over(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
     std::unique_ptr<run> next = srv_.take_next_run(generation_);
     if (!next) return false;
     run& to = *next;
@@ -2520,7 +2538,7 @@ inline bool run::hand_over(clock::time_point now) noexcept {
 
 /// move_backlog: the connections the old listener has queued, accepted now and handed to
 /// the next run, so closing the old listener resets none.
-inline void run::move_backlog(run& to, clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::move_backlog(run& to, clock::time_point now) noexcept {
     for (;;) {
         const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
@@ -2535,7 +2553,7 @@ inline void run::move_backlog(run& to, clock::time_point now) noexcept {
 
 /// tend_retirees: the control duties of the runs restarts replaced: their timeouts and
 /// drain deadlines; once one has no connection left, its workers are joined and it goes.
-inline void run::tend_retirees(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::tend_retirees(clock::time_point now) noexcept {
     for (auto it = retirees_.begin(); it != retirees_.end();) {
         run& r = **it;
         if (to_ns(now) >= r.next_sweep_.load()) r.sweep(now);
@@ -2552,7 +2570,7 @@ inline void run::tend_retirees(clock::time_point now) noexcept {
     }
 }
 
-inline void run::adopt_retiree(std::unique_ptr<run> old) noexcept {
+RESTARTABLE_SERVER_FN void run::adopt_retiree(std::unique_ptr<run> old) noexcept {
     std::vector<std::unique_ptr<run>> drains = std::move(old->retirees_);
     drains.push_back(std::move(old));
     for (auto& r : drains) {
@@ -2573,7 +2591,7 @@ inline void run::adopt_retiree(std::unique_ptr<run> old) noexcept {
 }
 
 /// run_hooks: the server's on_stop hooks, as this run was started with them.
-inline void run::run_hooks(stop_reason why) noexcept {
+RESTARTABLE_SERVER_FN void run::run_hooks(stop_reason why) noexcept {
     for (const stop_hook& hook : hooks_) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
@@ -2587,7 +2605,7 @@ inline void run::run_hooks(stop_reason why) noexcept {
     }
 }
 
-inline void run::accept_ready(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
     for (int i = 0; i < accept_batch; ++i) {
         const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
@@ -2637,7 +2655,7 @@ inline void run::accept_ready(clock::time_point now) noexcept {
 /// register_connection: parks a new (or handed-over) connection, then adds it to the
 /// connection set, so its first event finds it parked. Until then no other thread can
 /// reach it: it is in no epoll set, and pointers to it come only from there.
-inline void run::register_connection(connection* c, int fd) noexcept {
+RESTARTABLE_SERVER_FN void run::register_connection(connection* c, int fd) noexcept {
     const std::uint32_t events = watched_events(*c);
     c->in_epoll = true;
     while (park(*c)) {  // not watched yet: what is pending is a late event of the
@@ -2656,7 +2674,7 @@ inline void run::register_connection(connection* c, int fd) noexcept {
 /// idle or head). The bytes of a request that began to arrive come along; then it is
 /// watched for output too, so its first event comes at once (a writable socket is ready)
 /// even if no more input does.
-inline void run::adopt(int fd, conn_state state, std::string bytes, clock::time_point since,
+RESTARTABLE_SERVER_FN void run::adopt(int fd, conn_state state, std::string bytes, clock::time_point since,
                        bool peer_closed) noexcept {
     connection* c = nullptr;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -2693,7 +2711,7 @@ inline void run::adopt(int fd, conn_state state, std::string bytes, clock::time_
 }
 
 /// sweep: closes or answers (408) the parked connections whose timeout struck.
-inline void run::sweep(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::sweep(clock::time_point now) noexcept {
     next_sweep_.store(never);
     const std::int64_t now_ns = to_ns(now);
     std::vector<connection*> due;
@@ -2709,7 +2727,7 @@ inline void run::sweep(clock::time_point now) noexcept {
     for (connection* c : due) on_timeout(control_worker_, *c, now);
 }
 
-inline void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
     if (c.deadline.load() > to_ns(now)) return hand_back(c);  // re-armed meanwhile: not due
     const bool has_request = c.in.size() > c.start;
     if ((c.state == conn_state::head && has_request) || c.state == conn_state::body) {
@@ -2728,7 +2746,7 @@ inline void run::on_timeout(worker& w, connection& c, clock::time_point now) noe
 
 /// cut_at_deadline: the drain deadline passed: every connection still open is shut down;
 /// those with a request in flight are counted in stop_result::cut.
-inline void run::cut_at_deadline() noexcept {
+RESTARTABLE_SERVER_FN void run::cut_at_deadline() noexcept {
     cut_done_ = true;
     std::vector<connection*> taken;
     pool_.for_each_live([&](connection& c) {
@@ -2746,14 +2764,14 @@ inline void run::cut_at_deadline() noexcept {
 }
 
 /// fail: the run cannot go on (its listener or epoll failed): stop it at once, and say why.
-inline void run::fail(std::error_code ec) noexcept {
+RESTARTABLE_SERVER_FN void run::fail(std::error_code ec) noexcept {
     if (!error_) error_ = ec;
     if (!stopping_.load()) begin_stop(clock::now());
 }
 
 /// teardown: every worker learns the run is over through the self-pipe, which is now
 /// added to their epoll set with a byte in it; then they are joined.
-inline void run::teardown() noexcept {
+RESTARTABLE_SERVER_FN void run::teardown() noexcept {
     std::vector<std::thread> joining;
     {
         std::lock_guard<std::mutex> lock(workers_mutex_);
@@ -2774,7 +2792,7 @@ inline void run::teardown() noexcept {
 
 /// spawn_worker: starts one more worker, up to options::worker_threads. False when there
 /// is no worker at all (none could be started).
-inline bool run::spawn_worker() noexcept {
+RESTARTABLE_SERVER_FN bool run::spawn_worker() noexcept {
     std::lock_guard<std::mutex> lock(workers_mutex_);
     if (over_ || workers_.size() >= opts_.worker_threads) return !workers_.empty();
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -2788,7 +2806,7 @@ inline bool run::spawn_worker() noexcept {
     return !workers_.empty();
 }
 
-inline void run::worker_main() noexcept {
+RESTARTABLE_SERVER_FN void run::worker_main() noexcept {
     srv_.add_server_thread();  // before it serves: a handler's stop() must know its thread
     worker w;
     epoll_event ev;
@@ -2809,7 +2827,7 @@ inline void run::worker_main() noexcept {
 
 /// serve: the holder's work on c after it became ready: read, parse, handle and write
 /// until c must wait again (then it is parked) or is closed.
-inline void run::serve(worker& w, connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::serve(worker& w, connection& c) noexcept {
     do {
         outcome o = outcome::close;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -2833,7 +2851,7 @@ inline void run::serve(worker& w, connection& c) noexcept {
 }
 
 /// step: one move of c's state machine. progress: call again; wait: park; close: close.
-inline run::outcome run::step(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::step(worker& w, connection& c) {
     switch (c.state) {
         case conn_state::lingering: return linger(c);
         case conn_state::writing: {
@@ -2860,7 +2878,7 @@ inline run::outcome run::step(worker& w, connection& c) {
 
 /// read_input: reads what the socket has into c.in, growing it as bytes arrive (a body's
 /// declared length reserves nothing), within options::max_buffered_bytes.
-inline run::outcome run::read_input(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::read_input(worker& w, connection& c) {
     if (c.start != 0 && (c.start == c.in.size() || c.in.capacity() - c.in.size() < min_read)) {
         c.in.consume(c.start);  // offsets are kept relative to start
         c.start = 0;
@@ -2886,7 +2904,7 @@ inline run::outcome run::read_input(worker& w, connection& c) {
     return outcome::close;  // the client closed (mid-request or between requests), or failed
 }
 
-inline run::outcome run::process_input(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::process_input(worker& w, connection& c) {
     bool req_valid = false;  // w.req describes c's current request (else: parse its head again)
     if (c.state == conn_state::idle || c.state == conn_state::head) {
         const outcome o = parse_head(w, c, req_valid);
@@ -2898,7 +2916,7 @@ inline run::outcome run::process_input(worker& w, connection& c) {
 /// parse_head: drops empty lines before a request line (RFC 9112 2.2), then parses the
 /// head once a line has ended since the last try: a head that arrives a byte at a time
 /// costs a pass per line, not per byte (picohttpparser's last_len).
-inline run::outcome run::parse_head(worker& w, connection& c, bool& req_valid) {
+RESTARTABLE_SERVER_FN run::outcome run::parse_head(worker& w, connection& c, bool& req_valid) {
     std::string_view v = c.in.view().substr(c.start);
     if (v.empty()) return outcome::need_input;
     if (c.state == conn_state::idle) {
@@ -2945,7 +2963,7 @@ inline run::outcome run::parse_head(worker& w, connection& c, bool& req_valid) {
 
 /// collect_body: waits until a buffered body is whole. A chunked one is decoded in place
 /// behind the head, and the framing is dropped as it is decoded.
-inline run::outcome run::collect_body(worker& w, connection& c, bool req_valid) {
+RESTARTABLE_SERVER_FN run::outcome run::collect_body(worker& w, connection& c, bool req_valid) {
     char* const base = c.in.data() + c.start;
     const std::size_t size = c.in.size() - c.start;
     std::string_view body;
@@ -2998,7 +3016,7 @@ inline run::outcome run::collect_body(worker& w, connection& c, bool req_valid) 
     return handle_buffered(w, c, body, c.start + end);
 }
 
-inline run::outcome run::handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end) {
+RESTARTABLE_SERVER_FN run::outcome run::handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end) {
     c.set(conn_state::handling);
     w.req.body = body;
     call_handler(w, c.matched, c.route_status);
@@ -3009,7 +3027,7 @@ inline run::outcome run::handle_buffered(worker& w, connection& c, std::string_v
 
 /// handle_streamed: runs a body_mode::streamed handler, which reads the body itself from
 /// the socket (blocking this thread, with back-pressure) through request::read_body.
-inline run::outcome run::handle_streamed(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::handle_streamed(worker& w, connection& c) {
     c.set(conn_state::handling);
     body_reader reader(c.fd.get(), c.framing, c.in.view().substr(c.start + c.head_bytes), w.stream, opts_,
                        c.framing.expect_continue && !c.continue_sent);
@@ -3035,7 +3053,7 @@ inline run::outcome run::handle_streamed(worker& w, connection& c) {
     return respond(w, c, keep_alive);
 }
 
-inline void run::call_handler(worker& w, const route* r, int route_status) {
+RESTARTABLE_SERVER_FN void run::call_handler(worker& w, const route* r, int route_status) {
     response& res = w.res;
     res.clear();
     w.req.stop_ = &stop_signal_;
@@ -3063,7 +3081,7 @@ inline void run::call_handler(worker& w, const route* r, int route_status) {
 
 /// answer_error: the one error path: answers status with "Connection: close" (no body
 /// for HEAD) and drops the rest of the request; the connection then lingers.
-inline run::outcome run::answer_error(worker& w, connection& c, int status) {
+RESTARTABLE_SERVER_FN run::outcome run::answer_error(worker& w, connection& c, int status) {
     w.res.clear();
     error_response(w.res, status);
     w.req.method = w.req.target = std::string_view();  // may point into bytes gone by now
@@ -3076,7 +3094,7 @@ inline run::outcome run::answer_error(worker& w, connection& c, int status) {
 
 /// respond: writes w.res without blocking; what the socket does not take waits in c for
 /// EPOLLOUT. A stop that began makes this the connection's last response.
-inline run::outcome run::respond(worker& w, connection& c, bool keep_alive) {
+RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool keep_alive) {
     if (srv_.stop_requested_.load()) keep_alive = false;
     if (past_deadline()) {  // the drain deadline passed while the handler ran
         if (!c.cut.exchange(true)) cut_.fetch_add(1);
@@ -3107,7 +3125,7 @@ inline run::outcome run::respond(worker& w, connection& c, bool keep_alive) {
 
 /// send_streamed: a set_stream() response: the head, then the provider's writes, each
 /// sent before write() returns (blocking this thread up to write_timeout per write).
-inline run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive) {
+RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive) {
     const bool chunked = c.version_minor == 1;
     if (!chunked) keep_alive = false;  // HTTP/1.0: closing the connection ends the body
     build_head(w, c, keep_alive, chunked, true);
@@ -3140,7 +3158,7 @@ inline run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive
     return after_response(c);
 }
 
-inline void run::build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed) {
+RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed) {
     const response& res = w.res;
     const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
     std::string& h = w.head;
@@ -3182,7 +3200,7 @@ inline void run::build_head(worker& w, const connection& c, bool keep_alive, boo
 }
 
 /// flush: sends what waits in c.out_*; progress once all of it is out.
-inline run::outcome run::flush(connection& c) noexcept {
+RESTARTABLE_SERVER_FN run::outcome run::flush(connection& c) noexcept {
     const std::size_t head_left = c.out_sent < c.out_head.size() ? c.out_head.size() - c.out_sent : 0;
     const std::size_t body_from = c.out_sent - (c.out_head.size() - head_left);
     iovec iov[2] = {{c.out_head.data() + (c.out_head.size() - head_left), head_left},
@@ -3202,7 +3220,7 @@ inline run::outcome run::flush(connection& c) noexcept {
 }
 
 /// after_response: the response is out: wait for the next request, or linger and close.
-inline run::outcome run::after_response(connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::after_response(connection& c) {
     c.in_flight.store(false);
     if (stopping_.load()) finished_.fetch_add(1);
     c.since = clock::now();
@@ -3225,7 +3243,7 @@ inline run::outcome run::after_response(connection& c) {
 
 /// linger: drops what a closing client still sends until it closes too (or linger_time
 /// passes): closing with unread bytes would reset the connection and lose the response.
-inline run::outcome run::linger(connection& c) noexcept {
+RESTARTABLE_SERVER_FN run::outcome run::linger(connection& c) noexcept {
     for (int i = 0; i < linger_reads; ++i) {
         const ssize_t n = ::recv(c.fd.get(), c.in.data(), c.in.capacity(), 0);
         if (n > 0) continue;
@@ -3236,7 +3254,7 @@ inline run::outcome run::linger(connection& c) noexcept {
     return outcome::wait;  // a fast sender: it waits its turn in epoll
 }
 
-inline void run::log_access(const worker& w, const connection& c, std::size_t bytes) noexcept {
+RESTARTABLE_SERVER_FN void run::log_access(const worker& w, const connection& c, std::size_t bytes) noexcept {
     const access_entry entry{w.req.method, w.req.target, w.res.status, bytes,
                              std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - c.began)};
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -3249,7 +3267,7 @@ inline void run::log_access(const worker& w, const connection& c, std::size_t by
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 
-inline void run::log_error(const char* what, const char* detail) noexcept {
+RESTARTABLE_SERVER_FN void run::log_error(const char* what, const char* detail) noexcept {
     if (!opts_.error_log) return;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -3262,7 +3280,7 @@ inline void run::log_error(const char* what, const char* detail) noexcept {
 }
 
 /// grow_input: makes c.in's capacity want, if the run's budget allows.
-inline bool run::grow_input(connection& c, std::size_t want) {
+RESTARTABLE_SERVER_FN bool run::grow_input(connection& c, std::size_t want) {
     if (c.in.capacity() >= want) return true;
     if (buffered_.load() + (want - c.charged) > opts_.max_buffered_bytes) return false;
     c.in.reserve(want);
@@ -3270,7 +3288,7 @@ inline bool run::grow_input(connection& c, std::size_t want) {
     return true;
 }
 
-inline void run::charge(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::charge(connection& c) noexcept {
     const std::size_t cap = c.in.capacity();
     if (cap >= c.charged)
         buffered_.fetch_add(cap - c.charged);
@@ -3281,7 +3299,7 @@ inline void run::charge(connection& c) noexcept {
 
 /// lend_buffer: a connection with nothing kept reads into the thread's buffer, so idle
 /// connections hold no memory.
-inline void run::lend_buffer(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN void run::lend_buffer(worker& w, connection& c) {
     if (c.borrowed || c.in.size() != 0) return;
     if (w.scratch.capacity() < read_size) w.scratch.reserve(read_size);
     std::swap(c.in, w.scratch);
@@ -3291,7 +3309,7 @@ inline void run::lend_buffer(worker& w, connection& c) {
 
 /// return_buffer: gives the thread its buffer back, copying what the connection keeps
 /// (a partial request) into one of its own when that is small.
-inline void run::return_buffer(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN void run::return_buffer(worker& w, connection& c) {
     if (c.borrowed) {
         const std::size_t kept = c.in.size() - c.start;
         if (kept == 0) {
@@ -3322,7 +3340,7 @@ inline void run::return_buffer(worker& w, connection& c) {
 /// edge-triggered, so parking costs no system call (but the first time a response has
 /// to wait for the socket: then output is added). True when an
 /// event came in while this thread held c: the caller holds it again and serves it.
-inline bool run::park(connection& c) noexcept {
+RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
     const conn_state s = c.state;
     const bool waits_for_request = s == conn_state::idle || s == conn_state::head;
     if (waits_for_request && retiring_.load()) {  // read retiring_ first: it is set first
@@ -3376,7 +3394,7 @@ inline bool run::park(connection& c) noexcept {
 
 /// hand_back: parks a connection the control thread took. An event that came meanwhile
 /// is raised again (EPOLL_CTL_MOD reports present readiness) for a worker to serve.
-inline void run::hand_back(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::hand_back(connection& c) noexcept {
     if (!park(c)) return;
     if (inline_) return serve(control_worker_, c);
     const int fd = c.fd.get();
@@ -3391,13 +3409,13 @@ inline void run::hand_back(connection& c) noexcept {
 
 /// watch: registers a new connection (c, on descriptor fd) in the connection set, once
 /// for its whole life. Touches nothing of c: c is parked already.
-inline bool run::watch(connection* c, int fd, std::uint32_t events) noexcept {
+RESTARTABLE_SERVER_FN bool run::watch(connection* c, int fd, std::uint32_t events) noexcept {
     epoll_event ev{events, {c}};
     return ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
 }
 
 /// close: closes c for good (by its holder) and returns the object to the pool.
-inline void run::close(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
     clear(c);
     pool_.release(c, conn_epoll_.get());
     left();
@@ -3405,7 +3423,7 @@ inline void run::close(connection& c) noexcept {
 
 /// transfer: moves c (held, waiting for a request) to the run that replaced this one:
 /// its socket, never closed, and the bytes of a request that began to arrive.
-inline void run::transfer(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
     run* const to = srv_.current_.load();
     std::string bytes;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -3430,7 +3448,7 @@ inline void run::transfer(connection& c) noexcept {
 }
 
 /// clear: what closing or handing over does to the connection object.
-inline void run::clear(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::clear(connection& c) noexcept {
     c.state = conn_state::closed;
     c.in_flight.store(false);
     c.in.release();
@@ -3445,24 +3463,24 @@ inline void run::clear(connection& c) noexcept {
 }
 
 /// left: one connection fewer; the last one of a draining run wakes the control thread.
-inline void run::left() noexcept {
+RESTARTABLE_SERVER_FN void run::left() noexcept {
     if (live_.fetch_sub(1) == 1 && stopping_.load()) srv_.wake();
 }
 
 /// drain_deadline: when what is left of this run is cut: its stop's (or restart's)
 /// deadline, or a stop(timeout)'s if that is earlier; never while it serves.
-inline std::int64_t run::drain_deadline() const noexcept {
+RESTARTABLE_SERVER_FN std::int64_t run::drain_deadline() const noexcept {
     std::int64_t d = drain_deadline_.load();
     if (d == never && srv_.stop_requested_.load())  // the stop has not begun in the control thread yet
         d = srv_.stop_requested_at_.load() + std::chrono::nanoseconds(opts_.drain_timeout).count();
     return std::min(d, srv_.drain_limit_.load());
 }
 
-inline bool run::past_deadline() const noexcept { return to_ns(clock::now()) >= drain_deadline(); }
+RESTARTABLE_SERVER_FN bool run::past_deadline() const noexcept { return to_ns(clock::now()) >= drain_deadline(); }
 
 /// lower_next_sweep: makes the control thread sweep by ns at the latest; wakes it when a
 /// worker moved the sweep earlier than what it sleeps for.
-inline void run::lower_next_sweep(std::int64_t ns) noexcept {
+RESTARTABLE_SERVER_FN void run::lower_next_sweep(std::int64_t ns) noexcept {
     std::int64_t current = next_sweep_.load();
     while (ns < current) {
         if (next_sweep_.compare_exchange_weak(current, ns)) {
@@ -3474,7 +3492,7 @@ inline void run::lower_next_sweep(std::int64_t ns) noexcept {
 
 /// notify_listener: a private datagram socket for a child's "READY=1", bound to a unique
 /// abstract name (so nothing is left on disk); name gets "@name" for NOTIFY_SOCKET.
-inline unique_fd notify_listener(std::string& name) {
+RESTARTABLE_SERVER_FN unique_fd notify_listener(std::string& name) {
     unique_fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!fd) return fd;
     name = "restartable_server/";
@@ -3491,7 +3509,7 @@ inline unique_fd notify_listener(std::string& name) {
 }
 
 /// wait_ready: waits until notify receives "READY=1" (true), the child exits or time runs out.
-inline bool wait_ready(int notify, pid_t child, std::chrono::milliseconds timeout, std::error_code& ec) {
+RESTARTABLE_SERVER_FN bool wait_ready(int notify, pid_t child, std::chrono::milliseconds timeout, std::error_code& ec) {
 #ifdef SYS_pidfd_open
     const unique_fd exited(static_cast<int>(::syscall(SYS_pidfd_open, child, 0)));  // -1 on old kernels: time only
 #else
@@ -3528,7 +3546,7 @@ inline bool wait_ready(int notify, pid_t child, std::chrono::milliseconds timeou
 /// spawn_inheriting: starts argv with listener as descriptor 3, LISTEN_FDS=1,
 /// LISTEN_PID=<child> and NOTIFY_SOCKET set, and waits until it reports ready. On failure
 /// the child (if any) is killed and reaped, and -1 returned with ec set.
-inline pid_t spawn_inheriting(const std::vector<std::string>& argv, int listener,
+RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& argv, int listener,
                               std::chrono::milliseconds ready_timeout, std::error_code& ec) noexcept {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -3587,7 +3605,7 @@ inline pid_t spawn_inheriting(const std::vector<std::string>& argv, int listener
 }  // namespace detail
 
 // --------------------------------------------------------------- server --
-inline server::server(options opts) : options_(std::move(opts)) {
+RESTARTABLE_SERVER_FN server::server(options opts) : options_(std::move(opts)) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
         wake_read_.reset(fds[0]);
@@ -3597,9 +3615,9 @@ inline server::server(options opts) : options_(std::move(opts)) {
     }
 }
 
-inline server::~server() { stop(); }
+RESTARTABLE_SERVER_FN server::~server() { stop(); }
 
-inline server& server::route(std::string method, std::string pattern, handler h, body_mode mode) {
+RESTARTABLE_SERVER_FN server& server::route(std::string method, std::string pattern, handler h, body_mode mode) {
     auto r = std::make_shared<detail::route>();
     r->method = std::move(method);
     r->mode = mode;
@@ -3617,22 +3635,22 @@ inline server& server::route(std::string method, std::string pattern, handler h,
     return *this;
 }
 
-inline void server::set_options(options opts) {
+RESTARTABLE_SERVER_FN void server::set_options(options opts) {
     std::lock_guard<std::mutex> lock(mutex_);
     options_ = std::move(opts);
 }
 
-inline options server::get_options() const {
+RESTARTABLE_SERVER_FN options server::get_options() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return options_;
 }
 
-inline void server::set_listener(listener_factory f) {
+RESTARTABLE_SERVER_FN void server::set_listener(listener_factory f) {
     std::lock_guard<std::mutex> lock(mutex_);
     options_.listener = std::move(f);
 }
 
-inline server& server::on_stop(stop_hook hook) {
+RESTARTABLE_SERVER_FN server& server::on_stop(stop_hook hook) {
     std::lock_guard<std::mutex> lock(mutex_);
     hooks_.push_back(std::move(hook));
     return *this;
@@ -3641,7 +3659,7 @@ inline server& server::on_stop(stop_hook hook) {
 /// transition_locked: the one place the state changes (mutex_ held). It checks the
 /// table under server_state, and notifies under the lock, so a waiter that returns and
 /// destroys the server cannot race with the notification.
-inline bool server::transition_locked(server_state from, server_state to) noexcept {
+RESTARTABLE_SERVER_FN bool server::transition_locked(server_state from, server_state to) noexcept {
     using s = server_state;
     const bool legal = (from == s::stopped && to == s::starting) || (from == s::starting && to == s::running) ||
                        (from == s::starting && to == s::stopped) || (from == s::running && to == s::stopping) ||
@@ -3652,41 +3670,41 @@ inline bool server::transition_locked(server_state from, server_state to) noexce
     return true;
 }
 
-inline bool server::transition(server_state from, server_state to) noexcept {
+RESTARTABLE_SERVER_FN bool server::transition(server_state from, server_state to) noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     return transition_locked(from, to);
 }
 
-inline bool server::on_server_thread() const {
+RESTARTABLE_SERVER_FN bool server::on_server_thread() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id()) !=
            server_threads_.end();
 }
 
-inline void server::add_server_thread() {
+RESTARTABLE_SERVER_FN void server::add_server_thread() {
     std::lock_guard<std::mutex> lock(mutex_);
     server_threads_.push_back(std::this_thread::get_id());
 }
 
-inline void server::remove_server_thread() noexcept {
+RESTARTABLE_SERVER_FN void server::remove_server_thread() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id());
     if (it != server_threads_.end()) server_threads_.erase(it);
 }
 
-inline void server::wake() noexcept {
+RESTARTABLE_SERVER_FN void server::wake() noexcept {
     const char byte = 1;
     ssize_t r = ::write(wake_write_.get(), &byte, 1);  // EAGAIN: a wake-up is pending anyway
     (void)r;
 }
 
-inline void server::drain_wake() noexcept {
+RESTARTABLE_SERVER_FN void server::drain_wake() noexcept {
     char buf[256];
     while (detail::retry_eintr([&] { return ::read(wake_read_.get(), buf, sizeof buf); }) > 0) {
     }
 }
 
-inline void server::request_stop() noexcept {
+RESTARTABLE_SERVER_FN void server::request_stop() noexcept {
     const int saved_errno = errno;  // a signal handler must leave errno as it found it
     if (!stop_requested_.load())    // clock_gettime is async-signal-safe
         stop_requested_at_.store(detail::to_ns(detail::clock::now()));
@@ -3695,13 +3713,13 @@ inline void server::request_stop() noexcept {
     errno = saved_errno;
 }
 
-inline void server::start(std::error_code& ec) noexcept { start_impl(ec, false); }
-inline void server::run(std::error_code& ec) noexcept { start_impl(ec, true); }
+RESTARTABLE_SERVER_FN void server::start(std::error_code& ec) noexcept { start_impl(ec, false); }
+RESTARTABLE_SERVER_FN void server::run(std::error_code& ec) noexcept { start_impl(ec, true); }
 
 namespace detail {
 /// throw_error: throws std::system_error(ec, what); without exceptions, says so on stderr
 /// and aborts.
-[[noreturn]] inline void throw_error(std::error_code ec, const char* what) {
+[[noreturn]] RESTARTABLE_SERVER_FN void throw_error(std::error_code ec, const char* what) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     throw std::system_error(ec, what);
 #else
@@ -3711,19 +3729,19 @@ namespace detail {
 }
 }  // namespace detail
 
-inline void server::start() {
+RESTARTABLE_SERVER_FN void server::start() {
     std::error_code ec;
     start(ec);
     if (ec) detail::throw_error(ec, "restartable_server: start");
 }
 
-inline void server::run() {
+RESTARTABLE_SERVER_FN void server::run() {
     std::error_code ec;
     run(ec);
     if (ec) detail::throw_error(ec, "restartable_server: run");
 }
 
-inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
+RESTARTABLE_SERVER_FN void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
     ec.clear();
     if (wake_error_) {
         ec = wake_error_;
@@ -3782,7 +3800,7 @@ inline void server::start_impl(std::error_code& ec, bool in_caller_thread) noexc
 /// make_run: a run built from a snapshot of the options, routes and hooks, and a fresh
 /// listener from the factory - or, for a restart to the same address, none: it takes the
 /// current one at the hand-over. Null with ec set when that fails (nothing is left open).
-inline std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool for_restart) noexcept {
+RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool for_restart) noexcept {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -3832,7 +3850,7 @@ inline std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool f
 }
 
 /// make_listener: a listening socket from o's factory, non-blocking and close-on-exec.
-inline unique_fd server::make_listener(const options& o, std::error_code& ec) noexcept {
+RESTARTABLE_SERVER_FN unique_fd server::make_listener(const options& o, std::error_code& ec) noexcept {
     unique_fd listener;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -3863,7 +3881,7 @@ inline unique_fd server::make_listener(const options& o, std::error_code& ec) no
 /// says "stopped". Touches nothing of the server after that: it may be destroyed at once.
 /// A restart makes the loop return with a next run, which takes over the old one's drain
 /// and this thread.
-inline stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
+RESTARTABLE_SERVER_FN stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
     control_thread_.store(std::this_thread::get_id());
     current_.store(run.get());
     for (;;) {
@@ -3889,7 +3907,7 @@ inline stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept
     return result;
 }
 
-inline stop_result server::stop() noexcept {
+RESTARTABLE_SERVER_FN stop_result server::stop() noexcept {
     if (on_server_thread()) {  // a handler: waiting for ourselves would deadlock
         request_stop();
         return {false, false, 0, {}};
@@ -3904,7 +3922,7 @@ inline stop_result server::stop() noexcept {
     return result;
 }
 
-inline stop_result server::stop(std::chrono::milliseconds drain_timeout) noexcept {
+RESTARTABLE_SERVER_FN stop_result server::stop(std::chrono::milliseconds drain_timeout) noexcept {
     const std::int64_t limit =
         detail::to_ns(detail::clock::now()) +
         std::chrono::nanoseconds(std::max(drain_timeout, std::chrono::milliseconds(0))).count();
@@ -3914,7 +3932,7 @@ inline stop_result server::stop(std::chrono::milliseconds drain_timeout) noexcep
     return stop();
 }
 
-inline void server::restart(std::error_code& ec) noexcept {
+RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
     ec.clear();
     // On the control thread (a handler with worker_threads == 0) the hand-over cannot
     // happen before this returns, so it does not wait for it - nor for another restart().
@@ -3945,7 +3963,7 @@ inline void server::restart(std::error_code& ec) noexcept {
     if (restart_outcome_ < 0) ec = make_error_code(errc::not_running);
 }
 
-inline void server::restart() {
+RESTARTABLE_SERVER_FN void server::restart() {
     std::error_code ec;
     restart(ec);
     if (ec) detail::throw_error(ec, "restartable_server: restart");
@@ -3953,7 +3971,7 @@ inline void server::restart() {
 
 /// take_next_run: the control thread takes the run restart() left for it, if it is for
 /// the control thread's start.
-inline std::unique_ptr<detail::run> server::take_next_run(std::uint64_t generation) noexcept {
+RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::take_next_run(std::uint64_t generation) noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     restart_requested_.store(false);
     if (!next_run_ || next_run_->generation() != generation) return nullptr;
@@ -3962,7 +3980,7 @@ inline std::unique_ptr<detail::run> server::take_next_run(std::uint64_t generati
 }
 
 /// end_restart: tells a waiting restart() its run was handed over (done) or will not be.
-inline void server::end_restart(bool done) noexcept {
+RESTARTABLE_SERVER_FN void server::end_restart(bool done) noexcept {
     std::unique_ptr<detail::run> dropped;
     std::lock_guard<std::mutex> lock(mutex_);
     if (!done) {
@@ -3975,7 +3993,7 @@ inline void server::end_restart(bool done) noexcept {
     }
 }
 
-inline pid_t server::upgrade(const std::vector<std::string>& argv, std::error_code& ec,
+RESTARTABLE_SERVER_FN pid_t server::upgrade(const std::vector<std::string>& argv, std::error_code& ec,
                              std::chrono::milliseconds ready_timeout) noexcept {
     ec.clear();
     if (argv.empty()) {
@@ -4005,12 +4023,12 @@ inline pid_t server::upgrade(const std::vector<std::string>& argv, std::error_co
     return child;
 }
 
-inline void server::set_listener_fd(int fd) noexcept {
+RESTARTABLE_SERVER_FN void server::set_listener_fd(int fd) noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     listener_fd_ = fd;
 }
 
-inline stop_result server::wait() noexcept {
+RESTARTABLE_SERVER_FN stop_result server::wait() noexcept {
     if (on_server_thread()) return {false, false, 0, {}};
     {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -4022,7 +4040,7 @@ inline stop_result server::wait() noexcept {
     return last_stop_;
 }
 
-inline bool server::wait_until_running(std::chrono::milliseconds timeout) const {
+RESTARTABLE_SERVER_FN bool server::wait_until_running(std::chrono::milliseconds timeout) const {
     std::unique_lock<std::mutex> lock(mutex_);
     return cv_.wait_for(lock, timeout, [this] { return state_.load() == server_state::running; });
 }
@@ -4061,7 +4079,7 @@ inline constexpr mime_entry mime_types[] = {
 };
 
 /// append_u64: appends n in decimal, or in lower-case hex with base 16.
-inline void append_u64(std::string& out, std::uint64_t n, unsigned base = 10) {
+RESTARTABLE_SERVER_FN void append_u64(std::string& out, std::uint64_t n, unsigned base = 10) {
     char tmp[24];
     char* p = tmp + sizeof tmp;
     do {
@@ -4071,7 +4089,7 @@ inline void append_u64(std::string& out, std::uint64_t n, unsigned base = 10) {
     out.append(p, static_cast<std::size_t>(tmp + sizeof tmp - p));
 }
 
-inline std::string_view trim_ows(std::string_view s) noexcept {
+RESTARTABLE_SERVER_FN std::string_view trim_ows(std::string_view s) noexcept {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
     while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
     return s;
@@ -4082,7 +4100,7 @@ inline std::string_view trim_ows(std::string_view s) noexcept {
 /// decode_segment: appends raw percent-decoded to out. False for a bad %-escape, or a
 /// decoded byte no file name in a URL path may have: '/' (it would split the segment, so
 /// "..%2F" could climb), '\' (a separator elsewhere), NUL and other control bytes.
-inline bool decode_segment(std::string_view raw, std::string& out) {
+RESTARTABLE_SERVER_FN bool decode_segment(std::string_view raw, std::string& out) {
     for (std::size_t i = 0; i < raw.size(); ++i) {
         char c = raw[i];
         if (c == '%') {
@@ -4103,7 +4121,7 @@ inline bool decode_segment(std::string_view raw, std::string& out) {
 /// into rel: segments joined by '/', "" for root itself; dir_slash tells whether it ended
 /// in '/'. Returns 0 when rel may name a file, 400 when no file name gives such a path, 404
 /// for a dot-file that is not served. Every check is on the decoded bytes that will be used.
-inline int decode_static_path(std::string_view raw, bool dotfiles, std::string& rel, bool& dir_slash) {
+RESTARTABLE_SERVER_FN int decode_static_path(std::string_view raw, bool dotfiles, std::string& rel, bool& dir_slash) {
     rel.clear();
     dir_slash = !raw.empty() && raw.back() == '/';
     if (dir_slash) raw.remove_suffix(1);
@@ -4128,7 +4146,7 @@ struct free_deleter {
 
 /// real_path: path with every symbolic link, "." and ".." resolved; false when it does not
 /// exist (or cannot be resolved).
-inline bool real_path(const std::string& path, std::string& out) {
+RESTARTABLE_SERVER_FN bool real_path(const std::string& path, std::string& out) {
     std::unique_ptr<char, free_deleter> p(::realpath(path.c_str(), nullptr));
     if (!p) return false;
     out.assign(p.get());
@@ -4137,7 +4155,7 @@ inline bool real_path(const std::string& path, std::string& out) {
 
 /// is_beneath: whether the real path real is root or inside it ("/srv/www2" is not inside
 /// "/srv/www").
-inline bool is_beneath(std::string_view real, std::string_view root) noexcept {
+RESTARTABLE_SERVER_FN bool is_beneath(std::string_view real, std::string_view root) noexcept {
     if (root == "/") return true;
     return real.substr(0, root.size()) == root && (real.size() == root.size() || real[root.size()] == '/');
 }
@@ -4152,7 +4170,7 @@ struct static_file {
 /// a directory. The type is checked before open() (opening a FIFO or a device can block or
 /// act) and again after, on the same inode; O_NOFOLLOW fails a symbolic link swapped in
 /// after realpath() resolved the name.
-inline bool open_beneath(const std::string& real_root, const std::string& path, static_file& f) {
+RESTARTABLE_SERVER_FN bool open_beneath(const std::string& real_root, const std::string& path, static_file& f) {
     std::string real;
     if (!real_path(path, real) || !is_beneath(real, real_root)) return false;
     struct stat before {};
@@ -4167,7 +4185,7 @@ inline bool open_beneath(const std::string& real_root, const std::string& path, 
 
 /// format_http_date: t as an IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT" (RFC 9110
 /// 5.6.7), independent of the C locale; "" when t cannot be represented.
-inline std::string format_http_date(std::time_t t) {
+RESTARTABLE_SERVER_FN std::string format_http_date(std::time_t t) {
     std::tm tm{};
     if (!::gmtime_r(&t, &tm) || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) return {};
     static constexpr char days[] = "SunMonTueWedThuFriSat";
@@ -4230,7 +4248,7 @@ struct date_reader {
 };
 
 /// days_from_epoch: days from 1970-01-01 to the proleptic Gregorian date y-m-d (y >= 1).
-inline std::int64_t days_from_epoch(std::int64_t y, int m, int d) noexcept {
+RESTARTABLE_SERVER_FN std::int64_t days_from_epoch(std::int64_t y, int m, int d) noexcept {
     static constexpr int before_month[12] = {0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334};
     auto leap_years_through = [](std::int64_t year) { return year / 4 - year / 100 + year / 400; };
     const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -4243,7 +4261,7 @@ inline std::int64_t days_from_epoch(std::int64_t y, int m, int d) noexcept {
 /// "Sunday, 06-Nov-94 08:49:37 GMT" (a two-digit year more than 50 years ahead is in the
 /// last century) and asctime "Sun Nov  6 08:49:37 1994". False for anything else or an
 /// impossible date. The day name is not checked against the date.
-inline bool parse_http_date(std::string_view s, std::time_t& out) noexcept {
+RESTARTABLE_SERVER_FN bool parse_http_date(std::string_view s, std::time_t& out) noexcept {
     static constexpr std::string_view short_days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static constexpr std::string_view long_days[] = {"Sunday",   "Monday", "Tuesday", "Wednesday",
                                                      "Thursday", "Friday", "Saturday"};
@@ -4290,7 +4308,7 @@ struct file_validators {
     bool date_is_strong = false;      ///< the file's last second is over (for If-Range)
 };
 
-inline file_validators validators_of(const struct stat& st) {
+RESTARTABLE_SERVER_FN file_validators validators_of(const struct stat& st) {
     const std::time_t now = std::time(nullptr);
     file_validators v;
     v.etag = "W/\"";
@@ -4308,7 +4326,7 @@ inline file_validators validators_of(const struct stat& st) {
 /// etag_list_matches: whether list ("*", or entity-tags separated by commas) holds etag.
 /// Weak comparison ignores W/; strong comparison needs both tags strong (RFC 9110 8.8.3.2).
 /// The list is read up to its first malformed member.
-inline bool etag_list_matches(std::string_view list, std::string_view etag, bool strong) noexcept {
+RESTARTABLE_SERVER_FN bool etag_list_matches(std::string_view list, std::string_view etag, bool strong) noexcept {
     if (trim_ows(list) == "*") return true;
     const bool ours_weak = etag.substr(0, 2) == "W/";
     if (ours_weak) etag.remove_prefix(2);
@@ -4328,7 +4346,7 @@ inline bool etag_list_matches(std::string_view list, std::string_view etag, bool
 
 /// any_field_matches: etag_list_matches over every field line called name (a list may be
 /// split across lines, RFC 9110 5.3).
-inline bool any_field_matches(const request& req, std::string_view name, std::string_view etag, bool strong) {
+RESTARTABLE_SERVER_FN bool any_field_matches(const request& req, std::string_view name, std::string_view etag, bool strong) {
     for (const header& h : req.headers)
         if (iequals(h.name, name) && etag_list_matches(h.value, etag, strong)) return true;
     return false;
@@ -4336,14 +4354,14 @@ inline bool any_field_matches(const request& req, std::string_view name, std::st
 
 /// single_field: the value of the only field line called name; false when there is none or
 /// several (a date field with more than one member is ignored, RFC 9110 13.1.3).
-inline bool single_field(const request& req, std::string_view name, std::string_view& value) noexcept {
+RESTARTABLE_SERVER_FN bool single_field(const request& req, std::string_view name, std::string_view& value) noexcept {
     int found = 0;
     for (const header& h : req.headers)
         if (iequals(h.name, name)) value = h.value, ++found;
     return found == 1;
 }
 
-inline bool date_field(const request& req, std::string_view name, std::time_t& t) noexcept {
+RESTARTABLE_SERVER_FN bool date_field(const request& req, std::string_view name, std::time_t& t) noexcept {
     std::string_view value;
     return single_field(req, name, value) && parse_http_date(value, t);
 }
@@ -4351,7 +4369,7 @@ inline bool date_field(const request& req, std::string_view name, std::time_t& t
 /// precondition_status: RFC 9110 13.2.2 steps 1 to 4 for a GET or HEAD of an existing
 /// file: 412 when If-Match or If-Unmodified-Since fails, 304 when If-None-Match or
 /// If-Modified-Since finds the client's copy current, 0 to go on.
-inline int precondition_status(const request& req, const file_validators& v) {
+RESTARTABLE_SERVER_FN int precondition_status(const request& req, const file_validators& v) {
     std::time_t t = 0;
     if (req.has_header("If-Match")) {
         if (!any_field_matches(req, "If-Match", v.etag, true)) return 412;
@@ -4369,7 +4387,7 @@ inline int precondition_status(const request& req, const file_validators& v) {
 /// if_range_holds: whether a Range may be served (RFC 9110 13.1.5): true without If-Range;
 /// with an entity tag, a strong match (never, against a weak ETag); with a date, equal to
 /// Last-Modified and strong.
-inline bool if_range_holds(const request& req, const file_validators& v) {
+RESTARTABLE_SERVER_FN bool if_range_holds(const request& req, const file_validators& v) {
     if (!req.has_header("If-Range")) return true;
     std::string_view value;
     if (!single_field(req, "If-Range", value)) return false;
@@ -4396,7 +4414,7 @@ enum class range_kind {
 
 /// parse_digits: a non-empty run of decimal digits, saturated at UINT64_MAX (a range
 /// beyond any file is then still unsatisfiable, not wrapped around).
-inline bool parse_digits(std::string_view s, std::uint64_t& out) noexcept {
+RESTARTABLE_SERVER_FN bool parse_digits(std::string_view s, std::uint64_t& out) noexcept {
     if (s.empty()) return false;
     std::uint64_t n = 0;
     for (char c : s) {
@@ -4412,7 +4430,7 @@ inline bool parse_digits(std::string_view s, std::uint64_t& out) noexcept {
 /// "bytes=a-b" (b clamped to the end), "bytes=a-", "bytes=-n" (the last n bytes). A range
 /// starting at or past the end, or "-0", is unsatisfiable. Another unit, several ranges, a
 /// malformed range or one with b < a give whole: the server may ignore them (14.2).
-inline range_kind parse_range(std::string_view value, std::uint64_t size, byte_range& out) noexcept {
+RESTARTABLE_SERVER_FN range_kind parse_range(std::string_view value, std::uint64_t size, byte_range& out) noexcept {
     const std::size_t eq = value.find('=');
     if (eq == std::string_view::npos || !iequals(value.substr(0, eq), "bytes")) return range_kind::whole;
     std::string_view set = value.substr(eq + 1), spec;
@@ -4446,7 +4464,7 @@ inline range_kind parse_range(std::string_view value, std::uint64_t size, byte_r
 
 /// read_at: n bytes of fd at offset into out; false on an error or when the file ended
 /// first (it shrank since fstat()).
-inline bool read_at(int fd, std::uint64_t offset, std::size_t n, std::string& out) {
+RESTARTABLE_SERVER_FN bool read_at(int fd, std::uint64_t offset, std::size_t n, std::string& out) {
     out.resize(n);
     std::size_t got = 0;
     while (got < n) {
@@ -4469,7 +4487,7 @@ struct file_slice {
 /// stream_slice: the body provider of a large file: static_chunk bytes per pread() and write.
 /// A file that shrank or could not be read ends the body early: body_writer has no way yet
 /// to make the server drop the connection instead, so the client cannot tell.
-inline void stream_slice(const file_slice& f, body_writer& out) {
+RESTARTABLE_SERVER_FN void stream_slice(const file_slice& f, body_writer& out) {
     std::unique_ptr<char[]> buf(new char[static_chunk]);
     std::uint64_t pos = f.offset;
     const std::uint64_t end = f.offset + f.length;
@@ -4484,7 +4502,7 @@ inline void stream_slice(const file_slice& f, body_writer& out) {
 
 /// send_file: answers a GET or HEAD for the open regular file f: preconditions, range,
 /// then the body, read into the response or streamed.
-inline void send_file(const request& req, response& res, static_file& f, std::string_view type,
+RESTARTABLE_SERVER_FN void send_file(const request& req, response& res, static_file& f, std::string_view type,
                       const static_options& opts) {
     const file_validators v = validators_of(f.st);
     res.set_header("ETag", v.etag);
@@ -4538,7 +4556,7 @@ inline void send_file(const request& req, response& res, static_file& f, std::st
 }
 
 /// redirect_to_slash: 301 to the directory's URL with a trailing slash, the query kept.
-inline void redirect_to_slash(const request& req, response& res) {
+RESTARTABLE_SERVER_FN void redirect_to_slash(const request& req, response& res) {
     // "//host/" or "/\host/" in Location would send a browser to another host.
     if (req.path.size() < 2 || req.path[1] == '/' || req.path[1] == '\\') return error_response(res, 404);
     std::string location(req.path);
@@ -4549,7 +4567,7 @@ inline void redirect_to_slash(const request& req, response& res) {
 }
 
 /// serve_static: the body of the handler static_files() returns.
-inline void serve_static(const std::string& root, const static_options& opts, const request& req, response& res) {
+RESTARTABLE_SERVER_FN void serve_static(const std::string& root, const static_options& opts, const request& req, response& res) {
     if (req.method != "GET" && req.method != "HEAD") {
         error_response(res, 405);
         res.set_header("Allow", "GET, HEAD");
@@ -4582,7 +4600,7 @@ inline void serve_static(const std::string& root, const static_options& opts, co
 
 }  // namespace detail
 
-inline std::string_view mime_type(std::string_view filename) noexcept {
+RESTARTABLE_SERVER_FN std::string_view mime_type(std::string_view filename) noexcept {
     const std::size_t dot = filename.rfind('.');
     const std::size_t slash = filename.rfind('/');
     if (dot == std::string_view::npos || (slash != std::string_view::npos && dot < slash))
@@ -4593,13 +4611,16 @@ inline std::string_view mime_type(std::string_view filename) noexcept {
     return "application/octet-stream";
 }
 
-inline handler static_files(std::string root, static_options opts) {
+RESTARTABLE_SERVER_FN handler static_files(std::string root, static_options opts) {
     return [root = std::move(root), opts = std::move(opts)](const request& req, response& res) {
         detail::serve_static(root, opts, req, res);
     };
 }
 
 }  // namespace restartable_server
+
+#undef RESTARTABLE_SERVER_FN
+#endif  // the implementation
 
 #endif  // C++17
 #endif  // RESTARTABLE_SERVER_HPP
