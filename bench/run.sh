@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # bench/run.sh - restartable_server against cpp-httplib and nginx, side by side, one table.
 #
-#   bench/run.sh           the full suite (a few minutes): medians of 3 runs
-#   bench/run.sh --quick   a smoke run (tiny durations, 1 run, 100 idle connections) that
-#                          only checks that every figure produced a value; asserts no speed
+#   bench/run.sh                 the full suite (a few minutes): medians of 3 runs; also
+#                                draws the figures as bench/results.svg
+#   bench/run.sh --quick         a smoke run (tiny durations, 1 run, 100 idle connections) that
+#                                only checks that every figure produced a value; asserts no
+#                                speed (its chart goes to bench/.cache/results.svg)
+#   bench/run.sh --soak MINUTES  a leak check, nothing else: wrk -c16 on a restartable_server
+#                                that restarts itself once a second (bench/soak_server.cpp)
+#                                for MINUTES (2 or more); every 10 s its RSS, descriptors
+#                                and threads; exit status 0 when descriptors and threads
+#                                stay flat after the first minute and wrk saw no error
 #
-# Runs as-is on a fresh Debian 12 machine as root: installs wrk, nginx, g++ and dpkg-dev
-# from Debian when missing, and takes cpp-httplib's original single header from Debian's
+# Runs as-is on a fresh Debian 12 machine as root: installs wrk, nginx (and its echo
+# module), g++ and dpkg-dev from Debian when missing, and takes cpp-httplib's original single header from Debian's
 # source package (apt-get source cpp-httplib; a deb-src entry derived from the machine's
 # Debian sources is added when there is none). Nothing else is downloaded. The header and
 # the builds live in bench/.cache (or $BENCH_CACHE); the builds are redone on every run.
 #
 # Everything listens on 127.0.0.1 on free ports; nginx runs in the foreground as the
-# current user with a generated config in a temporary directory. Every process started
-# here is killed on exit. Exit status: 0 when every figure produced a value, 1 otherwise.
+# current user with a generated config in a temporary directory (for figure 11 with its
+# master process and Debian's echo module, libnginx-mod-http-echo, for POST /echo). Every
+# process started here is killed on exit. Exit status: 0 when every figure produced a
+# value, 1 otherwise.
 #
 # Figures 1-7 compare the three servers in RUNS rounds. Figure 8 is the headline keep-alive
 # comparison with nginx: restartable_server with default options and nginx, both running,
@@ -23,6 +32,15 @@
 # 200 fresh GET /hello requests on new connections (--quick: 20) measure how long everyone
 # else waits (each with a 2 s limit, --quick 1 s: a stuck server shows as unanswered
 # requests, not as a hung bench), and the server's peak memory (VmHWM) under that attack.
+# Figure 11, the restart storm (bench/restart_storm.cpp): 8 client threads send GET /hello
+# and POST /echo on kept-alive and fresh connections for STORM_SECONDS (10 s; --quick 1 s)
+# while the server restarts every STORM_INTERVAL_MS (100 ms): restartable_server with
+# server::restart() in-process, nginx with a reload (SIGHUP to its master, as `nginx -s
+# reload` sends); what each request came to: refused, unanswered, truncated, a wrong body, a
+# kept-alive connection closed under a request. Figure 12 (bench/restart_cost.cpp): the time
+# of one restart() call, median of COST_REPEATS (50; --quick 10), with 0 and with COST_IDLE
+# (1,000; --quick 100) idle keep-alive connections, and how many of those are not served
+# afterwards.
 #
 # Environment: CXX (default g++), BENCH_CACHE, BENCH_RUNS (full mode, default 3),
 # BENCH_WRK_SECONDS (full mode, default 4), BENCH_KA_ROUNDS and BENCH_KA_SECONDS (figure 8,
@@ -30,11 +48,13 @@
 # measured, default the repository root: point it at another checkout to compare engines).
 set -euo pipefail
 
-QUICK=0
+QUICK=0 SOAK_MINUTES=""
+usage() { echo "usage: $0 [--quick | --soak MINUTES]  (MINUTES: 2 or more; the first is the baseline)" >&2; exit 2; }
 case "${1:-}" in
-  --quick) QUICK=1 ;;
+  --quick) [ $# = 1 ] || usage; QUICK=1 ;;
+  --soak) [ $# = 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] && [ "$2" -ge 2 ] || usage; SOAK_MINUTES=$2 ;;
   "") ;;
-  *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+  *) usage ;;
 esac
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,13 +71,16 @@ if [ "$QUICK" = 1 ]; then
   STOP_N=100 STOP_ANSWER_MS=500 RESTART_SECONDS=0.3 ECHO_COUNT=1
   KA_ROUNDS=1 KA_SECONDS=1
   ATTACK_PROBES=20 ATTACK_TIMEOUT_MS=1000 ATTACK_SETUP_MS=3000
+  STORM_SECONDS=1 STORM_TIMEOUT_MS=2000 COST_IDLE=100 COST_REPEATS=10
 else
   RUNS=${BENCH_RUNS:-3} WRK_SECONDS=${BENCH_WRK_SECONDS:-4} WARMUP_SECONDS=1 COMPILE_RUNS=3
   IDLE_N=10000 IDLE_OPEN_MS=8000 FRESH_TIMEOUT_MS=3000 SECOND_BUDGET_MS=25000
   STOP_N=1000 STOP_ANSWER_MS=2000 RESTART_SECONDS=2 ECHO_COUNT=8
   KA_ROUNDS=${BENCH_KA_ROUNDS:-5} KA_SECONDS=${BENCH_KA_SECONDS:-5}
   ATTACK_PROBES=200 ATTACK_TIMEOUT_MS=2000 ATTACK_SETUP_MS=5000
+  STORM_SECONDS=10 STORM_TIMEOUT_MS=5000 COST_IDLE=1000 COST_REPEATS=50
 fi
+STORM_INTERVAL_MS=100 STORM_CLIENTS=8
 ECHO_MIB=10
 # Figures 9 and 10: ATTACKERS connections that never read (SO_RCVBUF 4 KiB), each POSTing
 # ATTACK_MIB MiB to /echo, or GETting /big (4 MiB), or pipelining GET /hello; meanwhile
@@ -66,6 +89,10 @@ ATTACKERS=64 ATTACK_MIB=4 ATTACK_INTERVAL_MS=10
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+kb_to_mb() { awk -v k="$1" 'BEGIN {printf "%.2f", k / 1024}'; }
+# kv FILE KEY: the value of a "key value" line
+kv() { sed -n "s/^$2 //p" "$1" | head -n 1; }
 
 # ------------------------------------------------------------------- cleanup --
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/rs-bench.XXXXXX")
@@ -88,7 +115,7 @@ trap 'exit 130' INT TERM HUP
 
 # ------------------------------------------------------------------ packages --
 need=()
-for pkg in wrk nginx g++ build-essential dpkg-dev xz-utils; do
+for pkg in wrk nginx libnginx-mod-http-echo g++ build-essential dpkg-dev xz-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -106,6 +133,122 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || die "nginx not found"
 
+# ------------------------------------------------------------------ machine --
+# The server gets the first half of the CPUs, the load generator the rest.
+NPROC=$(nproc)
+SRV_PIN=() CLI_PIN=() CLI_CPUS=$NPROC STORM_PIN=() STORM_CLI_PIN=()
+if [ "$NPROC" -ge 2 ] && command -v taskset >/dev/null; then
+  half=$((NPROC / 2))
+  SRV_PIN=(taskset -c "0-$((half - 1))")
+  CLI_PIN=(taskset -c "$half-$((NPROC - 1))")
+  CLI_CPUS=$((NPROC - half))
+  # restart_storm runs server and clients in one process and pins its threads itself.
+  STORM_CLI_PIN=(--client-cpus "$half-$((NPROC - 1))")
+  STORM_PIN=(--server-cpus "0-$((half - 1))" "${STORM_CLI_PIN[@]}")
+  PINNING="server on CPU 0-$((half - 1)), load generator on CPU $half-$((NPROC - 1)) (taskset)"
+else
+  PINNING="not pinned (1 CPU)"
+fi
+RS_VERSION=$(awk '/define RESTARTABLE_SERVER_VERSION_(MAJOR|MINOR|PATCH)/ {v = v (v == "" ? "" : ".") $3} END {print v}' "$RS_DIR/restartable_server.hpp")
+
+# --------------------------------------------------------------------- soak --
+# --soak MINUTES (see the top of this file); nothing else runs. Each sample is the lowest of
+# five readings 50 ms apart: for a moment after each restart the old run's threads are
+# still there beside the new run's, and a leak shows as a floor that rises, not as a peak.
+# Flat: no sample after the first minute has more descriptors or threads than the most
+# seen in the first minute.
+SOAK_INTERVAL_S=10
+# soak_sample PID: "RSS_KB FDS THREADS", the lowest of five readings 50 ms apart
+soak_sample() {
+  local pid=$1 i rss fds thr
+  for ((i = 0; i < 5; i++)); do
+    rss=$(status_kb "$pid" VmRSS) || return 1
+    fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+    thr=$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+    printf '%s %s %s\n' "$rss" "$fds" "$thr"
+    sleep 0.05
+  done | awk 'NR == 1 || $1 < r {r = $1} NR == 1 || $2 < f {f = $2} NR == 1 || $3 < t {t = $3}
+              END {if (NR == 5) print r, f, t; else exit 1}'
+}
+# soak MINUTES: builds soak_server, runs it under wrk -c16 for MINUTES, prints the samples
+# as a table and the verdict; status 0 when flat, with no wrk error and no failed restart.
+# (Called as "soak ... || status=$?", so errexit is off inside: every failure is checked.)
+soak() {
+  local minutes=$1 out=$TMP/soak.out wrk_out=$TMP/soak-wrk.out samples=$TMP/soak.tsv
+  local tool pid port wpid t0 t wait_s sample rss fds thr restarts i status=0
+  mkdir -p "$BUILD"
+  log "building soak_server and probe (restartable_server $RS_VERSION)"
+  for tool in soak_server probe; do
+    "$CXX" -std=c++17 -O2 -pthread -I"$RS_DIR" -o "$BUILD/$tool" "$HERE/$tool.cpp" >"$BUILD/$tool.log" 2>&1 ||
+      { cat "$BUILD/$tool.log" >&2; die "building $tool failed"; }
+  done
+  "${SRV_PIN[@]}" "$BUILD/soak_server" 0 1000 >"$out" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  for ((i = 0; i < 500; i++)); do
+    port=$(sed -n 's/^port \([0-9]*\)$/\1/p' "$out")
+    [ -n "$port" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.01
+  done
+  [ -n "$port" ] && "$BUILD/probe" wait "$port" 5000 || { cat "$out" >&2; die "soak_server did not start"; }
+  log "soak: wrk -t$CLI_CPUS -c16 for $minutes min against soak_server (pid $pid, port $port), which restarts once a second"
+  # wrk goes on 3 s past the last sample, so that every sample sees the load.
+  "${CLI_PIN[@]}" wrk -t"$CLI_CPUS" -c16 -d"$((minutes * 60 + 3))s" "http://127.0.0.1:$port/hello" >"$wrk_out" 2>&1 &
+  wpid=$!
+  PIDS+=("$wpid")
+  t0=$(date +%s)
+  echo "### soak: restartable_server $RS_VERSION restarting once a second under wrk -c16, $minutes min"
+  echo
+  echo "- machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $NPROC CPUs; pinning: $PINNING"
+  echo "- each sample: the lowest of 5 readings 50 ms apart (a restart briefly holds two runs' threads)"
+  echo
+  echo "| t (s) | RSS (MiB) | descriptors | threads | restarts |"
+  echo "|--:|--:|--:|--:|--:|"
+  : >"$samples"
+  for ((t = SOAK_INTERVAL_S; t <= minutes * 60; t += SOAK_INTERVAL_S)); do
+    wait_s=$((t0 + t - $(date +%s)))
+    [ "$wait_s" -le 0 ] || sleep "$wait_s"
+    sample=$(soak_sample "$pid") || { status=1; log "soak: the server is gone"; break; }
+    restarts=$(grep -c '^restarted ' "$out" || true)
+    read -r rss fds thr <<<"$sample"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$t" "$rss" "$fds" "$thr" "$restarts" >>"$samples"
+    printf '| %s | %s | %s | %s | %s |\n' "$t" "$(kb_to_mb "$rss")" "$fds" "$thr" "$restarts"
+  done
+  wait "$wpid" || { status=1; log "soak: wrk failed"; }
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" || { status=1; log "soak: soak_server exited with an error"; }
+  local verdict wrk_errors requests failed
+  # Flat: after the first minute, no more descriptors or threads than the first minute's most.
+  verdict=$(awk -F'\t' '
+    $1 <= 60 {if ($3 > fd0) fd0 = $3; if ($4 > th0) th0 = $4; rss0 = $2; next}
+    {n++; if ($3 > fd1) fd1 = $3; if ($4 > th1) th1 = $4; rss1 = $2}
+    END {
+      if (n == 0) {print "no sample after the first minute"; exit}
+      grew = ""
+      if (fd1 > fd0) grew = grew sprintf(" descriptors %d -> %d", fd0, fd1)
+      if (th1 > th0) grew = grew sprintf(" threads %d -> %d", th0, th1)
+      printf "%s (RSS %.2f MiB at 1 min, %.2f MiB at the end)", grew == "" ? "flat" : "NOT flat:" grew, rss0 / 1024, rss1 / 1024
+    }' "$samples")
+  # wrk: "Socket errors: connect 0, read 0, write 0, timeout 0" and "Non-2xx or 3xx responses: N"
+  wrk_errors=$(awk '/Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10} /Non-2xx/ {e += $NF} END {print e + 0}' "$wrk_out")
+  requests=$(awk '$2 == "requests" && $3 == "in" {print $1}' "$wrk_out")
+  failed=$(grep -c '^restart failed' "$out" || true)
+  echo
+  echo "- restarts: $(grep -c '^restarted ' "$out" || true), failed: $failed; wrk: ${requests:-?} requests," \
+       "$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$wrk_out") req/s, errors: $wrk_errors"
+  echo "- verdict: $verdict"
+  case "$verdict" in flat*) ;; *) status=1 ;; esac
+  [ "$wrk_errors" = 0 ] && [ -n "$requests" ] || { status=1; cat "$wrk_out" >&2; }
+  [ "$failed" = 0 ] || status=1
+  return "$status"
+}
+if [ -n "$SOAK_MINUTES" ]; then
+  mkdir -p "$CACHE"
+  soak_status=0
+  soak "$SOAK_MINUTES" > >(tee "$CACHE/last-soak.md") || soak_status=$?
+  exit "$soak_status"
+fi
 # --------------------------------------------------- cpp-httplib from Debian --
 # The binary package libcpp-httplib-dev is a split build linked against OpenSSL; the
 # source package carries the original single header.
@@ -167,7 +310,6 @@ if [ ! -s "$HTTPLIB_DIR/httplib.h" ]; then
 fi
 HTTPLIB_VERSION=$(sed -n 's/^#define CPPHTTPLIB_VERSION "\(.*\)"/\1/p' "$HTTPLIB_DIR/httplib.h" | head -n 1)
 NGINX_VERSION=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
-RS_VERSION=$(awk '/define RESTARTABLE_SERVER_VERSION_(MAJOR|MINOR|PATCH)/ {v = v (v == "" ? "" : ".") $3} END {print v}' "$RS_DIR/restartable_server.hpp")
 
 # -------------------------------------------------------------------- build --
 # Both hello servers: -O2, header-only. cpp-httplib without OpenSSL, with TCP_NODELAY (else
@@ -198,45 +340,49 @@ for s in rs httplib; do
   strip -o "$BUILD/hello_$s.stripped" "$BUILD/hello_$s"
   record binary_kb "$s" "$(awk -v b="$(stat -c %s "$BUILD/hello_$s.stripped")" 'BEGIN {printf "%.0f", b / 1024}')"
 done
-# Everything else, in parallel.
+# Everything else, two compilers at a time (the slowest first).
 build() {  # build NAME COMPILER-ARGS...: $BUILD/NAME, its log in $BUILD/NAME.log
   local name=$1
   shift
   "$CXX" "$@" -o "$BUILD/$name" >"$BUILD/$name.log" 2>&1
 }
-jobs_pids=() jobs_names=()
-bg_build() { build "$@" & jobs_pids+=($!); PIDS+=($!); jobs_names+=("$1"); }
-bg_build echo_rs "${RS_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_restartable.cpp"
-bg_build echo_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_httplib.cpp"
-bg_build lifecycle_rs "${RS_FLAGS[@]}" "$HERE/lifecycle.cpp"
-bg_build lifecycle_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_HTTPLIB "$HERE/lifecycle.cpp"
-for tool in idle_clients post_echo probe report slow_readers; do
-  bg_build "$tool" -std=c++17 -O2 -pthread "$HERE/$tool.cpp"
-done
-build_failed=0
-for i in "${!jobs_pids[@]}"; do
+jobs_pids=() jobs_names=() jobs_waited=0 build_failed=0
+wait_build() {  # waits for the oldest build still running
+  local i=$jobs_waited
+  jobs_waited=$((i + 1))
   if ! wait "${jobs_pids[$i]}"; then
     cat "$BUILD/${jobs_names[$i]}.log" >&2
     log "building ${jobs_names[$i]} failed"
     build_failed=1
   fi
+}
+bg_build() {
+  [ $((${#jobs_pids[@]} - jobs_waited)) -lt 2 ] || wait_build
+  build "$@" &
+  jobs_pids+=($!) PIDS+=($!) jobs_names+=("$1")
+}
+bg_build echo_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_httplib.cpp"
+bg_build lifecycle_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_HTTPLIB "$HERE/lifecycle.cpp"
+bg_build echo_rs "${RS_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_restartable.cpp"
+bg_build lifecycle_rs "${RS_FLAGS[@]}" "$HERE/lifecycle.cpp"
+# Figures 11 and 12 need server::restart(); a checkout from before it (BENCH_RS_DIR) gets
+# FAIL there and the rest of the table.
+HAVE_RESTART=0
+if grep -q 'void restart(std::error_code& ec) noexcept;' "$RS_DIR/restartable_server.hpp"; then
+  HAVE_RESTART=1
+  bg_build restart_storm "${RS_FLAGS[@]}" "$HERE/restart_storm.cpp"
+  bg_build restart_cost "${RS_FLAGS[@]}" "$HERE/restart_cost.cpp"
+else
+  log "no server::restart() in $RS_DIR/restartable_server.hpp: figures 11 and 12 will fail"
+fi
+for tool in idle_clients post_echo probe report slow_readers; do
+  bg_build "$tool" -std=c++17 -O2 -pthread "$HERE/$tool.cpp"
 done
+while [ "$jobs_waited" -lt "${#jobs_pids[@]}" ]; do wait_build; done
 PIDS=()  # all waited for
 [ "$build_failed" = 0 ] || die "a build failed"
 
-# ------------------------------------------------------------------ machine --
-NPROC=$(nproc)
-SRV_PIN=() CLI_PIN=() CLI_CPUS=$NPROC
-if [ "$NPROC" -ge 2 ] && command -v taskset >/dev/null; then
-  half=$((NPROC / 2))
-  SRV_PIN=(taskset -c "0-$((half - 1))")
-  CLI_PIN=(taskset -c "$half-$((NPROC - 1))")
-  CLI_CPUS=$((NPROC - half))
-  PINNING="server on CPU 0-$((half - 1)), load generator on CPU $half-$((NPROC - 1)) (taskset)"
-else
-  PINNING="not pinned (1 CPU)"
-fi
-
+# ------------------------------------------------------------------- limits --
 # File descriptors for 10,000 connections, on both ends.
 want_fds=$((IDLE_N + 2048))
 if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$want_fds" ]; then
@@ -251,23 +397,34 @@ fi
 
 # ------------------------------------------------------------------ servers --
 SPID="" SPORT=""
-# start_server KIND NAME: KIND is hello or echo, NAME rs, httplib or nginx. Sets SPID, SPORT.
+# Figure 11's nginx echoes POST /echo with Debian's echo module (a chunked response).
+NGINX_ECHO_MODULE=$(dpkg -L libnginx-mod-http-echo 2>/dev/null | grep '/ngx_http_echo_module\.so$' | head -n 1 || true)
+# start_server KIND NAME: KIND is hello or echo, NAME rs, httplib or nginx; KIND storm is
+# nginx for figure 11: with its master process (SPID: the master, which reloads on SIGHUP),
+# POST /echo, and notices in $TMP/nginx/logs/error.log (one "reconfiguring" per reload).
+# Sets SPID, SPORT.
 start_server() {
   local kind=$1 name=$2 out=$TMP/server.out attempt
   SPID="" SPORT=""
   for attempt in 1 2 3; do
     : >"$out"
     if [ "$name" = nginx ]; then
-      local dir=$TMP/nginx
+      local dir=$TMP/nginx master=off log_level=warn load_echo="" echo_location=""
+      if [ "$kind" = storm ]; then
+        [ -n "$NGINX_ECHO_MODULE" ] || { log "nginx's echo module (libnginx-mod-http-echo) is not installed"; return 1; }
+        master=on log_level=notice load_echo="load_module $NGINX_ECHO_MODULE;"
+        echo_location="location = /echo { client_body_buffer_size 64k; echo_read_request_body; echo_request_body; }"
+      fi
       rm -rf "$dir" && mkdir -p "$dir/logs" "$dir/www"
       head -c $((4 << 20)) /dev/zero | tr '\0' x >"$dir/www/big"  # GET /big: 4 MiB, as the other servers
       SPORT=$("$BUILD/probe" freeport)
       cat >"$dir/nginx.conf" <<EOF
+$load_echo
 worker_processes 1;
 daemon off;
-master_process off;
+master_process $master;
 pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
+error_log $dir/logs/error.log $log_level;
 events { worker_connections $((IDLE_N + 1024)); }
 http {
   access_log off;
@@ -289,6 +446,7 @@ http {
       root $dir/www;
       default_type application/octet-stream;
     }
+    $echo_location
   }
 }
 EOF
@@ -330,8 +488,6 @@ stop_server() {
   PIDS=("${keep[@]}")
   SPID=""
 }
-status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
-kb_to_mb() { awk -v k="$1" 'BEGIN {printf "%.2f", k / 1024}'; }
 
 # toms: awk function turning wrk's "1.23ms" / "456.00us" / "1.20s" into milliseconds
 toms='function ms(s) { if (s ~ /us$/) return s / 1000; if (s ~ /ms$/) return s + 0; if (s ~ /m$/) return s * 60000; if (s ~ /s$/) return s * 1000; return s }'
@@ -360,9 +516,6 @@ run_wrk() {
   record "${key}_p50" "$name" "${p50:-fail}"
   record "${key}_p99" "$name" "${p99:-fail}"
 }
-
-# kv FILE KEY: the value of a "key value" line
-kv() { sed -n "s/^$2 //p" "$1" | head -n 1; }
 
 # Figure 8 helpers. cpu_ticks PID: user + system clock ticks of every thread of PID so far.
 CLK_TCK=$(getconf CLK_TCK)
@@ -398,6 +551,68 @@ ka_round() {
   record kad_p99 "$name" "${p99:-fail}"
   record kad_cpu_us "$name" "$cpu_us"
   record kad_wrk_cpu "$name" "$wrk_cpu"
+}
+
+# Figure 11. storm NAME: the restart storm against rs (in-process, restart()) or nginx (a
+# master with one worker, reloaded with SIGHUP); records what the requests came to.
+STORM_KEYS=(storm_requests storm_refused storm_unanswered storm_truncated storm_wrong storm_races storm_restarts)
+storm() {
+  local name=$1 out=$TMP/storm.out ok=0 restarts=""
+  local limit=$((STORM_SECONDS + STORM_TIMEOUT_MS / 1000 + 60))
+  local args=("$STORM_SECONDS" "$STORM_INTERVAL_MS" --timeout-ms "$STORM_TIMEOUT_MS" --clients "$STORM_CLIENTS")
+  : >"$out"
+  if [ "$HAVE_RESTART" = 0 ]; then
+    :
+  elif [ "$name" = rs ]; then
+    timeout "$limit" "$BUILD/restart_storm" rs "${args[@]}" "${STORM_PIN[@]}" >"$out" && ok=1
+    restarts=$(kv "$out" restarts)
+  elif start_server storm nginx; then
+    timeout "$limit" "$BUILD/restart_storm" nginx "${args[@]}" --port "$SPORT" --pid "$SPID" "${STORM_CLI_PIN[@]}" >"$out" && ok=1
+    # SIGHUPs sent while one is pending merge into one: count the reloads nginx did.
+    restarts=$(grep -c ': reconfiguring$' "$TMP/nginx/logs/error.log" || true)
+    stop_server
+  fi
+  if [ "$ok" = 0 ] || [ -z "$restarts" ]; then
+    cat "$out" >&2
+    log "    $name: the restart storm failed"
+    local k
+    for k in "${STORM_KEYS[@]}"; do record "$k" "$name" fail; done
+    return
+  fi
+  record storm_requests "$name" "$(kv "$out" requests)"
+  record storm_refused "$name" "$(kv "$out" refused)"
+  record storm_unanswered "$name" "$(awk -v a="$(kv "$out" unanswered)" -v b="$(kv "$out" timeouts)" \
+    'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) print a + b; else print "fail"}')"
+  record storm_truncated "$name" "$(kv "$out" truncated)"
+  record storm_wrong "$name" "$(kv "$out" wrong)"
+  record storm_races "$name" "$(kv "$out" reuse_races)"
+  record storm_restarts "$name" "$restarts"
+  log "    $(kv "$out" requests) requests ($(kv "$out" req_per_s)/s; $(kv "$out" fresh) on fresh connections," \
+      "$(kv "$out" reconnects) kept-alive reconnects): ok $(kv "$out" ok), refused $(kv "$out" refused)," \
+      "unanswered $(kv "$out" unanswered), timeouts $(kv "$out" timeouts), truncated $(kv "$out" truncated)," \
+      "wrong $(kv "$out" wrong), reuse races $(kv "$out" reuse_races); restarts $restarts" \
+      "(sent $(kv "$out" restarts), failed $(kv "$out" restart_errors), call p50 $(kv "$out" restart_call_us_p50) µs," \
+      "max $(kv "$out" restart_call_us_max) µs)"
+}
+# Figure 12. restart_cost_run IDLE KEY: the restart() call's median time with IDLE idle
+# keep-alive connections open (in one process pinned to the server's CPUs: the clients are
+# idle while it is timed), and with IDLE > 0 how many of them are not served afterwards.
+restart_cost_run() {
+  local idle=$1 key=$2 out=$TMP/cost.out
+  : >"$out"
+  if [ "$HAVE_RESTART" = 1 ] &&
+     timeout 300 "${SRV_PIN[@]}" "$BUILD/restart_cost" "$idle" "$COST_REPEATS" >"$out"; then
+    record "$key" rs "$(kv "$out" restart_us_p50)"
+    [ "$idle" = 0 ] || record cost_not_served rs "$(kv "$out" idle_not_served)"
+    log "    $idle idle: restart() p50 $(kv "$out" restart_us_p50) µs, max $(kv "$out" restart_us_max) µs;" \
+        "fresh requests failed after a restart: $(kv "$out" fresh_failed); idle answered $(kv "$out" idle_answered)," \
+        "lost $(kv "$out" idle_lost)"
+  else
+    cat "$out" >&2
+    log "    $idle idle: restart cost failed"
+    record "$key" rs fail
+    [ "$idle" = 0 ] || record cost_not_served rs fail
+  fi
 }
 
 # The order of the servers rotates from run to run; within a run every figure alternates.
@@ -539,6 +754,16 @@ for ((run = 0; run < RUNS; run++)); do
     if timeout 150 "$tool" restart plain "$RESTART_SECONDS" >"$out"; then record restart_plain "$s" "$(kv "$out" cycles_per_s)"; else record restart_plain "$s" fail; fi
     if timeout 150 "$tool" restart held "$RESTART_SECONDS" >"$out"; then record restart_held "$s" "$(kv "$out" cycles_per_s)"; else record restart_held "$s" fail; fi
   done
+  # Figures 11 and 12: restarts under load (cpp-httplib has no restart that keeps its
+  # listener), and the cost of one restart() call.
+  for s in $(order "$run"); do
+    [ "$s" = httplib ] && continue
+    log "  $s: restart storm, ${STORM_SECONDS}s, a restart every ${STORM_INTERVAL_MS} ms, $STORM_CLIENTS clients"
+    storm "$s"
+  done
+  log "  rs: restart() cost, median of $COST_REPEATS"
+  restart_cost_run 0 cost0_us
+  restart_cost_run "$COST_IDLE" costN_us
 done
 T_END=$(date +%s)
 
@@ -588,6 +813,16 @@ sr_pipeline_p50${tab}9. fresh GET p50 (ms), ${ATTACKERS} clients pipeline GET /h
 sr_pipeline_p99${tab}9. fresh GET p99 (ms), pipeline flood${tab}lo${tab}3${tab}rhn
 sr_pipeline_unans${tab}9. fresh GETs unanswered within $((ATTACK_TIMEOUT_MS / 1000)) s (of $ATTACK_PROBES), pipeline flood${tab}lo${tab}0${tab}rhn${tab}v<=0
 sr_pipeline_hwm${tab}10. peak server memory (VmHWM), pipeline flood (MiB)${tab}lo${tab}1${tab}rhn
+storm_requests${tab}11. restart storm: requests sent in ${STORM_SECONDS} s, ${STORM_CLIENTS} clients, a restart every ${STORM_INTERVAL_MS} ms${tab}info${tab}0${tab}rn
+storm_refused${tab}11. restart storm: connects refused${tab}lo${tab}0${tab}rn${tab}v<=0
+storm_unanswered${tab}11. restart storm: requests written, never answered${tab}lo${tab}0${tab}rn${tab}v<=0
+storm_truncated${tab}11. restart storm: truncated responses${tab}lo${tab}0${tab}rn${tab}v<=0
+storm_wrong${tab}11. restart storm: wrong status or body${tab}lo${tab}0${tab}rn${tab}v<=0
+storm_races${tab}11. restart storm: kept-alive conns closed under a request (reuse races)${tab}lo${tab}0${tab}rn${tab}v<=0
+storm_restarts${tab}11. restart storm: restarts done (nginx: reloads)${tab}info${tab}0${tab}rn
+cost0_us${tab}12. restart() call, 0 idle conns (µs, median of ${COST_REPEATS})${tab}lo${tab}0${tab}r
+costN_us${tab}12. restart() call, ${COST_IDLE} idle conns (µs, median of ${COST_REPEATS})${tab}lo${tab}0${tab}r
+cost_not_served${tab}12. idle conns not served after ${COST_REPEATS} restarts (of ${COST_IDLE})${tab}lo${tab}0${tab}r${tab}v<=0
 EOF
 
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
@@ -596,8 +831,14 @@ OS=$(. /etc/os-release && echo "${PRETTY_NAME:-Linux}")
 CXX_VERSION=$("$CXX" --version | head -n 1)
 MODE=$([ "$QUICK" = 1 ] && echo "smoke run: 1 run, ${WRK_SECONDS}s per wrk figure, $IDLE_N idle conns, $ATTACK_PROBES fresh requests under attack; not a measurement" || echo "median of $RUNS runs; figure 8: median of $KA_ROUNDS rounds")
 TABLE=$TMP/table.md
+# The chart: bench/results.svg from a full run; a smoke run's stays in the cache.
+if [ "$QUICK" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
 set +e
-"$BUILD/report" "$ROWS" "$RESULTS" >"$TABLE"
+"$BUILD/report" "$ROWS" "$RESULTS" --svg "$SVG" \
+  --title "restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION" \
+  --subtitle "bench/run.sh${1:+ $1} ($MODE), $(date -u +%Y-%m-%d)" \
+  --subtitle "$CPU_MODEL, $NPROC CPUs, $OS, kernel $(uname -r); $PINNING; load average before: $LOAD_BEFORE" \
+  --subtitle "bench/RESULTS.md says how each figure is measured" >"$TABLE"
 report_status=$?
 set -e
 {
@@ -624,6 +865,17 @@ set -e
        "$ATTACK_PROBES fresh GET /hello on new connections, one every ${ATTACK_INTERVAL_MS} ms, each given" \
        "${ATTACK_TIMEOUT_MS} ms; an unanswered one counts as slower than any in p50/p99 (\"timeout\");" \
        "VmHWM read after the probes"
+  echo "- figure 11: $STORM_CLIENTS client threads (on the load generator's CPU) send GET /hello and POST /echo" \
+       "(16 B to 32 KiB, checked) as fast as they are answered, each over 4 keep-alive connections in turn and" \
+       "every fifth request on a fresh one, for ${STORM_SECONDS}s, while the server restarts every" \
+       "${STORM_INTERVAL_MS} ms: restartable_server (default options, in the clients' process, its threads on the" \
+       "server's CPU) calls restart(); nginx (master + 1 worker, echo module) gets SIGHUP, a reload, as from" \
+       "\`nginx -s reload\`; unanswered: EOF, reset or ${STORM_TIMEOUT_MS} ms without a whole response after the" \
+       "request was written, on a fresh connection; reuse race: EOF or reset before any response byte on a" \
+       "kept-alive connection that had answered before"
+  echo "- figure 12: one restartable_server and its clients in one process on the server's CPU;" \
+       "$COST_REPEATS restart() calls, each followed by a fresh GET /hello; then a GET /hello on each idle connection"
+  echo "- chart: $([ "$QUICK" = 1 ] && echo "${SVG#"$ROOT"/}" || echo bench/results.svg)"
   echo
   cat "$TABLE"
 } | tee "$CACHE/last-table.md"
