@@ -109,6 +109,53 @@ private:
     std::thread thread_;  // last: starts once the members above exist
 };
 
+/// run_in_thread: calls srv.run() in a thread of its own. If the test fails early, the
+/// destructor keeps requesting a stop until run() has returned, then joins.
+class run_in_thread {
+public:
+    explicit run_in_thread(rs::server& s)
+        : srv_(s), t_([this] {
+              std::error_code e;
+              srv_.run(e);
+              {
+                  std::lock_guard<std::mutex> lock(m_);
+                  ec_ = e;
+                  done_ = true;
+              }
+              cv_.notify_all();
+          }) {}
+    ~run_in_thread() {
+        if (!t_.joinable()) return;
+        while (!wait_done(std::chrono::milliseconds(0))) {  // failure path only
+            srv_.request_stop();
+            if (wait_done(std::chrono::milliseconds(50))) break;
+        }
+        t_.join();
+    }
+    run_in_thread(const run_in_thread&) = delete;
+    run_in_thread& operator=(const run_in_thread&) = delete;
+
+    /// wait_done: whether run() returned within timeout.
+    bool wait_done(std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(m_);
+        return cv_.wait_for(lock, timeout, [this] { return done_; });
+    }
+    /// join: joins the thread (run() must have returned) and gives run()'s error code.
+    std::error_code join() {
+        t_.join();
+        return ec_;
+    }
+    pthread_t native_handle() { return t_.native_handle(); }
+
+private:
+    rs::server& srv_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::error_code ec_;
+    std::thread t_;  // last: starts once the members above exist
+};
+
 /// files_in: the regular files in dir, sorted; empty when dir does not exist.
 inline std::vector<std::string> files_in(const std::string& dir) {
     std::vector<std::string> out;
@@ -131,24 +178,51 @@ inline std::string read_file(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
-/// connect_to: a blocking TCP connection to 127.0.0.1:port with a receive timeout, so a
-/// broken server fails the test instead of hanging it. Returns -1 on failure.
-inline int connect_to(std::uint16_t port, std::chrono::milliseconds rcv_timeout = std::chrono::seconds(10)) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
+/// socket_timeout: sets which (SO_RCVTIMEO or SO_SNDTIMEO) on fd to t.
+inline void socket_timeout(int fd, int which, std::chrono::milliseconds t) {
     timeval tv{};
-    tv.tv_sec = static_cast<time_t>(rcv_timeout.count() / 1000);
-    tv.tv_usec = static_cast<suseconds_t>((rcv_timeout.count() % 1000) * 1000);
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    tv.tv_sec = static_cast<time_t>(t.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
+    ::setsockopt(fd, SOL_SOCKET, which, &tv, sizeof tv);
+}
+
+/// connect_loopback: connects the TCP socket fd to 127.0.0.1:port and returns it; on
+/// failure closes it and returns -1 (errno kept). -1 in: -1 out.
+inline int connect_loopback(int fd, std::uint16_t port) {
+    if (fd < 0) return -1;
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        const int saved = errno;
         ::close(fd);
+        errno = saved;
         return -1;
     }
     return fd;
+}
+
+/// connect_to: a blocking TCP connection to 127.0.0.1:port with a receive timeout, so a
+/// broken server fails the test instead of hanging it. Returns -1 on failure.
+inline int connect_to(std::uint16_t port, std::chrono::milliseconds rcv_timeout = std::chrono::seconds(10)) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) socket_timeout(fd, SO_RCVTIMEO, rcv_timeout);
+    return connect_loopback(fd, port);
+}
+
+/// connect_small_rcvbuf: a blocking connection to 127.0.0.1:port whose receive buffer is
+/// set to rcvbuf bytes before connect (so the window the server sees stays small, and a
+/// client that never reads stops the server's writes early), with receive and send
+/// timeouts of 5 s. -1 on failure.
+inline int connect_small_rcvbuf(std::uint16_t port, int rcvbuf = 4096) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+        socket_timeout(fd, SO_RCVTIMEO, std::chrono::seconds(5));
+        socket_timeout(fd, SO_SNDTIMEO, std::chrono::seconds(5));
+    }
+    return connect_loopback(fd, port);
 }
 
 inline bool send_all(int fd, std::string_view data) {

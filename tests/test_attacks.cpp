@@ -62,6 +62,8 @@ namespace {
 
 using test::client;
 using test::start;
+using test::connect_small_rcvbuf;
+using test::socket_timeout;
 
 constexpr bool sanitized = RS_ATTACKS_SANITIZED != 0;
 
@@ -78,36 +80,9 @@ std::string get_req(const std::string& path, const std::string& extra = "") {
     return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + extra + "\r\n";
 }
 
-void set_timeo(int fd, int which, std::chrono::milliseconds t) {
-    timeval tv{};
-    tv.tv_sec = static_cast<time_t>(t.count() / 1000);
-    tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
-    ::setsockopt(fd, SOL_SOCKET, which, &tv, sizeof tv);
-}
-
 bool set_nonblocking(int fd) {
     const int fl = ::fcntl(fd, F_GETFL);
     return fl >= 0 && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
-}
-
-/// connect_small_rcvbuf: a blocking connection to 127.0.0.1:port whose receive buffer is
-/// set to rcvbuf bytes before connect (so the window the server sees stays small), with
-/// receive and send timeouts of 5 s. -1 on failure.
-int connect_small_rcvbuf(std::uint16_t port, int rcvbuf = 4096) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    set_timeo(fd, SO_RCVTIMEO, 5s);
-    set_timeo(fd, SO_SNDTIMEO, 5s);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    return fd;
 }
 
 /// fd_list: descriptors closed on scope exit (a failed REQUIRE included).
@@ -497,7 +472,7 @@ void chunk_flood_refused(const std::string& prefix, const std::string& unit, std
     rss_watch rss;
     client c(port, 2s);
     REQUIRE(c.ok());
-    set_timeo(c.fd, SO_SNDTIMEO, 3s);
+    socket_timeout(c.fd, SO_SNDTIMEO, 3s);
     REQUIRE(c.send(chunked_post + prefix));
     const flood_result f = flood(c.fd, unit, total, rss);
     const test::http_response r = c.read();
@@ -556,7 +531,7 @@ TEST_CASE("attack: 1-byte chunks with 900-byte extensions: the framing is droppe
     rss_watch rss;
     client c(port, 5s);
     REQUIRE(c.ok());
-    set_timeo(c.fd, SO_SNDTIMEO, 5s);
+    socket_timeout(c.fd, SO_SNDTIMEO, 5s);
     REQUIRE(c.send(chunked_post));
     const flood_result f = flood(c.fd, unit, total, rss);
     INFO("sent " << f.sent << " of " << total << " bytes; answered during the flood: " << f.answered
@@ -732,7 +707,7 @@ TEST_CASE("attack: bodies announced at max_body_bytes reserve no memory: under a
     int continued = 0, refused = 0, silent = 0;
     const auto answers_by = clk::now() + 5s;  // for all 40 together
     for (auto& h : heavy) {
-        set_timeo(h->fd, SO_RCVTIMEO, std::chrono::milliseconds(std::max(1, ms_until(answers_by))));
+        socket_timeout(h->fd, SO_RCVTIMEO, std::chrono::milliseconds(std::max(1, ms_until(answers_by))));
         std::string line, empty;
         if (!h->read_line(line) || line.rfind("HTTP/1.1 ", 0) != 0) {
             ++silent;  // EOF, a reset or 5 s without an answer
@@ -840,7 +815,7 @@ TEST_CASE("attack: a response that ends the connection arrives whole, then EOF, 
             INFO("round " << round);
             client c(port, 5s);
             REQUIRE(c.ok());
-            set_timeo(c.fd, SO_SNDTIMEO, 5s);
+            socket_timeout(c.fd, SO_SNDTIMEO, 5s);
             // The head and a first MiB of the body in one send; the 413 comes on the head.
             REQUIRE(c.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(announced) +
                            "\r\n\r\n" + piece));

@@ -4,13 +4,9 @@
 // restarts (POST /restart and SIGHUP) while clients keep sending, and exit on SIGTERM /
 // SIGINT. Every wait is bounded (poll on a pipe or a pidfd, condition variables): no sleeps.
 
-#include "support.hpp"
+#include "process.hpp"
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,149 +24,12 @@
 #error "RS_ECHO_SERVER (the path of the built echo_server) must be defined"
 #endif
 
-extern char** environ;
-
 namespace {
 
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
-
-int ms_until(steady::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
-    return left <= 0 ? 0 : static_cast<int>(left);
-}
-
-/// poll_one: poll(2) one descriptor until deadline, retrying on EINTR. true if ready.
-bool poll_one(int fd, steady::time_point deadline) {
-    for (;;) {
-        pollfd p{fd, POLLIN, 0};
-        int n = ::poll(&p, 1, ms_until(deadline));
-        if (n > 0) return true;
-        if (n == 0) return false;
-        if (errno != EINTR) return false;
-    }
-}
-
-/// child: a process started with posix_spawn, its stdout on a pipe; its stderr is ours,
-/// or stderr_fd when one is given.
-/// The destructor kills (SIGKILL) and reaps it if it is still there, so no test leaves a
-/// process behind, whichever way it ends.
-class child {
-public:
-    explicit child(const std::vector<std::string>& args, int stderr_fd = -1) {
-        int p[2];
-        if (::pipe2(p, O_CLOEXEC) != 0) return;
-        out_.reset(p[0]);
-        rs::unique_fd w(p[1]);
-
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, w.get(), STDOUT_FILENO);
-        if (stderr_fd >= 0) posix_spawn_file_actions_adddup2(&fa, stderr_fd, STDERR_FILENO);
-        posix_spawnattr_t at;
-        posix_spawnattr_init(&at);
-        sigset_t none, dflt;
-        sigemptyset(&none);
-        sigemptyset(&dflt);
-        for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGPIPE}) sigaddset(&dflt, sig);
-        posix_spawnattr_setsigmask(&at, &none);
-        posix_spawnattr_setsigdefault(&at, &dflt);
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-        std::vector<char*> argv;
-        for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        pid_t pid = -1;
-        if (::posix_spawn(&pid, argv[0], &fa, &at, argv.data(), environ) == 0) pid_ = pid;
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&at);
-    }
-    child(const child&) = delete;
-    child& operator=(const child&) = delete;
-    ~child() {
-        if (pid_ > 0 && !reaped_) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-    }
-
-    bool started() const { return pid_ > 0; }
-    pid_t pid() const { return pid_; }
-    bool signal(int sig) const { return pid_ > 0 && !reaped_ && ::kill(pid_, sig) == 0; }
-
-    /// read_line: the next line of the child's stdout, without '\n'; nullopt on EOF or
-    /// when none comes within timeout.
-    std::optional<std::string> read_line(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        for (;;) {
-            auto nl = buf_.find('\n');
-            if (nl != std::string::npos) {
-                std::string line = buf_.substr(0, nl);
-                buf_.erase(0, nl + 1);
-                return line;
-            }
-            if (!fill(deadline)) return std::nullopt;
-        }
-    }
-
-    /// read_all: everything the child writes to stdout until EOF; nullopt when EOF does not
-    /// come within timeout.
-    std::optional<std::string> read_all(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        while (fill(deadline)) {
-        }
-        if (!eof_) return std::nullopt;
-        std::string all;
-        all.swap(buf_);
-        return all;
-    }
-
-    /// wait_exit: the child's wait status once it has exited, or nullopt when it has not
-    /// within timeout. Polls a pidfd: no sleeping, no signal handlers.
-    std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
-        if (pid_ <= 0) return std::nullopt;
-        if (reaped_) return status_;
-        rs::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
-        if (!pidfd) return std::nullopt;
-        if (!poll_one(pidfd.get(), steady::now() + timeout)) return std::nullopt;
-        int st = 0;
-        if (::waitpid(pid_, &st, 0) != pid_) return std::nullopt;
-        reaped_ = true;
-        status_ = st;
-        return st;
-    }
-
-private:
-    bool fill(steady::time_point deadline) {
-        if (eof_ || !out_ || !poll_one(out_.get(), deadline)) return false;
-        char tmp[4096];
-        ssize_t n;
-        do n = ::read(out_.get(), tmp, sizeof tmp);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0) {
-            eof_ = true;
-            return false;
-        }
-        buf_.append(tmp, static_cast<std::size_t>(n));
-        return true;
-    }
-
-    pid_t pid_ = -1;
-    rs::unique_fd out_;
-    std::string buf_;
-    bool eof_ = false;
-    bool reaped_ = false;
-    int status_ = 0;
-};
-
-/// describe_status: "exit N", "signal N" or "still running", for messages.
-std::string describe_status(std::optional<int> st) {
-    if (!st) return "still running";
-    if (WIFEXITED(*st)) return "exit " + std::to_string(WEXITSTATUS(*st));
-    if (WIFSIGNALED(*st)) return "signal " + std::to_string(WTERMSIG(*st));
-    return "status " + std::to_string(*st);
-}
+using test::describe_status;
 
 /// command_result: the output and wait status of a finished command.
 struct command_result {
@@ -183,53 +42,30 @@ struct command_result {
 command_result run_command(const std::vector<std::string>& args,
                            std::chrono::milliseconds timeout = 20s, bool capture_stderr = false) {
     const auto deadline = steady::now() + timeout;
-    rs::unique_fd err_read, err_write;
-    if (capture_stderr) {
-        int p[2];
-        if (::pipe2(p, O_CLOEXEC) != 0) return {};
-        err_read.reset(p[0]);
-        err_write.reset(p[1]);
-        ::fcntl(err_read.get(), F_SETFL, O_NONBLOCK);  // read after the exit: never block
-    }
-    child c(args, err_write.get());
-    err_write.reset();  // the child has its copy: EOF comes when it exits
+    test::spawn_options opt;
+    if (capture_stderr) opt.err = test::stream::pipe;
+    test::process c(args, opt);
     command_result r;
     if (!c.started()) return r;
     std::optional<std::string> out = c.read_all(timeout);
     r.out = out.value_or("");
-    if (out) r.status = c.wait_exit(std::chrono::milliseconds(ms_until(deadline) + 1));
-    if (r.status && err_read) {  // it has exited: whatever it wrote is in the pipe
-        char tmp[4096];
-        ssize_t n;
-        while ((n = ::read(err_read.get(), tmp, sizeof tmp)) > 0) r.err.append(tmp, static_cast<std::size_t>(n));
-    }
+    if (out) r.status = c.wait_exit(std::chrono::milliseconds(test::ms_until(deadline) + 1));
+    if (r.status && capture_stderr)  // it has exited: what it wrote to stderr is in the pipe
+        r.err = c.err.read_all(std::chrono::milliseconds(test::ms_until(deadline) + 1)).value_or("");
     return r;
-}
-
-const std::string listening_prefix = "listening on http://127.0.0.1:";
-
-/// port_of: the port in a "listening on http://127.0.0.1:PORT" line, or 0.
-std::uint16_t port_of(const std::optional<std::string>& line) {
-    if (!line || line->compare(0, listening_prefix.size(), listening_prefix) != 0) return 0;
-    std::string digits = line->substr(listening_prefix.size());
-    if (digits.empty() || digits.size() > 5 ||
-        digits.find_first_not_of("0123456789") != std::string::npos)
-        return 0;
-    unsigned long p = std::stoul(digits);
-    return p <= 65535 ? static_cast<std::uint16_t>(p) : 0;
 }
 
 /// echo_server: the example running as a child on 127.0.0.1, port 0.
 struct echo_server {
-    child proc{{RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--workers", "4",
-                "--drain-ms", "3000"}};
+    test::process proc{{RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--workers", "4",
+                        "--drain-ms", "3000"}};
     std::uint16_t port = 0;
 
     echo_server() {
         REQUIRE(proc.started());
         std::optional<std::string> line = proc.read_line(10s);
         INFO("first line: " << line.value_or("(none)"));
-        port = port_of(line);
+        port = test::listening_port(line);
         REQUIRE(port != 0);
     }
     /// stop_with: sends sig and expects a clean exit (status 0) within 10 s.

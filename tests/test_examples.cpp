@@ -10,13 +10,10 @@
 //   unix_socket  HTTP over a Unix socket, with a raw AF_UNIX client and curl --unix-socket
 // Every wait is bounded (poll on pipes and sockets, a pidfd, condition variables): no sleeps.
 
-#include "support.hpp"
+#include "process.hpp"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,192 +32,40 @@
 #error "RS_EXAMPLES_DIR (the directory of the built examples) must be defined"
 #endif
 
-extern char** environ;
-
 namespace {
 
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
+using test::describe_status;
+using test::exited_0;
+using test::process;
 
 std::string example(const char* name) { return std::string(RS_EXAMPLES_DIR) + "/" + name; }
 
-int ms_until(steady::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
-    return left <= 0 ? 0 : static_cast<int>(left);
-}
-
-/// readable: poll(2) one descriptor for input until deadline, retrying on EINTR.
-bool readable(int fd, steady::time_point deadline) {
-    for (;;) {
-        pollfd p{fd, POLLIN, 0};
-        int n = ::poll(&p, 1, ms_until(deadline));
-        if (n > 0) return true;
-        if (n == 0 || errno != EINTR) return false;
-    }
-}
-
-/// process: a program started with posix_spawn, its stdout on a pipe read line by line,
-/// its stdin (when asked for) on a socket we write to, extra environment variables
-/// ("NAME=value", replacing an inherited NAME). stdin is a socket, not a pipe, so a write
-/// after the child died fails with EPIPE instead of killing the test with SIGPIPE.
-/// The destructor kills (SIGKILL) and reaps the child if it is still there.
-class process {
-public:
-    explicit process(const std::vector<std::string>& args, bool with_stdin = false,
-                     const std::vector<std::string>& extra_env = {}) {
-        int out[2], in[2] = {-1, -1};
-        if (::pipe2(out, O_CLOEXEC) != 0) return;
-        out_.reset(out[0]);
-        rs::unique_fd out_w(out[1]), in_r;
-        if (with_stdin) {
-            if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in) != 0) return;
-            in_.reset(in[0]);
-            in_r.reset(in[1]);
-        }
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, out_w.get(), STDOUT_FILENO);
-        if (in_r) posix_spawn_file_actions_adddup2(&fa, in_r.get(), STDIN_FILENO);
-        posix_spawnattr_t at;  // signals as a shell would leave them: unblocked, default actions
-        posix_spawnattr_init(&at);
-        sigset_t none, dflt;
-        sigemptyset(&none);
-        sigemptyset(&dflt);
-        for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGPIPE}) sigaddset(&dflt, sig);
-        posix_spawnattr_setsigmask(&at, &none);
-        posix_spawnattr_setsigdefault(&at, &dflt);
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-        std::vector<std::string> env = extra_env;
-        for (char** e = environ; *e; ++e) {
-            std::string var = *e;
-            bool replaced = false;
-            for (const std::string& x : extra_env)
-                replaced = replaced || var.compare(0, x.find('=') + 1, x, 0, x.find('=') + 1) == 0;
-            if (!replaced) env.push_back(var);
-        }
-        std::vector<char*> argv, envp;
-        for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        for (std::string& e : env) envp.push_back(e.data());
-        argv.push_back(nullptr);
-        envp.push_back(nullptr);
-        pid_t pid = -1;
-        if (::posix_spawn(&pid, argv[0], &fa, &at, argv.data(), envp.data()) == 0) pid_ = pid;
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&at);
-    }
-    process(const process&) = delete;
-    process& operator=(const process&) = delete;
-    ~process() {
-        if (pid_ > 0 && !reaped_) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-    }
-
-    bool started() const { return pid_ > 0; }
-    bool signal(int sig) const { return pid_ > 0 && !reaped_ && ::kill(pid_, sig) == 0; }
-
-    /// write: text to the child's stdin.
-    bool write(std::string_view text) { return in_ && test::send_all(in_.get(), text); }
-
-    /// read_line: the next line of the child's stdout without '\n'; nullopt on EOF or when
-    /// none comes within timeout.
-    std::optional<std::string> read_line(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        for (;;) {
-            auto nl = buf_.find('\n');
-            if (nl != std::string::npos) {
-                std::string line = buf_.substr(0, nl);
-                buf_.erase(0, nl + 1);
-                return line;
-            }
-            if (!fill(deadline)) return std::nullopt;
-        }
-    }
-
-    /// read_all: the rest of stdout up to EOF; nullopt when EOF does not come within timeout.
-    std::optional<std::string> read_all(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        while (fill(deadline)) {
-        }
-        if (!eof_) return std::nullopt;
-        return std::exchange(buf_, {});
-    }
-
-    /// wait_exit: the wait status once the child exited; nullopt when it has not within
-    /// timeout. Polls a pidfd: no sleep, no SIGCHLD handler.
-    std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
-        if (pid_ <= 0) return std::nullopt;
-        if (reaped_) return status_;
-        rs::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
-        if (!pidfd || !readable(pidfd.get(), steady::now() + timeout)) return std::nullopt;
-        if (::waitpid(pid_, &status_, 0) != pid_) return std::nullopt;
-        reaped_ = true;
-        return status_;
-    }
-
-private:
-    bool fill(steady::time_point deadline) {
-        if (eof_ || !out_ || !readable(out_.get(), deadline)) return false;
-        char tmp[4096];
-        ssize_t n;
-        do n = ::read(out_.get(), tmp, sizeof tmp);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0) {
-            eof_ = true;
-            return false;
-        }
-        buf_.append(tmp, static_cast<std::size_t>(n));
-        return true;
-    }
-
-    pid_t pid_ = -1;
-    rs::unique_fd out_, in_;
-    std::string buf_;
-    bool eof_ = false;
-    bool reaped_ = false;
-    int status_ = 0;
-};
-
-/// exited_cleanly: the wait status says "exit 0".
-bool exited_cleanly(const std::optional<int>& st) { return st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0; }
-
-std::string describe(const std::optional<int>& st) {
-    if (!st) return "still running";
-    if (WIFEXITED(*st)) return "exit " + std::to_string(WEXITSTATUS(*st));
-    if (WIFSIGNALED(*st)) return "signal " + std::to_string(WTERMSIG(*st));
-    return "status " + std::to_string(*st);
-}
-
-/// port_of: the port in a "listening on http://HOST:PORT" line, or 0.
-std::uint16_t port_of(const std::optional<std::string>& line, const std::string& host = "127.0.0.1") {
-    const std::string prefix = "listening on http://" + host + ":";
-    if (!line || line->compare(0, prefix.size(), prefix) != 0) return 0;
-    const std::string digits = line->substr(prefix.size());
-    if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos)
-        return 0;
-    unsigned long p = std::stoul(digits);
-    return p <= 65535 ? static_cast<std::uint16_t>(p) : 0;
-}
-
-/// started_example: name started with args; its first line must say on which port it listens.
+/// started_example: name started with args; its first line must say on which port it
+/// listens. with_stdin: its stdin is a socket written with proc.write(); env: "NAME=value"s.
 struct started_example {
     process proc;
     std::uint16_t port = 0;
     started_example(const char* name, std::vector<std::string> args, bool with_stdin = false,
                     const std::vector<std::string>& env = {})
-        : proc(with_args(name, std::move(args)), with_stdin, env) {
+        : proc(with_args(name, std::move(args)), options(with_stdin, env)) {
         REQUIRE(proc.started());
         std::optional<std::string> line = proc.read_line(10s);
         INFO(name << ": first line: " << line.value_or("(none)"));
-        port = port_of(line);
+        port = test::listening_port(line);
         REQUIRE(port != 0);
     }
     static std::vector<std::string> with_args(const char* name, std::vector<std::string> args) {
         args.insert(args.begin(), example(name));
         return args;
+    }
+    static test::spawn_options options(bool with_stdin, const std::vector<std::string>& env) {
+        test::spawn_options opt;
+        if (with_stdin) opt.in = test::stream::pipe;
+        opt.env = env;
+        return opt;
     }
 };
 
@@ -322,7 +167,7 @@ struct notify_socket {
     }
     /// receive: the next datagram, or nullopt when none comes within timeout.
     std::optional<std::string> receive(std::chrono::milliseconds timeout) {
-        if (!readable(fd.get(), steady::now() + timeout)) return std::nullopt;
+        if (!test::wait_readable(fd.get(), steady::now() + timeout)) return std::nullopt;
         char buf[512];
         ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
         if (n < 0) return std::nullopt;
@@ -396,7 +241,7 @@ TEST_CASE("signals: READY=1 after start; SIGHUP restarts on the same port, nothi
     CHECK(test::get(ex.port, "/hello").body == "Hello from run 2\n");  // same port
 
     REQUIRE(ex.proc.signal(SIGTERM));
-    CHECK(exited_cleanly(ex.proc.wait_exit(20s)));
+    CHECK(exited_0(ex.proc.wait_exit(20s)));
 }
 
 TEST_CASE("signals: SIGTERM closes the listener, answers a request still arriving, exits 0",
@@ -429,8 +274,8 @@ TEST_CASE("signals: SIGTERM closes the listener, answers a request still arrivin
     std::optional<std::string> stopped = ex.proc.read_line(10s);
     CHECK(stopped.value_or("(nothing)") == "stopped (0 connection(s) cut at the drain deadline)");
     std::optional<int> st = ex.proc.wait_exit(10s);
-    INFO("signals after SIGTERM: " << describe(st));
-    CHECK(exited_cleanly(st));
+    INFO("signals after SIGTERM: " << describe_status(st));
+    CHECK(exited_0(st));
 }
 
 TEST_CASE("signals: SIGINT stops it with exit status 0; a bad argument exits 2", "[examples][signals]") {
@@ -440,12 +285,12 @@ TEST_CASE("signals: SIGINT stops it with exit status 0; a bad argument exits 2",
         CHECK(test::get(ex.port, "/hello").status == 200);
         REQUIRE(ex.proc.signal(SIGINT));
         std::optional<int> st = ex.proc.wait_exit(20s);
-        INFO("signals after SIGINT: " << describe(st));
-        CHECK(exited_cleanly(st));
+        INFO("signals after SIGINT: " << describe_status(st));
+        CHECK(exited_0(st));
     }
     process bad({example("signals"), "--port", "http"});
     std::optional<int> st = bad.wait_exit(10s);
-    INFO("signals --port http: " << describe(st));
+    INFO("signals --port http: " << describe_status(st));
     CHECK((st && WIFEXITED(*st) && WEXITSTATUS(*st) == 2));
 }
 
@@ -473,7 +318,7 @@ TEST_CASE("reconfigure: a new route and a new address applied by restart(); the 
     CHECK(ex.proc.read_line(10s).value_or("(nothing)") == "ok: GET /new from the next restart");
     CHECK(test::get(old_port, "/new").status == 404);  // not before the restart
     REQUIRE(ex.proc.write("restart\n"));
-    CHECK(port_of(ex.proc.read_line(10s)) == old_port);
+    CHECK(test::listening_port(ex.proc.read_line(10s)) == old_port);
     CHECK(test::get(old_port, "/new").body == "a new route\n");
 
     // 2. Every interface, port 0: a new address, so a new socket on a new port.
@@ -482,7 +327,7 @@ TEST_CASE("reconfigure: a new route and a new address applied by restart(); the 
     REQUIRE(ex.proc.write("restart\n"));
     std::optional<std::string> line = ex.proc.read_line(10s);
     INFO("after the second restart: " << line.value_or("(nothing)"));
-    const std::uint16_t new_port = port_of(line, "0.0.0.0");
+    const std::uint16_t new_port = test::listening_port(line, "0.0.0.0");
     REQUIRE(new_port != 0);
     CHECK(new_port != old_port);
     WARN("reconfigure: 127.0.0.1:" << old_port << " -> 0.0.0.0:" << new_port);
@@ -516,8 +361,8 @@ TEST_CASE("reconfigure: a new route and a new address applied by restart(); the 
     CHECK(ex.proc.read_line(10s).value_or("(nothing)").rfind("error: unknown command 'bogus'", 0) == 0);
     CHECK(ex.proc.read_line(10s).value_or("(nothing)") == "stopped");
     std::optional<int> st = ex.proc.wait_exit(10s);
-    INFO("reconfigure after quit: " << describe(st));
-    CHECK(exited_cleanly(st));
+    INFO("reconfigure after quit: " << describe_status(st));
+    CHECK(exited_0(st));
 }
 
 // --------------------------------------------------------------- unix_socket --
@@ -544,7 +389,7 @@ TEST_CASE("unix_socket: HTTP over a Unix socket, a raw client and curl --unix-so
                                            "' http://localhost/hello"});
         std::optional<std::string> out = curl.read_all(20s);
         CHECK(out.value_or("(no output)") == "Hello over a Unix socket\n");
-        CHECK(exited_cleanly(curl.wait_exit(10s)));
+        CHECK(exited_0(curl.wait_exit(10s)));
     } else {
         WARN("curl not installed: the curl --unix-socket check did not run");
     }
@@ -552,7 +397,7 @@ TEST_CASE("unix_socket: HTTP over a Unix socket, a raw client and curl --unix-so
     REQUIRE(ex.signal(SIGTERM));
     CHECK(ex.read_line(10s).value_or("(nothing)") == "stopped");
     std::optional<int> st = ex.wait_exit(10s);
-    INFO("unix_socket after SIGTERM: " << describe(st));
-    CHECK(exited_cleanly(st));
+    INFO("unix_socket after SIGTERM: " << describe_status(st));
+    CHECK(exited_0(st));
     CHECK(::access(path.c_str(), F_OK) != 0);  // the example removed its socket file
 }

@@ -22,52 +22,7 @@ using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 
 using test::watchdog;
-
-/// run_in_thread: calls srv.run() in a thread of its own. If the test fails early, the
-/// destructor keeps requesting a stop until run() has returned, then joins.
-class run_in_thread {
-public:
-    explicit run_in_thread(rs::server& s)
-        : srv_(s), t_([this] {
-              std::error_code e;
-              srv_.run(e);
-              {
-                  std::lock_guard<std::mutex> lock(m_);
-                  ec_ = e;
-                  done_ = true;
-              }
-              cv_.notify_all();
-          }) {}
-    ~run_in_thread() {
-        if (!t_.joinable()) return;
-        while (!wait_done(0ms)) {  // failure path only
-            srv_.request_stop();
-            if (wait_done(50ms)) break;
-        }
-        t_.join();
-    }
-    run_in_thread(const run_in_thread&) = delete;
-    run_in_thread& operator=(const run_in_thread&) = delete;
-
-    /// wait_done: whether run() returned within timeout.
-    bool wait_done(std::chrono::milliseconds timeout) {
-        std::unique_lock<std::mutex> lock(m_);
-        return cv_.wait_for(lock, timeout, [this] { return done_; });
-    }
-    /// join: joins the thread (run() must have returned) and gives run()'s error code.
-    std::error_code join() {
-        t_.join();
-        return ec_;
-    }
-
-private:
-    rs::server& srv_;
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool done_ = false;
-    std::error_code ec_;
-    std::thread t_;  // last
-};
+using test::run_in_thread;
 
 /// settled_thread_count: the thread count, re-read for up to 2 s while it differs from
 /// expected: pthread_join() returns a moment before the task leaves /proc/self/task, and

@@ -49,13 +49,6 @@ std::string lower(std::string_view s) {
     return out;
 }
 
-void set_rcvtimeo(int fd, std::chrono::milliseconds t) {
-    timeval tv{};
-    tv.tv_sec = static_cast<time_t>(t.count() / 1000);
-    tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-}
-
 /// closed_read: what a connection received until the server closed it.
 struct closed_read {
     std::string data;     // every byte received
@@ -722,27 +715,6 @@ TEST_CASE("idle_timeout: an idle keep-alive connection is closed; a busy one sta
     srv.stop();
 }
 
-namespace {
-/// connect_small_rcvbuf: a connection whose receive buffer is set small before connect,
-/// so a client that never reads stops the server's writes early.
-int connect_small_rcvbuf(std::uint16_t port) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    int size = 4096;
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
-    set_rcvtimeo(fd, 5s);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    return fd;
-}
-}  // namespace
-
 TEST_CASE("write_timeout: a client that never reads a large response is abandoned", "[limits][timeout]") {
     constexpr std::size_t big = 64u << 20;
     auto o = test::local_options(1);  // one worker: it must not be the one held by the stuck write
@@ -763,7 +735,7 @@ TEST_CASE("write_timeout: a client that never reads a large response is abandone
     srv.get("/hello", [](const rs::request&, rs::response& res) { res.set_content("hello", "text/plain"); });
     const auto port = start(srv);
 
-    const int slow = connect_small_rcvbuf(port);
+    const int slow = test::connect_small_rcvbuf(port);
     REQUIRE(slow >= 0);
     struct fd_closer {
         int fd;
@@ -1044,7 +1016,7 @@ TEST_CASE("accept() failing with EMFILE backs off without spinning and serving r
     tell('G');
     REQUIRE(read_byte(child.from_child, 10s) == 'A');
     for (auto& c : pending) {
-        set_rcvtimeo(c->fd, 10s);
+        test::socket_timeout(c->fd, SO_RCVTIMEO, 10s);
         auto r = c->read();
         CHECK(r.status == 200);
         CHECK(r.body == "hello");

@@ -17,17 +17,12 @@
 // made of it. The upgrade check is the observable part: the one child echo_server starts
 // must see its own values, once each.
 
-#include "support.hpp"
+#include "process.hpp"
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -46,39 +41,15 @@
 #error "RS_ECHO_SERVER (the path of the built echo_server) must be defined"
 #endif
 
-extern char** environ;
-
 namespace {
 
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
+using test::describe_status;
+using test::exited_0;
 
 const char* const activate_tool = "/usr/bin/systemd-socket-activate";
-
-int ms_until(steady::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
-    return left <= 0 ? 0 : static_cast<int>(left);
-}
-
-/// poll_in: waits until fd is readable (or at EOF) or deadline passes; retries on EINTR.
-bool poll_in(int fd, steady::time_point deadline) {
-    for (;;) {
-        pollfd p{fd, POLLIN, 0};
-        int n = ::poll(&p, 1, ms_until(deadline));
-        if (n > 0) return true;
-        if (n == 0 || errno != EINTR) return false;
-    }
-}
-
-std::string describe_status(std::optional<int> st) {
-    if (!st) return "still running";
-    if (WIFEXITED(*st)) return "exit " + std::to_string(WEXITSTATUS(*st));
-    if (WIFSIGNALED(*st)) return "signal " + std::to_string(WTERMSIG(*st));
-    return "status " + std::to_string(*st);
-}
-
-bool exited_0(std::optional<int> st) { return st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0; }
 
 /// temp_dir: a fresh directory under /tmp, removed (with the files named in it) at the end.
 struct temp_dir {
@@ -93,140 +64,33 @@ struct temp_dir {
     }
 };
 
-/// line_pipe: the read end of a child's stdout or stderr, read line by line.
-class line_pipe {
-public:
-    rs::unique_fd fd;
-    /// read_line: the next line without '\n'; nullopt on EOF or after timeout.
-    std::optional<std::string> read_line(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        for (;;) {
-            auto nl = buf_.find('\n');
-            if (nl != std::string::npos) {
-                std::string line = buf_.substr(0, nl);
-                buf_.erase(0, nl + 1);
-                return line;
-            }
-            if (!fill(deadline)) return std::nullopt;
-        }
-    }
-    /// line_starting: skips lines until one starts with prefix; nullopt if none in time.
-    /// Every line read is appended to seen.
-    std::optional<std::string> line_starting(const std::string& prefix, std::chrono::milliseconds timeout,
-                                             std::string& seen) {
-        const auto deadline = steady::now() + timeout;
-        while (std::optional<std::string> line = read_line(std::chrono::milliseconds(ms_until(deadline)))) {
-            seen += *line + "\n";
-            if (line->compare(0, prefix.size(), prefix) == 0) return line;
-        }
-        return std::nullopt;
-    }
-    bool at_eof_within(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        while (fill(deadline)) buf_.clear();
-        return eof_;
-    }
-
-private:
-    bool fill(steady::time_point deadline) {
-        if (eof_ || !fd || !poll_in(fd.get(), deadline)) return false;
-        char tmp[4096];
-        ssize_t n;
-        do n = ::read(fd.get(), tmp, sizeof tmp);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0) {
-            eof_ = true;
-            return false;
-        }
-        buf_.append(tmp, static_cast<std::size_t>(n));
-        return true;
-    }
-    std::string buf_;
-    bool eof_ = false;
-};
-
 /// activated: systemd-socket-activate, which becomes echo_server, in a new process group
-/// (which a process it upgrades to inherits), stdout and stderr on pipes. The destructor
-/// kills (SIGKILL) and reaps the group; with the test a subreaper, that includes orphans.
-class activated {
-public:
-    line_pipe out, err;
+/// (which a process it upgrades to inherits), stdout and stderr on pipes (out, err). The
+/// destructor kills (SIGKILL) and reaps the group; with the test a subreaper, that
+/// includes orphans. pid() is the process, which after the exec is echo_server's.
+struct activated : test::process {
+    activated(const std::string& socket_path, const std::vector<std::string>& extra_env)
+        : test::process(arguments(socket_path, extra_env), options()) {}
 
-    activated(const std::string& socket_path, const std::vector<std::string>& extra_env) {
+    static std::vector<std::string> arguments(const std::string& socket_path,
+                                              const std::vector<std::string>& extra_env) {
         std::vector<std::string> args = {activate_tool, "-l", socket_path, "-E", "RS_MARK=activation-test"};
         for (const std::string& e : extra_env) {
             args.push_back("-E");
             args.push_back(e);
         }
         for (const char* a : {RS_ECHO_SERVER, "--workers", "4", "--drain-ms", "3000"}) args.push_back(a);
-        spawn(args);
+        return args;
     }
-    activated(const activated&) = delete;
-    activated& operator=(const activated&) = delete;
-    ~activated() {
-        if (pgid_ <= 0) return;
-        ::kill(-pgid_, SIGKILL);
-        while (::waitpid(-pgid_, nullptr, 0) > 0 || errno == EINTR) {
-        }
-    }
-
-    /// pid: the process, which after the exec is echo_server's.
-    pid_t pid() const { return pgid_; }
-
-    /// wait_exit: the wait status of pid (this process or one the test has adopted as a
-    /// subreaper) once it exits; nullopt if it does not within timeout.
-    std::optional<int> wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
-        rs::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-        if (!pidfd || !poll_in(pidfd.get(), steady::now() + timeout)) return std::nullopt;
-        int st = 0;
-        pid_t r;
-        do r = ::waitpid(pid, &st, 0);
-        while (r < 0 && errno == EINTR);
-        return r == pid ? std::optional<int>(st) : std::nullopt;
-    }
-
-private:
-    void spawn(const std::vector<std::string>& args) {
-        int o[2], e[2];
-        if (::pipe2(o, O_CLOEXEC) != 0) return;
-        out.fd.reset(o[0]);
-        rs::unique_fd ow(o[1]);
-        if (::pipe2(e, O_CLOEXEC) != 0) return;
-        err.fd.reset(e[0]);
-        rs::unique_fd ew(e[1]);
-
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, ow.get(), STDOUT_FILENO);
-        posix_spawn_file_actions_adddup2(&fa, ew.get(), STDERR_FILENO);
-        posix_spawnattr_t at;
-        posix_spawnattr_init(&at);
-        sigset_t none, dflt;
-        sigemptyset(&none);
-        sigemptyset(&dflt);
-        for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGUSR2, SIGPIPE}) sigaddset(&dflt, sig);
-        posix_spawnattr_setsigmask(&at, &none);
-        posix_spawnattr_setsigdefault(&at, &dflt);
-        posix_spawnattr_setpgroup(&at, 0);
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-
+    static test::spawn_options options() {
+        test::spawn_options opt;
+        opt.err = test::stream::pipe;
+        opt.new_group = true;
         // The tool logs "Listening on ..." to stderr only when its log target is the
         // console; under a systemd that collects stderr it would pick the journal.
-        std::vector<std::string> env_strings = {"SYSTEMD_LOG_TARGET=console"};
-        for (char** e2 = environ; *e2; ++e2)
-            if (std::strncmp(*e2, "SYSTEMD_LOG_TARGET=", 19) != 0) env_strings.push_back(*e2);
-        std::vector<char*> envp, argv;
-        for (std::string& s : env_strings) envp.push_back(&s[0]);
-        envp.push_back(nullptr);
-        for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        pid_t pid = -1;
-        if (::posix_spawn(&pid, argv[0], &fa, &at, argv.data(), envp.data()) == 0) pgid_ = pid;
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&at);
+        opt.env = {"SYSTEMD_LOG_TARGET=console"};
+        return opt;
     }
-
-    pid_t pgid_ = -1;
 };
 
 // ----------------------------------------------------------- unix clients --
@@ -367,7 +231,7 @@ struct notify_socket {
     /// wait_for: reads datagrams until one holds the line `line`; false if none in time.
     bool wait_for(const std::string& line, std::chrono::milliseconds timeout, std::string& seen) {
         const auto deadline = steady::now() + timeout;
-        while (fd && poll_in(fd.get(), deadline)) {
+        while (fd && test::wait_readable(fd.get(), deadline)) {
             char buf[4096];
             ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
             if (n < 0) return false;

@@ -10,14 +10,10 @@
 // are promises resolved by that observer: nothing polls, nothing sleeps. Skipped when no
 // Chromium is installed.
 
-#include "support.hpp"
+#include "process.hpp"
 
-#include <fcntl.h>
 #include <sys/socket.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -31,107 +27,19 @@
 #error "RS_EXAMPLES_DIR (the directory of the built examples) must be defined"
 #endif
 
-extern char** environ;
-
 namespace {
 
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 
-int ms_until(steady::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
-    return left <= 0 ? 0 : static_cast<int>(left);
+/// quiet: spawn options with stdin, stdout and stderr on /dev/null (Chromium is chatty,
+/// and a full pipe nobody reads would stop it).
+test::spawn_options quiet() {
+    test::spawn_options opt;
+    opt.in = opt.out = opt.err = test::stream::null;
+    return opt;
 }
-
-/// readable: poll(2) one descriptor for input until deadline, retrying on EINTR.
-bool readable(int fd, steady::time_point deadline) {
-    for (;;) {
-        pollfd p{fd, POLLIN, 0};
-        int n = ::poll(&p, 1, ms_until(deadline));
-        if (n > 0) return true;
-        if (n == 0 || errno != EINTR) return false;
-    }
-}
-
-/// child: a process started with posix_spawnp; descriptors of ours given to it under the
-/// numbers it expects ({ours, its}); whatever it does not get goes to /dev/null. The
-/// destructor kills (SIGKILL) and reaps it if it is still there.
-class child {
-public:
-    child(const std::vector<std::string>& args, std::vector<std::pair<int, int>> fds) {
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-        posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-        posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-        for (auto [ours, its] : fds) posix_spawn_file_actions_adddup2(&fa, ours, its);
-        posix_spawnattr_t at;  // signals as a shell would leave them
-        posix_spawnattr_init(&at);
-        sigset_t none, dflt;
-        sigemptyset(&none);
-        sigemptyset(&dflt);
-        for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGPIPE}) sigaddset(&dflt, sig);
-        posix_spawnattr_setsigmask(&at, &none);
-        posix_spawnattr_setsigdefault(&at, &dflt);
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-        std::vector<char*> argv;
-        for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        pid_t pid = -1;
-        if (::posix_spawnp(&pid, argv[0], &fa, &at, argv.data(), environ) == 0) pid_ = pid;
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&at);
-    }
-    child(const child&) = delete;
-    child& operator=(const child&) = delete;
-    ~child() {
-        if (pid_ > 0 && !reaped_) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-    }
-    bool started() const { return pid_ > 0; }
-    bool signal(int sig) const { return pid_ > 0 && !reaped_ && ::kill(pid_, sig) == 0; }
-
-    /// wait_exit: the wait status once it exited, or nullopt after timeout (polls a pidfd).
-    std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
-        if (pid_ <= 0) return std::nullopt;
-        if (reaped_) return status_;
-        rs::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
-        if (!pidfd || !readable(pidfd.get(), steady::now() + timeout)) return std::nullopt;
-        if (::waitpid(pid_, &status_, 0) != pid_) return std::nullopt;
-        reaped_ = true;
-        return status_;
-    }
-
-private:
-    pid_t pid_ = -1;
-    bool reaped_ = false;
-    int status_ = 0;
-};
-
-/// line_reader: a child's stdout, line by line, with a deadline.
-struct line_reader {
-    rs::unique_fd fd;
-    std::string buf;
-    std::optional<std::string> next(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        for (;;) {
-            auto nl = buf.find('\n');
-            if (nl != std::string::npos) {
-                std::string line = buf.substr(0, nl);
-                buf.erase(0, nl + 1);
-                return line;
-            }
-            char tmp[1024];
-            if (!readable(fd.get(), deadline)) return std::nullopt;
-            ssize_t n = ::read(fd.get(), tmp, sizeof tmp);
-            if (n <= 0) return std::nullopt;
-            buf.append(tmp, static_cast<std::size_t>(n));
-        }
-    }
-};
 
 /// json_string: the string value of the first "key":"..." in a JSON text, unescaped
 /// enough for the ids and texts this test reads; nullopt when there is none.
@@ -179,12 +87,14 @@ public:
                                          "--user-data-dir=" + profile_dir, "--remote-debugging-pipe"};
         if (::geteuid() == 0) args.push_back("--no-sandbox");  // Chromium refuses root otherwise
         args.push_back("about:blank");
-        browser_.emplace(args, std::vector<std::pair<int, int>>{{its.get(), 3}, {its.get(), 4}});
+        test::spawn_options opt = quiet();
+        opt.fds = {{its.get(), 3}, {its.get(), 4}};
+        browser_.emplace(args, opt);
     }
     ~devtools() {
         if (browser_ && browser_->started()) {
             call("Browser.close", "{}", {}, 5s);
-            browser_->wait_exit(10s);  // the child's destructor kills it if it did not exit
+            browser_->wait_exit(10s);  // the process destructor kills it if it did not exit
         }
     }
     devtools(const devtools&) = delete;
@@ -226,7 +136,7 @@ private:
             std::size_t end;
             while ((end = buf_.find('\0')) == std::string::npos) {
                 char tmp[65536];
-                if (!readable(pipe_.get(), deadline)) return {};
+                if (!test::wait_readable(pipe_.get(), deadline)) return {};
                 ssize_t n = ::read(pipe_.get(), tmp, sizeof tmp);
                 if (n <= 0) return {};
                 buf_.append(tmp, static_cast<std::size_t>(n));
@@ -237,7 +147,7 @@ private:
     }
 
     rs::unique_fd pipe_;  // our end of the browser's descriptors 3 and 4
-    std::optional<child> browser_;
+    std::optional<test::process> browser_;
     std::string buf_;
     std::vector<std::string> kept_;
     int last_id_ = 0;
@@ -318,13 +228,11 @@ TEST_CASE("status_page: live values over server-sent events, the restart button,
     test::watchdog dog("status_page in Chromium", 150s);
 
     // The example, on a free port; its stdout is a pipe we read its lines from.
-    int out[2];
-    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-    line_reader lines{rs::unique_fd(out[0]), {}};
-    child example({std::string(RS_EXAMPLES_DIR) + "/status_page", "--port", "0"}, {{out[1], STDOUT_FILENO}});
-    ::close(out[1]);
+    test::spawn_options opt = quiet();
+    opt.out = test::stream::pipe;
+    test::process example({std::string(RS_EXAMPLES_DIR) + "/status_page", "--port", "0"}, opt);
     REQUIRE(example.started());
-    std::optional<std::string> first = lines.next(10s);
+    std::optional<std::string> first = example.read_line(10s);
     const std::string prefix = "listening on http://127.0.0.1:";
     INFO("status_page: " << first.value_or("(nothing)"));
     REQUIRE(first.value_or("").rfind(prefix, 0) == 0);
@@ -368,7 +276,7 @@ TEST_CASE("status_page: live values over server-sent events, the restart button,
 
         // The page's own button: POST /restart.
         CHECK(evaluate("document.getElementById('restart').click(); 'clicked'", 10s) == "clicked");
-        std::optional<std::string> restarted = lines.next(20s);
+        std::optional<std::string> restarted = example.read_line(20s);
         CHECK(restarted.value_or("(nothing)") == "restarted 2");
 
         // Run 2: the EventSource reconnected by itself, and the values tick on.
@@ -390,5 +298,5 @@ TEST_CASE("status_page: live values over server-sent events, the restart button,
     }
     REQUIRE(example.signal(SIGTERM));
     std::optional<int> st = example.wait_exit(20s);
-    CHECK((st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0));
+    CHECK(test::exited_0(st));
 }

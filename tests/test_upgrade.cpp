@@ -17,15 +17,10 @@
 // process is started in a process group of its own, which every generation inherits, so
 // one kill(-pgid) reaches whatever is left however the test ends.
 
-#include "support.hpp"
+#include "process.hpp"
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -35,7 +30,6 @@
 #include <cstdlib>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,148 +38,24 @@
 #error "RS_ECHO_SERVER (the path of the built echo_server) must be defined"
 #endif
 
-extern char** environ;
-
 namespace {
 
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
-using steady = std::chrono::steady_clock;
+using test::describe_status;
+using test::exited_0;
 
-int ms_until(steady::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
-    return left <= 0 ? 0 : static_cast<int>(left);
-}
-
-/// poll_in: waits until fd is readable (or at EOF) or deadline passes; retries on EINTR.
-bool poll_in(int fd, steady::time_point deadline) {
-    for (;;) {
-        pollfd p{fd, POLLIN, 0};
-        int n = ::poll(&p, 1, ms_until(deadline));
-        if (n > 0) return true;
-        if (n == 0 || errno != EINTR) return false;
+/// echo_family: the first echo_server, started in a new process group with its stdout on
+/// a pipe, and every process that later replaces it (process::adopt each one). Needs the
+/// caller to be a subreaper. The destructor kills (SIGKILL) and reaps every member still
+/// there; EOF on stdout means every member is gone.
+struct echo_family : test::process {
+    explicit echo_family(const std::vector<std::string>& args) : test::process(args, options()) {}
+    static test::spawn_options options() {
+        test::spawn_options opt;
+        opt.new_group = true;
+        return opt;
     }
-}
-
-/// describe_status: "exit N", "signal N" or "still running", for messages.
-std::string describe_status(std::optional<int> st) {
-    if (!st) return "still running";
-    if (WIFEXITED(*st)) return "exit " + std::to_string(WEXITSTATUS(*st));
-    if (WIFSIGNALED(*st)) return "signal " + std::to_string(WTERMSIG(*st));
-    return "status " + std::to_string(*st);
-}
-
-bool exited_0(std::optional<int> st) { return st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0; }
-
-/// echo_family: the first echo_server, started in a new process group with its stdout on a
-/// pipe, and every process that later replaces it. Needs the caller to be a subreaper.
-/// The destructor kills (SIGKILL) and reaps every member still there.
-class echo_family {
-public:
-    explicit echo_family(const std::vector<std::string>& args) {
-        int p[2];
-        if (::pipe2(p, O_CLOEXEC) != 0) return;
-        out_.reset(p[0]);
-        rs::unique_fd w(p[1]);  // closed here once spawned: EOF means every member is gone
-
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, w.get(), STDOUT_FILENO);
-        posix_spawnattr_t at;
-        posix_spawnattr_init(&at);
-        sigset_t none, dflt;
-        sigemptyset(&none);
-        sigemptyset(&dflt);
-        for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGUSR2, SIGPIPE}) sigaddset(&dflt, sig);
-        posix_spawnattr_setsigmask(&at, &none);
-        posix_spawnattr_setsigdefault(&at, &dflt);
-        posix_spawnattr_setpgroup(&at, 0);  // a new group, numbered by the child's pid
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-
-        std::vector<char*> argv;
-        for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        pid_t pid = -1;
-        if (::posix_spawn(&pid, argv[0], &fa, &at, argv.data(), environ) == 0) {
-            pgid_ = pid;
-            live_.insert(pid);
-        }
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&at);
-    }
-    echo_family(const echo_family&) = delete;
-    echo_family& operator=(const echo_family&) = delete;
-    ~echo_family() {
-        if (pgid_ <= 0) return;
-        ::kill(-pgid_, SIGKILL);
-        for (pid_t pid : live_) ::kill(pid, SIGKILL);  // in case one left the group
-        // Reap the group; a member whose parent died meanwhile is re-parented to us.
-        while (::waitpid(-pgid_, nullptr, 0) > 0 || errno == EINTR) {
-        }
-        for (pid_t pid : live_) ::waitpid(pid, nullptr, 0);
-    }
-
-    pid_t first_pid() const { return pgid_; }
-    /// adopt: records a new member, so the destructor kills it even outside the group.
-    void adopt(pid_t pid) { live_.insert(pid); }
-
-    /// read_line: the next line any member wrote to stdout, without '\n'; nullopt on EOF
-    /// (no member left) or when none comes within timeout.
-    std::optional<std::string> read_line(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        for (;;) {
-            auto nl = buf_.find('\n');
-            if (nl != std::string::npos) {
-                std::string line = buf_.substr(0, nl);
-                buf_.erase(0, nl + 1);
-                return line;
-            }
-            if (!fill(deadline)) return std::nullopt;
-        }
-    }
-
-    /// at_eof_within: whether stdout reaches EOF (every member has exited) within timeout;
-    /// whatever is still written before that is discarded.
-    bool at_eof_within(std::chrono::milliseconds timeout) {
-        const auto deadline = steady::now() + timeout;
-        while (fill(deadline)) buf_.clear();
-        return eof_;
-    }
-
-    /// wait_exit: the wait status of member pid once it has exited, or nullopt when it has
-    /// not within timeout (or is not our child: then the subreaper setting is missing).
-    std::optional<int> wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
-        rs::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-        if (!pidfd || !poll_in(pidfd.get(), steady::now() + timeout)) return std::nullopt;
-        int st = 0;
-        pid_t r;
-        do r = ::waitpid(pid, &st, 0);
-        while (r < 0 && errno == EINTR);
-        if (r != pid) return std::nullopt;
-        live_.erase(pid);
-        return st;
-    }
-
-private:
-    bool fill(steady::time_point deadline) {
-        if (eof_ || !out_ || !poll_in(out_.get(), deadline)) return false;
-        char tmp[4096];
-        ssize_t n;
-        do n = ::read(out_.get(), tmp, sizeof tmp);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0) {
-            eof_ = true;
-            return false;
-        }
-        buf_.append(tmp, static_cast<std::size_t>(n));
-        return true;
-    }
-
-    pid_t pgid_ = -1;
-    std::set<pid_t> live_;
-    rs::unique_fd out_;
-    std::string buf_;
-    bool eof_ = false;
 };
 
 /// number_after: the decimal number that makes up the rest of line after prefix, or 0.
@@ -423,12 +293,12 @@ TEST_CASE("echo_server: 20 binary upgrades (SIGUSR2) under load", "[upgrade]") {
     REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
 
     echo_family family({RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--workers", "4", "--drain-ms", "5000"});
-    REQUIRE(family.first_pid() > 0);
+    REQUIRE(family.pid() > 0);
     std::optional<std::string> first = family.read_line(10s);
     INFO("first line: " << first.value_or("(none)"));
-    const auto port = static_cast<std::uint16_t>(number_after(first, "listening on http://127.0.0.1:"));
+    const auto port = test::listening_port(first);
     REQUIRE(port != 0);
-    pid_t current = family.first_pid();
+    pid_t current = family.pid();
     REQUIRE(pid_serving(port) == current);
 
     load clients(port, 6);
@@ -464,7 +334,7 @@ TEST_CASE("echo_server: 20 binary upgrades (SIGUSR2) under load", "[upgrade]") {
         INFO("last process " << current << " after SIGTERM: " << describe_status(st));
         CHECK(exited_0(st));
     }
-    CHECK(family.at_eof_within(10s));  // no process of the family is left
+    CHECK(family.out.at_eof_within(10s));  // no process of the family is left
 }
 
 TEST_CASE("echo_server: a connection accepted but still silent when an upgrade begins is answered", "[upgrade]") {
@@ -475,12 +345,12 @@ TEST_CASE("echo_server: a connection accepted but still silent when an upgrade b
     test::watchdog dog("silent connection at an upgrade", std::chrono::seconds(60));
     REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
     echo_family family({RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--drain-ms", "5000"});
-    REQUIRE(family.first_pid() > 0);
+    REQUIRE(family.pid() > 0);
     std::optional<std::string> first = family.read_line(10s);
     INFO("first line: " << first.value_or("(none)"));
-    const auto port = static_cast<std::uint16_t>(number_after(first, "listening on http://127.0.0.1:"));
+    const auto port = test::listening_port(first);
     REQUIRE(port != 0);
-    const pid_t old = family.first_pid();
+    const pid_t old = family.pid();
 
     // silent connects first; kept then gets an answer, so the old process has accepted
     // it, and silent before it (a listening socket's queue is first in, first out).
@@ -519,5 +389,5 @@ TEST_CASE("echo_server: a connection accepted but still silent when an upgrade b
     st = family.wait_exit(next, 20s);
     INFO("new process after SIGTERM: " << describe_status(st));
     CHECK(exited_0(st));
-    CHECK(family.at_eof_within(10s));
+    CHECK(family.out.at_eof_within(10s));
 }
