@@ -3582,7 +3582,7 @@ RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& arg
             for (int i = 0; i < n; ++i) pid_digits[i] = digits[n - 1 - i];
             sigset_t none;  // the new program starts with no signal blocked
             sigemptyset(&none);
-            ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
+            ::sigprocmask(SIG_SETMASK, &none, nullptr);  // async-signal-safe, unlike pthread_sigmask
             ::execve(args[0], args.data(), envp.data());
             ::_exit(127);
         }
