@@ -2311,6 +2311,7 @@ private:
     void on_timeout(worker& w, connection& c, clock::time_point now) noexcept;
     void call_handler(worker& w, const route* r, int route_status);
     void build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed);
+    bool head_overdue(const connection& c) const noexcept;
     void log_access(const worker& w, const connection& c, std::size_t bytes) noexcept;
     void log_error(const char* what, const char* detail) noexcept;
     bool grow_input(connection& c, std::size_t want);
@@ -2930,12 +2931,12 @@ RESTARTABLE_SERVER_FN run::outcome run::parse_head(worker& w, connection& c, boo
         c.start += skip;
         c.scanned = 0;
         v.remove_prefix(skip);
-        if (v.empty()) return outcome::need_input;
+        if (v.empty()) return head_overdue(c) ? answer_error(w, c, 408) : outcome::need_input;
     }
     if (v.size() < limits_.max_request_line + 2 && v.size() <= limits_.max_header_bytes &&
         std::memchr(v.data() + c.scanned, '\n', v.size() - c.scanned) == nullptr) {
         c.scanned = v.size();
-        return outcome::need_input;
+        return head_overdue(c) ? answer_error(w, c, 408) : outcome::need_input;
     }
     w.req.method = std::string_view();
     const parse_result pr = parse_request(v, w.req, limits_);
@@ -2943,7 +2944,7 @@ RESTARTABLE_SERVER_FN run::outcome run::parse_head(worker& w, connection& c, boo
     if (pr.status == parse_status::error) return answer_error(w, c, pr.error_status);
     if (pr.status == parse_status::partial) {
         c.scanned = v.size();
-        return outcome::need_input;
+        return head_overdue(c) ? answer_error(w, c, 408) : outcome::need_input;
     }
     c.head_bytes = pr.head_bytes;
     if (opts_.access_log) c.began = clock::now();
@@ -3277,6 +3278,13 @@ RESTARTABLE_SERVER_FN void run::log_error(const char* what, const char* detail) 
 #else
     opts_.error_log(std::string("restartable_server: ") + what + detail);
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+/// head_overdue: header_timeout passed while the head was still arriving. The sweep
+/// enforces it on a waiting connection; this, on one whose client sends so fast (an
+/// endless run of empty lines) that its worker never has to wait.
+RESTARTABLE_SERVER_FN bool run::head_overdue(const connection& c) const noexcept {
+    return opts_.header_timeout.count() > 0 && clock::now() - c.since >= opts_.header_timeout;
 }
 
 /// grow_input: makes c.in's capacity want, if the run's budget allows.
