@@ -1774,13 +1774,10 @@ RESTARTABLE_SERVER_FN std::optional<std::string> request::query_param(std::strin
 
 RESTARTABLE_SERVER_FN bool request::stop_requested() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
 
-RESTARTABLE_SERVER_FN bool body_writer::stopping() const noexcept { return stop_ != nullptr && stop_->raised.load(); }
+// A body_writer is made only by its run, with the run's stop signal: stop_ is never null.
+RESTARTABLE_SERVER_FN bool body_writer::stopping() const noexcept { return stop_->raised.load(); }
 
 RESTARTABLE_SERVER_FN bool body_writer::wait_for_stop(std::chrono::milliseconds timeout) const {
-    if (stop_ == nullptr) {
-        std::this_thread::sleep_for(timeout);
-        return false;
-    }
     return stop_->wait_for(timeout);
 }
 
@@ -2282,6 +2279,7 @@ private:
     void move_backlog(run& to, clock::time_point now) noexcept;
     void tend_retirees(clock::time_point now) noexcept;
     void run_hooks(stop_reason why) noexcept;
+    std::vector<connection*> take_parked() noexcept;
     void accept_ready(clock::time_point now) noexcept;
     void register_connection(connection* c, int fd) noexcept;
     void sweep(clock::time_point now) noexcept;
@@ -2473,11 +2471,7 @@ RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
     drain_deadline_.store(error_ ? from : from + std::chrono::nanoseconds(opts_.drain_timeout).count());
     stop_signal_.raise();
     run_hooks(stop_reason::stop);
-    std::vector<connection*> taken;
-    pool_.for_each_live([&taken](connection& c) {
-        if (c.hold.load() == connection::parked && take(c)) taken.push_back(&c);
-    });
-    for (connection* c : taken) {
+    for (connection* c : take_parked()) {
         const bool waiting = c->state == conn_state::idle || (c->state == conn_state::head && c->in.size() == 0);
         if (!waiting) {
             hand_back(*c);
@@ -2522,11 +2516,7 @@ RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
     drain_deadline_.store(to_ns(now) + std::chrono::nanoseconds(opts_.drain_timeout).count());
     stop_signal_.raise();
     run_hooks(stop_reason::restart);
-    std::vector<connection*> taken;
-    pool_.for_each_live([&taken](connection& c) {
-        if (c.hold.load() == connection::parked && take(c)) taken.push_back(&c);
-    });
-    for (connection* c : taken) {
+    for (connection* c : take_parked()) {
         if (c->state == conn_state::idle || c->state == conn_state::head)
             transfer(*c);
         else
@@ -2589,6 +2579,23 @@ RESTARTABLE_SERVER_FN void run::adopt_retiree(std::unique_ptr<run> old) noexcept
         }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
     }
+}
+
+/// take_parked: takes every parked connection for the control thread (a stop or a
+/// restart then decides each one's fate; those held by a thread are left to it).
+RESTARTABLE_SERVER_FN std::vector<connection*> run::take_parked() noexcept {
+    std::vector<connection*> taken;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        pool_.for_each_live([&taken](connection& c) {
+            if (c.hold.load() == connection::parked && take(c)) taken.push_back(&c);
+        });
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::bad_alloc&) {  // those taken are handled; the rest time out as usual
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    return taken;
 }
 
 /// run_hooks: the server's on_stop hooks, as this run was started with them.
