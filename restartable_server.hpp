@@ -112,7 +112,9 @@
 //                                     implementation once (stb style): then define
 //                                     RESTARTABLE_SERVER_IMPLEMENTATION too in exactly one
 //                                     of them. Without it the header is the whole library.
-
+//   RESTARTABLE_SERVER_USE_POLL       Define (in every translation unit) to wait with
+//                                     poll(2) instead of epoll(7) on Linux. Chosen
+//                                     automatically on every other system. See PORTABILITY.
 #ifndef RESTARTABLE_SERVER_HPP
 #define RESTARTABLE_SERVER_HPP
 
@@ -141,7 +143,9 @@
     !defined(__EXCEPTIONS)
 #define RESTARTABLE_SERVER_NO_EXCEPTIONS
 #endif  // no exception support
-
+#if !defined(RESTARTABLE_SERVER_USE_POLL) && !defined(__linux__)
+#define RESTARTABLE_SERVER_USE_POLL  // epoll is Linux's: elsewhere poll(2)
+#endif  // not Linux
 // ================================================================ includes ==
 
 #include <algorithm>
@@ -175,16 +179,19 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <signal.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
+#ifndef RESTARTABLE_SERVER_USE_POLL
+#include <sys/epoll.h>
+#endif  // epoll
+#ifdef __linux__
+#include <sys/syscall.h>  // pidfd_open, for upgrade()
+#endif  // Linux
 namespace restartable_server {
 
 // ============================================================== public API ==
@@ -1110,7 +1117,15 @@ private:
     std::size_t capacity_ = 0;
 };
 
-/// send_all: sends every byte of iov[0..count) with MSG_NOSIGNAL, waiting in poll(2) up
+/// no_sigpipe: the send flag that keeps a send to a closed peer from raising SIGPIPE
+/// (MSG_NOSIGNAL; where there is none, own_descriptor sets SO_NOSIGPIPE on the socket).
+#ifdef MSG_NOSIGNAL
+inline constexpr int no_sigpipe = MSG_NOSIGNAL;
+#else
+inline constexpr int no_sigpipe = 0;
+#endif  // MSG_NOSIGNAL
+
+/// send_all: sends every byte of iov[0..count) without SIGPIPE, waiting in poll(2) up
 /// to timeout (0: forever) whenever the socket buffer is full. False on error or timeout.
 RESTARTABLE_SERVER_FN bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::milliseconds timeout) noexcept {
     while (count != 0 && iov->iov_len == 0) ++iov, --count;
@@ -1118,7 +1133,7 @@ RESTARTABLE_SERVER_FN bool send_all(int fd, iovec* iov, std::size_t count, std::
         msghdr msg{};
         msg.msg_iov = iov;
         msg.msg_iovlen = count;
-        ssize_t n = retry_eintr([&] { return ::sendmsg(fd, &msg, MSG_NOSIGNAL); });
+        ssize_t n = retry_eintr([&] { return ::sendmsg(fd, &msg, no_sigpipe); });
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
             pollfd p{fd, POLLOUT, 0};
@@ -1142,7 +1157,7 @@ RESTARTABLE_SERVER_FN bool send_all(int fd, iovec* iov, std::size_t count, std::
 RESTARTABLE_SERVER_FN void send_unavailable(int fd) noexcept {
     static constexpr std::string_view text =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    (void)::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)::send(fd, text.data(), text.size(), no_sigpipe | MSG_DONTWAIT);
 }
 
 /// send_continue: the interim "100 Continue" response (RFC 9110 15.2.1).
@@ -1152,13 +1167,72 @@ RESTARTABLE_SERVER_FN bool send_continue(int fd, std::chrono::milliseconds timeo
     return send_all(fd, &iov, 1, timeout);
 }
 
-RESTARTABLE_SERVER_FN bool set_nonblocking_cloexec(int fd) noexcept {
-    int fl = ::fcntl(fd, F_GETFL);
-    int fdfl = ::fcntl(fd, F_GETFD);
-    return fl >= 0 && fdfl >= 0 && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 &&
-           ::fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) == 0;
+/// own_descriptor: makes fd close-on-exec, non-blocking when asked, and (where sends have
+/// no MSG_NOSIGNAL) a socket that never raises SIGPIPE. False, with errno, on failure.
+RESTARTABLE_SERVER_FN bool own_descriptor(int fd, bool nonblocking) noexcept {
+    const int fl = ::fcntl(fd, F_GETFL);
+    const int fdfl = ::fcntl(fd, F_GETFD);
+    if (fl < 0 || fdfl < 0 || ::fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) != 0) return false;
+    if (nonblocking && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) return false;
+#if !defined(MSG_NOSIGNAL) && defined(SO_NOSIGPIPE)
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);  // fails harmlessly on a pipe
+#endif  // no MSG_NOSIGNAL
+    return true;
 }
 
+// Descriptors are made close-on-exec (and non-blocking) by the call that makes them on
+// Linux's epoll path. The poll(2) path uses only POSIX calls, and sets the flags right
+// after: a fork() and exec() in another thread in between would inherit that descriptor,
+// as on any system without SOCK_CLOEXEC.
+
+/// new_socket: socket(2), close-on-exec, and non-blocking when asked; -1 with errno.
+RESTARTABLE_SERVER_FN int new_socket(int domain, int type, int protocol, bool nonblocking) noexcept {
+#ifndef RESTARTABLE_SERVER_USE_POLL
+    return ::socket(domain, type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), protocol);
+#else
+    const int fd = ::socket(domain, type, protocol);
+    if (fd >= 0 && !own_descriptor(fd, nonblocking)) {
+        const int e = errno;
+        ::close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+#endif  // RESTARTABLE_SERVER_USE_POLL
+}
+
+/// accept_connection: the next connection queued on listener, close-on-exec and
+/// non-blocking; -1 with errno (EAGAIN: none is queued).
+RESTARTABLE_SERVER_FN int accept_connection(int listener) noexcept {
+#ifndef RESTARTABLE_SERVER_USE_POLL
+    return ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+    const int fd = ::accept(listener, nullptr, nullptr);
+    if (fd >= 0 && !own_descriptor(fd, true)) {
+        const int e = errno;
+        ::close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+#endif  // RESTARTABLE_SERVER_USE_POLL
+}
+
+/// make_pipe: a pipe with both ends close-on-exec and non-blocking. False with errno.
+RESTARTABLE_SERVER_FN bool make_pipe(int (&fds)[2]) noexcept {
+#ifndef RESTARTABLE_SERVER_USE_POLL
+    return ::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0;
+#else
+    if (::pipe(fds) != 0) return false;
+    if (own_descriptor(fds[0], true) && own_descriptor(fds[1], true)) return true;
+    const int e = errno;
+    ::close(fds[0]);
+    ::close(fds[1]);
+    errno = e;
+    return false;
+#endif  // RESTARTABLE_SERVER_USE_POLL
+}
 RESTARTABLE_SERVER_FN std::uint16_t local_port(int fd) noexcept {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -1607,7 +1681,7 @@ RESTARTABLE_SERVER_FN listener_factory tcp_listener(std::string host, std::uint1
         }
         std::unique_ptr<addrinfo, void (*)(addrinfo*)> guard(found, ::freeaddrinfo);
         for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
-            unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
+            unique_fd fd(detail::new_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol, true));
             int one = 1;
             if (!fd || ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
                 ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), backlog) != 0) {
@@ -1635,7 +1709,7 @@ RESTARTABLE_SERVER_FN listener_factory unix_listener(std::string path, int backl
         std::memcpy(addr.sun_path, path.data(), path.size());
         const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
         for (int attempt = 0; attempt < 2; ++attempt) {
-            unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+            unique_fd fd(detail::new_socket(AF_UNIX, SOCK_STREAM, 0, true));
             if (!fd) break;
             if (::bind(fd.get(), sa, sizeof addr) == 0) {
                 if (::listen(fd.get(), backlog) == 0) return fd;
@@ -1645,7 +1719,7 @@ RESTARTABLE_SERVER_FN listener_factory unix_listener(std::string path, int backl
             // A socket file is there. Stale (nobody accepts: ECONNREFUSED) → replace it.
             struct stat st {};
             if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) break;
-            unique_fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+            unique_fd probe(detail::new_socket(AF_UNIX, SOCK_STREAM, 0, true));
             if (!probe || ::connect(probe.get(), sa, sizeof addr) == 0 || errno != ECONNREFUSED) {
                 errno = EADDRINUSE;
                 break;
@@ -1729,10 +1803,10 @@ RESTARTABLE_SERVER_FN std::error_code notify_ready() noexcept {
         return make_error_code(errc::invalid_address);
     std::memcpy(addr.sun_path, path, len);
     if (path[0] == '@') addr.sun_path[0] = '\0';  // an abstract socket
-    const unique_fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    const unique_fd fd(detail::new_socket(AF_UNIX, SOCK_DGRAM, 0, false));
     static constexpr char ready[] = "READY=1";
     const auto addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
-    if (!fd || ::sendto(fd.get(), ready, sizeof ready - 1, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr),
+    if (!fd || ::sendto(fd.get(), ready, sizeof ready - 1, detail::no_sigpipe, reinterpret_cast<const sockaddr*>(&addr),
                         addr_len) < 0)
         return detail::last_error();
     return {};
@@ -1942,6 +2016,337 @@ RESTARTABLE_SERVER_FN clock::time_point from_ns(std::int64_t ns) noexcept {
 }
 constexpr std::int64_t never = INT64_MAX;
 
+// ------------------------------------------------------------ event sets --
+
+/// Interest and readiness bits of an event_set registration (our own, so both backends
+/// read the same): ev_in and ev_out as in poll(2); ev_hup: the peer shut down its side
+/// (asked for: told of a half-close too); ev_edge: report once, then not again until
+/// the descriptor changes (epoll) or is re-armed (poll(2)).
+enum event_bits : std::uint32_t { ev_in = 1, ev_out = 2, ev_hup = 4, ev_edge = 8 };
+
+/// ready_event: one report of an event_set: the pointer registered with the descriptor
+/// (or with a nested set) and what it is ready for (ev_in, ev_out, ev_hup).
+struct ready_event {
+    void* ptr;
+    std::uint32_t events;
+};
+
+#ifndef RESTARTABLE_SERVER_USE_POLL
+/// event_set: descriptors one or more threads wait on: an epoll(7) set. Edge-triggered
+/// registrations (ev_edge) report a readiness once when it comes, and EPOLL_CTL_MOD
+/// (modify) reports what is present again; rearm() has nothing to do. A set can be
+/// nested in another, which then reports it while any of its descriptors is ready.
+class event_set {
+public:
+    static constexpr const char* name = "epoll";
+    bool open() noexcept {
+        fd_.reset(::epoll_create1(EPOLL_CLOEXEC));
+        return static_cast<bool>(fd_);
+    }
+    bool add(int fd, void* ptr, std::uint32_t interest) noexcept { return control(EPOLL_CTL_ADD, fd, ptr, interest); }
+    bool modify(int fd, void* ptr, std::uint32_t interest) noexcept {
+        return control(EPOLL_CTL_MOD, fd, ptr, interest);
+    }
+    void rearm(int, void*, std::uint32_t) noexcept {}
+    void remove(int fd) noexcept { ::epoll_ctl(fd_.get(), EPOLL_CTL_DEL, fd, nullptr); }
+    bool add_set(event_set& inner, void* ptr) noexcept { return add(inner.fd_.get(), ptr, ev_in); }
+    void remove_set(event_set& inner, void*) noexcept { remove(inner.fd_.get()); }
+    /// wait: up to max (<= control_events) reports into out, waiting up to timeout_ms
+    /// (-1: for ever); the number of reports, or -1 with errno.
+    int wait(ready_event* out, int max, int timeout_ms) noexcept {
+        epoll_event events[control_events];
+        const int n = ::epoll_wait(fd_.get(), events, std::min(max, control_events), timeout_ms);
+        for (int i = 0; i < n; ++i) {
+            const std::uint32_t e = events[i].events;
+            out[i] = {events[i].data.ptr, ((e & EPOLLIN) ? ev_in : 0u) | ((e & EPOLLOUT) ? ev_out : 0u) |
+                                              ((e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ? ev_hup : 0u)};
+        }
+        return n;
+    }
+
+private:
+    bool control(int op, int fd, void* ptr, std::uint32_t interest) noexcept {
+        epoll_event ev{};
+        ev.events = ((interest & ev_in) ? EPOLLIN : 0u) | ((interest & ev_out) ? EPOLLOUT : 0u) |
+                    ((interest & ev_hup) ? EPOLLRDHUP : 0u) | ((interest & ev_edge) ? EPOLLET : 0u);
+        ev.data.ptr = ptr;
+        return ::epoll_ctl(fd_.get(), op, fd, &ev) == 0;
+    }
+    unique_fd fd_;
+};
+#else
+/// event_set: descriptors one or more threads wait on, with poll(2) (POSIX; no epoll).
+/// Registrations live in a table indexed by descriptor. One waiting thread at a time
+/// calls poll(2) on the armed ones (the leader); the others wait on a condition for what
+/// it finds. A change to the table while the leader polls wakes it through the set's own
+/// pipe, so it polls again with the table as it is now.
+///
+/// poll(2) reports a level, not an edge: an ev_edge registration is one-shot instead -
+/// reported once, then disarmed until rearm() or modify(); the connection code re-arms a
+/// connection each time it parks it, after reading until the socket was empty, which
+/// gives the same guarantee (one report per wait, none lost). Registrations without
+/// ev_edge (the listener, the self-pipe, nested sets) report for as long as they are ready.
+///
+/// Cost: each poll(2) passes every armed descriptor to the kernel, and each park wakes
+/// the leader to poll again, so a request costs O(connections): fine for the tens or
+/// hundreds of connections of an embedded tool; bench/ measures it at 10,000 idle.
+class event_set {
+public:
+    static constexpr const char* name = "poll";
+    event_set() = default;
+    event_set(const event_set&) = delete;
+    event_set& operator=(const event_set&) = delete;
+
+    bool open() noexcept {
+        int fds[2];
+        if (!make_pipe(fds)) return false;
+        wake_read_.reset(fds[0]);
+        wake_write_.reset(fds[1]);
+        return true;
+    }
+    bool add(int fd, void* ptr, std::uint32_t interest) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (fd < 0) return errno = EBADF, false;
+        if (static_cast<std::size_t>(fd) >= table_.size()) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                table_.resize(static_cast<std::size_t>(fd) + 1);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            } catch (const std::bad_alloc&) {
+                return errno = ENOMEM, false;
+            }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        }
+        entry& e = table_[static_cast<std::size_t>(fd)];
+        if (e.used) return errno = EEXIST, false;
+        e = {ptr, interest, ++serial_, true, true};
+        interrupt();
+        return true;
+    }
+    /// modify: changes what fd is watched for, and arms it (epoll's EPOLL_CTL_MOD).
+    bool modify(int fd, void* ptr, std::uint32_t interest) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        entry* e = find(fd);
+        if (e == nullptr) return errno = ENOENT, false;
+        e->ptr = ptr;
+        e->interest = interest;
+        e->armed = true;
+        interrupt();
+        return true;
+    }
+    /// rearm: arms fd again after its one-shot report, if it is still ptr's.
+    void rearm(int fd, void* ptr, std::uint32_t interest) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        entry* e = find(fd);
+        if (e == nullptr || e->ptr != ptr || (e->armed && e->interest == interest)) return;
+        e->interest = interest;
+        e->armed = true;
+        interrupt();
+    }
+    void remove(int fd) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (entry* e = find(fd)) *e = entry();
+        interrupt();
+    }
+    /// add_set: nests inner: this set reports ptr while any descriptor of inner is ready.
+    bool add_set(event_set& inner, void* ptr) noexcept {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                inner_.push_back({&inner, ptr});
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            } catch (const std::bad_alloc&) {
+                return errno = ENOMEM, false;
+            }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        }
+        inner.outer_.store(this);
+        interrupt();
+        return true;
+    }
+    /// remove_set: takes inner out again (before inner is destroyed).
+    void remove_set(event_set& inner, void* ptr) noexcept {
+        inner.outer_.store(nullptr);
+        std::lock_guard<std::mutex> lock(mutex_);
+        inner_.erase(std::remove_if(inner_.begin(), inner_.end(), [&](const nested& n) { return n.set == &inner; }),
+                     inner_.end());
+        ready_.erase(std::remove_if(ready_.begin(), ready_.end(), [&](const ready_event& r) { return r.ptr == ptr; }),
+                     ready_.end());  // ptr may not outlive inner
+    }
+    int wait(ready_event* out, int max, int timeout_ms) noexcept {
+        std::unique_lock<std::mutex> lock(mutex_);
+        const clock::time_point until =
+            timeout_ms < 0 ? clock::time_point::max() : clock::now() + std::chrono::milliseconds(timeout_ms);
+        for (;;) {
+            if (!ready_.empty()) return take_ready(out, max);
+            if (!polling_.load()) {
+                if (!poll_once(lock, until)) return -1;
+                if (!ready_.empty()) return take_ready(out, max);
+                if (timeout_ms >= 0 && clock::now() >= until) return 0;
+                continue;
+            }
+            if (timeout_ms == 0) return 0;  // another thread polls: nothing here yet
+            if (timeout_ms < 0) {
+                cv_.wait(lock);
+            } else if (cv_.wait_until(lock, until) == std::cv_status::timeout && ready_.empty()) {
+                return 0;
+            }
+        }
+    }
+
+private:
+    struct entry {
+        void* ptr = nullptr;
+        std::uint32_t interest = 0;
+        std::uint64_t serial = 0;  // tells a registration from a later one on the same fd
+        bool used = false;
+        bool armed = false;
+    };
+    struct nested {
+        event_set* set;
+        void* ptr;
+    };
+
+    entry* find(int fd) noexcept {
+        if (fd < 0 || static_cast<std::size_t>(fd) >= table_.size()) return nullptr;
+        entry& e = table_[static_cast<std::size_t>(fd)];
+        return e.used ? &e : nullptr;
+    }
+    /// interrupt: makes a poll(2) under way (here, or in a set this one is nested in)
+    /// return, so the next one sees the change. Lock-free: a nested set calls it on its
+    /// outer set while holding its own lock.
+    void interrupt() noexcept {
+        if (polling_.load() && !wake_sent_.exchange(true)) {
+            const char byte = 0;
+            (void)::write(wake_write_.get(), &byte, 1);
+        }
+        if (event_set* outer = outer_.load()) outer->interrupt();
+    }
+    /// add_armed: appends this set's armed descriptors to fds (serials beside them).
+    void add_armed(std::vector<pollfd>& fds, std::vector<std::uint64_t>& serials) const {
+        for (std::size_t fd = 0; fd < table_.size(); ++fd) {
+            const entry& e = table_[fd];
+            if (!e.used || !e.armed || (e.interest & (ev_in | ev_out)) == 0) continue;
+            const auto events = static_cast<short>(((e.interest & ev_in) ? POLLIN : 0) | ((e.interest & ev_out) ? POLLOUT : 0));
+            fds.push_back({static_cast<int>(fd), events, 0});
+            serials.push_back(e.serial);
+        }
+    }
+    /// poll_once: one poll(2) as the leader, the lock released meanwhile; what it finds
+    /// goes to ready_. False (errno set) when poll(2) failed.
+    bool poll_once(std::unique_lock<std::mutex>& lock, clock::time_point until) noexcept {
+        polling_.store(true);  // before the table is read: a change from now on interrupts
+        fds_.clear();
+        serials_.clear();
+        polled_inner_.clear();
+        bool inner_ready = false;  // a nested set has reports left from its own wait
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            fds_.push_back({wake_read_.get(), POLLIN, 0});
+            serials_.push_back(0);
+            add_armed(fds_, serials_);
+            for (const nested& n : inner_) {
+                std::lock_guard<std::mutex> inner_lock(n.set->mutex_);
+                inner_ready = inner_ready || !n.set->ready_.empty();
+                polled_inner_.push_back({n, fds_.size()});
+                n.set->add_armed(fds_, serials_);
+            }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+            polling_.store(false);
+            errno = ENOMEM;
+            return false;
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        int timeout = -1;
+        if (inner_ready) {
+            timeout = 0;
+        } else if (until != clock::time_point::max()) {
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now()).count();
+            timeout = static_cast<int>(std::clamp<long long>(left, 0, 1 << 30));
+        }
+        lock.unlock();
+        const int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout);
+        const int poll_errno = errno;
+        lock.lock();
+        polling_.store(false);
+        cv_.notify_one();  // a follower may lead now
+        if (n < 0 && poll_errno != EINTR) return errno = poll_errno, false;
+        if (fds_[0].revents != 0) {  // a change came: the next poll sees it
+            wake_sent_.store(false);
+            char bytes[64];
+            while (::read(wake_read_.get(), bytes, sizeof bytes) > 0) {
+            }
+        }
+        if (n > 0 || inner_ready) collect(inner_ready);
+        return true;
+    }
+    /// collect: what the last poll(2) found, into ready_. A one-shot registration is
+    /// disarmed as it is reported; a report for a registration that changed meanwhile
+    /// (another serial) is dropped. Nested sets report their pointer once.
+    void collect(bool inner_ready) noexcept {
+        const std::size_t own_end = polled_inner_.empty() ? fds_.size() : polled_inner_.front().begin;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            for (std::size_t i = 1; i < own_end; ++i) {
+                const short r = fds_[i].revents;
+                entry* e = r != 0 ? find(fds_[i].fd) : nullptr;
+                if (e == nullptr || e->serial != serials_[i] || !e->armed) continue;
+                if (r & POLLNVAL) {  // closed without remove(): never report it again
+                    e->armed = false;
+                    continue;
+                }
+                const std::uint32_t events = ((r & POLLIN) ? ev_in : 0u) | ((r & POLLOUT) ? ev_out : 0u) |
+                                             ((r & (POLLHUP | POLLERR)) ? ev_hup | ev_in : 0u);
+                if (e->interest & ev_edge) e->armed = false;
+                ready_.push_back({e->ptr, events});
+            }
+            for (std::size_t k = 0; k < polled_inner_.size(); ++k) {
+                const std::size_t end = k + 1 < polled_inner_.size() ? polled_inner_[k + 1].begin : fds_.size();
+                bool ready = inner_ready;
+                for (std::size_t i = polled_inner_[k].begin; i < end && !ready; ++i) ready = fds_[i].revents != 0;
+                if (ready) ready_.push_back({polled_inner_[k].set.ptr, ev_in});
+            }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {  // the rest stay ready: the next poll finds them
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    /// take_ready: up to max reports from ready_; a follower is woken for any left.
+    int take_ready(ready_event* out, int max) noexcept {
+        int n = 0;
+        for (; n < max && !ready_.empty(); ++n) {
+            out[n] = ready_.front();
+            ready_.pop_front();
+        }
+        if (!ready_.empty()) cv_.notify_one();
+        return n;
+    }
+
+    std::mutex mutex_;  // guards all but the atomics
+    std::condition_variable cv_;
+    std::vector<entry> table_;  // by descriptor
+    std::vector<nested> inner_;
+    std::deque<ready_event> ready_;  // found by the leader, not yet taken
+    std::vector<pollfd> fds_;        // the leader's poll(2) array, kept for reuse
+    std::vector<std::uint64_t> serials_;  // beside fds_: the registration each was
+    struct polled {
+        nested set;
+        std::size_t begin;  // where its descriptors begin in fds_
+    };
+    std::vector<polled> polled_inner_;
+    std::uint64_t serial_ = 0;
+    std::atomic<bool> polling_{false};
+    std::atomic<bool> wake_sent_{false};
+    std::atomic<event_set*> outer_{nullptr};
+    unique_fd wake_read_, wake_write_;
+};
+#endif  // RESTARTABLE_SERVER_USE_POLL
 /// route: one registered route. Immutable; shared between the server and its runs.
 struct route {
     std::string method;
@@ -2078,7 +2483,7 @@ struct connection {
 
     unique_fd fd;  // changed only under the pool's lock (the cut reads it there)
     conn_state state = conn_state::closed;
-    bool in_epoll = false;
+    bool in_set = false;  // registered in its run's connection set
     clock::time_point since;  // when the current timeout started counting
     clock::time_point began;  // when the current request's head was whole (access log)
 
@@ -2129,7 +2534,7 @@ struct worker {
 };
 
 /// connection_pool: every connection object of a run. Objects are reused, never freed
-/// before the run ends, so a pointer from a late epoll event stays valid.
+/// before the run ends, so a pointer from a late event stays valid.
 class connection_pool {
 public:
     connection* acquire(int fd) {
@@ -2151,21 +2556,21 @@ public:
         c->hold.store(connection::held);
         return c;
     }
-    /// release: closes c's descriptor (leaving epfd first: a duplicate of it elsewhere
-    /// would keep it registered) and returns the object.
-    void release(connection& c, int epfd) noexcept {
+    /// release: closes c's descriptor (leaving set first: a duplicate of it elsewhere
+    /// would keep it registered in an epoll set) and returns the object.
+    void release(connection& c, event_set& set) noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (c.in_epoll) ::epoll_ctl(epfd, EPOLL_CTL_DEL, c.fd.get(), nullptr);
-        c.in_epoll = false;
+        if (c.in_set) set.remove(c.fd.get());
+        c.in_set = false;
         c.fd.reset();
         c.hold.store(connection::free_slot);
         free_.push_back(&c);
     }
     /// detach: like release, but gives the descriptor to the caller instead of closing it.
-    int detach(connection& c, int epfd) noexcept {
+    int detach(connection& c, event_set& set) noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (c.in_epoll) ::epoll_ctl(epfd, EPOLL_CTL_DEL, c.fd.get(), nullptr);
-        c.in_epoll = false;
+        if (c.in_set) set.remove(c.fd.get());
+        c.in_set = false;
         const int fd = c.fd.release();
         c.hold.store(connection::free_slot);
         free_.push_back(&c);
@@ -2192,10 +2597,10 @@ private:
     std::vector<connection*> free_;
 };
 
-/// note_events: what an epoll event says that a read might not: the client has shut
-/// down its side (its EOF may sit behind the bytes already read).
+/// note_events: what an event says that a read might not: the client has shut down its
+/// side (its EOF may sit behind the bytes already read).
 RESTARTABLE_SERVER_FN void note_events(connection& c, std::uint32_t events) noexcept {
-    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c.peer_closed = true;
+    if (events & ev_hup) c.peer_closed = true;
 }
 
 /// take: makes the calling thread the holder of a parked connection, with the events that
@@ -2207,7 +2612,7 @@ RESTARTABLE_SERVER_FN bool take(connection& c) noexcept {
     return true;
 }
 
-/// take_for_event: take() for an epoll event. When another thread holds c, the event is
+/// take_for_event: take() for an event of the connection set. When another thread holds c, the event is
 /// left in c.pending, which that holder checks right after parking c (edge-triggered
 /// events come once, so none may be dropped). False: someone else serves c, or c is free
 /// (a stale event for a closed connection).
@@ -2227,10 +2632,16 @@ RESTARTABLE_SERVER_FN bool take_for_event(connection& c, std::uint32_t events) n
     }
 }
 
-/// watched_events: what c is registered for: input always, output once a response had
-/// to wait for the socket (then for good: edges come only when a full buffer drains).
+/// watched_events: what c is registered for: input always; with epoll, output once a
+/// response had to wait for the socket (then for good: edges come only when a full buffer
+/// drains); with poll(2), output while a response waits (a level would report at once).
 RESTARTABLE_SERVER_FN std::uint32_t watched_events(const connection& c) noexcept {
-    return EPOLLIN | EPOLLRDHUP | EPOLLET | (c.watch_output ? EPOLLOUT : 0u);
+#ifndef RESTARTABLE_SERVER_USE_POLL
+    const bool output = c.watch_output;
+#else
+    const bool output = c.output_pending();
+#endif  // RESTARTABLE_SERVER_USE_POLL
+    return ev_in | ev_hup | ev_edge | (output ? ev_out : 0u);
 }
 
 /// run: one run of a server, from a started listener to the last joined thread. A
@@ -2245,7 +2656,7 @@ public:
     run& operator=(const run&) = delete;
     ~run();
 
-    /// init: makes the epoll sets. Before loop(), in the starting thread.
+    /// init: makes the event sets. Before loop(), in the starting thread.
     std::error_code init() noexcept;
     /// loop: the control thread's loop; returns when the run is over and every worker is
     /// joined, or right after a restart handed it over (then take_next() has the next
@@ -2334,8 +2745,8 @@ private:
     std::vector<stop_hook> hooks_;
     std::uint64_t generation_;  // the start this run belongs to (restarts keep it)
     unique_fd listener_;
-    unique_fd control_epoll_;  // the self-pipe, the listener (and connection sets served inline)
-    unique_fd conn_epoll_;     // every connection, edge-triggered
+    event_set control_set_;  // the self-pipe, the listener (and connection sets served inline)
+    event_set conns_;        // every connection, edge-triggered (poll(2): one-shot)
     std::atomic<bool> inline_{false};  // the control thread serves connections itself
     connection_pool pool_;
     worker control_worker_;
@@ -2352,7 +2763,7 @@ private:
     std::atomic<std::size_t> live_{0};
     std::atomic<std::size_t> buffered_{0};
     std::atomic<std::size_t> cut_{0};
-    std::atomic<int> waiting_{0};  // workers waiting in epoll_wait
+    std::atomic<int> waiting_{0};  // workers waiting in conns_
     bool cut_done_ = false;
     bool accept_paused_ = false;
     clock::time_point accept_resume_{};
@@ -2379,16 +2790,12 @@ RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std
 RESTARTABLE_SERVER_FN run::~run() = default;
 
 RESTARTABLE_SERVER_FN std::error_code run::init() noexcept {
-    control_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-    conn_epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     // The self-pipe is marked by a null pointer, the listener by its own address, a
     // connection set served inline by its run's address. A run made by restart() to take
     // the current listener over gets it at the hand-over.
-    epoll_event pipe_event{EPOLLIN, {nullptr}}, listener_event{EPOLLIN, {&listener_}}, conns_event{EPOLLIN, {this}};
-    if (!control_epoll_ || !conn_epoll_ ||
-        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, srv_.wake_read_.get(), &pipe_event) != 0 ||
-        (listener_ && ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &listener_event) != 0) ||
-        (inline_ && ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, conn_epoll_.get(), &conns_event) != 0))
+    if (!control_set_.open() || !conns_.open() || !control_set_.add(srv_.wake_read_.get(), nullptr, ev_in) ||
+        (listener_ && !control_set_.add(listener_.get(), &listener_, ev_in)) ||
+        (inline_ && !control_set_.add_set(conns_, this)))
         return last_error();
     return {};
 }
@@ -2396,15 +2803,15 @@ RESTARTABLE_SERVER_FN std::error_code run::init() noexcept {
 // ------------------------------------------------------- control thread --
 
 RESTARTABLE_SERVER_FN void run::loop() noexcept {
-    epoll_event events[control_events];
+    ready_event events[control_events];
     for (;;) {
         clock::time_point now = clock::now();
-        const int ready = ::epoll_wait(control_epoll_.get(), events, control_events, wait_timeout(now));
+        const int ready = control_set_.wait(events, control_events, wait_timeout(now));
         if (ready < 0 && errno != EINTR) fail(last_error());
         now = clock::now();
         bool acceptable = false;
         for (int i = 0; i < ready; ++i) {
-            void* const p = events[i].data.ptr;
+            void* const p = events[i].ptr;
             if (p == nullptr)
                 srv_.drain_wake();
             else if (p == &listener_)
@@ -2416,8 +2823,7 @@ RESTARTABLE_SERVER_FN void run::loop() noexcept {
         if (!stopping_.load() && srv_.restart_requested_.load() && hand_over(now)) return;
         if (accept_paused_ && now >= accept_resume_) {
             accept_paused_ = false;
-            epoll_event ev{EPOLLIN, {&listener_}};
-            ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+            control_set_.modify(listener_.get(), &listener_, ev_in);
         }
         if (acceptable && !stopping_.load()) accept_ready(now);
         if (to_ns(now) >= next_sweep_.load()) sweep(now);
@@ -2447,10 +2853,10 @@ RESTARTABLE_SERVER_FN int run::wait_timeout(clock::time_point now) const noexcep
 
 /// serve_inline: with no workers, the control thread serves the connections that are ready.
 RESTARTABLE_SERVER_FN void run::serve_inline() noexcept {
-    epoll_event events[control_events];
-    const int ready = ::epoll_wait(conn_epoll_.get(), events, control_events, 0);
+    ready_event events[control_events];
+    const int ready = conns_.wait(events, control_events, 0);
     for (int i = 0; i < ready; ++i) {
-        auto* c = static_cast<connection*>(events[i].data.ptr);
+        auto* c = static_cast<connection*>(events[i].ptr);
         if (take_for_event(*c, events[i].events)) serve(control_worker_, *c);
     }
 }
@@ -2460,7 +2866,7 @@ RESTARTABLE_SERVER_FN void run::serve_inline() noexcept {
 RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
     stopping_.store(true);
     if (listener_) {  // before the state says "stopping": from then on a connect is refused
-        ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+        control_set_.remove(listener_.get());
         srv_.set_listener_fd(-1);  // upgrade() dups it under the same lock
         listener_.reset();
     }
@@ -2499,14 +2905,13 @@ RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
     std::unique_ptr<run> next = srv_.take_next_run(generation_);
     if (!next) return false;
     run& to = *next;
-    ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+    control_set_.remove(listener_.get());
     if (!to.listener_) {
         to.listener_ = std::move(listener_);  // the same socket: never closed, nothing refused
     } else {
         move_backlog(to, now);  // the new address listens already; the old one's queue moves
     }
-    epoll_event ev{EPOLLIN, {&to.listener_}};
-    ::epoll_ctl(to.control_epoll_.get(), EPOLL_CTL_ADD, to.listener_.get(), &ev);
+    to.control_set_.add(to.listener_.get(), &to.listener_, ev_in);
     srv_.set_listener_fd(to.listener_.get());  // before the old one closes (upgrade dups it)
     listener_.reset();
     srv_.port_.store(local_port(to.listener_.get()));
@@ -2531,7 +2936,7 @@ RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
 /// the next run, so closing the old listener resets none.
 RESTARTABLE_SERVER_FN void run::move_backlog(run& to, clock::time_point now) noexcept {
     for (;;) {
-        const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        const int fd = accept_connection(listener_.get());
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             return;
@@ -2553,11 +2958,12 @@ RESTARTABLE_SERVER_FN void run::tend_retirees(clock::time_point now) noexcept {
             ++it;
             continue;
         }
+        if (r.inline_.load()) control_set_.remove_set(r.conns_, &r);
         r.teardown();
         cut_.fetch_add(r.cut_.load());
         idle_closed_.fetch_add(r.idle_closed_.load());
         finished_.fetch_add(r.finished_.load());
-        it = retirees_.erase(it);  // closing its epoll sets takes its connection set out of ours
+        it = retirees_.erase(it);
     }
 }
 
@@ -2565,10 +2971,7 @@ RESTARTABLE_SERVER_FN void run::adopt_retiree(std::unique_ptr<run> old) noexcept
     std::vector<std::unique_ptr<run>> drains = std::move(old->retirees_);
     drains.push_back(std::move(old));
     for (auto& r : drains) {
-        if (r->inline_.load()) {  // its connections are served by this control thread now
-            epoll_event ev{EPOLLIN, {r.get()}};
-            ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, r->conn_epoll_.get(), &ev);
-        }
+        if (r->inline_.load()) control_set_.add_set(r->conns_, r.get());  // served by this thread now
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -2615,7 +3018,7 @@ RESTARTABLE_SERVER_FN void run::run_hooks(stop_reason why) noexcept {
 
 RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
     for (int i = 0; i < accept_batch; ++i) {
-        const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        const int fd = accept_connection(listener_.get());
         if (fd < 0) {
             const int e = errno;
             if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
@@ -2623,8 +3026,7 @@ RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
             if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
                 accept_paused_ = true;  // out of descriptors or memory: back off, don't spin
                 accept_resume_ = now + accept_backoff;
-                epoll_event ev{0, {&listener_}};
-                ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+                control_set_.modify(listener_.get(), &listener_, 0);
                 return;
             }
             log_error("accept failed, the run ends: ", std::strerror(e));
@@ -2653,8 +3055,7 @@ RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
         c->set(conn_state::head);
         c->since = now;
         if (!inline_.load() && waiting_.load() == 0 && !spawn_worker()) {  // no thread at all: serve here
-            epoll_event ev{EPOLLIN, {this}};
-            inline_ = ::epoll_ctl(control_epoll_.get(), EPOLL_CTL_ADD, conn_epoll_.get(), &ev) == 0;
+            inline_ = control_set_.add_set(conns_, this);
         }
         register_connection(c, fd);
     }
@@ -2662,10 +3063,11 @@ RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
 
 /// register_connection: parks a new (or handed-over) connection, then adds it to the
 /// connection set, so its first event finds it parked. Until then no other thread can
-/// reach it: it is in no epoll set, and pointers to it come only from there.
+/// reach it: it is in no event set, and pointers to it come only from there. One handed
+/// over with bytes of a request is watched for output too, so it is reported at once.
 RESTARTABLE_SERVER_FN void run::register_connection(connection* c, int fd) noexcept {
-    const std::uint32_t events = watched_events(*c);
-    c->in_epoll = true;
+    const std::uint32_t events = watched_events(*c) | (c->watch_output ? ev_out : 0u);
+    c->in_set = true;
     while (park(*c)) {  // not watched yet: what is pending is a late event of the
     }                   // connection this object was before, so park it again
     bool watched = false;
@@ -2673,7 +3075,7 @@ RESTARTABLE_SERVER_FN void run::register_connection(connection* c, int fd) noexc
         watched = c->hold.load() == connection::free_slot || watch(c, fd, events);
     });
     if (!watched && take(*c)) {
-        c->in_epoll = false;
+        c->in_set = false;
         close(*c);
     }
 }
@@ -2771,14 +3173,14 @@ RESTARTABLE_SERVER_FN void run::cut_at_deadline() noexcept {
     }
 }
 
-/// fail: the run cannot go on (its listener or epoll failed): stop it at once, and say why.
+/// fail: the run cannot go on (its listener or event set failed): stop it at once, and say why.
 RESTARTABLE_SERVER_FN void run::fail(std::error_code ec) noexcept {
     if (!error_) error_ = ec;
     if (!stopping_.load()) begin_stop(clock::now());
 }
 
 /// teardown: every worker learns the run is over through the self-pipe, which is now
-/// added to their epoll set with a byte in it; then they are joined.
+/// added to their event set with a byte in it; then they are joined.
 RESTARTABLE_SERVER_FN void run::teardown() noexcept {
     std::vector<std::thread> joining;
     {
@@ -2789,8 +3191,7 @@ RESTARTABLE_SERVER_FN void run::teardown() noexcept {
     if (!joining.empty()) {
         workers_exit_.store(true);
         srv_.wake();
-        epoll_event ev{EPOLLIN, {nullptr}};
-        ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_ADD, srv_.wake_read_.get(), &ev);
+        conns_.add(srv_.wake_read_.get(), nullptr, ev_in);
         for (std::thread& t : joining) t.join();
     }
     listener_.reset();
@@ -2817,15 +3218,15 @@ RESTARTABLE_SERVER_FN bool run::spawn_worker() noexcept {
 RESTARTABLE_SERVER_FN void run::worker_main() noexcept {
     srv_.add_server_thread();  // before it serves: a handler's stop() must know its thread
     worker w;
-    epoll_event ev;
+    ready_event ev;
     for (;;) {
         waiting_.fetch_add(1);
-        const int ready = ::epoll_wait(conn_epoll_.get(), &ev, 1, -1);
+        const int ready = conns_.wait(&ev, 1, -1);
         const int still_waiting = waiting_.fetch_sub(1) - 1;
         if (workers_exit_.load()) break;
-        if (ready != 1 || ev.data.ptr == nullptr) continue;
+        if (ready != 1 || ev.ptr == nullptr) continue;
         if (still_waiting == 0) spawn_worker();  // a follower waits while this one serves
-        auto* c = static_cast<connection*>(ev.data.ptr);
+        auto* c = static_cast<connection*>(ev.ptr);
         if (take_for_event(*c, ev.events)) serve(w, *c);
     }
     srv_.remove_server_thread();  // ids are reused: forget this one before it ends
@@ -3117,7 +3518,7 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = 2;
-    ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL); });
+    ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, no_sigpipe); });
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return outcome::close;
     if (opts_.access_log) log_access(w, c, body_size);
     c.keep_alive = keep_alive;
@@ -3216,7 +3617,7 @@ RESTARTABLE_SERVER_FN run::outcome run::flush(connection& c) noexcept {
     msghdr msg{};
     msg.msg_iov = head_left != 0 ? iov : iov + 1;
     msg.msg_iovlen = head_left != 0 ? 2 : 1;
-    const ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL); });
+    const ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, no_sigpipe); });
     if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? outcome::wait : outcome::close;
     c.out_sent += static_cast<std::size_t>(n);
     c.since = clock::now();  // write_timeout counts from progress
@@ -3383,12 +3784,12 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
     }
     if (c.output_pending() && !c.watch_output) {  // the first response that has to wait
         c.watch_output = true;
-        epoll_event ev{watched_events(c), {&c}};
-        if (::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) != 0) {
+        if (!conns_.modify(c.fd.get(), &c, watched_events(c))) {
             close(c);
             return false;
         }
     }
+    conns_.rearm(c.fd.get(), &c, watched_events(c));  // poll(2): reported again from now on
     const std::int64_t deadline = limit.count() > 0 ? to_ns(c.since + limit) : never;
     c.deadline.store(deadline);
     if (deadline != never) lower_next_sweep(deadline);
@@ -3408,7 +3809,7 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
 }
 
 /// hand_back: parks a connection the control thread took. An event that came meanwhile
-/// is raised again (EPOLL_CTL_MOD reports present readiness) for a worker to serve.
+/// is raised again (modify() reports present readiness) for a worker to serve.
 RESTARTABLE_SERVER_FN void run::hand_back(connection& c) noexcept {
     if (!park(c)) return;
     if (inline_) return serve(control_worker_, c);
@@ -3417,22 +3818,20 @@ RESTARTABLE_SERVER_FN void run::hand_back(connection& c) noexcept {
     c.hold.store(connection::parked);
     pool_.locked([&] {  // no descriptor is closed meanwhile: if c is still open, fd is its
         if (c.hold.load() == connection::free_slot) return;
-        epoll_event ev{events, {&c}};
-        ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_MOD, fd, &ev);
+        conns_.modify(fd, &c, events);
     });
 }
 
 /// watch: registers a new connection (c, on descriptor fd) in the connection set, once
 /// for its whole life. Touches nothing of c: c is parked already.
 RESTARTABLE_SERVER_FN bool run::watch(connection* c, int fd, std::uint32_t events) noexcept {
-    epoll_event ev{events, {c}};
-    return ::epoll_ctl(conn_epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+    return conns_.add(fd, c, events);
 }
 
 /// close: closes c for good (by its holder) and returns the object to the pool.
 RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
     clear(c);
-    pool_.release(c, conn_epoll_.get());
+    pool_.release(c, conns_);
     left();
 }
 
@@ -3457,7 +3856,7 @@ RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
     const clock::time_point since = begun ? c.since : clock::now();  // header_timeout goes on
     const bool peer_closed = c.peer_closed;
     clear(c);
-    const int fd = pool_.detach(c, conn_epoll_.get());
+    const int fd = pool_.detach(c, conns_);
     to->adopt(fd, state, std::move(bytes), since, peer_closed);
     left();  // after the next run counted it: its drain cannot end in between
 }
@@ -3508,7 +3907,7 @@ RESTARTABLE_SERVER_FN void run::lower_next_sweep(std::int64_t ns) noexcept {
 /// notify_listener: a private datagram socket for a child's "READY=1", bound to a unique
 /// abstract name (so nothing is left on disk); name gets "@name" for NOTIFY_SOCKET.
 RESTARTABLE_SERVER_FN unique_fd notify_listener(std::string& name) {
-    unique_fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    unique_fd fd(detail::new_socket(AF_UNIX, SOCK_DGRAM, 0, false));
     if (!fd) return fd;
     name = "restartable_server/";
     append_number(name, static_cast<std::size_t>(::getpid()));
@@ -3622,7 +4021,7 @@ RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& arg
 // --------------------------------------------------------------- server --
 RESTARTABLE_SERVER_FN server::server(options opts) : options_(std::move(opts)) {
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
+    if (detail::make_pipe(fds)) {
         wake_read_.reset(fds[0]);
         wake_write_.reset(fds[1]);
     } else {
@@ -3879,7 +4278,7 @@ RESTARTABLE_SERVER_FN unique_fd server::make_listener(const options& o, std::err
     listener = o.listener(ec);
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
     if (!ec && !listener) ec = make_error_code(errc::no_listener);
-    if (!ec && !detail::set_nonblocking_cloexec(listener.get())) ec = detail::last_error();
+    if (!ec && !detail::own_descriptor(listener.get(), true)) ec = detail::last_error();
     if (!ec) {  // an unlistened socket would be "readable" forever and accept nothing
         int listening = 0;
         socklen_t len = sizeof listening;
