@@ -67,7 +67,7 @@
 // ENGINE
 //
 //   No thread waits on one client. Sockets are non-blocking; connections wait in one
-//   epoll set (edge-triggered), and the worker that sees one ready reads, parses, runs the
+//   epoll set (edge-triggered; or poll(2), see PORTABILITY), and the worker that sees one ready reads, parses, runs the
 //   handler and writes the response itself - no hand-off between threads (before it
 //   serves, it starts another worker if none is left waiting). A response the socket does
 //   not take at once waits in its connection until the socket is writable, under
@@ -88,7 +88,8 @@
 //
 // LIMITATIONS
 //
-//   - Linux (uses epoll, accept4, pipe2, SOCK_CLOEXEC). Other POSIX systems: not yet.
+//   - Tested on Linux only (both backends). Other POSIX systems get the poll(2) backend,
+//     written to POSIX but not yet built or run there by this project's CI.
 //   - upgrade() under systemd: the main PID changes, which systemd does not follow; use
 //     socket activation and a unit restart there (or restart(), which stays in-process).
 //   - No TLS, no HTTP/2, no transfer codings but chunked (gzip request bodies get 501).
@@ -103,6 +104,18 @@
 //   - Compiled with -fno-exceptions, a failed allocation ends the process as usual, and
 //     the throwing forms (start(), run(), restart() without an error_code) print the
 //     error and abort instead of throwing (as fmt does).
+//
+// PORTABILITY
+//
+//   On Linux connections wait in epoll(7), edge-triggered, and descriptors are made with
+//   accept4/pipe2/SOCK_CLOEXEC. Everywhere else (macOS, the BSDs), or on Linux with
+//   RESTARTABLE_SERVER_USE_POLL, the poll(2) backend is used: POSIX calls only (socket,
+//   accept, pipe, then fcntl for FD_CLOEXEC and O_NONBLOCK; SO_NOSIGPIPE where sends have
+//   no MSG_NOSIGNAL). Behaviour is the same - the whole test suite runs on both - but each
+//   poll(2) passes every waiting connection to the kernel, so its cost per request grows
+//   with the number of open connections: measured in bench/RESULTS.md (figure 13), fine
+//   for the tens or hundreds of connections an embedded tool has. upgrade() needs Linux
+//   (abstract socket for the child's readiness; pidfd when the kernel has it).
 //
 // CONFIGURATION MACROS
 //
@@ -667,7 +680,7 @@ public:
     /// or wait() returns after the drain; then exit). Both processes accept on the socket
     /// in between. Returns the child's pid; on failure (not running, exec failed, not
     /// ready in time: the child is killed) sets ec and this server goes on. Not from a
-    /// server thread.
+    /// server thread. Linux only (elsewhere ec is std::errc::function_not_supported).
     pid_t upgrade(const std::vector<std::string>& argv, std::error_code& ec,
                   std::chrono::milliseconds ready_timeout = std::chrono::seconds(10)) noexcept;
 
@@ -897,7 +910,7 @@ inline constexpr std::chrono::milliseconds linger_time{1000};
 inline constexpr std::chrono::milliseconds first_request_grace{1000};
 /// linger_reads: reads per wake-up while lingering, so a fast sender cannot hold a thread.
 inline constexpr int linger_reads = 16;
-/// control_events: events per epoll_wait() of the control thread.
+/// control_events: events per wait of the control thread.
 inline constexpr int control_events = 64;
 
 // ----------------------------------------------------------- small tools --
@@ -1971,24 +1984,29 @@ RESTARTABLE_SERVER_FN std::string_view to_string(server_state s) noexcept {
 //   One loop per thread was not taken: a slow handler or a stream would stall every
 //   connection of its loop, while here it holds one worker and the others go on.
 //
-//   One control thread (run() or start()'s thread) waits in its own epoll set on the
+//   One control thread (run() or start()'s thread) waits in its own event set on the
 //   listener, the self-pipe and a timer: it accepts, enforces timeouts, begins the stop,
 //   cuts at the drain deadline and ends the run. Up to options::worker_threads workers
-//   wait together in a second epoll set that holds every connection, registered once,
-//   edge-triggered (for output too once a response had to wait): the worker that sees a connection ready reads,
-//   parses, runs the handler and writes the response itself, with no hand-off
-//   (leader/follower: before it serves, a worker starts another when none is left
-//   waiting); parking it again costs no system call. Sockets are non-blocking: a response that does not
-//   fit the socket buffer waits in the connection for EPOLLOUT, so a client that does not
-//   read holds no thread. With worker_threads == 0 the control thread serves connections
-//   itself (the connection set is nested in its own).
+//   wait together in a second event set that holds every connection, registered once,
+//   edge-triggered (for output too once a response had to wait): the worker that sees a
+//   connection ready reads, parses, runs the handler and writes the response itself, with
+//   no hand-off (leader/follower: before it serves, a worker starts another when none is
+//   left waiting); parking it again costs no system call. Sockets are non-blocking: a
+//   response that does not fit the socket buffer waits in the connection until the socket
+//   is writable, so a client that does not read holds no thread. With worker_threads == 0
+//   the control thread serves connections itself (the connection set is nested in its own).
+//
+//   An event set (event_set, below) is an epoll set, or with RESTARTABLE_SERVER_USE_POLL a
+//   table polled with poll(2): the same calls, and edge-triggered registrations become
+//   one-shot ones that park() re-arms (there, parking costs a lock and a wake-up of the
+//   polling thread).
 //
 //   A connection is held by one thread at a time (connection::hold): "parked" while it
-//   waits in epoll, "held" while a thread works on it. Only its holder changes it or
+//   waits in the set, "held" while a thread works on it. Only its holder changes it or
 //   closes it; the control thread takes parked ones (compare-and-swap) to time them out.
 //   An event for a held connection is left in connection::pending, which the holder
 //   checks right after parking it, so an edge is never lost.
-//   Connection objects live until the run ends (a pool), so a late epoll event never
+//   Connection objects live until the run ends (a pool), so a late event never
 //   points at freed memory; it is checked against hold and ignored when stale.
 //
 // MEMORY BUDGET (per connection, and per run)
@@ -3660,7 +3678,7 @@ RESTARTABLE_SERVER_FN run::outcome run::linger(connection& c) noexcept {
         if (n < 0 && errno == EINTR) continue;
         return outcome::close;
     }
-    return outcome::wait;  // a fast sender: it waits its turn in epoll
+    return outcome::wait;  // a fast sender: it waits its turn in the connection set
 }
 
 RESTARTABLE_SERVER_FN void run::log_access(const worker& w, const connection& c, std::size_t bytes) noexcept {
@@ -3927,6 +3945,7 @@ RESTARTABLE_SERVER_FN bool wait_ready(int notify, pid_t child, std::chrono::mill
 #ifdef SYS_pidfd_open
     const unique_fd exited(static_cast<int>(::syscall(SYS_pidfd_open, child, 0)));  // -1 on old kernels: time only
 #else
+    (void)child;
     const unique_fd exited;
 #endif
     const clock::time_point until = clock::now() + timeout;
@@ -4309,7 +4328,7 @@ RESTARTABLE_SERVER_FN stop_result server::run_to_end(std::unique_ptr<detail::run
     end_restart(false);
     current_.store(nullptr);
     control_thread_.store(std::thread::id());
-    run.reset();  // its workers are joined; this closes its epoll sets and listener
+    run.reset();  // its workers are joined; this closes its event sets and listener
     std::lock_guard<std::mutex> lock(mutex_);
     last_stop_ = result;
     port_.store(0);
@@ -4410,6 +4429,11 @@ RESTARTABLE_SERVER_FN void server::end_restart(bool done) noexcept {
 RESTARTABLE_SERVER_FN pid_t server::upgrade(const std::vector<std::string>& argv, std::error_code& ec,
                              std::chrono::milliseconds ready_timeout) noexcept {
     ec.clear();
+#ifndef __linux__  // the child's readiness comes through an abstract Unix socket
+    (void)ready_timeout;
+    ec = std::make_error_code(std::errc::function_not_supported);
+    return -1;
+#endif  // not Linux
     if (argv.empty()) {
         ec = std::make_error_code(std::errc::invalid_argument);
         return -1;

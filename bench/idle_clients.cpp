@@ -7,6 +7,8 @@
 // 2. While they sit idle: the server's VmRSS and thread count (/proc/PID/status, /proc/PID/task).
 // 3. A fresh client's request (connect + GET + whole response), 5 times or until one takes
 //    longer than FRESH_TIMEOUT_MS (default 3000); the median.
+//    Then one keep-alive client's requests per second, back to back for one second
+//    (busy_rps): what a busy client gets while the N sit idle.
 // 4. A second request on every idle connection that answered, one after the other (each
 //    with a 1 s timeout, all within SECOND_BUDGET_MS, default 10000); p99 over all N
 //    connections, counting one that never answered as a timeout.
@@ -76,7 +78,22 @@ int main(int argc, char** argv) {
     else
         std::printf("fresh_ms %.3f\n", percentile(fresh, 0.5));
     std::fflush(stdout);
-
+    {
+        const std::string req = get_request(true);
+        const int fd = connect_to(port);
+        std::size_t served = 0;
+        const auto t = clock::now(), end = t + std::chrono::seconds(1);
+        while (fd >= 0 && clock::now() < end) {
+            response_parser p;
+            const auto deadline = clock::now() + std::chrono::milliseconds(static_cast<long long>(fresh_timeout_ms));
+            if (!send_all(fd, req.data(), req.size(), deadline) || !read_response(fd, p, deadline) || p.status != 200)
+                break;
+            ++served;
+        }
+        if (fd >= 0) ::close(fd);
+        std::printf("busy_rps %.0f\n", static_cast<double>(served) * 1000.0 / ms_since(t));
+        std::fflush(stdout);
+    }
     // 4. a second request on every idle connection
     const std::string req = get_request(true);
     std::vector<double> lat;  // answered ones

@@ -40,7 +40,9 @@
 # kept-alive connection closed under a request. Figure 12 (bench/restart_cost.cpp): the time
 # of one restart() call, median of COST_REPEATS (50; --quick 10), with 0 and with COST_IDLE
 # (1,000; --quick 100) idle keep-alive connections, and how many of those are not served
-# afterwards.
+# afterwards. Figure 13: restartable_server built with RESTARTABLE_SERVER_USE_POLL (the
+# poll(2) backend of macOS and the BSDs, forced on Linux): keep-alive wrk -c64 as in figure
+# 1, and idle capacity as in figure 3, to set beside the epoll rows of the same run.
 #
 # Environment: CXX (default g++), BENCH_CACHE, BENCH_RUNS (full mode, default 3),
 # BENCH_WRK_SECONDS (full mode, default 4), BENCH_KA_ROUNDS and BENCH_KA_SECONDS (figure 8,
@@ -365,6 +367,7 @@ bg_build echo_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_httplib.cp
 bg_build lifecycle_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_HTTPLIB "$HERE/lifecycle.cpp"
 bg_build echo_rs "${RS_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_restartable.cpp"
 bg_build lifecycle_rs "${RS_FLAGS[@]}" "$HERE/lifecycle.cpp"
+bg_build hello_rspoll "${RS_FLAGS[@]}" -DRESTARTABLE_SERVER_USE_POLL "$HERE/hello_restartable.cpp"
 # Figures 11 and 12 need server::restart(); a checkout from before it (BENCH_RS_DIR) gets
 # FAIL there and the rest of the table.
 HAVE_RESTART=0
@@ -694,11 +697,32 @@ for ((run = 0; run < RUNS; run++)); do
       record idle_second_answered "$s" "$(kv "$out" second_answered)"
       record idle_conn_rss_mb "$s" "$(kb_to_mb "$(kv "$out" rss_kb)")"
       record idle_threads "$s" "$(kv "$out" threads)"
+      record idle_busy_rps "$s" "$(kv "$out" busy_rps)"
     else
-      for k in idle_answered idle_fresh_ms idle_second_p99 idle_second_answered idle_conn_rss_mb idle_threads; do record "$k" "$s" fail; done
+      for k in idle_answered idle_fresh_ms idle_second_p99 idle_second_answered idle_conn_rss_mb idle_threads idle_busy_rps; do record "$k" "$s" fail; done
     fi
     stop_server
   done
+  # Figure 13: the poll(2) backend, keep-alive throughput and idle capacity.
+  log "  rs, poll(2) backend: wrk, then $IDLE_N idle connections"
+  if start_server hello rspoll; then
+    run_wrk rs 64 poll_ka64
+    stop_server
+  else
+    for k in poll_ka64_rps poll_ka64_p50 poll_ka64_p99; do record "$k" rs fail; done
+  fi
+  out=$TMP/idle.out
+  if start_server hello rspoll &&
+     "${CLI_PIN[@]}" timeout 120 "$BUILD/idle_clients" "$SPORT" "$IDLE_N" "$SPID" "$IDLE_OPEN_MS" \
+       "$FRESH_TIMEOUT_MS" "$SECOND_BUDGET_MS" >"$out"; then
+    record poll_idle_answered rs "$(kv "$out" answered)"
+    record poll_idle_fresh_ms rs "$(kv "$out" fresh_ms)"
+    record poll_idle_busy_rps rs "$(kv "$out" busy_rps)"
+    record poll_idle_second_answered rs "$(kv "$out" second_answered)"
+  else
+    for k in poll_idle_answered poll_idle_fresh_ms poll_idle_busy_rps poll_idle_second_answered; do record "$k" rs fail; done
+  fi
+  stop_server
   # Figure 7: 10 MiB POST echo (nginx does not echo).
   for s in $(order "$run"); do
     [ "$s" = nginx ] && continue
@@ -787,6 +811,7 @@ idle_second_p99${tab}3. 2nd request on every idle conn, p99 (ms)${tab}lo${tab}3$
 idle_second_answered${tab}3. idle conns answering a 2nd request (of $IDLE_N)${tab}hi${tab}0${tab}rhn
 idle_conn_rss_mb${tab}3. server RSS with $IDLE_N idle conns (MiB)${tab}lo${tab}1${tab}rhn
 idle_threads${tab}3. server threads with $IDLE_N idle conns${tab}info${tab}0${tab}rhn
+idle_busy_rps${tab}3. one keep-alive client's req/s with $IDLE_N idle conns${tab}hi${tab}0${tab}rhn
 stop0_ms${tab}4. stop() latency, 0 idle conns (ms)${tab}lo${tab}3${tab}rh
 stopN_ms${tab}4. stop() latency, $STOP_N idle conns (ms)${tab}lo${tab}3${tab}rh
 restart_plain${tab}5. restart cycles/s, plain client${tab}hi${tab}0${tab}rh
@@ -823,6 +848,12 @@ storm_restarts${tab}11. restart storm: restarts done (nginx: reloads)${tab}info$
 cost0_us${tab}12. restart() call, 0 idle conns (µs, median of ${COST_REPEATS})${tab}lo${tab}0${tab}r
 costN_us${tab}12. restart() call, ${COST_IDLE} idle conns (µs, median of ${COST_REPEATS})${tab}lo${tab}0${tab}r
 cost_not_served${tab}12. idle conns not served after ${COST_REPEATS} restarts (of ${COST_IDLE})${tab}lo${tab}0${tab}r${tab}v<=0
+poll_ka64_rps${tab}13. poll(2) backend: keep-alive req/s, wrk -c64 (epoll: figure 1)${tab}hi${tab}0${tab}r
+poll_ka64_p99${tab}13. poll(2) backend: keep-alive p99 latency (ms), -c64${tab}lo${tab}3${tab}r
+poll_idle_answered${tab}13. poll(2) backend: idle conns answered (of $IDLE_N)${tab}hi${tab}0${tab}r
+poll_idle_fresh_ms${tab}13. poll(2) backend: fresh request with $IDLE_N idle conns (ms; epoll: figure 3)${tab}lo${tab}3${tab}r
+poll_idle_busy_rps${tab}13. poll(2) backend: one keep-alive client's req/s with $IDLE_N idle conns${tab}hi${tab}0${tab}r
+poll_idle_second_answered${tab}13. poll(2) backend: idle conns answering a 2nd request within $((SECOND_BUDGET_MS / 1000)) s (of $IDLE_N)${tab}hi${tab}0${tab}r
 EOF
 
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
