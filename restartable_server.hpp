@@ -2037,9 +2037,10 @@ constexpr std::int64_t never = INT64_MAX;
 // ------------------------------------------------------------ event sets --
 
 /// Interest and readiness bits of an event_set registration (our own, so both backends
-/// read the same): ev_in and ev_out as in poll(2); ev_hup: the peer shut down its side
-/// (asked for: told of a half-close too); ev_edge: report once, then not again until
-/// the descriptor changes (epoll) or is re-armed (poll(2)).
+/// read the same): ev_in and ev_out as in poll(2); ev_hup: the peer hung up (asked for:
+/// epoll tells of a half-close too, poll(2) cannot - there the level report of ev_in
+/// brings the reader to the EOF); ev_edge: report once, then not again until the
+/// descriptor changes (epoll) or is re-armed (poll(2)).
 enum event_bits : std::uint32_t { ev_in = 1, ev_out = 2, ev_hup = 4, ev_edge = 8 };
 
 /// ready_event: one report of an event_set: the pointer registered with the descriptor
@@ -2168,7 +2169,11 @@ public:
         interrupt();
     }
     /// add_set: nests inner: this set reports ptr while any descriptor of inner is ready.
+    /// A set is nested in one set at a time: it leaves the one it was in (a retiree's
+    /// connections, served inline, move to the next run's control set).
     bool add_set(event_set& inner, void* ptr) noexcept {
+        event_set* const before = inner.outer_.load();
+        if (before != nullptr && before != this) before->remove_set(inner, ptr);
         {
             std::lock_guard<std::mutex> lock(mutex_);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
