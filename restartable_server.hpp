@@ -2655,6 +2655,17 @@ RESTARTABLE_SERVER_FN bool take_for_event(connection& c, std::uint32_t events) n
     }
 }
 
+/// request_arriving: whether bytes of a request wait in the socket of c (idle, or a head
+/// with nothing read yet) as a stop begins. If so, c counts as receiving a head from now:
+/// the stop answers it instead of closing it as idle (the client could not know).
+RESTARTABLE_SERVER_FN bool request_arriving(connection& c) noexcept {
+    char byte;
+    if (::recv(c.fd.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) != 1) return false;
+    if (c.state == conn_state::idle) c.set(conn_state::head);
+    c.since = clock::now();
+    return true;
+}
+
 /// watched_events: what c is registered for: input always; with epoll, output once a
 /// response had to wait for the socket (then for good: edges come only when a full buffer
 /// drains); with poll(2), output while a response waits (a level would report at once).
@@ -2906,10 +2917,7 @@ RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
             hand_back(*c);
             continue;
         }
-        char byte;  // bytes already here are a request arriving: it gets its answer
-        if (::recv(c->fd.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
-            if (c->state == conn_state::idle) c->set(conn_state::head);
-            c->since = now;
+        if (request_arriving(*c)) {  // it gets its answer
             hand_back(*c);
         } else if (c->state == conn_state::idle) {
             idle_closed_.fetch_add(1);
@@ -3787,6 +3795,7 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
         return false;
     }
     if (s == conn_state::idle && stopping_.load()) {
+        if (request_arriving(c)) return true;  // it came as this thread finished the last one
         idle_closed_.fetch_add(1);
         close(c);
         return false;
@@ -3823,6 +3832,8 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
     if (stopping_.load() && (s == conn_state::idle || (waits_for_request && retiring_.load())) && take(c)) {
         if (retiring_.load()) {
             transfer(c);
+        } else if (request_arriving(c)) {
+            return true;
         } else {
             idle_closed_.fetch_add(1);
             close(c);

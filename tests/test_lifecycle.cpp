@@ -2062,3 +2062,55 @@ TEST_CASE("lifecycle: a run whose listener fails ends by itself and reports why"
     CHECK(test::get(port, "/ping").status == 200);
     CHECK_CLEAN_STOP(srv.stop());
 }
+
+// A keep-alive connection whose next request arrived while its worker was still finishing
+// the last response, as a stop began: the stop's sweep of waiting connections cannot take
+// it (a worker holds it), and the worker, parking it "idle", must see that a request is
+// there and answer it - not close it unanswered. The access log holds the worker in that
+// moment: it is called after the response went out, before the connection is parked.
+TEST_CASE("lifecycle: a request that arrives while its connection's last response finishes is answered at a stop",
+          "[lifecycle]") {
+    watchdog wd("a request behind a finishing response at a stop", 60s);
+    std::mutex m;
+    std::condition_variable cv;
+    bool hold_log = true, logging = false, stopping = false;
+    rs::options o = test::local_options(2);
+    o.access_log = [&](const rs::access_entry& e) {  // no Catch2 assertion on a server thread
+        if (e.target != "/ping?hold") return;
+        std::unique_lock<std::mutex> lock(m);
+        logging = true;
+        cv.notify_all();
+        cv.wait(lock, [&] { return !hold_log; });
+    };
+    rs::server srv(o);
+    add_ping(srv);
+    srv.on_stop([&](rs::stop_reason) {
+        std::lock_guard<std::mutex> lock(m);
+        stopping = true;
+        cv.notify_all();
+    });
+    const std::uint16_t port = test::start(srv);
+
+    test::client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send("GET /ping?hold HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+    REQUIRE(c.read().status == 200);  // the response went out; its worker is in the log
+    {
+        std::unique_lock<std::mutex> lock(m);
+        REQUIRE(cv.wait_for(lock, 10s, [&] { return logging; }));
+    }
+    REQUIRE(c.send(keep_alive_ping));  // whole, in the socket, not read yet
+    srv.request_stop();
+    {
+        std::unique_lock<std::mutex> lock(m);
+        REQUIRE(cv.wait_for(lock, 10s, [&] { return stopping; }));  // the stop has begun
+        hold_log = false;
+        cv.notify_all();
+    }
+    const test::http_response r = c.read();
+    CHECK(r.status == 200);  // answered (with Connection: close), not dropped
+    CHECK(c.closed());
+    const rs::stop_result sr = srv.stop();
+    CHECK(sr.drained);
+    CHECK(sr.idle_closed == 0);
+}
