@@ -67,8 +67,8 @@
 // ENGINE
 //
 //   No thread waits on one client. Sockets are non-blocking; connections wait in one
-//   epoll set (edge-triggered; or poll(2), see PORTABILITY), and the worker that sees one ready reads, parses, runs the
-//   handler and writes the response itself - no hand-off between threads (before it
+//   epoll set (edge-triggered; or poll(2), see PORTABILITY), and the worker that sees one
+//   ready reads, parses, runs the handler and writes the response itself - no hand-off between threads (before it
 //   serves, it starts another worker if none is left waiting). A response the socket does
 //   not take at once waits in its connection until the socket is writable, under
 //   write_timeout; a client that pipelines without reading gets no more of its requests
@@ -1199,19 +1199,23 @@ RESTARTABLE_SERVER_FN bool own_descriptor(int fd, bool nonblocking) noexcept {
 // after: a fork() and exec() in another thread in between would inherit that descriptor,
 // as on any system without SOCK_CLOEXEC.
 
+#ifdef RESTARTABLE_SERVER_USE_POLL
+/// owned: fd (-1 passes through) made ours by own_descriptor, or closed: -1 with errno.
+RESTARTABLE_SERVER_FN int owned(int fd, bool nonblocking) noexcept {
+    if (fd < 0 || own_descriptor(fd, nonblocking)) return fd;
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    return -1;
+}
+#endif  // RESTARTABLE_SERVER_USE_POLL
+
 /// new_socket: socket(2), close-on-exec, and non-blocking when asked; -1 with errno.
 RESTARTABLE_SERVER_FN int new_socket(int domain, int type, int protocol, bool nonblocking) noexcept {
 #ifndef RESTARTABLE_SERVER_USE_POLL
     return ::socket(domain, type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), protocol);
 #else
-    const int fd = ::socket(domain, type, protocol);
-    if (fd >= 0 && !own_descriptor(fd, nonblocking)) {
-        const int e = errno;
-        ::close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
+    return owned(::socket(domain, type, protocol), nonblocking);
 #endif  // RESTARTABLE_SERVER_USE_POLL
 }
 
@@ -1221,14 +1225,7 @@ RESTARTABLE_SERVER_FN int accept_connection(int listener) noexcept {
 #ifndef RESTARTABLE_SERVER_USE_POLL
     return ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
 #else
-    const int fd = ::accept(listener, nullptr, nullptr);
-    if (fd >= 0 && !own_descriptor(fd, true)) {
-        const int e = errno;
-        ::close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
+    return owned(::accept(listener, nullptr, nullptr), true);
 #endif  // RESTARTABLE_SERVER_USE_POLL
 }
 
@@ -2057,7 +2054,6 @@ struct ready_event {
 /// nested in another, which then reports it while any of its descriptors is ready.
 class event_set {
 public:
-    static constexpr const char* name = "epoll";
     bool open() noexcept {
         fd_.reset(::epoll_create1(EPOLL_CLOEXEC));
         return static_cast<bool>(fd_);
@@ -2111,7 +2107,6 @@ private:
 /// hundreds of connections of an embedded tool; bench/ measures it at 10,000 idle.
 class event_set {
 public:
-    static constexpr const char* name = "poll";
     event_set() = default;
     event_set(const event_set&) = delete;
     event_set& operator=(const event_set&) = delete;
@@ -3249,7 +3244,7 @@ RESTARTABLE_SERVER_FN bool run::spawn_worker() noexcept {
 RESTARTABLE_SERVER_FN void run::worker_main() noexcept {
     srv_.add_server_thread();  // before it serves: a handler's stop() must know its thread
     worker w;
-    ready_event ev;
+    ready_event ev{nullptr, 0};
     for (;;) {
         waiting_.fetch_add(1);
         const int ready = conns_.wait(&ev, 1, -1);
