@@ -2092,9 +2092,9 @@ private:
 #else
 /// event_set: descriptors one or more threads wait on, with poll(2) (POSIX; no epoll).
 /// Registrations live in a table indexed by descriptor. One waiting thread at a time
-/// calls poll(2) on the armed ones (the leader); the others wait on a condition for what
+/// calls poll(2) on every armed one (the leader); the others wait on a condition for what
 /// it finds. A change to the table while the leader polls wakes it through the set's own
-/// pipe, so it polls again with the table as it is now.
+/// pipe, so it polls again with the table as it is now - except a re-arm (see below).
 ///
 /// poll(2) reports a level, not an edge: an ev_edge registration is one-shot instead -
 /// reported once, then disarmed until rearm() or modify(); the connection code re-arms a
@@ -2102,9 +2102,11 @@ private:
 /// gives the same guarantee (one report per wait, none lost). Registrations without
 /// ev_edge (the listener, the self-pipe, nested sets) report for as long as they are ready.
 ///
-/// Cost: each poll(2) passes every armed descriptor to the kernel, and each park wakes
-/// the leader to poll again, so a request costs O(connections): fine for the tens or
-/// hundreds of connections of an embedded tool; bench/ measures it at 10,000 idle.
+/// Cost: each poll(2) passes its descriptors to the kernel: O(connections). So that a
+/// busy connection does not pay that on every request, a descriptor re-armed while the
+/// leader polls goes on a short list (delta_) that a second waiting thread polls (the
+/// sub-leader), woken through a pipe of its own; the leader is woken only when no thread
+/// is left to do that. A descriptor on both lists is reported once: the report disarms it.
 class event_set {
 public:
     event_set() = default;
@@ -2112,10 +2114,13 @@ public:
     event_set& operator=(const event_set&) = delete;
 
     bool open() noexcept {
-        int fds[2];
+        int fds[2], sub[2];
         if (!make_pipe(fds)) return false;
         wake_read_.reset(fds[0]);
         wake_write_.reset(fds[1]);
+        if (!make_pipe(sub)) return false;
+        sub_wake_read_.reset(sub[0]);
+        sub_wake_write_.reset(sub[1]);
         return true;
     }
     bool add(int fd, void* ptr, std::uint32_t interest) noexcept {
@@ -2135,7 +2140,7 @@ public:
         entry& e = table_[static_cast<std::size_t>(fd)];
         if (e.used) return errno = EEXIST, false;
         e = {ptr, interest, ++serial_, true, true};
-        interrupt();
+        wake_watchers();
         return true;
     }
     /// modify: changes what fd is watched for, and arms it (epoll's EPOLL_CTL_MOD).
@@ -2146,7 +2151,8 @@ public:
         e->ptr = ptr;
         e->interest = interest;
         e->armed = true;
-        interrupt();
+        e->serial = ++serial_;
+        wake_watchers();
         return true;
     }
     /// rearm: arms fd again after its one-shot report, if it is still ptr's.
@@ -2156,12 +2162,20 @@ public:
         if (e == nullptr || e->ptr != ptr || (e->armed && e->interest == interest)) return;
         e->interest = interest;
         e->armed = true;
-        interrupt();
+        e->serial = ++serial_;  // a poll(2) begun before sees an older arming: dropped
+        if (!polling_.load() || !add_to_delta(fd, *e)) return wake_watchers();
+        if (sub_polling_) {
+            wake_sub();  // it polls the list as it was: again, with fd
+        } else if (followers_ > 0) {
+            cv_.notify_one();  // one of them polls the list
+        } else {
+            interrupt();  // nobody else waits: the leader polls again, with fd
+        }
     }
     void remove(int fd) noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
         if (entry* e = find(fd)) *e = entry();
-        interrupt();
+        wake_watchers();
     }
     /// add_set: nests inner: this set reports ptr while any descriptor of inner is ready.
     /// A set is nested in one set at a time: it leaves the one it was in (a retiree's
@@ -2206,12 +2220,18 @@ public:
                 if (timeout_ms >= 0 && clock::now() >= until) return 0;
                 continue;
             }
-            if (timeout_ms == 0) return 0;  // another thread polls: nothing here yet
-            if (timeout_ms < 0) {
-                cv_.wait(lock);
-            } else if (cv_.wait_until(lock, until) == std::cv_status::timeout && ready_.empty()) {
-                return 0;
+            if (!delta_.empty() && !sub_polling_) {  // re-armed since the leader began
+                if (!poll_delta(lock, until)) return -1;
+                if (!ready_.empty()) return take_ready(out, max);
+                if (timeout_ms >= 0 && clock::now() >= until) return 0;
+                continue;
             }
+            if (timeout_ms == 0) return 0;  // another thread polls: nothing here yet
+            ++followers_;
+            const bool timed_out = timeout_ms < 0 ? (cv_.wait(lock), false)
+                                                  : cv_.wait_until(lock, until) == std::cv_status::timeout;
+            --followers_;
+            if (timed_out && ready_.empty()) return 0;
         }
     }
 
@@ -2219,9 +2239,10 @@ private:
     struct entry {
         void* ptr = nullptr;
         std::uint32_t interest = 0;
-        std::uint64_t serial = 0;  // tells a registration from a later one on the same fd
+        std::uint64_t serial = 0;  // which arming: a report for an earlier one is stale
         bool used = false;
         bool armed = false;
+        bool in_delta = false;  // on delta_
     };
     struct nested {
         event_set* set;
@@ -2248,8 +2269,7 @@ private:
         for (std::size_t fd = 0; fd < table_.size(); ++fd) {
             const entry& e = table_[fd];
             if (!e.used || !e.armed || (e.interest & (ev_in | ev_out)) == 0) continue;
-            const auto events = static_cast<short>(((e.interest & ev_in) ? POLLIN : 0) | ((e.interest & ev_out) ? POLLOUT : 0));
-            fds.push_back({static_cast<int>(fd), events, 0});
+            fds.push_back({static_cast<int>(fd), poll_events(e.interest), 0});
             serials.push_back(e.serial);
         }
     }
@@ -2261,6 +2281,8 @@ private:
         serials_.clear();
         polled_inner_.clear();
         bool inner_ready = false;  // a nested set has reports left from its own wait
+        for (const int fd : delta_) table_[static_cast<std::size_t>(fd)].in_delta = false;
+        delta_.clear();  // this poll watches them all
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -2280,41 +2302,120 @@ private:
             return false;
         }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        int timeout = -1;
-        if (inner_ready) {
-            timeout = 0;
-        } else if (until != clock::time_point::max()) {
-            const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now()).count();
-            timeout = static_cast<int>(std::clamp<long long>(left, 0, 1 << 30));
-        }
+        const int timeout = inner_ready ? 0 : poll_timeout(until);
         lock.unlock();
         const int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout);
         const int poll_errno = errno;
         lock.lock();
         polling_.store(false);
-        cv_.notify_one();  // a follower may lead now
+        if (followers_ > 0) {
+            cv_.notify_one();  // a follower leads now
+        } else if (sub_polling_) {
+            wake_sub();  // nobody else waits: the sub-leader must lead, or no one watches all
+        }
         if (n < 0 && poll_errno != EINTR) return errno = poll_errno, false;
         if (fds_[0].revents != 0) {  // a change came: the next poll sees it
             wake_sent_.store(false);
-            char bytes[64];
-            while (::read(wake_read_.get(), bytes, sizeof bytes) > 0) {
-            }
+            drain(wake_read_.get());
         }
-        if (n > 0 || inner_ready) collect(inner_ready);
+        if (n > 0 || inner_ready) collect(fds_, serials_, polled_inner_.empty() ? fds_.size() : polled_inner_.front().begin);
+        if (n > 0 || inner_ready) collect_inner(inner_ready);
         return true;
     }
-    /// collect: what the last poll(2) found, into ready_. A one-shot registration is
-    /// disarmed as it is reported; a report for a registration that changed meanwhile
-    /// (another serial) is dropped. Nested sets report their pointer once.
-    void collect(bool inner_ready) noexcept {
-        const std::size_t own_end = polled_inner_.empty() ? fds_.size() : polled_inner_.front().begin;
+    /// wake_watchers: after a change (under the lock), every poll(2) under way is redone
+    /// with the table as it is now - also so that it lets go of a descriptor just closed:
+    /// a socket stays open (no FIN to the client) while a poll(2) still holds it. With no
+    /// poll under way, a follower takes the lead.
+    void wake_watchers() noexcept {
+        interrupt();
+        if (sub_polling_) wake_sub();
+        if (!polling_.load() && !sub_polling_ && followers_ > 0) cv_.notify_one();
+    }
+    /// add_to_delta: puts fd on the list of descriptors armed since the leader began.
+    bool add_to_delta(int fd, entry& e) noexcept {
+        if (e.in_delta) return true;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-            for (std::size_t i = 1; i < own_end; ++i) {
-                const short r = fds_[i].revents;
-                entry* e = r != 0 ? find(fds_[i].fd) : nullptr;
-                if (e == nullptr || e->serial != serials_[i] || !e->armed) continue;
+            delta_.push_back(fd);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+            return false;
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        e.in_delta = true;
+        return true;
+    }
+    /// poll_delta: one poll(2) as the sub-leader, on what delta_ holds (the leader's
+    /// poll does not have those), the lock released meanwhile. False when poll(2) failed.
+    bool poll_delta(std::unique_lock<std::mutex>& lock, clock::time_point until) noexcept {
+        sub_polling_ = true;
+        sub_fds_.clear();
+        sub_serials_.clear();
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            sub_fds_.push_back({sub_wake_read_.get(), POLLIN, 0});
+            sub_serials_.push_back(0);
+            for (const int fd : delta_) {
+                const entry& e = table_[static_cast<std::size_t>(fd)];
+                if (!e.used || !e.armed || (e.interest & (ev_in | ev_out)) == 0) continue;
+                sub_fds_.push_back({fd, poll_events(e.interest), 0});
+                sub_serials_.push_back(e.serial);
+            }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+            sub_polling_ = false;
+            errno = ENOMEM;
+            return false;
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        lock.unlock();
+        const int n = ::poll(sub_fds_.data(), static_cast<nfds_t>(sub_fds_.size()), poll_timeout(until));
+        const int poll_errno = errno;
+        lock.lock();
+        sub_polling_ = false;
+        cv_.notify_one();  // another follower may poll the list now
+        if (n < 0 && poll_errno != EINTR) return errno = poll_errno, false;
+        if (sub_fds_[0].revents != 0) {
+            sub_wake_sent_ = false;
+            drain(sub_wake_read_.get());
+        }
+        if (n > 0) collect(sub_fds_, sub_serials_, sub_fds_.size());
+        return true;
+    }
+    /// wake_sub: makes the sub-leader's poll(2) return (it looks at the lists again).
+    void wake_sub() noexcept {
+        if (sub_wake_sent_) return;
+        sub_wake_sent_ = true;
+        const char byte = 0;
+        (void)::write(sub_wake_write_.get(), &byte, 1);
+    }
+    static void drain(int fd) noexcept {
+        char bytes[64];
+        while (::read(fd, bytes, sizeof bytes) > 0) {
+        }
+    }
+    static short poll_events(std::uint32_t interest) noexcept {
+        return static_cast<short>(((interest & ev_in) ? POLLIN : 0) | ((interest & ev_out) ? POLLOUT : 0));
+    }
+    static int poll_timeout(clock::time_point until) noexcept {
+        if (until == clock::time_point::max()) return -1;
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now()).count();
+        return static_cast<int>(std::clamp<long long>(left, 0, 1 << 30));
+    }
+    /// collect: what a poll(2) found in fds[1, end) (this set's own), into ready_. A
+    /// one-shot registration is disarmed as it is reported (so the leader and the
+    /// sub-leader never both report it); a report for a registration that changed
+    /// meanwhile (another serial) is dropped.
+    void collect(const std::vector<pollfd>& fds, const std::vector<std::uint64_t>& serials, std::size_t end) noexcept {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            for (std::size_t i = 1; i < end; ++i) {
+                const short r = fds[i].revents;
+                entry* e = r != 0 ? find(fds[i].fd) : nullptr;
+                if (e == nullptr || e->serial != serials[i] || !e->armed) continue;
                 if (r & POLLNVAL) {  // closed without remove(): never report it again
                     e->armed = false;
                     continue;
@@ -2324,6 +2425,17 @@ private:
                 if (e->interest & ev_edge) e->armed = false;
                 ready_.push_back({e->ptr, events});
             }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {  // the rest stay ready: the next poll finds them
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    /// collect_inner: the nested sets the leader's poll(2) found ready report their
+    /// pointer, once each.
+    void collect_inner(bool inner_ready) noexcept {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
             for (std::size_t k = 0; k < polled_inner_.size(); ++k) {
                 const std::size_t end = k + 1 < polled_inner_.size() ? polled_inner_[k + 1].begin : fds_.size();
                 bool ready = inner_ready;
@@ -2359,10 +2471,18 @@ private:
     };
     std::vector<polled> polled_inner_;
     std::uint64_t serial_ = 0;
-    std::atomic<bool> polling_{false};
+    std::atomic<bool> polling_{false};  // a leader is in poll(2)
     std::atomic<bool> wake_sent_{false};
     std::atomic<event_set*> outer_{nullptr};
     unique_fd wake_read_, wake_write_;
+    // The sub-leader's (under mutex_ all).
+    std::vector<int> delta_;  // descriptors armed since the leader's poll(2) began
+    std::vector<pollfd> sub_fds_;
+    std::vector<std::uint64_t> sub_serials_;
+    bool sub_polling_ = false;
+    bool sub_wake_sent_ = false;
+    int followers_ = 0;  // threads waiting on cv_
+    unique_fd sub_wake_read_, sub_wake_write_;
 };
 #endif  // RESTARTABLE_SERVER_USE_POLL
 /// route: one registered route. Immutable; shared between the server and its runs.
