@@ -111,11 +111,12 @@
 //   accept4/pipe2/SOCK_CLOEXEC. Everywhere else (macOS, the BSDs), or on Linux with
 //   RESTARTABLE_SERVER_USE_POLL, the poll(2) backend is used: POSIX calls only (socket,
 //   accept, pipe, then fcntl for FD_CLOEXEC and O_NONBLOCK; SO_NOSIGPIPE where sends have
-//   no MSG_NOSIGNAL). Behaviour is the same - the whole test suite runs on both - but each
-//   poll(2) passes every waiting connection to the kernel, so its cost per request grows
-//   with the number of open connections: measured in bench/RESULTS.md (figure 13), fine
-//   for the tens or hundreds of connections an embedded tool has. upgrade() needs Linux
-//   (abstract socket for the child's readiness; pidfd when the kernel has it).
+//   no MSG_NOSIGNAL). Behaviour is the same - the whole test suite runs on both - but a
+//   poll(2) that watches the idle connections passes every one of them to the kernel, so
+//   a request arriving on an idle (or new) connection costs time in proportion to the
+//   open connections; busy connections are watched on a short list and do not. Measured
+//   in bench/RESULTS.md (figure 13). upgrade() needs Linux (abstract socket for the
+//   child's readiness; pidfd when the kernel has it).
 //
 // CONFIGURATION MACROS
 //
