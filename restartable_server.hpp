@@ -1045,41 +1045,48 @@ struct stop_signal {
     }
 };
 
-/// date_cache: the IMF-fixdate of the current second (RFC 9110 5.6.7), formatted once a
-/// second. Independent of the C locale. One per thread that writes responses.
+/// http_date_size: the length of an IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT".
+inline constexpr std::size_t http_date_size = 29;
+
+/// write_http_date: t as an IMF-fixdate (RFC 9110 5.6.7) into out, independent of the C
+/// locale. False when t cannot be written so (its year is not four digits).
+RESTARTABLE_SERVER_FN bool write_http_date(std::time_t t, char (&out)[http_date_size]) noexcept {
+    std::tm tm{};
+    if (!::gmtime_r(&t, &tm) || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) return false;
+    static constexpr char days[] = "SunMonTueWedThuFriSat";
+    static constexpr char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    char* p = out;
+    auto two = [&p](int v) {
+        *p++ = static_cast<char>('0' + v / 10);
+        *p++ = static_cast<char>('0' + v % 10);
+    };
+    std::memcpy(p, days + 3 * tm.tm_wday, 3), p += 3;
+    *p++ = ',', *p++ = ' ';
+    two(tm.tm_mday);
+    *p++ = ' ';
+    std::memcpy(p, months + 3 * tm.tm_mon, 3), p += 3;
+    *p++ = ' ';
+    const int year = tm.tm_year + 1900;
+    two(year / 100), two(year % 100);
+    *p++ = ' ';
+    two(tm.tm_hour), *p++ = ':', two(tm.tm_min), *p++ = ':', two(tm.tm_sec);
+    std::memcpy(p, " GMT", 4);
+    return true;
+}
+
+/// date_cache: the IMF-fixdate of the current second, written once a second. One per
+/// thread that writes responses.
 class date_cache {
 public:
     std::string_view now() noexcept {
-        std::time_t t = std::time(nullptr);
-        if (t != last_) {
-            last_ = t;
-            std::tm tm{};
-            ::gmtime_r(&t, &tm);
-            static constexpr char days[] = "SunMonTueWedThuFriSat";
-            static constexpr char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-            char* p = buf_;
-            auto two = [&p](int v) {
-                *p++ = static_cast<char>('0' + v / 10);
-                *p++ = static_cast<char>('0' + v % 10);
-            };
-            std::memcpy(p, days + 3 * tm.tm_wday, 3), p += 3;
-            *p++ = ',', *p++ = ' ';
-            two(tm.tm_mday);
-            *p++ = ' ';
-            std::memcpy(p, months + 3 * tm.tm_mon, 3), p += 3;
-            *p++ = ' ';
-            int year = tm.tm_year + 1900;
-            two(year / 100), two(year % 100);
-            *p++ = ' ';
-            two(tm.tm_hour), *p++ = ':', two(tm.tm_min), *p++ = ':', two(tm.tm_sec);
-            std::memcpy(p, " GMT", 4);
-        }
+        const std::time_t t = std::time(nullptr);
+        if (t != last_ && write_http_date(t, buf_)) last_ = t;
         return {buf_, sizeof buf_};
     }
 
 private:
     std::time_t last_ = -1;
-    char buf_[29] = {};
+    char buf_[http_date_size] = {};
 };
 
 /// byte_buffer: a growable byte array whose unused tail is not initialised, so reading
@@ -4753,34 +4760,10 @@ RESTARTABLE_SERVER_FN bool open_beneath(const std::string& real_root, const std:
 
 // --- dates --
 
-/// format_http_date: t as an IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT" (RFC 9110
-/// 5.6.7), independent of the C locale; "" when t cannot be represented.
+/// format_http_date: t as an IMF-fixdate (write_http_date); "" when it cannot be.
 RESTARTABLE_SERVER_FN std::string format_http_date(std::time_t t) {
-    std::tm tm{};
-    if (!::gmtime_r(&t, &tm) || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) return {};
-    static constexpr char days[] = "SunMonTueWedThuFriSat";
-    static constexpr char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    std::string out;
-    auto two = [&out](int v) {
-        out += static_cast<char>('0' + v / 10);
-        out += static_cast<char>('0' + v % 10);
-    };
-    out.append(days + 3 * tm.tm_wday, 3);
-    out += ", ";
-    two(tm.tm_mday);
-    out += ' ';
-    out.append(months + 3 * tm.tm_mon, 3);
-    out += ' ';
-    two((tm.tm_year + 1900) / 100);
-    two((tm.tm_year + 1900) % 100);
-    out += ' ';
-    two(tm.tm_hour);
-    out += ':';
-    two(tm.tm_min);
-    out += ':';
-    two(tm.tm_sec);
-    out += " GMT";
-    return out;
+    char buf[http_date_size];
+    return write_http_date(t, buf) ? std::string(buf, sizeof buf) : std::string();
 }
 
 /// date_reader: reads an HTTP-date from left to right; once a step does not fit, ok stays
