@@ -129,6 +129,34 @@
 //   RESTARTABLE_SERVER_USE_POLL       Define (in every translation unit) to wait with
 //                                     poll(2) instead of epoll(7) on Linux. Chosen
 //                                     automatically on every other system. See PORTABILITY.
+//   RESTARTABLE_SERVER_TEST_HOOKS     Define (in every translation unit) for
+//                                     server::set_sync_point(), see TEST HOOKS. Without
+//                                     it the points compile to nothing.
+//
+// TEST HOOKS
+//
+//   With RESTARTABLE_SERVER_TEST_HOOKS, a test can run a function of its own on a server
+//   thread at a named point (RocksDB's TEST_SYNC_POINT idea) and block there until it lets
+//   the thread go on, so a race between two threads happens the same way every run. The
+//   points, and the argument each passes:
+//
+//   point                          where                                         arg
+//   -----------------------------  --------------------------------------------  -------
+//   transition                     a legal state change, before it is made       new state
+//                                  (mutex held: call nothing of the server but
+//                                  state() and port() from it)
+//   start.starting                 start()/run(): state starting, no listener    0
+//   request_stop.flag_set          the stop flag is set, the self-pipe not yet   0
+//                                  written
+//   control.woken                  the control thread woke, before it looks at   0
+//                                  the stop and restart flags
+//   hand_over.listener_moved       a restart: the next run has the listener,     0
+//                                  no connection has moved yet
+//   park.parked                    a worker parked a connection (another thread  conn state
+//                                  may take it from here), before it looks for
+//                                  what came meanwhile
+//   run_to_end.before_stopped      the run is over (threads joined, descriptors  0
+//                                  closed), the state still stopping
 #ifndef RESTARTABLE_SERVER_HPP
 #define RESTARTABLE_SERVER_HPP
 
@@ -698,6 +726,13 @@ public:
     /// port: the local TCP port of the current run (0 when stopped or not TCP).
     std::uint16_t port() const noexcept { return port_.load(); }
 
+#ifdef RESTARTABLE_SERVER_TEST_HOOKS
+    /// set_sync_point: (tests only; see TEST HOOKS) calls fn(arg) on the server's own
+    /// thread each time it passes the point named; an empty fn removes it. A test holds
+    /// that thread there by blocking in fn, so a race has a deterministic test.
+    void set_sync_point(std::string name, std::function<void(int arg)> fn);
+#endif  // RESTARTABLE_SERVER_TEST_HOOKS
+
 private:
     friend class detail::run;
 
@@ -713,8 +748,15 @@ private:
     bool on_server_thread() const;
     void add_server_thread();
     void remove_server_thread() noexcept;
+    stop_result stop_impl(std::int64_t drain_limit) noexcept;
     void wake() noexcept;
     void drain_wake() noexcept;
+#ifdef RESTARTABLE_SERVER_TEST_HOOKS
+    void sync_point(const char* name, int arg = 0) noexcept;
+    std::mutex sync_mutex_;
+    std::vector<std::pair<std::string, std::shared_ptr<std::function<void(int)>>>> sync_points_;
+    std::atomic<bool> any_sync_point_{false};
+#endif  // RESTARTABLE_SERVER_TEST_HOOKS
 
     mutable std::mutex mutex_;            // guards options_, routes_, server_threads_, last_stop_, state changes
     mutable std::condition_variable cv_;  // notified (under mutex_) on every state change
@@ -817,6 +859,13 @@ std::string_view mime_type(std::string_view filename) noexcept;
 #else
 #define RESTARTABLE_SERVER_FN inline
 #endif  // RESTARTABLE_SERVER_SPLIT
+
+// RESTARTABLE_SERVER_SYNC_POINT(srv, name, arg): a TEST HOOKS point; nothing without them.
+#ifdef RESTARTABLE_SERVER_TEST_HOOKS
+#define RESTARTABLE_SERVER_SYNC_POINT(srv, name, arg) (srv).sync_point(name, arg)
+#else
+#define RESTARTABLE_SERVER_SYNC_POINT(srv, name, arg) ((void)0)
+#endif  // RESTARTABLE_SERVER_TEST_HOOKS
 
 namespace restartable_server {
 namespace detail {
@@ -2976,6 +3025,7 @@ RESTARTABLE_SERVER_FN void run::loop() noexcept {
             else  // a connection set served inline: this run's, or a retiree's
                 static_cast<run*>(p)->serve_inline();
         }
+        RESTARTABLE_SERVER_SYNC_POINT(srv_, "control.woken", 0);
         if (!stopping_.load() && srv_.stop_requested_.load()) begin_stop(now);
         if (!stopping_.load() && srv_.restart_requested_.load() && hand_over(now)) return;
         if (accept_paused_ && now >= accept_resume_) {
@@ -2998,6 +3048,7 @@ RESTARTABLE_SERVER_FN int run::wait_timeout(clock::time_point now) const noexcep
     if (stopping_.load() && !cut_done_) until = std::min(until, drain_deadline());
     if (accept_paused_) until = std::min(until, to_ns(accept_resume_));
     for (const auto& r : retirees_) {
+        if (r->live_.load() == 0) return 0;  // it went (perhaps before it retired): join it now
         until = std::min(until, r->next_sweep_.load());
         if (!r->cut_done_) until = std::min(until, r->drain_deadline());
     }
@@ -3069,6 +3120,7 @@ RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
     srv_.set_listener_fd(to.listener_.get());  // before the old one closes (upgrade dups it)
     listener_.reset();
     srv_.port_.store(local_port(to.listener_.get()));
+    RESTARTABLE_SERVER_SYNC_POINT(srv_, "hand_over.listener_moved", 0);
     srv_.current_.store(&to);  // where connections go from now on...
     retiring_.store(true);     // ...before anything can see stopping_ and close an idle one
     stopping_.store(true);
@@ -3949,6 +4001,7 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
     c.deadline.store(deadline);
     if (deadline != never) lower_next_sweep(deadline);
     c.hold.store(connection::parked);  // from here on another thread may hold c
+    RESTARTABLE_SERVER_SYNC_POINT(srv_, "park.parked", static_cast<int>(s));
     if (c.pending.load() != 0 && take(c)) return true;  // an event came while this thread held it
     // A connection parked just as a stop or restart began may have been missed by its
     // sweep of parked connections.
@@ -4237,6 +4290,7 @@ RESTARTABLE_SERVER_FN bool server::transition_locked(server_state from, server_s
                        (from == s::starting && to == s::stopped) || (from == s::running && to == s::stopping) ||
                        (from == s::stopping && to == s::stopped);
     if (!legal || state_.load() != from) return false;
+    RESTARTABLE_SERVER_SYNC_POINT(*this, "transition", static_cast<int>(to));
     state_.store(to);
     cv_.notify_all();
     return true;
@@ -4281,6 +4335,7 @@ RESTARTABLE_SERVER_FN void server::request_stop() noexcept {
     if (!stop_requested_.load())    // clock_gettime is async-signal-safe
         stop_requested_at_.store(detail::to_ns(detail::clock::now()));
     stop_requested_.store(true);
+    RESTARTABLE_SERVER_SYNC_POINT(*this, "request_stop.flag_set", 0);
     if (wake_write_) wake();
     errno = saved_errno;
 }
@@ -4323,20 +4378,24 @@ RESTARTABLE_SERVER_FN void server::start_impl(std::error_code& ec, bool in_calle
         ec = make_error_code(errc::already_running);
         return;
     }
-    std::unique_lock<std::mutex> lifecycle(lifecycle_);
-    if (state_.load() == server_state::stopped && loop_thread_.joinable()) loop_thread_.join();  // ended by itself
-    stop_requested_.store(false);  // a request from here on is kept
-    stop_requested_at_.store(0);
-    drain_limit_.store(detail::never);
+    std::unique_lock<std::mutex> lifecycle(lifecycle_);  // no other start, stop or wait
     {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::unique_lock<std::mutex> lock(mutex_);
+        // A run that is ending (a request_stop() nobody waits for) is waited for; one that
+        // runs is left alone - its pending stop request too.
+        cv_.wait(lock, [this] { return state_.load() != server_state::stopping; });
         if (!transition_locked(server_state::stopped, server_state::starting)) {
             ec = make_error_code(errc::already_running);
             return;
         }
         ++generation_;
+        drain_wake();  // before the flag is cleared: a request's byte from here on stays
+        stop_requested_.store(false);  // a request from here on is kept
+        stop_requested_at_.store(0);
+        drain_limit_.store(detail::never);
     }
-    drain_wake();
+    if (loop_thread_.joinable()) loop_thread_.join();  // a run that ended by itself: stopped, gone
+    RESTARTABLE_SERVER_SYNC_POINT(*this, "start.starting", 0);
     std::unique_ptr<detail::run> run = make_run(ec, false);
     if (!run) {
         transition(server_state::starting, server_state::stopped);
@@ -4468,6 +4527,7 @@ RESTARTABLE_SERVER_FN stop_result server::run_to_end(std::unique_ptr<detail::run
     current_.store(nullptr);
     control_thread_.store(std::thread::id());
     run.reset();  // its workers are joined; this closes its event sets and listener
+    RESTARTABLE_SERVER_SYNC_POINT(*this, "run_to_end.before_stopped", 0);
     std::lock_guard<std::mutex> lock(mutex_);
     last_stop_ = result;
     port_.store(0);
@@ -4479,29 +4539,38 @@ RESTARTABLE_SERVER_FN stop_result server::run_to_end(std::unique_ptr<detail::run
     return result;
 }
 
-RESTARTABLE_SERVER_FN stop_result server::stop() noexcept {
+RESTARTABLE_SERVER_FN stop_result server::stop() noexcept { return stop_impl(detail::never); }
+
+RESTARTABLE_SERVER_FN stop_result server::stop(std::chrono::milliseconds drain_timeout) noexcept {
+    return stop_impl(detail::to_ns(detail::clock::now()) +
+                     std::chrono::nanoseconds(std::max(drain_timeout, std::chrono::milliseconds(0))).count());
+}
+
+/// stop_impl: stop() with an earlier drain deadline (steady ns) unless it is never. The
+/// deadline is lowered before the lifecycle lock (a stop under way on another thread
+/// gets it) and again once this stop holds it (a start() in between cleared it).
+RESTARTABLE_SERVER_FN stop_result server::stop_impl(std::int64_t drain_limit) noexcept {
+    const auto lower_limit = [this, drain_limit] {
+        std::int64_t current = drain_limit_.load();
+        while (drain_limit < current && !drain_limit_.compare_exchange_weak(current, drain_limit)) {
+        }
+    };
+    lower_limit();
     if (on_server_thread()) {  // a handler: waiting for ourselves would deadlock
         request_stop();
         return {false, false, 0, {}};
     }
     std::lock_guard<std::mutex> lifecycle(lifecycle_);
-    if (state_.load() != server_state::stopped) request_stop();
+    if (state_.load() != server_state::stopped) {
+        lower_limit();
+        request_stop();
+    }
     std::unique_lock<std::mutex> lock(mutex_);
     cv_.wait(lock, [this] { return state_.load() == server_state::stopped; });
     const stop_result result = last_stop_;
     lock.unlock();
     if (loop_thread_.joinable()) loop_thread_.join();
     return result;
-}
-
-RESTARTABLE_SERVER_FN stop_result server::stop(std::chrono::milliseconds drain_timeout) noexcept {
-    const std::int64_t limit =
-        detail::to_ns(detail::clock::now()) +
-        std::chrono::nanoseconds(std::max(drain_timeout, std::chrono::milliseconds(0))).count();
-    std::int64_t current = drain_limit_.load();
-    while (limit < current && !drain_limit_.compare_exchange_weak(current, limit)) {
-    }
-    return stop();
 }
 
 RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
@@ -4515,16 +4584,23 @@ RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
         return;
     }
     if (!on_control_thread) serial.lock();
-    if (state_.load() != server_state::running) {
-        ec = make_error_code(errc::not_running);
-        return;
-    }
-    std::unique_ptr<detail::run> next = make_run(ec, true);
-    if (!next) return;
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (state_.load() != server_state::running) {  // a stop began meanwhile
-        ec = make_error_code(errc::not_running);
-        return;
+    std::unique_ptr<detail::run> next;  // destroyed after the lock is released
+    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+    for (;;) {
+        if (state_.load() != server_state::running) {
+            ec = make_error_code(errc::not_running);
+            return;
+        }
+        next = make_run(ec, true);
+        if (!next) return;
+        lock.lock();
+        if (state_.load() != server_state::running) {  // a stop began meanwhile
+            ec = make_error_code(errc::not_running);
+            return;
+        }
+        if (next->generation() == generation_) break;
+        lock.unlock();  // the run ended and another began meanwhile: build for that one
+        next.reset();
     }
     std::swap(next_run_, next);  // one left by an earlier restart on the control thread is replaced
     restart_outcome_ = 0;
@@ -4621,6 +4697,28 @@ RESTARTABLE_SERVER_FN bool server::wait_until_running(std::chrono::milliseconds 
     std::unique_lock<std::mutex> lock(mutex_);
     return cv_.wait_for(lock, timeout, [this] { return state_.load() == server_state::running; });
 }
+
+#ifdef RESTARTABLE_SERVER_TEST_HOOKS
+RESTARTABLE_SERVER_FN void server::set_sync_point(std::string name, std::function<void(int)> fn) {
+    std::lock_guard<std::mutex> lock(sync_mutex_);
+    auto it = std::find_if(sync_points_.begin(), sync_points_.end(), [&](const auto& p) { return p.first == name; });
+    if (it != sync_points_.end()) sync_points_.erase(it);
+    if (fn) sync_points_.emplace_back(std::move(name), std::make_shared<std::function<void(int)>>(std::move(fn)));
+    any_sync_point_.store(!sync_points_.empty());
+}
+
+/// sync_point: runs the function set for name, if any, outside sync_mutex_ (it may block).
+RESTARTABLE_SERVER_FN void server::sync_point(const char* name, int arg) noexcept {
+    if (!any_sync_point_.load()) return;  // request_stop() from a signal handler locks nothing
+    std::shared_ptr<std::function<void(int)>> fn;
+    {
+        std::lock_guard<std::mutex> lock(sync_mutex_);
+        for (const auto& p : sync_points_)
+            if (p.first == name) fn = p.second;
+    }
+    if (fn) (*fn)(arg);
+}
+#endif  // RESTARTABLE_SERVER_TEST_HOOKS
 
 namespace detail {
 
