@@ -4395,6 +4395,10 @@ RESTARTABLE_SERVER_FN void server::start_impl(std::error_code& ec, bool in_calle
         drain_limit_.store(detail::never);
     }
     if (loop_thread_.joinable()) loop_thread_.join();  // a run that ended by itself: stopped, gone
+    {  // a restart() of the run that ended may still be building its next run, with a
+       // listener that could hold this start's address: it gives up (not_running) first
+        std::lock_guard<std::mutex> barrier(restart_mutex_);
+    }
     RESTARTABLE_SERVER_SYNC_POINT(*this, "start.starting", 0);
     std::unique_ptr<detail::run> run = make_run(ec, false);
     if (!run) {
@@ -4584,23 +4588,18 @@ RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
         return;
     }
     if (!on_control_thread) serial.lock();
-    std::unique_ptr<detail::run> next;  // destroyed after the lock is released
-    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
-    for (;;) {
-        if (state_.load() != server_state::running) {
-            ec = make_error_code(errc::not_running);
-            return;
-        }
-        next = make_run(ec, true);
-        if (!next) return;
-        lock.lock();
-        if (state_.load() != server_state::running) {  // a stop began meanwhile
-            ec = make_error_code(errc::not_running);
-            return;
-        }
-        if (next->generation() == generation_) break;
-        lock.unlock();  // the run ended and another began meanwhile: build for that one
-        next.reset();
+    // A start() waits for this call to end (see start_impl), so the run it builds for is
+    // the current one until it returns.
+    if (state_.load() != server_state::running) {
+        ec = make_error_code(errc::not_running);
+        return;
+    }
+    std::unique_ptr<detail::run> next = make_run(ec, true);
+    if (!next) return;
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (state_.load() != server_state::running) {  // a stop began meanwhile
+        ec = make_error_code(errc::not_running);
+        return;
     }
     std::swap(next_run_, next);  // one left by an earlier restart on the control thread is replaced
     restart_outcome_ = 0;

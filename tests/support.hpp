@@ -50,6 +50,16 @@ namespace test {
 
 namespace rs = restartable_server;
 
+/// option_seed, option_seconds: main.cpp's --seed and --seconds (0: the test's default).
+inline unsigned long long& option_seed() {
+    static unsigned long long seed = 0;
+    return seed;
+}
+inline double& option_seconds() {
+    static double seconds = 0;
+    return seconds;
+}
+
 /// skip_count: how many RS_SKIPs this run went through. main.cpp exits 77 when it is not 0
 /// and nothing failed, and every CTest test has SKIP_RETURN_CODE 77.
 inline std::atomic<int>& skip_count() {
@@ -75,6 +85,19 @@ inline int count_entries(const char* dir) {
 }
 inline int open_fds() { return count_entries("/proc/self/fd"); }
 inline int thread_count() { return count_entries("/proc/self/task"); }
+
+/// settled: count(), re-read for up to 2 s while it differs from expected: a joined
+/// thread leaves /proc/self/task, and a run's descriptors close, a moment after what a
+/// test can wait on (no event marks that last step). A real leak still fails (after 2 s).
+inline int settled(int (*count)(), int expected) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    int n = count();
+    while (n != expected && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        n = count();
+    }
+    return n;
+}
 
 /// watchdog: aborts the process (Catch2 reports the running test) if a test case is
 /// still running after limit, so a deadlock fails with a message instead of a CTest

@@ -27,19 +27,8 @@ using steady = std::chrono::steady_clock;
 using test::watchdog;
 using test::run_in_thread;
 
-/// settled_thread_count: the thread count, re-read for up to 2 s while it differs from
-/// expected: pthread_join() returns a moment before the task leaves /proc/self/task, and
-/// no event marks that last step. A real leak still fails (after 2 s).
-int settled(int (*count)(), int expected) {
-    const auto deadline = steady::now() + 2s;
-    int n = count();
-    while (n != expected && steady::now() < deadline) {
-        std::this_thread::sleep_for(1ms);
-        n = count();
-    }
-    return n;
-}
-int settled_thread_count(int expected) { return settled(test::thread_count, expected); }
+/// settled_thread_count: the thread count once it settles (see test::settled).
+int settled_thread_count(int expected) { return test::settled(test::thread_count, expected); }
 
 void add_ping(rs::server& srv) {
     srv.get("/ping", [](const rs::request&, rs::response& res) { res.set_content("pong", "text/plain"); });
@@ -291,58 +280,64 @@ TEST_CASE("lifecycle races: a stop requested while start() builds the listener i
     CHECK(clean(sr));
 }
 
-TEST_CASE("lifecycle races: a restart() racing with stop() and start() never waits for a run "
-          "it was not built for", "[lifecycle][races][sync]") {
-    // restart() builds its next run for the current start; if that run stops and another
-    // starts before the hand-over is asked for, the next run belongs to no one: restart()
-    // must build again for the new run (or say not_running), not wait for ever.
+TEST_CASE("lifecycle races: a start() waits for a restart() of the run that ended to give up",
+          "[lifecycle][races][sync]") {
+    // restart() builds its next run for the current start. If that run stops and a start()
+    // began before the restart gave up, the next run would belong to no run (restart()
+    // then waited for the new run's end), and its listener could hold the address the
+    // start() binds (EADDRINUSE). So start() waits for it: the restart says not_running.
     watchdog wd("restart across a stop and start", 120s);
     rs::server srv(test::local_options(2));
     add_ping(srv);
     test::start(srv);
-    std::atomic<bool> restarted{false};
+    // restart() is held inside its listener factory (one without an address, so the
+    // restart builds a listener of its own), the first time it is called.
+    struct hold {
+        std::mutex m;
+        std::condition_variable cv;
+        bool inside = false, go = false;
+    };
+    auto h = std::make_shared<hold>();
+    rs::options o = test::local_options(2);
+    o.listener = rs::listener_factory([h](std::error_code& e) {
+        std::unique_lock<std::mutex> lock(h->m);
+        if (!h->inside) {
+            h->inside = true;
+            h->cv.notify_all();
+            h->cv.wait(lock, [&] { return h->go; });
+        }
+        lock.unlock();
+        return rs::tcp_listener("127.0.0.1", 0)(e);
+    });
+    srv.set_options(o);
     std::error_code restart_ec;
-    std::thread restarter;
+    std::thread restarter([&] { srv.restart(restart_ec); });
     {
-        // Held where restart() has built its run: make_run() reads the generation, then
-        // the transition hook is not passed; so hold the restart inside make_run's
-        // listener factory instead (a factory that blocks the first time it is asked).
-        auto state = std::make_shared<std::pair<std::mutex, std::condition_variable>>();
-        auto flags = std::make_shared<std::pair<bool, bool>>(false, false);  // inside, go
-        rs::options o = test::local_options(2);
-        o.listener = rs::listener_factory([state, flags](std::error_code& e) {
-            std::unique_lock<std::mutex> lock(state->first);
-            if (!flags->first) {
-                flags->first = true;
-                state->second.notify_all();
-                state->second.wait(lock, [&] { return flags->second; });
-            }
-            lock.unlock();
-            return rs::tcp_listener("127.0.0.1", 0)(e);
-        });
-        srv.set_options(o);  // a factory without an address: restart() builds its own listener
-        restarter = std::thread([&] {
-            srv.restart(restart_ec);
-            restarted.store(true);
-        });
-        {
-            std::unique_lock<std::mutex> lock(state->first);
-            REQUIRE(state->second.wait_for(lock, 30s, [&] { return flags->first; }));
-        }
-        // The run restart() was built for ends, and another begins.
-        srv.set_options(test::local_options(2));
-        CHECK(clean(srv.stop()));
-        test::start(srv);
-        {
-            std::lock_guard<std::mutex> lock(state->first);
-            flags->second = true;
-            state->second.notify_all();
-        }
+        std::unique_lock<std::mutex> lock(h->m);
+        REQUIRE(h->cv.wait_for(lock, 30s, [&] { return h->inside; }));
+    }
+    // The run restart() was built for ends, and a start() begins.
+    srv.set_options(test::local_options(2));
+    CHECK(clean(srv.stop()));
+    std::atomic<bool> released{false};
+    std::error_code start_ec;
+    bool start_waited = false;
+    std::thread starter([&] {
+        srv.start(start_ec);
+        start_waited = released.load();
+    });
+    released.store(true);
+    {
+        std::lock_guard<std::mutex> lock(h->m);
+        h->go = true;
+        h->cv.notify_all();
     }
     CHECK(test::finishes_within(30s, [&] { restarter.join(); }, [&] { srv.request_stop(); }));
-    INFO("restart(): " << restart_ec.message());
-    CHECK((!restart_ec || restart_ec == rs::errc::not_running));
-    CHECK(restarted.load());
+    starter.join();
+    INFO("restart(): " << restart_ec.message() << "; start(): " << start_ec.message());
+    CHECK(restart_ec == rs::errc::not_running);
+    CHECK(!start_ec);
+    CHECK(start_waited);
     CHECK(srv.state() == rs::server_state::running);
     CHECK(test::get(srv.port(), "/ping").status == 200);
     CHECK(clean(srv.stop()));
@@ -387,7 +382,7 @@ TEST_CASE("lifecycle races: a replaced run's threads are joined as soon as its l
     // new run has started none yet. (No event marks a joined thread's exit from /proc:
     // settled_thread_count re-reads for up to 2 s; the bug held them for 60 s.)
     CHECK(settled_thread_count(threads_running) == threads_running);
-    CHECK(settled(test::open_fds, fds_running) == fds_running);  // closed right after the join
+    CHECK(test::settled(test::open_fds, fds_running) == fds_running);  // closed right after the join
     CHECK(test::get(srv.port(), "/ping").status == 200);
     CHECK(clean(srv.stop()));
 }
