@@ -56,6 +56,14 @@
 //       that called it: it requests the stop and returns at once with waited == false.
 //       The run ends after that handler's response is sent.
 //
+//   Calls that race (any of them from several threads at once on one server): start()
+//   or run() while a run is stopping waits until it is stopped, then starts; while one
+//   runs it returns already_running and leaves a pending stop request alone. A stop
+//   requested while starting is kept; while stopped it does nothing. restart() when not
+//   running, or when a stop begins during it, returns not_running (the stop wins).
+//   Concurrent stop()s all return the same stop_result. The README's "When calls race"
+//   has the whole table.
+//
 //   stop(): closes the listener at once (a new connection is refused, so a load balancer
 //   moves on), closes idle keep-alive connections, lets requests in flight finish - a head
 //   still arriving too - with "Connection: close" on their responses, and at
@@ -145,6 +153,7 @@
 //   transition                     a legal state change, before it is made       new state
 //                                  (mutex held: call nothing of the server but
 //                                  state() and port() from it)
+//   transition.made                the same, just after it is made (mutex held)  new state
 //   start.starting                 start()/run(): state starting, no listener    0
 //   request_stop.flag_set          the stop flag is set, the self-pipe not yet   0
 //                                  written
@@ -157,6 +166,8 @@
 //                                  what came meanwhile
 //   run_to_end.before_stopped      the run is over (threads joined, descriptors  0
 //                                  closed), the state still stopping
+//   wait.waiting                   wait() is about to wait for the run's end      0
+//                                  (mutex held: signal, never block, from it)
 #ifndef RESTARTABLE_SERVER_HPP
 #define RESTARTABLE_SERVER_HPP
 
@@ -714,8 +725,9 @@ public:
                   std::chrono::milliseconds ready_timeout = std::chrono::seconds(10)) noexcept;
 
     /// wait: blocks until the current run ends (for whatever reason) and its threads are
-    /// joined; returns at once when stopped. Returns what the run's stop found (the last
-    /// run's, when stopped). Not from a server thread.
+    /// joined; returns at once when stopped. A start after that run's end does not make it
+    /// wait longer. Returns what the run's stop found (the last run's, when stopped; a
+    /// later one's if it began and ended before this thread woke). Not from a server thread.
     stop_result wait() noexcept;
 
     /// state: the lifecycle state. Async-signal-safe.
@@ -4292,6 +4304,7 @@ RESTARTABLE_SERVER_FN bool server::transition_locked(server_state from, server_s
     if (!legal || state_.load() != from) return false;
     RESTARTABLE_SERVER_SYNC_POINT(*this, "transition", static_cast<int>(to));
     state_.store(to);
+    RESTARTABLE_SERVER_SYNC_POINT(*this, "transition.made", static_cast<int>(to));
     cv_.notify_all();
     return true;
 }
@@ -4683,8 +4696,13 @@ RESTARTABLE_SERVER_FN void server::set_listener_fd(int fd) noexcept {
 RESTARTABLE_SERVER_FN stop_result server::wait() noexcept {
     if (on_server_thread()) return {false, false, 0, {}};
     {
+        // The run of this start: its end may be followed at once by another start (one
+        // that waited while it was stopping), which this thread must not wait for too.
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [this] { return state_.load() == server_state::stopped; });
+        const std::uint64_t generation = generation_;
+        RESTARTABLE_SERVER_SYNC_POINT(*this, "wait.waiting", 0);
+        cv_.wait(lock, [&] { return state_.load() == server_state::stopped || generation_ != generation; });
+        if (generation_ != generation) return last_stop_;  // that start joined the run's thread
     }
     std::lock_guard<std::mutex> lifecycle(lifecycle_);
     if (state_.load() == server_state::stopped && loop_thread_.joinable()) loop_thread_.join();

@@ -80,7 +80,7 @@ const std::error_code factory_error = std::make_error_code(std::errc::permission
 /// restart() calls. A call's window is [log size before it, log size after it).
 class history {
 public:
-    enum kind : char { transition = 't', config = 'o', route = 'k' };
+    enum kind : char { transition = 't', made = 'm', config = 'o', route = 'k' };
     struct event {
         kind what;
         int value;  // transition: the new state; config: the listener kind; route: its number
@@ -90,7 +90,18 @@ public:
         std::lock_guard<std::mutex> lock(m_);
         events_.push_back({what, value});
         if (what == transition && value == int(state::running)) running_at_.push_back(events_.size() - 1);
+        if (what == transition) changed_.notify_all();
         return events_.size() - 1;
+    }
+    /// wait_for_after: waits up to timeout for a transition to s after position p.
+    bool wait_for_after(std::size_t p, state s, std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(m_);
+        std::size_t seen = p;
+        return changed_.wait_for(lock, timeout, [&] {
+            for (; seen < events_.size(); ++seen)
+                if (events_[seen].what == transition && events_[seen].value == int(s)) return true;
+            return false;
+        });
     }
     /// add_route: logs route k, and whether a restart() was under way then.
     std::size_t add_route(int k, bool& restart_under_way) {
@@ -104,12 +115,47 @@ public:
         return events_.size();
     }
     /// states_within: the states the server went into during [from, to).
-    unsigned states_within(std::size_t from, std::size_t to) { return values(transition, from, to, 0, false); }
-    /// states: the states the server may have been in during [from, to): the last two
-    /// transitions before `from` (the last may be logged but not yet made) and every one in it.
-    unsigned states(std::size_t from, std::size_t to) { return values(transition, from, to, 1u << int(state::stopped), true); }
-    /// configs: likewise, the listener kinds that may have been configured.
-    unsigned configs(std::size_t from, std::size_t to) { return values(config, from, to, 1u << initial_config_, true); }
+    unsigned states_within(std::size_t from, std::size_t to) {
+        std::lock_guard<std::mutex> lock(m_);
+        return within(from, to);
+    }
+    /// states: the states the server may have been in during [from, to): the state at
+    /// `from` (the last transition made before it, and one logged but not yet made) and
+    /// every one it went into.
+    unsigned states(std::size_t from, std::size_t to) {
+        std::lock_guard<std::mutex> lock(m_);
+        bool pending = false;
+        return at(from, pending) | within(from, to);
+    }
+    /// running_at: whether the server was certainly running at position p.
+    bool running_at(std::size_t p) {
+        std::lock_guard<std::mutex> lock(m_);
+        bool pending = false;
+        return at(p, pending) == (1u << int(state::running)) && !pending;
+    }
+    /// stopping_between: whether a stop began in (after, before).
+    bool stopping_between(std::size_t after, std::size_t before) {
+        std::lock_guard<std::mutex> lock(m_);
+        for (std::size_t i = after; i < before && i < events_.size(); ++i)
+            if (events_[i].what == transition && events_[i].value == int(state::stopping)) return true;
+        return false;
+    }
+    /// configs: the listener kinds that may have been configured during [from, to): the
+    /// last two logged before it (the last one may not be applied yet) and those in it.
+    unsigned configs(std::size_t from, std::size_t to) {
+        std::lock_guard<std::mutex> lock(m_);
+        unsigned set = 0;
+        int before = 0;
+        for (std::size_t i = from; i-- > 0 && before < 2;)
+            if (events_[i].what == config && events_[i].value >= 0) {
+                set |= 1u << events_[i].value;
+                ++before;
+            }
+        if (before < 2) set |= 1u << initial_config_;
+        for (std::size_t i = from; i < to && i < events_.size(); ++i)
+            if (events_[i].what == config && events_[i].value >= 0) set |= 1u << events_[i].value;
+        return set;
+    }
     void set_initial_config(int listener) { initial_config_ = listener; }
 
     /// counts of each transition target, and the last state.
@@ -149,21 +195,27 @@ public:
     }
 
 private:
-    unsigned values(kind what, std::size_t from, std::size_t to, unsigned initial, bool with_before) {
-        std::lock_guard<std::mutex> lock(m_);
+    // at: the state at position p (m_ held): the last one made, and one logged after it
+    // but not made yet (pending).
+    unsigned at(std::size_t p, bool& pending) const {
         unsigned set = 0;
-        int before = with_before ? 0 : 2;
-        for (std::size_t i = from; i-- > 0 && before < 2;)
-            if (events_[i].what == what && events_[i].value >= 0) {
+        for (std::size_t i = std::min(p, events_.size()); i-- > 0;) {
+            if (events_[i].what == made) return set | (1u << events_[i].value);
+            if (events_[i].what == transition) {
                 set |= 1u << events_[i].value;
-                ++before;
+                pending = true;
             }
-        if (before < 2) set |= initial;
+        }
+        return set | (1u << int(state::stopped));
+    }
+    unsigned within(std::size_t from, std::size_t to) const {
+        unsigned set = 0;
         for (std::size_t i = from; i < to && i < events_.size(); ++i)
-            if (events_[i].what == what && events_[i].value >= 0) set |= 1u << events_[i].value;
+            if (events_[i].what == transition || events_[i].what == made) set |= 1u << events_[i].value;
         return set;
     }
     std::mutex m_;
+    std::condition_variable changed_;
     std::vector<event> events_;
     std::vector<std::size_t> running_at_;        // positions of transitions to running
     std::vector<std::size_t> restart_began_at_;  // positions where restart() calls began
@@ -208,7 +260,9 @@ private:
 
 // --------------------------------------------------------------- configurations --
 
-enum listener_kind { tcp = 0, unix_socket = 1, failing = 2 };
+// tcp and tcp_other: both 127.0.0.1 port 0, but with different addresses, so a restart
+// between them binds a new socket and moves the old one's queue instead of handing it over.
+enum listener_kind { tcp = 0, unix_socket = 1, failing = 2, tcp_other = 3 };
 
 std::string unix_path() { return "/tmp/rs_model_" + std::to_string(::getpid()) + ".sock"; }
 
@@ -216,6 +270,9 @@ rs::listener_factory make_factory(listener_kind k) {
     switch (k) {
         case tcp: return rs::tcp_listener("127.0.0.1", 0);
         case unix_socket: return rs::unix_listener(unix_path());
+        case tcp_other:
+            return rs::listener_factory([f = rs::tcp_listener("127.0.0.1", 0)](std::error_code& e) { return f(e); },
+                                        "tcp:127.0.0.1:0 (other)");
         case failing: break;
     }
     return rs::listener_factory([](std::error_code& ec) {
@@ -430,9 +487,48 @@ struct model_test {
     void caller(int who) {
         std::mt19937_64 rng(seed * 1000003 + static_cast<std::uint64_t>(who));
         while (wait_resume()) {
-            const int op = static_cast<int>(rng() % 100);
+            int op = static_cast<int>(rng() % 100);
+            if (lone_stopper.load()) {  // a round where only caller 0 stops the server
+                if (who == 0) {
+                    lone_stop(who, rng);
+                    continue;
+                }
+                if (op >= first_stop_op && op < end_stop_ops) op = end_stop_ops + static_cast<int>(rng() % (100 - end_stop_ops));
+            }
             call(who, op, rng);
         }
+    }
+
+    /// lone_stop: in a lone-stopper round, caller 0 starts the server, or asks a running
+    /// one to stop and waits. Nobody else stops it in that round, so a stop request lost
+    /// (e.g. erased by a start() that failed with already_running) shows: no stop begins.
+    void lone_stop(int who, std::mt19937_64& rng) {
+        const std::size_t p = log.now();
+        if (!log.running_at(p)) {
+            call(who, 0, rng);  // start()
+            if (srv->state() == state::stopped) {  // e.g. the failing factory: a working one
+                std::lock_guard<std::mutex> lock(config_mutex);
+                log.add(history::config, tcp);
+                srv->set_listener(make_factory(tcp));
+                current_kind.store(tcp);
+            }
+            return;
+        }
+        begin(who, "request_stop (lone)");
+        srv->request_stop();
+        end(who);
+        count("lone request_stop");
+        begin(who, "lone request_stop: a stop begins");
+        if (!log.wait_for_after(p, state::stopping, 10s)) {  // healthy: microseconds
+            fail("request_stop() while running: no stop began in 10 s (a lost stop request)");
+            srv->request_stop();  // let the test go on
+        }
+        end(who);
+        // Not wait(): another caller's start() may begin the next run before this thread
+        // would call it, and then it would wait for that run, which nobody else stops.
+        begin(who, "lone request_stop: the run ends");
+        if (!log.wait_for_after(p, state::stopped, call_limit)) fail("a stop that began did not end");
+        end(who);
     }
 
     void call(int who, int op, std::mt19937_64& rng) {
@@ -532,7 +628,8 @@ struct model_test {
             if (running && !has(seen, state::running)) fail("wait_until_running true but never running");
             if (!running && seen == (1u << int(state::running))) fail("wait_until_running false but running throughout");
         } else if (op < 65) {
-            const auto k = static_cast<listener_kind>(rng() % 10 < 7 ? tcp : (rng() % 2 ? unix_socket : failing));
+            static const listener_kind kinds[] = {tcp, tcp, tcp, tcp_other, tcp_other, unix_socket, unix_socket, failing};
+            const listener_kind k = kinds[rng() % 8];
             std::lock_guard<std::mutex> lock(config_mutex);  // logged in the order applied
             log.add(history::config, k);  // before: the new one may apply from here on
             begin(who, "set_options");
@@ -541,7 +638,7 @@ struct model_test {
             current_kind.store(k);
             count("set_options");
         } else if (op < 69) {
-            const auto k = static_cast<listener_kind>(rng() % 3);
+            const auto k = static_cast<listener_kind>(rng() % 4);
             std::lock_guard<std::mutex> lock(config_mutex);
             log.add(history::config, k);
             begin(who, "set_listener");
@@ -571,6 +668,8 @@ struct model_test {
     }
     std::mutex route_add_mutex;
     std::mutex config_mutex;
+    std::atomic<bool> lone_stopper{false};
+    static constexpr int first_stop_op = 19, end_stop_ops = 27;  // stop, stop(t), request_stop, signal
 
     void judge_stop(const char* name, const rs::stop_result& sr, unsigned seen) {
         count(name);
@@ -594,6 +693,14 @@ struct model_test {
         for (;;) {
             {
                 std::unique_lock<std::mutex> lock(pause_mutex);
+                if (lone_stopper.load() && !pause && !finished) {
+                    // A lone-stopper round is about stop requests racing start(): clients
+                    // would only slow each stop down (lingering closes), so they sit it out.
+                    lock.unlock();
+                    drop();
+                    lock.lock();
+                    pause_cv.wait(lock, [&] { return pause || finished; });
+                }
                 if (pause || finished) {
                     lock.unlock();
                     drop();  // nothing of the clients' stays open at a quiescent point
@@ -744,6 +851,7 @@ TEST_CASE("lifecycle model: random concurrent calls on one server keep the docum
     m.srv = std::make_unique<rs::server>(make_options(tcp, rng));
     rs::server& srv = *m.srv;
     srv.set_sync_point("transition", [&m](int to) { m.log.add(history::transition, to); });
+    srv.set_sync_point("transition.made", [&m](int to) { m.log.add(history::made, to); });
     m.add_routes(srv);
 
     struct sigaction sa {}, old_sa{};
@@ -786,6 +894,7 @@ TEST_CASE("lifecycle model: random concurrent calls on one server keep the docum
     std::uint16_t last_port = 0;
     int rounds = 0;
     while (steady::now() < end) {
+        m.lone_stopper.store(rounds % 2 == 1);  // every other round: only caller 0 stops
         m.resume();
         // A quiescent point about every second: wait for the time (or a violation).
         const auto until = std::min(end, steady::now() + 1s);

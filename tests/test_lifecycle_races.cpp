@@ -343,6 +343,52 @@ TEST_CASE("lifecycle races: a start() waits for a restart() of the run that ende
     CHECK(clean(srv.stop()));
 }
 
+TEST_CASE("lifecycle races: wait() returns when its run ends, though a start() follows at once",
+          "[lifecycle][races][sync]") {
+    // A start() that waited while the run was stopping begins the next run the moment the
+    // state says stopped; a wait() that wakes after that must still return (it waited for
+    // the run that ended, not for the next one). Which of the two threads takes the lock
+    // first is the scheduler's choice, so this plays the race 20 times.
+    watchdog wd("wait across a start", 240s);
+    rs::server srv(test::local_options(2));
+    add_ping(srv);
+    int late = 0;
+    for (int round = 0; round < 20; ++round) {
+        INFO("round " << round);
+        test::start(srv);
+        auto in_wait = std::make_shared<std::pair<std::mutex, std::condition_variable>>();
+        auto waiting = std::make_shared<bool>(false);
+        srv.set_sync_point("wait.waiting", [in_wait, waiting](int) {  // the server's lock is held: signal only
+            std::lock_guard<std::mutex> lock(in_wait->first);
+            *waiting = true;
+            in_wait->second.notify_all();
+        });
+        test::gate held(srv, "run_to_end.before_stopped");
+        std::atomic<bool> returned{false};
+        std::thread waiter([&] {
+            srv.wait();
+            returned.store(true);
+        });
+        {
+            std::unique_lock<std::mutex> lock(in_wait->first);
+            REQUIRE(in_wait->second.wait_for(lock, 30s, [&] { return *waiting; }));
+        }
+        srv.set_sync_point("wait.waiting", {});
+        srv.request_stop();
+        REQUIRE(held.reached());
+        std::error_code ec;
+        std::thread starter([&] { srv.start(ec); });  // waits while stopping
+        held.release();
+        starter.join();
+        REQUIRE(!ec);
+        // The next run goes on; the waiter must be back without it ending.
+        const bool on_time = test::finishes_within(10s, [&] { waiter.join(); }, [&] { srv.request_stop(); });
+        CHECK(clean(srv.stop()));
+        if (!on_time && ++late > 0) break;  // it waited for the next run: enough said
+    }
+    CHECK(late == 0);
+}
+
 TEST_CASE("lifecycle races: a replaced run's threads are joined as soon as its last connection "
           "has gone", "[lifecycle][races]") {
     // The README's Restarting table: the old run's workers are joined once its last
