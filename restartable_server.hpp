@@ -1,6 +1,17 @@
 // restartable_server.hpp v0.1.0 - an HTTP/1.1 server you can start, stop and start again.
 // Single header, C++17, standard library + POSIX sockets. MIT licence (end of file).
 //
+// CONTENTS
+//
+//   This manual     QUICK START, LIFECYCLE (states, calls, calls that race), ENGINE,
+//                   LIMITATIONS, PORTABILITY, CONFIGURATION MACROS, TEST HOOKS
+//   Public API      errors, sockets (unique_fd, listener factories), HTTP (request,
+//                   response, body_writer), server (options, stop_result, server),
+//                   static files
+//   Implementation  (namespace detail; search for "// ---- name --") tuning, small
+//                   tools, parser, errors, sockets, HTTP, engine, event sets, control
+//                   thread, workers, connection, server, static files
+//
 // QUICK START
 //
 //     #include "restartable_server.hpp"
