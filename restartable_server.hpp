@@ -808,6 +808,7 @@ private:
     int listener_fd_ = -1;                // the current listening socket (for upgrade)
     std::atomic<std::thread::id> control_thread_{};
     std::atomic<detail::run*> current_{nullptr};       // where handed-over connections go
+    std::mutex current_mutex_;            // held by a transfer into current_, and to change it
     std::atomic<std::int64_t> drain_limit_{INT64_MAX};  // stop(timeout)'s deadline, steady ns
 };
 
@@ -2527,14 +2528,18 @@ private:
         }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
     }
-    /// take_ready: up to max reports from ready_; a follower is woken for any left.
+    /// take_ready: up to max reports from ready_; a follower is woken for any left - or,
+    /// with none waiting on cv_, the sub-leader (it waits in poll(2), not on cv_).
     int take_ready(ready_event* out, int max) noexcept {
         int n = 0;
         for (; n < max && !ready_.empty(); ++n) {
             out[n] = ready_.front();
             ready_.pop_front();
         }
-        if (!ready_.empty()) cv_.notify_one();
+        if (!ready_.empty()) {
+            cv_.notify_one();
+            if (followers_ == 0 && sub_polling_) wake_sub();
+        }
         return n;
     }
 
@@ -3144,7 +3149,10 @@ RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
     listener_.reset();
     srv_.port_.store(local_port(to.listener_.get()));
     RESTARTABLE_SERVER_SYNC_POINT(srv_, "hand_over.listener_moved", 0);
-    srv_.current_.store(&to);  // where connections go from now on...
+    {
+        std::lock_guard<std::mutex> current(srv_.current_mutex_);  // no transfer into this run under way
+        srv_.current_.store(&to);  // where connections go from now on...
+    }
     retiring_.store(true);     // ...before anything can see stopping_ and close an idle one
     stopping_.store(true);
     drain_deadline_.store(to_ns(now) + std::chrono::nanoseconds(opts_.drain_timeout).count());
@@ -4071,6 +4079,10 @@ RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
 /// transfer: moves c (held, waiting for a request) to the run that replaced this one:
 /// its socket, never closed, and the bytes of a request that began to arrive.
 RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
+    // The run named current_ may retire and, once empty, be destroyed by the control
+    // thread: holding current_mutex_ from the read to the adoption keeps it (a hand-over
+    // changes current_ under it, and the connection adopted is counted before).
+    std::lock_guard<std::mutex> current(srv_.current_mutex_);
     run* const to = srv_.current_.load();
     std::string bytes;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -4618,6 +4630,12 @@ RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
         ec = make_error_code(errc::not_running);
         return;
     }
+    {  // A restart from a handler (worker_threads == 0) not handed over yet is replaced by
+       // this one: its run goes first, so its listener does not hold the address this binds.
+        std::unique_ptr<detail::run> replaced;
+        std::lock_guard<std::mutex> lock(mutex_);
+        replaced.swap(next_run_);
+    }
     std::unique_ptr<detail::run> next = make_run(ec, true);
     if (!next) return;
     std::unique_lock<std::mutex> lock(mutex_);
@@ -4625,7 +4643,7 @@ RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
         ec = make_error_code(errc::not_running);
         return;
     }
-    std::swap(next_run_, next);  // one left by an earlier restart on the control thread is replaced
+    next_run_ = std::move(next);  // empty before: replaced above, and a handler's restart() fails while this holds serial
     restart_outcome_ = 0;
     restart_requested_.store(true);
     wake();

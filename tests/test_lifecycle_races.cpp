@@ -389,6 +389,72 @@ TEST_CASE("lifecycle races: wait() returns when its run ends, though a start() f
     CHECK(late == 0);
 }
 
+TEST_CASE("lifecycle races: a restart() while a handler's restart() is pending replaces it",
+          "[lifecycle][races]") {
+    // With worker_threads = 0 a handler's restart() returns before the hand-over (the
+    // control thread is in the handler), leaving its next run pending. A restart() from
+    // another thread meanwhile replaces that run - first, so the pending run's listener
+    // does not hold the address the new one binds (a unix socket here: EADDRINUSE).
+    watchdog wd("restart over a pending restart", 120s);
+    const std::string path = "/tmp/rs_races_" + std::to_string(::getpid()) + ".sock";
+    ::unlink(path.c_str());
+    struct shared {
+        std::mutex m;
+        std::condition_variable cv;
+        int bound = 0;             // listeners the factory made
+        bool in_handler = false, go = false;
+    };
+    auto sh = std::make_shared<shared>();
+    rs::server srv(test::local_options(0));
+    std::error_code handler_ec;
+    srv.get("/restart", [&srv, sh, &handler_ec](const rs::request&, rs::response& res) {
+        srv.restart(handler_ec);  // on the control thread: pending until this handler returns
+        std::unique_lock<std::mutex> lock(sh->m);
+        sh->in_handler = true;
+        sh->cv.notify_all();
+        sh->cv.wait(lock, [&] { return sh->go; });
+        res.set_content("restarting", "text/plain");
+    });
+    add_ping(srv);
+    test::start(srv);
+    const std::uint16_t port = srv.port();
+    rs::options o = test::local_options(0);
+    o.listener = rs::listener_factory(
+        [sh, f = rs::unix_listener(path)](std::error_code& e) {
+            rs::unique_fd fd = f(e);
+            std::lock_guard<std::mutex> lock(sh->m);
+            ++sh->bound;
+            sh->cv.notify_all();
+            return fd;
+        },
+        "unix:" + path);
+    srv.set_options(o);
+    test::client c(port);
+    REQUIRE(c.send("GET /restart HTTP/1.1\r\nHost: x\r\n\r\n"));
+    {
+        std::unique_lock<std::mutex> lock(sh->m);
+        REQUIRE(sh->cv.wait_for(lock, 30s, [&] { return sh->in_handler; }));
+        CHECK(sh->bound == 1);  // the handler's pending run has its listener
+    }
+    CHECK(!handler_ec);
+    std::error_code ec;
+    std::thread restarter([&] { srv.restart(ec); });
+    {
+        std::unique_lock<std::mutex> lock(sh->m);
+        // the second listener is made (or the restart failed to make it) before the handler returns
+        sh->cv.wait_for(lock, 30s, [&] { return sh->bound == 2; });
+        sh->go = true;
+        sh->cv.notify_all();
+    }
+    restarter.join();
+    INFO("restart(): " << ec.message());
+    CHECK(!ec);
+    CHECK(c.read().status == 200);
+    CHECK(srv.state() == rs::server_state::running);
+    CHECK(clean(srv.stop()));
+    ::unlink(path.c_str());
+}
+
 TEST_CASE("lifecycle races: a replaced run's threads are joined as soon as its last connection "
           "has gone", "[lifecycle][races]") {
     // The README's Restarting table: the old run's workers are joined once its last
