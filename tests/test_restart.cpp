@@ -678,3 +678,72 @@ TEST_CASE("restart: to a new address, a client queued on the old socket is answe
     CHECK(waiting.read().status == 200);
     CHECK(srv.stop().cut == 0);
 }
+
+TEST_CASE("restart: a moved idle connection is still idle there: a stop closes it at once, as idle",
+          "[restart][stop]") {
+    // An idle keep-alive connection moves as idle, not as a head about to arrive (which
+    // would count header_timeout from the hand-over, and which a stop lets send its request).
+    test::watchdog dog("restart: idle stays idle", 60s);
+    rs::server srv(restart_options());
+    add_basic_routes(srv);
+    const std::uint16_t port = test::start(srv);
+    test::client c(port);
+    REQUIRE(c.send(get_keep_alive("/hello")));
+    REQUIRE(c.read().status == 200);
+    std::error_code ec;
+    srv.restart(ec);
+    REQUIRE(!ec);
+    const rs::stop_result res = srv.stop();
+    CHECK(res.idle_closed == 1);
+    CHECK(res.cut == 0);
+    CHECK(c.closed());
+}
+
+TEST_CASE("restart: body_writer::stopping() ends an endless stream; its connection moves to the next run",
+          "[restart][stop]") {
+    // The provider writes for as long as stopping() is false (no tick: it is told by the
+    // flag alone). The restart must make it true: the stream then ends with its last
+    // chunk and the kept-alive connection is served by the next run. Were it never true,
+    // the stream would go on until the drain deadline (60 s; the client gives up at 10 s).
+    test::watchdog dog("restart: stopping()", 60s);
+    rs::server srv(restart_options());
+    add_basic_routes(srv);
+    srv.get("/flow", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [](rs::body_writer& out) {
+            while (!out.stopping())
+                if (!out.write("tick\n")) return;
+            out.write("bye\n");
+        });
+    });
+    const std::uint16_t port = test::start(srv);
+    srv.get("/added", [](const rs::request&, rs::response& res) { res.set_content("added", "text/plain"); });
+    test::client c(port, 10s);
+    REQUIRE(c.send(get_keep_alive("/flow")));
+    while (c.rd.buf.find("tick") == std::string::npos) REQUIRE(c.rd.fill());
+
+    std::error_code ec;
+    std::thread restarter([&] { srv.restart(ec); });
+    // Read (and drop) the stream up to its last chunk, keeping only a short tail.
+    std::string tail;
+    bool ended = false;
+    const auto until = steady::now() + 10s;
+    while (!ended && steady::now() < until) {
+        char buf[65536];
+        const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        tail.append(buf, static_cast<std::size_t>(n));
+        ended = tail.find("bye\n\r\n0\r\n\r\n") != std::string::npos;
+        if (!ended && tail.size() > 64) tail.erase(0, tail.size() - 64);
+    }
+    restarter.join();
+    REQUIRE(!ec);
+    INFO("the stream's last bytes: " << test::printable(tail));
+    if (!ended) c.close();  // still flowing after 10 s: the provider's next write fails
+    REQUIRE(ended);  // "bye", then the last chunk: ended by the provider, not cut
+    c.rd.buf = tail.substr(tail.find("0\r\n\r\n") + 5);
+    REQUIRE(c.send(get_keep_alive("/added")));  // the same connection, on the next run
+    test::http_response r = c.read();
+    CHECK(r.status == 200);
+    CHECK(r.body == "added");
+    CHECK(srv.stop().cut == 0);
+}
