@@ -397,10 +397,11 @@ std::uint16_t bound_port(int fd) {
 /// descriptors 3 and 4 (copies of high and high + 1), says so in LISTEN_FDS, LISTEN_PID
 /// and LISTEN_FDNAMES=names, calls systemd_listener(name) and describes what it chose:
 /// "fd:N port P" (P the port of the socket the factory hands out), or "error: ...".
-std::string pick_by_name(int high, const std::string& names, const std::string& name) {
+/// LISTEN_PID says pid (another process's: the sockets are not for this one).
+std::string pick_by_name(int high, const std::string& names, const std::string& name, pid_t pid = ::getpid()) {
     if (::dup2(high, 3) != 3 || ::dup2(high + 1, 4) != 4) return "dup2 failed";
     ::setenv("LISTEN_FDS", "2", 1);
-    ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+    ::setenv("LISTEN_PID", std::to_string(pid).c_str(), 1);
     ::setenv("LISTEN_FDNAMES", names.c_str(), 1);
     std::string out;
     {
@@ -450,6 +451,7 @@ TEST_CASE("socket activation: systemd_listener(name) picks the socket LISTEN_FDN
             report += "absent|" + pick_by_name(high, "first:second", "third") + "\n";
             report += "prefix|" + pick_by_name(high, "first:second", "sec") + "\n";
             report += "empty-first|" + pick_by_name(high, ":second", "second") + "\n";
+            report += "other-pid|" + pick_by_name(high, "first:second", "second", ::getppid()) + "\n";
         }
         (void)!::write(out, report.data(), report.size());
         ::_exit(0);
@@ -491,4 +493,7 @@ TEST_CASE("socket activation: systemd_listener(name) picks the socket LISTEN_FDN
     CHECK(got["absent"] == not_activated);
     CHECK(got["prefix"] == not_activated);  // names match whole, not by prefix
     CHECK(got["empty-first"] == "fd:4 port " + p4);
+    // LISTEN_PID names another process: not ours, whatever the names say (and the
+    // variables are left for the process they are for).
+    CHECK(got["other-pid"] == not_activated + " (env left)");
 }
