@@ -1073,6 +1073,7 @@ TEST_CASE("workers: requests arriving at once on kept-alive connections wake as 
     // wake a waiting worker (poll(2) backend: a report left for a follower nobody woke)
     // leaves fewer than 8 handlers running: the barrier times out and the answers say so.
     // Round 1 also starts the workers; the rounds after it find all 8 idle.
+    test::watchdog dog("workers: 8 at once", 120s);
     constexpr int n = 8;
     rs::server srv(test::local_options(n));
     std::mutex m;
