@@ -202,14 +202,15 @@ probe_result probe(std::uint16_t port, std::chrono::milliseconds timeout) {
 /// the time bounds below are scaled by it, never dropped.
 constexpr int slowdown = sanitized ? 10 : 1;
 
-/// check_fresh_client_served: a fresh client's GET /hello is answered within 100 ms (a
-/// correctness bound: the old engine made it wait about write_timeout).
+/// check_fresh_client_served: a fresh client's GET /hello is answered within 1 s (a
+/// correctness bound: the old engine made it wait about write_timeout, 3 s here, or
+/// forever; healthy it takes a few ms, 179 ms seen on a loaded 2-core machine).
 void check_fresh_client_served(std::uint16_t port) {
     const probe_result p = probe(port, 4s);
     INFO("fresh GET /hello: status " << p.r.status << " after " << p.ms << " ms");
     CHECK(p.r.status == 200);
     CHECK(p.r.body == "hello");
-    CHECK(p.ms < 100 * slowdown);
+    CHECK(p.ms < 1000 * slowdown);
 }
 
 /// pump: sends data on every (non-blocking) descriptor, waiting in poll(2) for room, until

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -1150,4 +1151,62 @@ TEST_CASE("access_log sees every response; error_log what the server handled its
     REQUIRE(errors.size() == 1);
     CHECK(errors[0].find("a handler threw") != std::string::npos);
     CHECK(errors[0].find("boom") != std::string::npos);
+}
+
+TEST_CASE("access_log: each duration lies within its request's span, on fresh and kept-alive connections",
+          "[http][log]") {
+    // The server's span (the whole head's arrival to the response handed over) begins
+    // after the client began to send, and ends before access_log is called: it lies
+    // inside [client's send, log call], with no margin needed. The client pauses before
+    // and between its requests on a kept-alive connection (the scenario, not
+    // synchronisation): a duration counted from an earlier moment (the connection's
+    // opening, the previous request, no start at all) takes a pause in and passes it.
+    using steady = std::chrono::steady_clock;
+    std::mutex m;
+    struct logged {
+        std::chrono::microseconds duration;
+        steady::time_point at;
+    };
+    std::map<std::string, logged> log;
+    rs::options o = test::local_options();
+    o.access_log = [&](const rs::access_entry& e) {
+        const auto now = steady::now();
+        std::lock_guard<std::mutex> lock(m);
+        log[std::string(e.target)] = {e.duration, now};
+    };
+    rs::server srv(o);
+    srv.get("/hello", [](const rs::request&, rs::response& res) { res.set_content("Hello, World!", "text/plain"); });
+    const auto port = start(srv);
+    std::map<std::string, steady::time_point> sent;
+    const auto timed = [&](client& c, const std::string& target, const std::string& extra) {
+        sent[target] = steady::now();
+        REQUIRE(c.send("GET " + target + " HTTP/1.1\r\nHost: localhost\r\n" + extra + "\r\n"));
+        REQUIRE(c.read().status == 200);
+    };
+    {
+        client c(port);
+        REQUIRE(c.ok());
+        std::this_thread::sleep_for(100ms);  // connected, silent: the pause is the scenario
+        for (int i = 0; i < 3; ++i) {
+            if (i != 0) std::this_thread::sleep_for(100ms);  // idle between requests
+            timed(c, "/hello?kept=" + std::to_string(i), "");
+        }
+    }
+    for (int i = 0; i < 3; ++i) {
+        client c(port);
+        REQUIRE(c.ok());
+        timed(c, "/hello?fresh=" + std::to_string(i), "Connection: close\r\n");
+    }
+    srv.stop();  // every entry is written by now
+    std::lock_guard<std::mutex> lock(m);
+    REQUIRE(log.size() == sent.size());
+    for (const auto& s : sent) {
+        const auto it = log.find(s.first);
+        REQUIRE(it != log.end());
+        const auto span = std::chrono::duration_cast<std::chrono::microseconds>(it->second.at - s.second);
+        INFO(s.first << ": logged " << it->second.duration.count() << " us; from the send to the log call "
+                     << span.count() << " us");
+        CHECK(it->second.duration.count() >= 0);
+        CHECK(it->second.duration <= span);
+    }
 }

@@ -1330,14 +1330,15 @@ TEST_CASE("lifecycle: past drain_timeout the connection is cut before the handle
     const long long cut_after = ms_between(t_stop, woke);
     INFO("connection cut " << cut_after << " ms after stop()");
     CHECK(cut_after >= 180);   // not before the drain deadline (200 ms, some clock slack)
-    CHECK(cut_after < 4000);   // soon after it (generous for a loaded machine)
+    CHECK(cut_after < 2000);   // soon after it: 10x the deadline; not cut, the handler ends at 5 s
     g.close();
     CHECK(srv.state() == rs::server_state::stopped);
     CHECK(test::open_fds() == fds0);
     CHECK(settled_thread_count(threads0) <= threads0);
 }
 
-TEST_CASE("lifecycle: an idle keep-alive client is disconnected within 100 ms of stop()", "[lifecycle]") {
+TEST_CASE("lifecycle: an idle keep-alive client is disconnected at once by stop(), not at the drain deadline",
+          "[lifecycle]") {
     watchdog wd("idle keep-alive", 60s);
     rs::server srv(test::local_options(2));  // idle_timeout: the default 60 s
     add_ping(srv);
@@ -1374,7 +1375,7 @@ TEST_CASE("lifecycle: an idle keep-alive client is disconnected within 100 ms of
     CHECK(is_closed(seen));
     const long long after = ms_between(t_stop, woke);
     INFO("client woke " << after << " ms after stop() was called");
-    CHECK(after < 100);
+    CHECK(after < 1000);  // healthy: about 1 ms; left open, it would close at the 5 s drain deadline
     CHECK_CLEAN_STOP(sr);
     CHECK(fds_at_stop == fds0 + 1);  // the client's descriptor
     g.close();

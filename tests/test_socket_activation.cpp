@@ -380,3 +380,120 @@ TEST_CASE("socket activation: a SIGUSR2 upgrade hands the socket to a process wi
     CHECK(exited_0(st));
     CHECK(proc.out.at_eof_within(5s));
 }
+
+// ------------------------------------------------- LISTEN_FDNAMES, in-process --
+
+namespace {
+
+/// bound_port: the local port of a TCP socket, 0 on failure.
+std::uint16_t bound_port(int fd) {
+    sockaddr_in a{};
+    socklen_t len = sizeof a;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return 0;
+    return ntohs(a.sin_port);
+}
+
+/// pick_by_name: in the calling process (a fork of the test), puts listening sockets at
+/// descriptors 3 and 4 (copies of high and high + 1), says so in LISTEN_FDS, LISTEN_PID
+/// and LISTEN_FDNAMES=names, calls systemd_listener(name) and describes what it chose:
+/// "fd:N port P" (P the port of the socket the factory hands out), or "error: ...".
+/// LISTEN_PID says pid (another process's: the sockets are not for this one).
+std::string pick_by_name(int high, const std::string& names, const std::string& name, pid_t pid = ::getpid()) {
+    if (::dup2(high, 3) != 3 || ::dup2(high + 1, 4) != 4) return "dup2 failed";
+    ::setenv("LISTEN_FDS", "2", 1);
+    ::setenv("LISTEN_PID", std::to_string(pid).c_str(), 1);
+    ::setenv("LISTEN_FDNAMES", names.c_str(), 1);
+    std::string out;
+    {
+        const rs::listener_factory f = rs::systemd_listener(name);
+        std::error_code ec;
+        rs::unique_fd fd = f(ec);
+        out = ec ? "error: " + ec.message() : f.address() + " port " + std::to_string(bound_port(fd.get()));
+        if (::getenv("LISTEN_FDS") || ::getenv("LISTEN_PID") || ::getenv("LISTEN_FDNAMES")) out += " (env left)";
+    }  // the factory closes the descriptor it chose
+    ::close(3);
+    ::close(4);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("socket activation: systemd_listener(name) picks the socket LISTEN_FDNAMES names",
+          "[socket-activation]") {
+    // Descriptors 3 and 4 of the test process are not ours to replace: a child does it.
+    // It reports one line per case on a pipe and exits 0.
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(p[0]);
+        const int out = 102;  // the pipe may be at 3 or 4: out of the way too
+        if (::dup2(p[1], out) != out) ::_exit(2);
+        if (p[1] != out) ::close(p[1]);
+        std::error_code ec1, ec2;
+        rs::unique_fd first = rs::tcp_listener("127.0.0.1", 0)(ec1);
+        rs::unique_fd second = rs::tcp_listener("127.0.0.1", 0)(ec2);
+        // Out of the way of 3 and 4, side by side (whatever the fork has at 100 and 101
+        // is the parent's, not needed here).
+        const int high = 100;
+        std::string report;
+        if (ec1 || ec2 || ::dup2(first.get(), high) != high || ::dup2(second.get(), high + 1) != high + 1) {
+            report = "setup failed\n";
+        } else {
+            first.reset();
+            second.reset();
+            const std::string p3 = std::to_string(bound_port(high)), p4 = std::to_string(bound_port(high + 1));
+            report += "ports " + p3 + " " + p4 + "\n";
+            report += "second|" + pick_by_name(high, "first:second", "second") + "\n";
+            report += "first|" + pick_by_name(high, "first:second", "first") + "\n";
+            report += "any|" + pick_by_name(high, "first:second", "") + "\n";
+            report += "absent|" + pick_by_name(high, "first:second", "third") + "\n";
+            report += "prefix|" + pick_by_name(high, "first:second", "sec") + "\n";
+            report += "empty-first|" + pick_by_name(high, ":second", "second") + "\n";
+            report += "other-pid|" + pick_by_name(high, "first:second", "second", ::getppid()) + "\n";
+        }
+        (void)!::write(out, report.data(), report.size());
+        ::_exit(0);
+    }
+    ::close(p[1]);
+    std::string report;
+    char buf[512];
+    for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) != 0;) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        report.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(p[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    INFO("child's report:\n" << report);
+    REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    std::map<std::string, std::string> got;
+    std::string p3, p4;
+    std::size_t pos = 0;
+    while (pos < report.size()) {
+        const std::size_t end = report.find('\n', pos);
+        const std::string line = report.substr(pos, end - pos);
+        pos = end == std::string::npos ? report.size() : end + 1;
+        if (line.rfind("ports ", 0) == 0) {
+            const std::size_t space = line.find(' ', 6);
+            p3 = line.substr(6, space - 6);
+            p4 = line.substr(space + 1);
+        } else if (line.find('|') != std::string::npos) {
+            got[line.substr(0, line.find('|'))] = line.substr(line.find('|') + 1);
+        }
+    }
+    REQUIRE(!p3.empty());
+    REQUIRE(p3 != p4);
+    CHECK(got["second"] == "fd:4 port " + p4);  // "first:second", asked for "second"
+    CHECK(got["first"] == "fd:3 port " + p3);
+    CHECK(got["any"] == "fd:3 port " + p3);  // "" takes the first
+    const std::string not_activated = "error: " + rs::make_error_code(rs::errc::not_activated).message();
+    CHECK(got["absent"] == not_activated);
+    CHECK(got["prefix"] == not_activated);  // names match whole, not by prefix
+    CHECK(got["empty-first"] == "fd:4 port " + p4);
+    // LISTEN_PID names another process: not ours, whatever the names say (and the
+    // variables are left for the process they are for).
+    CHECK(got["other-pid"] == not_activated + " (env left)");
+}
