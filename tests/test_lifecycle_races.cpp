@@ -508,7 +508,7 @@ TEST_CASE("lifecycle races: stop while a worker is parking an idle connection",
     rs::server srv(test::local_options(2));
     add_ping(srv);
     test::start(srv);
-    test::gate held(srv, "park.parked", [](int state) { return state == 0; /* conn_state::idle */ });
+    test::gate held(srv, "park.parked", [](int state) { return state == static_cast<int>(rs::detail::conn_state::idle); });
     test::client c(srv.port());
     REQUIRE(c.send("GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"));
     CHECK(c.read().status == 200);
