@@ -1,7 +1,8 @@
 // hello_restartable.cpp - the bench's hello server on restartable_server.
 //   GET /hello -> 200 "Hello, World!" (text/plain). With -DBENCH_ECHO also POST /echo,
 //   which answers the request body with its Content-Type, and GET /big -> 200 with 4 MiB
-//   of 'x' (application/octet-stream).
+//   of 'x' (application/octet-stream). With -DBENCH_SLOW also GET /slow, whose handler
+//   sleeps 100 ms (a handler that blocks: figure 14).
 // Listens on 127.0.0.1, on the port given as argv[1] (0, the default, picks a free one),
 // with default options unless argv[2] sets worker_threads; prints "worker_threads N" (the
 // option's value) and, once accepting, "port N"; serves until killed.
@@ -10,6 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#ifdef BENCH_SLOW
+#include <chrono>
+#include <thread>
+#endif
 
 namespace rs = restartable_server;
 
@@ -30,6 +35,12 @@ int main(int argc, char** argv) {
     srv.get("/big", [](const rs::request&, rs::response& res) {
         static const std::string big(4 << 20, 'x');
         res.set_content(big, "application/octet-stream");
+    });
+#endif
+#ifdef BENCH_SLOW
+    srv.get("/slow", [](const rs::request&, rs::response& res) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        res.set_content("slept", "text/plain");
     });
 #endif
     std::error_code ec;
