@@ -3238,7 +3238,7 @@ RESTARTABLE_SERVER_FN int run::wait_timeout(clock::time_point now) const noexcep
     if (accept_paused_) until = std::min(until, to_ns(accept_resume_));
     for (const auto& r : retirees_) {
         if (r->live_.load() == 0) return 0;  // it went (perhaps before it retired): join it now
-        until = std::min(until, r->next_sweep_.load());
+        until = std::min({until, r->next_sweep_.load(), r->monitor_due_.load()});
         if (!r->cut_done_) until = std::min(until, r->drain_deadline());
     }
     // A request's wake-up may predate this run (drained at its start): look now.
@@ -3351,6 +3351,7 @@ RESTARTABLE_SERVER_FN void run::tend_retirees(clock::time_point now) noexcept {
     for (auto it = retirees_.begin(); it != retirees_.end();) {
         run& r = **it;
         if (to_ns(now) >= r.next_sweep_.load()) r.sweep(now);
+        if (to_ns(now) >= r.monitor_due_.load()) r.watch_workers(now);  // its requests in flight
         if (!r.cut_done_ && to_ns(now) >= r.drain_deadline()) r.cut_at_deadline();
         if (r.live_.load() != 0) {
             ++it;

@@ -3,7 +3,9 @@
 //
 //   report ROWS RESULTS [--svg FILE] [--title TEXT] [--subtitle TEXT]...
 //
-// ROWS: one row per line, tab-separated: key, label, better (hi|lo|info), decimals, servers
+// ROWS: one row per line, tab-separated: key (or key@name: the restartable_server column
+//       shows server "name"'s values, another configuration of it), label, better
+//       (hi|lo|info), decimals, servers
 //       (a subset of "rhn": r = restartable_server, h = cpp-httplib, n = nginx; the others
 //       show "n/a"), and optionally a goal: "n>=1.0" (ours ÷ nginx at least 1.0), "h>=X"
 //       (ours ÷ cpp-httplib), or "v<=X" / "v>=X" (our own value); the goals are listed with
@@ -161,9 +163,14 @@ std::vector<row> read_rows(const char* path, const raw_results& raw) {
         r.label = f[1];
         r.better = f[2];
         r.decimals = std::atoi(f[3].c_str());
+        // "key@name": the restartable_server column shows what was recorded for server
+        // "name" (another configuration of it, e.g. rs0: worker_threads = 0).
+        const std::size_t at = f[0].find('@');
+        const std::string key = f[0].substr(0, at);
         for (int s = 0; s < n_servers; ++s) {
             r.applies[s] = f[4].find(server_letter[s]) != std::string::npos;
-            r.cells[s] = median_cell(raw, f[0], server_key[s]);
+            const std::string server = s == 0 && at != std::string::npos ? f[0].substr(at + 1) : server_key[s];
+            r.cells[s] = median_cell(raw, key, server);
         }
         if (f.size() > 5) r.goal = f[5];
         rows.push_back(r);

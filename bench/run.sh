@@ -24,10 +24,14 @@
 # process started here is killed on exit. Exit status: 0 when every figure produced a
 # value, 1 otherwise.
 #
-# Figures 1-7 compare the three servers in RUNS rounds. Figure 8 is the headline keep-alive
-# comparison with nginx: restartable_server with default options and nginx, both running,
-# wrk -t2 -c64 alternating between them for KA_ROUNDS rounds of KA_SECONDS (5 x 5 s; --quick
-# 1 x 1 s), medians. Figures 9 and 10: 64 clients that never read (4 KiB receive buffers)
+# Figures 1-7 compare the three servers in RUNS rounds. Figure 8 is the headline comparison
+# with nginx: restartable_server with default options, the same with worker_threads = 0,
+# and nginx, all three running, wrk -t2 alternating between them at -c8, -c64, -c256
+# keep-alive and -c16 with "Connection: close", for KA_ROUNDS rounds of KA_SECONDS per load
+# (5 x 5 s; --quick 1 x 1 s): req/s, p50, p99, server CPU per request, and the per-round
+# ratios to nginx, medians. Figure 14 (bench/slow_neighbour.cpp): the req/s of 63 keep-alive
+# connections alone and beside a 64th whose handler sleeps 100 ms, KA_ROUNDS rounds of
+# KA_SECONDS each, default options. Figures 9 and 10: 64 clients that never read (4 KiB receive buffers)
 # POST 4 MiB bodies to /echo, or GET a 4 MiB /big, or pipeline GET /hello without end, while
 # 200 fresh GET /hello requests on new connections (--quick: 20) measure how long everyone
 # else waits (each with a 2 s limit, --quick 1 s: a stuck server shows as unanswered
@@ -368,6 +372,7 @@ bg_build lifecycle_httplib "${HTTPLIB_FLAGS[@]}" -DBENCH_HTTPLIB "$HERE/lifecycl
 bg_build echo_rs "${RS_FLAGS[@]}" -DBENCH_ECHO "$HERE/hello_restartable.cpp"
 bg_build lifecycle_rs "${RS_FLAGS[@]}" "$HERE/lifecycle.cpp"
 bg_build hello_rspoll "${RS_FLAGS[@]}" -DRESTARTABLE_SERVER_USE_POLL "$HERE/hello_restartable.cpp"
+bg_build slow_rs "${RS_FLAGS[@]}" -DBENCH_SLOW "$HERE/hello_restartable.cpp"
 # Figures 11 and 12 need server::restart(); a checkout from before it (BENCH_RS_DIR) gets
 # FAIL there and the rest of the table.
 HAVE_RESTART=0
@@ -378,7 +383,7 @@ if grep -q 'void restart(std::error_code& ec) noexcept;' "$RS_DIR/restartable_se
 else
   log "no server::restart() in $RS_DIR/restartable_server.hpp: figures 11 and 12 will fail"
 fi
-for tool in idle_clients post_echo probe report slow_readers; do
+for tool in idle_clients post_echo probe report slow_readers slow_neighbour; do
   bg_build "$tool" -std=c++17 -O2 -pthread "$HERE/$tool.cpp"
 done
 while [ "$jobs_waited" -lt "${#jobs_pids[@]}" ]; do wait_build; done
@@ -456,7 +461,11 @@ EOF
       "${SRV_PIN[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" >"$out" 2>&1 &
       SPID=$!
     else
-      "${SRV_PIN[@]}" "$BUILD/${kind}_$name" 0 >"$out" 2>&1 &
+      if [ "$name" = rs0 ]; then  # the rs build with worker_threads = 0
+        "${SRV_PIN[@]}" "$BUILD/${kind}_rs" 0 0 >"$out" 2>&1 &
+      else
+        "${SRV_PIN[@]}" "$BUILD/${kind}_$name" 0 >"$out" 2>&1 &
+      fi
       SPID=$!
       local i
       for ((i = 0; i < 500; i++)); do
@@ -523,37 +532,46 @@ run_wrk() {
 # Figure 8 helpers. cpu_ticks PID: user + system clock ticks of every thread of PID so far.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo fail; }
-# ka_round NAME PID PORT: one wrk -t2 -c64 run of KA_SECONDS against the server; records its
-# req/s, p99, the server's CPU time per request (µs) and how busy the load generator was (%
-# of its CPUs: near 100 means wrk, not the server, set the pace).
-KA_LAST_RPS=""
+# ka_round NAME PID PORT LOAD: one wrk run of KA_SECONDS against the server, LOAD one of
+# KA_LOADS (8, 64, 256: keep-alive with that many connections; close16: 16 connections
+# with "Connection: close"); records under kd<LOAD>_ its req/s, p50, p99, the server's CPU
+# time per request (µs) and how busy the load generator was (% of its CPUs: near 100
+# means wrk, not the server, set the pace). Sets KA_LAST (req/s p99 cpu_us).
+KA_LAST=""
 ka_round() {
-  local name=$1 pid=$2 port=$3 out c0 c1 rps p99 reqs cpu_us wrk_cpu
-  KA_LAST_RPS=""
+  local name=$1 pid=$2 port=$3 load=$4 key=kd$4 out c0 c1 rps p50 p99 reqs cpu_us wrk_cpu args
+  KA_LAST=""
+  if [ "$load" = close16 ]; then args=(-c16 -H 'Connection: close'); else args=(-c"$load"); fi
   c0=$(cpu_ticks "$pid")
-  if ! out=$( { time -p "${CLI_PIN[@]}" timeout $((KA_SECONDS + 30)) wrk -t2 -c64 -d"${KA_SECONDS}s" --latency \
+  if ! out=$( { time -p "${CLI_PIN[@]}" timeout $((KA_SECONDS + 30)) wrk -t2 "${args[@]}" -d"${KA_SECONDS}s" --latency \
                   "http://127.0.0.1:$port/hello"; } 2>&1 ); then
     printf '%s\n' "$out" >&2
-    for k in kad_rps kad_p99 kad_cpu_us kad_wrk_cpu; do record "$k" "$name" fail; done
+    for k in rps p50 p99 cpu_us wrk_cpu; do record "${key}_$k" "$name" fail; done
     return
   fi
   c1=$(cpu_ticks "$pid")
   if printf '%s\n' "$out" | grep -q 'Non-2xx\|Socket errors'; then
-    log "$name: wrk -t2 -c64: errors"
+    log "$name: wrk ${args[*]}: errors"
     printf '%s\n' "$out" >&2
   fi
   rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
+  p50=$(printf '%s\n' "$out" | awk "$toms"' $1 == "50%" {printf "%.3f", ms($2)}')
   p99=$(printf '%s\n' "$out" | awk "$toms"' $1 == "99%" {printf "%.3f", ms($2)}')
   reqs=$(printf '%s\n' "$out" | awk '$2 == "requests" && $3 == "in" {print $1}')
   cpu_us=$(awk -v a="$c0" -v b="$c1" -v n="${reqs:-0}" -v hz="$CLK_TCK" \
     'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && n > 0) printf "%.2f", (b - a) * 1e6 / hz / n; else print "fail"}')
   wrk_cpu=$(printf '%s\n' "$out" | awk -v cpus="$CLI_CPUS" \
     '$1 == "real" {r = $2} $1 == "user" {u = $2} $1 == "sys" {s = $2} END {if (r > 0) printf "%.0f", (u + s) * 100 / r / cpus; else print "fail"}')
-  KA_LAST_RPS=$rps
-  record kad_rps "$name" "${rps:-fail}"
-  record kad_p99 "$name" "${p99:-fail}"
-  record kad_cpu_us "$name" "$cpu_us"
-  record kad_wrk_cpu "$name" "$wrk_cpu"
+  KA_LAST="${rps:-fail} ${p99:-fail} $cpu_us"
+  record "${key}_rps" "$name" "${rps:-fail}"
+  record "${key}_p50" "$name" "${p50:-fail}"
+  record "${key}_p99" "$name" "${p99:-fail}"
+  record "${key}_cpu_us" "$name" "$cpu_us"
+  record "${key}_wrk_cpu" "$name" "$wrk_cpu"
+}
+# ratio A B: A / B with 3 decimals, or fail.
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN {if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.3f", a / b; else print "fail"}'
 }
 
 # Figure 11. storm NAME: the restart storm against rs (in-process, restart()) or nginx (a
@@ -625,12 +643,15 @@ order() { local r=$1 i; for ((i = 0; i < 3; i++)); do printf '%s ' "${ALL[$(((i 
 LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 
-# Figure 8: restartable_server with default options against nginx, both up at once, wrk
-# alternating between them round by round (the first server changes every round).
-log "keep-alive, default options vs nginx: $KA_ROUNDS x ${KA_SECONDS}s each, wrk -t2 -c64"
+# Figure 8: restartable_server with default options and with worker_threads = 0, and
+# nginx, all three up at once, wrk alternating between them load by load and round by
+# round (the order of the servers changes every round). Per-round ratios of the same load:
+# the three servers saw the same machine within seconds.
+KA_LOADS=(8 64 256 close16)
+log "default options vs worker_threads = 0 vs nginx: $KA_ROUNDS x ${KA_SECONDS}s per load (${KA_LOADS[*]})"
 declare -A KA_PID=() KA_PORT=()
 RS_WORKERS=""
-for s in rs nginx; do
+for s in rs rs0 nginx; do
   if start_server hello "$s"; then
     KA_PID[$s]=$SPID KA_PORT[$s]=$SPORT
     [ "$s" = rs ] && RS_WORKERS=$(sed -n 's/^worker_threads //p' "$TMP/server.out" | head -n 1)
@@ -641,28 +662,60 @@ for s in rs nginx; do
     log "  $s: the server did not start"
   fi
 done
+KA_ORDERS=("rs rs0 nginx" "nginx rs rs0" "rs0 nginx rs")
 for ((round = 0; round < KA_ROUNDS; round++)); do
-  if [ $((round % 2)) = 0 ]; then pair="rs nginx"; else pair="nginx rs"; fi
-  declare -A round_rps=([rs]="" [nginx]="")
-  for s in $pair; do
-    if [ -n "${KA_PID[$s]:-}" ] && kill -0 "${KA_PID[$s]}" 2>/dev/null; then
-      ka_round "$s" "${KA_PID[$s]}" "${KA_PORT[$s]}"
-      round_rps[$s]=$KA_LAST_RPS
-    else
-      for k in kad_rps kad_p99 kad_cpu_us kad_wrk_cpu; do record "$k" "$s" fail; done
-    fi
+  for load in "${KA_LOADS[@]}"; do
+    declare -A last=([rs]="" [rs0]="" [nginx]="")
+    for s in ${KA_ORDERS[$((round % 3))]}; do
+      if [ -n "${KA_PID[$s]:-}" ] && kill -0 "${KA_PID[$s]}" 2>/dev/null; then
+        ka_round "$s" "${KA_PID[$s]}" "${KA_PORT[$s]}" "$load"
+        last[$s]=$KA_LAST
+      else
+        for k in rps p50 p99 cpu_us wrk_cpu; do record "kd${load}_$k" "$s" fail; done
+      fi
+    done
+    read -r n_rps n_p99 n_cpu <<<"${last[nginx]:-fail fail fail}"
+    for s in rs rs0; do
+      read -r o_rps o_p99 o_cpu <<<"${last[$s]:-fail fail fail}"
+      record "kd${load}_rps_ratio" "$s" "$(ratio "$o_rps" "$n_rps")"
+      record "kd${load}_p99_ratio" "$s" "$(ratio "$o_p99" "$n_p99")"
+      record "kd${load}_cpu_ratio" "$s" "$(ratio "$o_cpu" "$n_cpu")"
+    done
+    log "  round $((round + 1))/$KA_ROUNDS, $load: req/s rs ${last[rs]%% *}, rs0 ${last[rs0]%% *}, nginx ${last[nginx]%% *}"
   done
-  # The ratio of the same round: both servers saw the same machine within seconds.
-  ratio=$(awk -v a="${round_rps[rs]}" -v b="${round_rps[nginx]}" \
-    'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) printf "%.3f", a / b; else print "fail"}')
-  record kad_ratio rs "$ratio"
-  log "  round $((round + 1))/$KA_ROUNDS: req/s rs ${round_rps[rs]:-fail}, nginx ${round_rps[nginx]:-fail}, ratio $ratio"
 done
-for s in rs nginx; do
+for s in rs rs0 nginx; do
   [ -n "${KA_PID[$s]:-}" ] || continue
   SPID=${KA_PID[$s]}
   stop_server
 done
+
+# Figure 14: what a handler that blocks costs everyone else. 63 keep-alive connections send
+# GET /hello in a closed loop, alone or beside a 64th that sends GET /slow (its handler
+# sleeps 100 ms) over and over; alternating, KA_ROUNDS rounds of KA_SECONDS each.
+log "a slow handler beside 63 fast connections: $KA_ROUNDS x 2 x ${KA_SECONDS}s"
+if start_server slow rs; then
+  for ((round = 0; round < KA_ROUNDS; round++)); do
+    alone="" beside=""
+    for slow in 0 1; do
+      out=$TMP/slow.out
+      if "${CLI_PIN[@]}" timeout $((KA_SECONDS + 30)) "$BUILD/slow_neighbour" "$SPORT" "$KA_SECONDS" "$slow" >"$out" &&
+         [ "$(kv "$out" errors)" = 0 ]; then
+        if [ "$slow" = 0 ]; then alone=$(kv "$out" fast_rps); else beside=$(kv "$out" fast_rps); fi
+        [ "$slow" = 1 ] && record slow_done rs "$(kv "$out" slow_done)"
+      else
+        cat "$out" >&2
+      fi
+    done
+    record slow_alone_rps rs "${alone:-fail}"
+    record slow_beside_rps rs "${beside:-fail}"
+    record slow_ratio rs "$(ratio "$beside" "$alone")"
+    log "  round $((round + 1))/$KA_ROUNDS: the 63's req/s alone $alone, beside the slow one $beside"
+  done
+  stop_server
+else
+  for k in slow_alone_rps slow_beside_rps slow_ratio slow_done; do record "$k" rs fail; done
+fi
 
 for ((run = 0; run < RUNS; run++)); do
   log "run $((run + 1))/$RUNS"
@@ -821,11 +874,31 @@ binary_kb${tab}6. stripped hello binary (KiB)${tab}lo${tab}0${tab}rh
 idle_rss_mb${tab}6. idle resident memory, hello (MiB)${tab}lo${tab}2${tab}rhn
 echo_mbps${tab}7. ${ECHO_MIB} MiB POST echo (MB/s)${tab}hi${tab}0${tab}rh
 echo_peak_mb${tab}7. peak server memory (VmHWM) echoing ${ECHO_MIB} MiB (MiB)${tab}lo${tab}1${tab}rh
-kad_rps${tab}8. keep-alive req/s, default options, wrk -t2 -c64${tab}hi${tab}0${tab}rn
-kad_ratio${tab}8. req/s ours ÷ nginx, median of the per-round ratios${tab}hi${tab}2${tab}r${tab}v>=1.0
-kad_p99${tab}8. keep-alive p99 latency (ms), same runs${tab}lo${tab}3${tab}rn
-kad_cpu_us${tab}8. server CPU time per request (µs), same runs${tab}lo${tab}2${tab}rn
-kad_wrk_cpu${tab}8. load generator busy (% of its CPU), same runs${tab}info${tab}0${tab}rn
+EOF
+# Figure 8's rows: for each load, default options (server rs) and worker_threads = 0 (rs0,
+# shown in the restartable_server column of its own rows), each beside nginx.
+for load in 8 64 256 close16; do
+  if [ "$load" = close16 ]; then what="\`Connection: close\`, wrk -t2 -c16"; else what="keep-alive, wrk -t2 -c$load"; fi
+  rps_goal=">=1.05"; [ "$load" = close16 ] && rps_goal=">=1.0"
+  p99_goal=""; { [ "$load" = 8 ] || [ "$load" = 64 ]; } && p99_goal="${tab}v<=1.2"
+  for s in rs rs0; do
+    if [ "$s" = rs ]; then opt="default options"; else opt="worker_threads = 0"; fi
+    goal=""; [ "$s" = rs ] && goal="${tab}v$rps_goal"
+    cat >>"$ROWS" <<EOR
+kd${load}_rps@$s${tab}8. $what, $opt: req/s${tab}hi${tab}0${tab}rn
+kd${load}_p50@$s${tab}8. $what, $opt: p50 latency (ms)${tab}lo${tab}3${tab}rn
+kd${load}_p99@$s${tab}8. $what, $opt: p99 latency (ms)${tab}lo${tab}3${tab}rn
+kd${load}_cpu_us@$s${tab}8. $what, $opt: server CPU per request (µs)${tab}lo${tab}2${tab}rn
+kd${load}_rps_ratio@$s${tab}8. $what, $opt: req/s ours ÷ nginx, median of per-round ratios${tab}hi${tab}2${tab}r$goal
+kd${load}_p99_ratio@$s${tab}8. $what, $opt: p99 ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r$([ "$s" = rs ] && printf '%s' "$p99_goal")
+kd${load}_cpu_ratio@$s${tab}8. $what, $opt: CPU per request ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r$([ "$s" = rs ] && printf '%s' "${tab}v<=1.0")
+EOR
+  done
+  cat >>"$ROWS" <<EOR
+kd${load}_wrk_cpu@rs${tab}8. $what: load generator busy (% of its CPU), default options' runs${tab}info${tab}0${tab}rn
+EOR
+done
+cat >>"$ROWS" <<EOF
 sr_echo_p50${tab}9. fresh GET p50 (ms), ${ATTACKERS} clients POST ${ATTACK_MIB} MiB to /echo, never read${tab}lo${tab}3${tab}rh
 sr_echo_p99${tab}9. fresh GET p99 (ms), /echo attack${tab}lo${tab}3${tab}rh
 sr_echo_unans${tab}9. fresh GETs unanswered within $((ATTACK_TIMEOUT_MS / 1000)) s (of $ATTACK_PROBES), /echo attack${tab}lo${tab}0${tab}rh${tab}v<=0
@@ -854,6 +927,10 @@ poll_idle_answered${tab}13. poll(2) backend: idle conns answered (of $IDLE_N)${t
 poll_idle_fresh_ms${tab}13. poll(2) backend: fresh request with $IDLE_N idle conns (ms; epoll: figure 3)${tab}lo${tab}3${tab}r
 poll_idle_busy_rps${tab}13. poll(2) backend: one keep-alive client's req/s with $IDLE_N idle conns${tab}hi${tab}0${tab}r
 poll_idle_second_answered${tab}13. poll(2) backend: idle conns answering a 2nd request within $((SECOND_BUDGET_MS / 1000)) s (of $IDLE_N)${tab}hi${tab}0${tab}r
+slow_alone_rps${tab}14. 63 keep-alive conns' req/s, alone${tab}hi${tab}0${tab}r
+slow_beside_rps${tab}14. the same 63 beside a 64th whose handler sleeps 100 ms${tab}hi${tab}0${tab}r
+slow_ratio${tab}14. their req/s beside the slow one ÷ alone, median of per-round ratios${tab}hi${tab}2${tab}r${tab}v>=0.9
+slow_done${tab}14. slow requests answered per round${tab}info${tab}0${tab}r
 EOF
 
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
@@ -884,11 +961,16 @@ set -e
        "access_log off, \`return 200\`; all on 127.0.0.1"
   echo "- ratios are restartable_server ÷ peer; ↑ higher is better, ↓ lower is better; figures 4 and 5 run" \
        "in-process (cpp-httplib: listen_after_bind in a thread, stop() + join)"
-  echo "- figure 8: restartable_server (default options) and nginx both up, pinned as above; nginx with 1" \
+  echo "- figure 8: restartable_server with default options (as many serving workers as usable CPUs: 1" \
+       "here, pinned), the same binary with worker_threads = 0, and nginx, all up, pinned as above; nginx with 1" \
        "worker, the one CPU it may use (1.22's \`worker_processes auto\` counts online CPUs, not the affinity" \
-       "mask, and would start 2 on it); wrk -t2 -c64 (both wrk threads on the load generator's CPU) alternates" \
-       "between them, $KA_ROUNDS round(s) of ${KA_SECONDS}s; the server's CPU time per request does not depend on" \
-       "how fast wrk is"
+       "mask, and would start 2 on it); wrk -t2 (both wrk threads on the load generator's CPU) alternates" \
+       "between them load by load, $KA_ROUNDS round(s) of ${KA_SECONDS}s per load and server; ratios are taken" \
+       "per round, then the median; the server's CPU time per request does not depend on how fast wrk is"
+  echo "- figure 14: restartable_server with default options and a GET /slow route whose handler sleeps" \
+       "100 ms; 63 keep-alive connections send GET /hello in a closed loop from one client thread, for" \
+       "${KA_SECONDS}s alone, then ${KA_SECONDS}s beside a 64th connection sending GET /slow over and over;" \
+       "$KA_ROUNDS round(s)"
   echo "- figures 9 and 10: a fresh server process each; $ATTACKERS connections with SO_RCVBUF 4 KiB that never read" \
        "(no reconnects) each POST ${ATTACK_MIB} MiB to /echo, or GET /big (4 MiB: a string in memory; nginx: a" \
        "static file, sendfile on), or pipeline GET /hello nonstop (a flood: the server gets as much work as it" \
