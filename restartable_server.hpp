@@ -2266,6 +2266,12 @@ public:
     }
     void rearm(int, void*, std::uint32_t) noexcept {}
     void remove(int fd) noexcept { ::epoll_ctl(fd_.get(), EPOLL_CTL_DEL, fd, nullptr); }
+    /// forget: fd is about to be closed. Closing it takes it out of the set (epoll drops a
+    /// registration with the last descriptor of its file; the engine never duplicates a
+    /// connection's), so no system call: one epoll_ctl less per connection. (A fork's
+    /// child holds copies until its exec; an event meanwhile is a late event, which points
+    /// at a pooled connection object and is ignored or finds nothing to read.)
+    void forget(int) noexcept {}
     bool add_set(event_set& inner, void* ptr) noexcept { return add(inner.fd_.get(), ptr, ev_in); }
     void remove_set(event_set& inner, void*) noexcept { remove(inner.fd_.get()); }
     /// wait: up to max (<= control_events) reports into out, waiting up to timeout_ms
@@ -2379,6 +2385,8 @@ public:
         if (entry* e = find(fd)) *e = entry();
         wake_watchers();
     }
+    /// forget: fd is about to be closed: its entry goes.
+    void forget(int fd) noexcept { remove(fd); }
     /// add_set: nests inner: this set reports ptr while any descriptor of inner is ready.
     /// A set is nested in one set at a time: it leaves the one it was in (a retiree's
     /// connections, served inline, move to the next run's control set).
@@ -2919,7 +2927,7 @@ public:
     /// would keep it registered in an epoll set) and returns the object.
     void release(connection& c, event_set& set) noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (c.in_set) set.remove(c.fd.get());
+        if (c.in_set) set.forget(c.fd.get());
         c.in_set = false;
         c.fd.reset();
         c.hold.store(connection::free_slot);
@@ -4163,7 +4171,9 @@ RESTARTABLE_SERVER_FN run::outcome run::after_response(connection& c) {
     c.set(conn_state::lingering);
     c.in.clear();
     c.start = 0;
-    return outcome::progress;
+    // The last read left the socket empty, its client not closed: a read now would find
+    // nothing, so the connection waits for the client's close (or late bytes) at once.
+    return c.read_short ? outcome::wait : outcome::progress;
 }
 
 /// linger: drops what a closing client still sends until it closes too (or linger_time
