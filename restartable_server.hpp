@@ -2861,6 +2861,7 @@ struct connection {
     bool read_short = false;  // the last read did not fill the buffer: the socket is likely empty
     bool peer_closed = false;  // the client shut down its side: read until the EOF
     bool watch_output = false;  // registered for EPOLLOUT too (once a response had to wait)
+    bool nodelay = false;       // TCP_NODELAY is set (see no_delay)
 
     void set(conn_state to) noexcept {
         assert(allowed(state, to));
@@ -2918,6 +2919,7 @@ public:
         c->pending.store(0);  // an event for the connection it was before means nothing now
         c->peer_closed = false;
         c->watch_output = false;
+        c->nodelay = false;
         c->cut.store(false);
         c->deadline.store(never);
         c->hold.store(connection::held);
@@ -3109,6 +3111,7 @@ private:
     outcome flush(connection& c) noexcept;
     outcome after_response(connection& c);
     outcome linger(connection& c) noexcept;
+    void no_delay(connection& c) noexcept;
     void on_timeout(worker& w, connection& c, clock::time_point now) noexcept;
     void call_handler(worker& w, const route* r, int route_status);
     void build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed);
@@ -3347,8 +3350,6 @@ RESTARTABLE_SERVER_FN void run::move_backlog(run& to, clock::time_point now) noe
             if (errno == EINTR || errno == ECONNABORTED) continue;
             return;
         }
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         to.adopt(fd, conn_state::head, std::string(), now, false);
     }
 }
@@ -3444,8 +3445,6 @@ RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
             ::close(fd);
             continue;
         }
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix sockets
         connection* c = nullptr;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
@@ -3930,6 +3929,7 @@ RESTARTABLE_SERVER_FN run::outcome run::collect_body(worker& w, connection& c, b
         if (c.framing.expect_continue && !c.continue_sent) {
             if (!c.matched) return answer_error(w, c, c.route_status);  // not going to read it: say so now
             c.continue_sent = true;
+            no_delay(c);  // the response follows the interim one
             static constexpr std::string_view text = "HTTP/1.1 100 Continue\r\n\r\n";
             c.out_head.assign(text);
             c.out_sent = 0;
@@ -4033,6 +4033,7 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     response& res = w.res;
     const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
     if (res.provider_ && !bodiless) {
+        no_delay(c);  // many writes: none may wait for the ACK of the one before
         const call_span span(*this, w);  // it may block on the client, as a handler may
         return send_streamed(w, c, keep_alive);
     }
@@ -4049,6 +4050,7 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     c.set(conn_state::writing);
     const std::size_t sent = n < 0 ? 0 : static_cast<std::size_t>(n);
     if (sent == w.head.size() + body_size) return after_response(c);
+    no_delay(c);                // more writes follow: none may wait for an ACK
     c.out_head.assign(w.head);  // the rest waits for EPOLLOUT; the body is moved, not copied
     if (body_size != 0) c.out_body = std::move(res.body);
     c.out_sent = sent;
@@ -4158,6 +4160,7 @@ RESTARTABLE_SERVER_FN run::outcome run::after_response(connection& c) {
     if (stopping_.load()) finished_.fetch_add(1);
     c.since = clock::now();
     if (c.keep_alive) {
+        no_delay(c);  // its next response must not wait for this one's ACK
         c.set(conn_state::idle);
         // A retiree reads no more requests: the connection moves to the next run, with
         // whatever of the next request is here already.
@@ -4174,6 +4177,18 @@ RESTARTABLE_SERVER_FN run::outcome run::after_response(connection& c) {
     // The last read left the socket empty, its client not closed: a read now would find
     // nothing, so the connection waits for the client's close (or late bytes) at once.
     return c.read_short ? outcome::wait : outcome::progress;
+}
+
+/// no_delay: sets TCP_NODELAY on c, once: from its second write on, or before a stream,
+/// no write may wait for the ACK of the one before (Nagle's algorithm). A connection that
+/// closes after one response never needs it - a single write, and the half-close pushes
+/// what is queued - so Connection: close saves the call (nginx sets it at keep-alive too).
+/// Fails harmlessly on Unix sockets.
+RESTARTABLE_SERVER_FN void run::no_delay(connection& c) noexcept {
+    if (c.nodelay) return;
+    c.nodelay = true;
+    int one = 1;
+    ::setsockopt(c.fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 /// linger: drops what a closing client still sends until it closes too (or linger_time

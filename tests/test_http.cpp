@@ -1210,3 +1210,74 @@ TEST_CASE("access_log: each duration lies within its request's span, on fresh an
         CHECK(it->second.duration <= span);
     }
 }
+
+namespace {
+/// server_side_nodelay: TCP_NODELAY of the server's end of client (found in this process's
+/// descriptors: the socket whose peer is the client's local address); -1 when none is open.
+int server_side_nodelay(int client_fd) {
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    if (::getsockname(client_fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return -1;
+    for (int fd = 0; fd < 4096; ++fd) {
+        if (fd == client_fd) continue;
+        sockaddr_storage peer{};
+        socklen_t plen = sizeof peer;
+        if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0 || plen != len ||
+            std::memcmp(&peer, &local, len) != 0)
+            continue;
+        int on = 0;
+        socklen_t olen = sizeof on;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &olen) != 0) return -1;
+        return on != 0 ? 1 : 0;
+    }
+    return -1;
+}
+}  // namespace
+
+TEST_CASE("TCP_NODELAY: set before a kept-alive connection's second response, a stream or a partial write; "
+          "not for a lone response that closes", "[http][tcp]") {
+    // Without it a response written after another one (keep-alive), a stream's chunks or
+    // the rest of a response the socket did not take at once may wait for the client's
+    // delayed ACK (Nagle's algorithm, up to 40 ms on Linux). A connection that closes
+    // after one write needs nothing: the half-close pushes what is queued.
+    rs::server srv(test::local_options(2));
+    srv.get("/hello", [](const rs::request&, rs::response& res) { res.set_content("hello", "text/plain"); });
+    srv.get("/stream", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [](rs::body_writer& out) {
+            for (int i = 0; i < 3; ++i) out.write("chunk\n");
+        });
+    });
+    srv.get("/big", [](const rs::request&, rs::response& res) {
+        res.set_content(std::string(32 << 20, 'x'), "application/octet-stream");
+    });
+    const std::uint16_t port = test::start(srv);
+    SECTION("keep-alive") {
+        test::client c(port);
+        REQUIRE(c.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        REQUIRE(c.send("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"));
+        REQUIRE(c.read().status == 200);  // written after the option was set
+        CHECK(server_side_nodelay(c.fd) == 1);
+    }
+    SECTION("Connection: close") {
+        test::client c(port);
+        REQUIRE(c.send("GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        CHECK(server_side_nodelay(c.fd) == 0);  // lingering until this client closes
+    }
+    SECTION("a stream") {
+        test::client c(port);
+        REQUIRE(c.send("GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        CHECK(server_side_nodelay(c.fd) == 1);
+    }
+    SECTION("a response the socket did not take at once") {
+        test::client c(port);
+        REQUIRE(c.send("GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        const test::http_response r = c.read();  // 32 MiB never fit the socket at once
+        REQUIRE(r.status == 200);
+        CHECK(r.body.size() == std::size_t(32) << 20);
+        CHECK(server_side_nodelay(c.fd) == 1);
+    }
+    srv.stop();
+}
