@@ -39,7 +39,11 @@
 //   every connection waiting for a request; the old run finishes its requests in flight
 //   (their connections then move too) while the control thread, now the new run's, keeps
 //   its time; its workers are joined when its last connection has gone. Nothing is
-//   refused or dropped. upgrade() hands the socket to a new process instead.
+//   refused or dropped. upgrade() hands the socket to a new process instead, and as this
+//   process's run stops, every connection waiting for a request too (idle keep-alive
+//   ones, and those whose request is still arriving, with the bytes read so far) over a
+//   Unix socket (SCM_RIGHTS); requests in flight finish here with "Connection: close".
+//   See server::upgrade() and "hand-over to a new process" in the implementation.
 //
 //   state      what is going on                              next
 //   ---------  --------------------------------------------  ---------------------------
@@ -76,7 +80,8 @@
 //   has the whole table.
 //
 //   stop(): closes the listener at once (a new connection is refused, so a load balancer
-//   moves on), closes idle keep-alive connections, lets requests in flight finish - a head
+//   moves on), closes idle keep-alive connections (after upgrade(): hands them, and heads
+//   still arriving, to the new process), lets requests in flight finish - a head
 //   still arriving too - with "Connection: close" on their responses, and at
 //   options::drain_timeout after the stop request shuts down what is left (counted in
 //   stop_result::cut). It returns once every thread of the run is joined and every
@@ -384,7 +389,9 @@ listener_factory inherited_listener(int fd);
 /// LISTEN_FDNAMES so children do not inherit them (call it before starting threads that
 /// read the environment). The socket stays open for the life of the factory and is handed
 /// to every run, so restarts keep it. Without one, each start fails with
-/// errc::not_activated.
+/// errc::not_activated. In a process started by server::upgrade() it also adopts the
+/// hand-over socket (RESTARTABLE_SERVER_HANDOVER_FD, then unset): the first run started
+/// with this factory takes the old process's idle connections through it.
 listener_factory systemd_listener(std::string name = {});
 
 /// notify_ready: tells a service manager the server is ready: sends "READY=1" to the
@@ -734,15 +741,28 @@ public:
     /// restart: as restart(ec), throwing std::system_error on failure (or aborting, as start()).
     void restart();
 
-    /// upgrade: a binary upgrade without a refused connection (nginx's USR2): starts
-    /// argv[0] (a path; argv[1..] its arguments) with the current listening socket as
-    /// descriptor 3 and LISTEN_FDS=1, LISTEN_PID=<its pid>, NOTIFY_SOCKET set, so a
-    /// systemd_listener() in it adopts the socket; waits up to ready_timeout until it calls
-    /// notify_ready(), then requests a graceful stop of this server (the caller's run()
-    /// or wait() returns after the drain; then exit). Both processes accept on the socket
-    /// in between. Returns the child's pid; on failure (not running, exec failed, not
-    /// ready in time: the child is killed) sets ec and this server goes on. Not from a
-    /// server thread. Linux only (elsewhere ec is std::errc::function_not_supported).
+    /// upgrade: a binary upgrade without a refused connection or a closed idle one (nginx's
+    /// USR2, plus HAProxy's socket passing): starts argv[0] (a path; argv[1..] its
+    /// arguments) with the current listening socket as descriptor 3 and LISTEN_FDS=1,
+    /// LISTEN_PID=<its pid>, NOTIFY_SOCKET set, and a Unix socket for the hand-over as
+    /// descriptor 4 (RESTARTABLE_SERVER_HANDOVER_FD=4), so a systemd_listener() in it
+    /// adopts both; waits up to ready_timeout until it calls notify_ready(), then requests
+    /// a graceful stop of this server (the caller's run() or wait() returns after the
+    /// drain; then exit). Both processes accept on the socket in between. What moves:
+    ///   - the listening socket, never closed;
+    ///   - as the stop begins, every connection waiting for a request - idle keep-alive
+    ///     ones, and those whose request head is arriving, with the bytes read so far (up
+    ///     to 64 KiB) - is passed to the new process (SCM_RIGHTS), which serves it as its
+    ///     own; stop_result::handed_over counts them;
+    ///   - requests in flight are not: they finish here with "Connection: close".
+    /// A new process that does not greet (not this library, or an older one; waited for
+    /// up to 1 s after its READY=1), or that exits, stops or does not take a message
+    /// within 1 s, gets no more connections: those stay here and the stop treats them as
+    /// it always did (idle ones closed, counted in idle_closed; arriving requests
+    /// answered), with a line in error_log. Returns the child's pid; on failure (not
+    /// running, exec failed, not ready in time: the child is killed) sets ec and this
+    /// server goes on. Not from a server thread. Linux only (elsewhere ec is
+    /// std::errc::function_not_supported).
     pid_t upgrade(const std::vector<std::string>& argv, std::error_code& ec,
                   std::chrono::milliseconds ready_timeout = std::chrono::seconds(10)) noexcept;
 
