@@ -3092,9 +3092,10 @@ RESTARTABLE_SERVER_FN int receive_handover_message(int channel, std::string& buf
 }
 
 /// handover_fits: whether upgrade() could hand c over: it waits for a request (idle, or a
-/// head arriving) and what it read ahead fits in one hand-over message.
+/// head arriving), owes the client nothing, and what it read ahead fits in one hand-over
+/// message.
 RESTARTABLE_SERVER_FN bool handover_fits(const connection& c) noexcept {
-    return (c.state == conn_state::idle || c.state == conn_state::head) &&
+    return (c.state == conn_state::idle || c.state == conn_state::head) && !c.output_pending() &&
            c.in.size() - c.start <= handover_message_bytes - sizeof(handover_record);
 }
 
