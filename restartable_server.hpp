@@ -39,7 +39,11 @@
 //   every connection waiting for a request; the old run finishes its requests in flight
 //   (their connections then move too) while the control thread, now the new run's, keeps
 //   its time; its workers are joined when its last connection has gone. Nothing is
-//   refused or dropped. upgrade() hands the socket to a new process instead.
+//   refused or dropped. upgrade() hands the socket to a new process instead, and as this
+//   process's run stops, every connection waiting for a request too (idle keep-alive
+//   ones, and those whose request is still arriving, with the bytes read so far) over a
+//   Unix socket (SCM_RIGHTS); requests in flight finish here with "Connection: close".
+//   See server::upgrade() and "hand-over to a new process" in the implementation.
 //
 //   state      what is going on                              next
 //   ---------  --------------------------------------------  ---------------------------
@@ -76,7 +80,8 @@
 //   has the whole table.
 //
 //   stop(): closes the listener at once (a new connection is refused, so a load balancer
-//   moves on), closes idle keep-alive connections, lets requests in flight finish - a head
+//   moves on), closes idle keep-alive connections (after upgrade(): hands them, and heads
+//   still arriving, to the new process), lets requests in flight finish - a head
 //   still arriving too - with "Connection: close" on their responses, and at
 //   options::drain_timeout after the stop request shuts down what is left (counted in
 //   stop_result::cut). It returns once every thread of the run is joined and every
@@ -333,6 +338,11 @@ private:
     int fd_ = -1;
 };
 
+namespace detail {
+struct handover_inbox;
+struct factory_access;
+}  // namespace detail
+
 /// listener_factory: builds a bound, listening socket for one run. Called once per
 /// start() / run() (and per restart() that changes the address), in the starting thread.
 /// On failure it sets ec and returns an empty unique_fd. The server makes the socket
@@ -361,8 +371,10 @@ public:
     const std::string& address() const noexcept { return address_; }
 
 private:
+    friend struct detail::factory_access;
     std::function<unique_fd(std::error_code&)> make_;
     std::string address_;
+    std::shared_ptr<detail::handover_inbox> handover_;  // systemd_listener(): from upgrade()
 };
 
 /// tcp_listener: a factory for a TCP socket bound to host:port with SO_REUSEADDR (so a
@@ -390,7 +402,9 @@ listener_factory inherited_listener(int fd);
 /// LISTEN_FDNAMES so children do not inherit them (call it before starting threads that
 /// read the environment). The socket stays open for the life of the factory and is handed
 /// to every run, so restarts keep it. Without one, each start fails with
-/// errc::not_activated.
+/// errc::not_activated. In a process started by server::upgrade() it also adopts the
+/// hand-over socket (RESTARTABLE_SERVER_HANDOVER_FD, then unset): the first run started
+/// with this factory takes the old process's idle connections through it.
 listener_factory systemd_listener(std::string name = {});
 
 /// notify_ready: tells a service manager the server is ready: sends "READY=1" to the
@@ -646,6 +660,10 @@ struct stop_result {
     /// finished: responses completed after the stop or a restart began (requests that
     /// were in flight, or arriving, then).
     std::size_t finished = 0;
+    /// handed_over: connections waiting for a request (idle keep-alive ones, and those
+    /// whose next request was still arriving) that upgrade() passed to the new process
+    /// instead of closing them. 0 after any other stop.
+    std::size_t handed_over = 0;
 };
 
 /// server: an HTTP/1.1 server that can be started, stopped and started again.
@@ -745,15 +763,28 @@ public:
     /// restart: as restart(ec), throwing std::system_error on failure (or aborting, as start()).
     void restart();
 
-    /// upgrade: a binary upgrade without a refused connection (nginx's USR2): starts
-    /// argv[0] (a path; argv[1..] its arguments) with the current listening socket as
-    /// descriptor 3 and LISTEN_FDS=1, LISTEN_PID=<its pid>, NOTIFY_SOCKET set, so a
-    /// systemd_listener() in it adopts the socket; waits up to ready_timeout until it calls
-    /// notify_ready(), then requests a graceful stop of this server (the caller's run()
-    /// or wait() returns after the drain; then exit). Both processes accept on the socket
-    /// in between. Returns the child's pid; on failure (not running, exec failed, not
-    /// ready in time: the child is killed) sets ec and this server goes on. Not from a
-    /// server thread. Linux only (elsewhere ec is std::errc::function_not_supported).
+    /// upgrade: a binary upgrade without a refused connection or a closed idle one (nginx's
+    /// USR2, plus HAProxy's socket passing): starts argv[0] (a path; argv[1..] its
+    /// arguments) with the current listening socket as descriptor 3 and LISTEN_FDS=1,
+    /// LISTEN_PID=<its pid>, NOTIFY_SOCKET set, and a Unix socket for the hand-over as
+    /// descriptor 4 (RESTARTABLE_SERVER_HANDOVER_FD=4), so a systemd_listener() in it
+    /// adopts both; waits up to ready_timeout until it calls notify_ready(), then requests
+    /// a graceful stop of this server (the caller's run() or wait() returns after the
+    /// drain; then exit). Both processes accept on the socket in between. What moves:
+    ///   - the listening socket, never closed;
+    ///   - as the stop begins, every connection waiting for a request - idle keep-alive
+    ///     ones, and those whose request head is arriving, with the bytes read so far (up
+    ///     to 64 KiB) - is passed to the new process (SCM_RIGHTS), which serves it as its
+    ///     own; stop_result::handed_over counts them;
+    ///   - requests in flight are not: they finish here with "Connection: close".
+    /// A new process that does not greet (not this library, or an older one; waited for
+    /// up to 1 s after its READY=1), or that exits, stops or does not take a message
+    /// within 1 s, gets no more connections: those stay here and the stop treats them as
+    /// it always did (idle ones closed, counted in idle_closed; arriving requests
+    /// answered), with a line in error_log. Returns the child's pid; on failure (not
+    /// running, exec failed, not ready in time: the child is killed) sets ec and this
+    /// server goes on. Not from a server thread. Linux only (elsewhere ec is
+    /// std::errc::function_not_supported).
     pid_t upgrade(const std::vector<std::string>& argv, std::error_code& ec,
                   std::chrono::milliseconds ready_timeout = std::chrono::seconds(10)) noexcept;
 
@@ -832,6 +863,8 @@ private:
     std::atomic<detail::run*> current_{nullptr};       // where handed-over connections go
     std::mutex current_mutex_;            // held by a transfer into current_, and to change it
     std::atomic<std::int64_t> drain_limit_{INT64_MAX};  // stop(timeout)'s deadline, steady ns
+    unique_fd handover_out_;              // upgrade(): the socket to the new process (under mutex_)
+    std::atomic<int> handover_fd_{-1};    // its descriptor while connections may go there; else -1
 };
 
 // --------------------------------------------------------- static files --
@@ -1016,6 +1049,20 @@ inline constexpr std::chrono::milliseconds monitor_quiet{100};
 inline constexpr int linger_reads = 16;
 /// control_events: events per wait of the control thread.
 inline constexpr int control_events = 64;
+/// handover_max_fds: descriptors per hand-over message of an upgrade(): Linux's
+/// SCM_MAX_FD, the most one SCM_RIGHTS message may carry.
+inline constexpr std::size_t handover_max_fds = 253;
+/// handover_message_bytes: the data of one hand-over message at most (record headers and
+/// bytes read ahead); fits the default socket buffer of a Unix socket (~208 KiB) with room.
+/// A connection whose unserved bytes do not fit alone is not handed over (see upgrade()).
+inline constexpr std::size_t handover_message_bytes = 64 * 1024;
+/// handover_hello_wait: how long upgrade() waits, after READY=1, for the new process's
+/// hand-over greeting. The library sends it before its start() returns, so it is there
+/// already; this bounds only a program that does not speak the hand-over (an older build).
+inline constexpr std::chrono::milliseconds handover_hello_wait{1000};
+/// handover_send_timeout: a hand-over message the new process does not take within this
+/// is not sent (its connections stay in the old process, which closes them as before).
+inline constexpr std::chrono::milliseconds handover_send_timeout{1000};
 
 // ----------------------------------------------------------- small tools --
 
@@ -1944,13 +1991,56 @@ RESTARTABLE_SERVER_FN long env_number(const char* name) noexcept {
     const long n = std::strtol(v, &end, 10);
     return errno == 0 && *end == '\0' ? n : -1;
 }
+
+/// handover_env: the variable that names the hand-over socket server::upgrade() passes
+/// to the new process (beside LISTEN_FDS; see "hand-over to a new process" below).
+inline constexpr char handover_env[] = "RESTARTABLE_SERVER_HANDOVER_FD";
+
+/// handover_inbox: that socket, in the new process, until a run takes it: the first run
+/// started with the factory that adopted it (so the connections go to that server).
+struct handover_inbox {
+    explicit handover_inbox(int s) noexcept : fd(s) {}
+    handover_inbox(const handover_inbox&) = delete;
+    handover_inbox& operator=(const handover_inbox&) = delete;
+    ~handover_inbox() { take(); }
+    /// take: the socket, to the first caller; an empty unique_fd after that.
+    unique_fd take() noexcept { return unique_fd(fd.exchange(-1)); }
+    std::atomic<int> fd;
+};
+
+/// factory_access: the library's own view of a listener_factory's hand-over socket.
+struct factory_access {
+    static std::shared_ptr<handover_inbox>& handover(listener_factory& f) noexcept { return f.handover_; }
+};
+
+/// inherited_handover: the hand-over socket named by handover_env (then unset), made
+/// close-on-exec; -1 when there is none. A descriptor that is not a Unix SOCK_SEQPACKET
+/// socket, or is one of the count listening sockets from 3 on, was not passed by upgrade()
+/// and is left alone (not ours to take, nor to close).
+RESTARTABLE_SERVER_FN int inherited_handover(long count) noexcept {
+    const long fd = env_number(handover_env);
+    ::unsetenv(handover_env);
+    if (fd < 3 || fd > 65535 || fd < 3 + count) return -1;
+    const int s = static_cast<int>(fd);
+    int type = 0;
+    socklen_t len = sizeof type;
+    sockaddr_un addr{};
+    socklen_t addr_len = sizeof addr;
+    if (::getsockopt(s, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_SEQPACKET ||
+        ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &addr_len) != 0 || addr.sun_family != AF_UNIX)
+        return -1;
+    ::fcntl(s, F_SETFD, FD_CLOEXEC);
+    return s;
+}
 }  // namespace detail
 
 RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
     constexpr int first_fd = 3;  // SD_LISTEN_FDS_START
     int chosen = -1;
+    int handover = -1;  // server::upgrade()'s hand-over socket, when it started this process
     const long count = detail::env_number("LISTEN_FDS");
     if (detail::env_number("LISTEN_PID") == static_cast<long>(::getpid()) && count > 0) {
+        handover = detail::inherited_handover(count);
         const char* names_env = std::getenv("LISTEN_FDNAMES");
         std::string_view names = names_env ? names_env : "";
         for (long i = 0; i < count && i < 1024; ++i) {
@@ -1980,7 +2070,9 @@ RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
         if (!dup) ec = detail::last_error();
         return dup;
     };
-    return listener_factory(std::move(make), std::move(address));
+    listener_factory factory(std::move(make), std::move(address));
+    if (handover >= 0) detail::factory_access::handover(factory) = std::make_shared<detail::handover_inbox>(handover);
+    return factory;
 }
 
 RESTARTABLE_SERVER_FN std::error_code notify_ready() noexcept {
@@ -3024,6 +3116,135 @@ RESTARTABLE_SERVER_FN std::uint32_t watched_events(const connection& c) noexcept
     return ev_in | ev_hup | ev_edge | (output ? ev_out : 0u);
 }
 
+// ------------------------------------------- hand-over to a new process --
+//
+// server::upgrade() passes the new process, beside the listening socket (descriptor 3,
+// LISTEN_FDS=1), one end of a Unix SOCK_SEQPACKET socket pair, as the descriptor that
+// RESTARTABLE_SERVER_HANDOVER_FD names; systemd_listener() adopts it with the listener.
+// What goes over it, in order (HAProxy passes its listeners so; here connections go too):
+//
+//   1. new -> old, once: the greeting handover_hello, sent by the first run started with
+//      that factory (in start(), so before the program's notify_ready()). A program that
+//      never sends it (not this library, or an older one) gets no connection: after
+//      READY=1 the old process waits up to handover_hello_wait, then stops as it always
+//      did (idle connections closed).
+//   2. old -> new, as the old run stops: each connection waiting for a request - idle
+//      between requests, or the next request arriving - in messages of at most
+//      handover_max_fds descriptors (SCM_RIGHTS) and handover_message_bytes of data. For
+//      each descriptor, in order, a handover_record and the bytes the old process read
+//      from it but did not serve. The old process takes each out of its event set before
+//      the message goes and closes its own descriptor once it went: from then on only the
+//      new process reads that socket, and the bytes still in the kernel wait for it. A
+//      message that cannot go (the new process exited, stopped or closed the socket, or
+//      did not take it within handover_send_timeout) leaves its connections where they
+//      were, treated as before (an idle one closed, an arriving request answered), and
+//      nothing more is sent. A connection with a request in flight is not handed over: it
+//      finishes in the old process with "Connection: close", as in any stop.
+//   3. The old process closes its end when its run is over; the new one closes its end at
+//      that EOF, or when its own run stops (a message still queued then is closed by the
+//      kernel with its descriptors: those clients see their connection close, as they
+//      would have from the old process, never a hang).
+//
+// Both ends are on one machine: records are in native byte order, and hold ages (not
+// time points) so that the two processes' clocks need not agree.
+
+/// handover_hello: the new process's greeting, the whole of message 1.
+inline constexpr char handover_hello[] = "restartable_server hand-over 1";
+
+/// handover_record: what follows each handed-over descriptor in a message's data.
+struct handover_record {
+    std::uint8_t state;        // 0: idle (between requests), 1: head (a request arriving)
+    std::uint8_t peer_closed;  // the client had shut down its side
+    std::uint8_t unused[2];
+    std::uint32_t bytes;   // bytes read ahead of the response that follow this record
+    std::int64_t age_ns;   // a head begun: how long its header_timeout has run; else 0
+};
+static_assert(sizeof(handover_record) == 16, "a record is 16 bytes");
+
+/// handover_control: room for the SCM_RIGHTS control message of one hand-over message.
+union handover_control {
+    cmsghdr align;
+    char bytes[CMSG_SPACE(sizeof(int) * handover_max_fds)];
+};
+
+/// send_handover: sends data with the descriptors fds[0..n) (SCM_RIGHTS) as one message.
+/// True when it went whole; blocks up to the socket's send timeout.
+RESTARTABLE_SERVER_FN bool send_handover(int channel, const std::string& data, const int* fds,
+                                         std::size_t n) noexcept {
+    handover_control control;
+    std::memset(&control, 0, sizeof control);
+    iovec iov{const_cast<char*>(data.data()), data.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+    std::memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+    for (;;) {
+        const ssize_t sent = ::sendmsg(channel, &msg, no_sigpipe);
+        if (sent >= 0) return static_cast<std::size_t>(sent) == data.size();
+        if (errno != EINTR) return false;
+    }
+}
+
+/// receive_handover_message: one message from channel without waiting: its data into
+/// buf (resized to what came) and its descriptors into fds (n of them), close-on-exec.
+/// 1: a message (one cut short - too long, or more descriptors than fit - comes with buf
+/// empty: close its descriptors); 0: the other end closed; -1 with errno: none (EAGAIN)
+/// or an error.
+RESTARTABLE_SERVER_FN int receive_handover_message(int channel, std::string& buf, int* fds, std::size_t& n) noexcept {
+    n = 0;
+    handover_control control;
+    std::memset(&control, 0, sizeof control);
+    buf.resize(buf.capacity());
+    iovec iov{&buf[0], buf.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = sizeof control.bytes;
+#ifdef MSG_CMSG_CLOEXEC
+    const int flags = MSG_DONTWAIT | MSG_CMSG_CLOEXEC;
+#else
+    const int flags = MSG_DONTWAIT;
+#endif  // MSG_CMSG_CLOEXEC
+    const ssize_t got = ::recvmsg(channel, &msg, flags);
+    if (got < 0) {
+        buf.clear();
+        return -1;
+    }
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count && n < handover_max_fds; ++i) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+#ifndef MSG_CMSG_CLOEXEC
+            ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+#endif  // no MSG_CMSG_CLOEXEC
+            fds[n++] = fd;
+        }
+    }
+    if (got == 0 && n == 0) {
+        buf.clear();
+        return 0;
+    }
+    buf.resize((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? 0 : static_cast<std::size_t>(got));
+    return 1;
+}
+
+/// handover_fits: whether upgrade() could hand c over: it waits for a request (idle, or a
+/// head arriving), owes the client nothing, and what it read ahead fits in one hand-over
+/// message.
+RESTARTABLE_SERVER_FN bool handover_fits(const connection& c) noexcept {
+    return (c.state == conn_state::idle || c.state == conn_state::head) && !c.output_pending() &&
+           c.in.size() - c.start <= handover_message_bytes - sizeof(handover_record);
+}
+
 /// run: one run of a server, from a started listener to the last joined thread. A
 /// restart() hands a run's listener and waiting connections to the next run; the old
 /// one, a retiree, finishes its requests in flight while the next run's control thread
@@ -3051,7 +3272,8 @@ public:
     /// adopt: takes a connection another run handed over (any thread).
     void adopt(int fd, conn_state state, std::string bytes, clock::time_point since, bool peer_closed) noexcept;
     stop_result result() const noexcept {
-        return {true, cut_.load() == 0, cut_.load(), error_, idle_closed_.load(), finished_.load()};
+        return {true, cut_.load() == 0, cut_.load(), error_, idle_closed_.load(), finished_.load(),
+                handed_over_.load()};
     }
     std::uint64_t generation() const noexcept { return generation_; }
     const std::string& address() const noexcept { return opts_.listener.address(); }
@@ -3071,6 +3293,8 @@ private:
     void tend_retirees(clock::time_point now) noexcept;
     void run_hooks(stop_reason why) noexcept;
     std::vector<connection*> take_parked() noexcept;
+    void receive_handover(clock::time_point now) noexcept;
+    void close_handover() noexcept;
     void accept_ready(clock::time_point now) noexcept;
     void register_connection(connection* c, int fd) noexcept;
     void sweep(clock::time_point now) noexcept;
@@ -3127,6 +3351,8 @@ private:
     void hand_back(connection& c) noexcept;
     void close(connection& c) noexcept;
     void transfer(connection& c) noexcept;
+    bool leaves_by_upgrade(const connection& c) const noexcept;
+    void send_away(connection* const* cs, std::size_t n) noexcept;
     void clear(connection& c) noexcept;
     void left() noexcept;
     std::int64_t drain_deadline() const noexcept;
@@ -3142,6 +3368,8 @@ private:
     unique_fd listener_;
     event_set control_set_;  // the self-pipe, the listener (and connection sets served inline)
     event_set conns_;        // every connection, edge-triggered (poll(2): one-shot)
+    unique_fd handover_in_;  // upgrade() started this process: connections come this way
+    std::string handover_buf_;  // (control thread) a hand-over message's data
     std::atomic<bool> inline_{false};  // the control thread serves connections itself
     connection_pool pool_;
     worker control_worker_;
@@ -3153,6 +3381,7 @@ private:
     std::vector<std::unique_ptr<run>> retirees_;  // replaced runs still draining (control thread)
     std::atomic<std::size_t> idle_closed_{0};
     std::atomic<std::size_t> finished_{0};
+    std::atomic<std::size_t> handed_over_{0};  // passed to a new process (upgrade())
     std::atomic<std::int64_t> drain_deadline_{never};
     std::atomic<std::int64_t> next_sweep_{never};
     std::atomic<std::size_t> live_{0};
@@ -3202,6 +3431,25 @@ RESTARTABLE_SERVER_FN std::error_code run::init() noexcept {
         (listener_ && !control_set_.add(listener_.get(), &listener_, ev_in)) ||
         (inline_ && !control_set_.add_set(conns_, this)))
         return last_error();
+    // Started by upgrade(): the old process's waiting connections come through this socket
+    // once it has the greeting. Without memory for them, or a registration, none come.
+    if (const auto& inbox = factory_access::handover(opts_.listener)) {
+        handover_in_ = inbox->take();
+        if (handover_in_) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                handover_buf_.reserve(handover_message_bytes + 1);  // one byte more: a longer one is cut
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            } catch (const std::bad_alloc&) {
+                handover_in_.reset();
+            }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            if (!handover_in_ || !control_set_.add(handover_in_.get(), &handover_in_, ev_in) ||
+                ::send(handover_in_.get(), handover_hello, sizeof handover_hello - 1, no_sigpipe | MSG_DONTWAIT) < 0)
+                close_handover();
+        }
+    }
     return {};
 }
 
@@ -3221,6 +3469,8 @@ RESTARTABLE_SERVER_FN void run::loop() noexcept {
                 srv_.drain_wake();
             else if (p == &listener_)
                 acceptable = true;
+            else if (p == &handover_in_)
+                receive_handover(now);
             else  // a connection set served inline: this run's, or a retiree's
                 static_cast<run*>(p)->serve_inline();
         }
@@ -3270,9 +3520,11 @@ RESTARTABLE_SERVER_FN void run::serve_inline() noexcept {
 }
 
 /// begin_stop: the listener closes (a new client is refused at once, so a load balancer
-/// moves on), idle connections close, requests in flight go on until the drain deadline.
+/// moves on), idle connections close - or, after an upgrade(), go to the new process with
+/// those whose request is arriving - and requests in flight go on until the drain deadline.
 RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
     stopping_.store(true);
+    close_handover();  // a process that upgrade() started takes no connection once it stops
     if (listener_) {  // before the state says "stopping": from then on a connect is refused
         control_set_.remove(listener_.get());
         srv_.set_listener_fd(-1);  // upgrade() dups it under the same lock
@@ -3285,7 +3537,14 @@ RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
     drain_deadline_.store(error_ ? from : from + std::chrono::nanoseconds(opts_.drain_timeout).count());
     stop_signal_.raise();
     run_hooks(stop_reason::stop);
-    for (connection* c : take_parked()) {
+    std::vector<connection*> parked = take_parked();
+    // After upgrade(): those waiting for a request go to the new process, all at once (the
+    // rest are kept in place, at the front, and dealt with below).
+    const auto leaving = std::partition(parked.begin(), parked.end(),
+                                        [this](const connection* c) { return !leaves_by_upgrade(*c); });
+    send_away(parked.data() + (leaving - parked.begin()), static_cast<std::size_t>(parked.end() - leaving));
+    parked.erase(leaving, parked.end());
+    for (connection* c : parked) {
         const bool waiting = c->state == conn_state::idle || (c->state == conn_state::head && c->in.size() == 0);
         if (!waiting) {
             hand_back(*c);
@@ -3317,6 +3576,12 @@ RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
         move_backlog(to, now);  // the new address listens already; the old one's queue moves
     }
     to.control_set_.add(to.listener_.get(), &to.listener_, ev_in);
+    if (handover_in_ && !to.handover_in_) {  // an upgrade's connections may still come: to the next run
+        control_set_.remove(handover_in_.get());
+        to.handover_in_ = std::move(handover_in_);
+        to.handover_buf_ = std::move(handover_buf_);
+        if (!to.control_set_.add(to.handover_in_.get(), &to.handover_in_, ev_in)) to.handover_in_.reset();
+    }
     srv_.set_listener_fd(to.listener_.get());  // before the old one closes (upgrade dups it)
     listener_.reset();
     srv_.port_.store(local_port(to.listener_.get()));
@@ -3371,6 +3636,7 @@ RESTARTABLE_SERVER_FN void run::tend_retirees(clock::time_point now) noexcept {
         cut_.fetch_add(r.cut_.load());
         idle_closed_.fetch_add(r.idle_closed_.load());
         finished_.fetch_add(r.finished_.load());
+        handed_over_.fetch_add(r.handed_over_.load());
         it = retirees_.erase(it);
     }
 }
@@ -3524,6 +3790,55 @@ RESTARTABLE_SERVER_FN void run::adopt(int fd, conn_state state, std::string byte
     }
     if (!inline_.load() && waiting_.load() == 0) add_follower();
     register_connection(c, fd);
+}
+
+/// receive_handover: the process that started this one with upgrade() hands over its
+/// connections waiting for a request (see "hand-over to a new process"); each is adopted
+/// as a restart's would be, with the bytes read ahead. At the other end's EOF (that
+/// process is done), or an error, the socket is closed.
+RESTARTABLE_SERVER_FN void run::receive_handover(clock::time_point now) noexcept {
+    for (int m = 0; m < 16 && handover_in_; ++m) {  // registered level-triggered: more wake the loop again
+        int fds[handover_max_fds];
+        std::size_t n = 0;
+        const int got = receive_handover_message(handover_in_.get(), handover_buf_, fds, n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (got <= 0) return close_handover();
+        std::string_view data = handover_buf_;
+        std::size_t k = 0;
+        while (k < n && data.size() >= sizeof(handover_record)) {
+            handover_record r;
+            std::memcpy(&r, data.data(), sizeof r);
+            if (r.state > 1 || r.age_ns < 0 || r.bytes > data.size() - sizeof r) break;
+            const std::string_view ahead = data.substr(sizeof r, r.bytes);
+            data.remove_prefix(sizeof r + r.bytes);
+            const conn_state state = r.state == 1 ? conn_state::head : conn_state::idle;
+            const clock::time_point since = now - std::chrono::nanoseconds(r.age_ns);
+            std::string bytes;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                bytes.assign(ahead);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            } catch (const std::bad_alloc&) {
+                send_unavailable(fds[k]);
+                ::close(fds[k++]);
+                continue;
+            }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            adopt(fds[k++], state, std::move(bytes), since, r.peer_closed != 0);
+        }
+        if (k < n || !data.empty())
+            log_error("a hand-over message of upgrade() was malformed: its connections were closed", "");
+        for (; k < n; ++k) ::close(fds[k]);
+    }
+}
+
+/// close_handover: no more connections come from the process that started this one.
+RESTARTABLE_SERVER_FN void run::close_handover() noexcept {
+    if (!handover_in_) return;
+    control_set_.remove(handover_in_.get());
+    handover_in_.reset();
 }
 
 /// sweep: closes or answers (408) the parked connections whose timeout struck.
@@ -4304,6 +4619,12 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
         transfer(c);
         return false;
     }
+    const bool may_leave = handover_fits(c);  // (read while this thread holds c)
+    if (may_leave && stopping_.load() && leaves_by_upgrade(c)) {  // upgrade(): to the new process
+        connection* const one = &c;
+        send_away(&one, 1);
+        return false;
+    }
     if (s == conn_state::idle && stopping_.load()) {
         if (request_arriving(c)) return true;  // it came as this thread finished the last one
         idle_closed_.fetch_add(1);
@@ -4340,11 +4661,16 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
     if (c.pending.load() != 0 && take(c)) return true;  // an event came while this thread held it
     // A connection parked just as a stop or restart began may have been missed by its
     // sweep of parked connections.
-    if (stopping_.load() && (s == conn_state::idle || (waits_for_request && retiring_.load())) && take(c)) {
+    if (stopping_.load() &&
+        (s == conn_state::idle || (waits_for_request && retiring_.load()) || (may_leave && srv_.handover_fd_.load() >= 0)) &&
+        take(c)) {
         if (retiring_.load()) {
             transfer(c);
-        } else if (request_arriving(c)) {
-            return true;
+        } else if (leaves_by_upgrade(c)) {  // another thread may have served it meanwhile: ask again
+            connection* const one = &c;
+            send_away(&one, 1);
+        } else if (c.state != conn_state::idle || request_arriving(c)) {
+            return true;  // (a head whose hand-over failed: parked again, as before)
         } else {
             idle_closed_.fetch_add(1);
             close(c);
@@ -4408,6 +4734,96 @@ RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
     const int fd = pool_.detach(c, conns_);
     to->adopt(fd, state, std::move(bytes), since, peer_closed);
     left();  // after the next run counted it: its drain cannot end in between
+}
+
+/// leaves_by_upgrade: whether c (held) goes to a new process: upgrade() had its greeting,
+/// no hand-over failed since, and c can go (handover_fits).
+RESTARTABLE_SERVER_FN bool run::leaves_by_upgrade(const connection& c) const noexcept {
+    return srv_.handover_fd_.load() >= 0 && handover_fits(c);
+}
+
+/// send_away: passes cs[0..n) (held by this thread, each handover_fits) to the process
+/// upgrade() started, in as few messages as the limits allow (see "hand-over to a new
+/// process"). What a message cannot take stays in this run and fares as it would have
+/// without a hand-over (an idle connection is closed, a request arriving is answered);
+/// then no more are sent.
+RESTARTABLE_SERVER_FN void run::send_away(connection* const* cs, std::size_t n) noexcept {
+    std::size_t i = 0;
+    while (i < n) {
+        const int channel = srv_.handover_fd_.load();
+        std::size_t end = i, size = 0;
+        while (channel >= 0 && end < n && end - i < handover_max_fds) {
+            const std::size_t more = sizeof(handover_record) + (cs[end]->in.size() - cs[end]->start);
+            if (size + more > handover_message_bytes) break;
+            size += more;
+            ++end;
+        }
+        std::string data;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            data.reserve(size);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+            end = i;
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        if (end == i) {  // the hand-over is off, or failed now: each as before
+            srv_.handover_fd_.store(-1);
+            for (; i < n; ++i) hand_back(*cs[i]);
+            return;
+        }
+        int fds[handover_max_fds];
+        const clock::time_point now = clock::now();
+        for (std::size_t k = i; k < end; ++k) {
+            connection& c = *cs[k];
+            const std::string_view ahead = c.in.view().substr(c.start);
+            handover_record r{};
+            r.state = c.state == conn_state::head ? 1 : 0;
+            r.peer_closed = c.peer_closed ? 1 : 0;
+            r.bytes = static_cast<std::uint32_t>(ahead.size());
+            if (c.state == conn_state::head && !ahead.empty())  // its header_timeout goes on
+                r.age_ns = std::max<std::int64_t>(0, std::chrono::nanoseconds(now - c.since).count());
+            data.append(reinterpret_cast<const char*>(&r), sizeof r);
+            data.append(ahead);
+            clear(c);
+            fds[k - i] = pool_.detach(c, conns_);  // out of the event set: no thread here reads it again
+        }
+        const std::size_t count = end - i;
+        if (send_handover(channel, data, fds, count)) {
+            for (std::size_t k = 0; k < count; ++k) ::close(fds[k]);  // the new process has them
+            handed_over_.fetch_add(count);
+        } else {
+            const int e = errno;
+            if (srv_.handover_fd_.exchange(-1) >= 0)
+                log_error("upgrade: the new process took no connection; this one closes them as a stop does: ",
+                          std::strerror(e));
+            // Back into this run, as they were (a stop with no hand-over then decides).
+            std::string_view rest = data;
+            for (std::size_t k = 0; k < count; ++k) {
+                handover_record r;
+                std::memcpy(&r, rest.data(), sizeof r);
+                const std::string_view ahead = rest.substr(sizeof r, r.bytes);
+                rest.remove_prefix(sizeof r + r.bytes);
+                std::string bytes;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+                try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                    bytes.assign(ahead);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+                } catch (const std::bad_alloc&) {
+                    send_unavailable(fds[k]);
+                    ::close(fds[k]);
+                    continue;
+                }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                adopt(fds[k], r.state == 1 ? conn_state::head : conn_state::idle, std::move(bytes),
+                      now - std::chrono::nanoseconds(r.age_ns), r.peer_closed != 0);
+            }
+        }
+        for (std::size_t k = 0; k < count; ++k) left();  // after any adoption: the drain cannot end in between
+        i = end;
+    }
 }
 
 /// clear: what closing or handing over does to the connection object.
@@ -4507,10 +4923,52 @@ RESTARTABLE_SERVER_FN bool wait_ready(int notify, pid_t child, std::chrono::mill
     }
 }
 
+/// handover_pair: the hand-over socket pair of an upgrade(), both ends close-on-exec:
+/// ours, whose sends give up after handover_send_timeout, and theirs, at descriptor 5 or
+/// above (so that putting the listener at 3 and it at 4 in the child overwrites neither).
+RESTARTABLE_SERVER_FN bool handover_pair(unique_fd& ours, unique_fd& theirs) noexcept {
+    int sv[2];
+#ifndef RESTARTABLE_SERVER_USE_POLL
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return false;
+    ours.reset(sv[0]);
+    theirs.reset(sv[1]);
+#else
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) != 0) return false;
+    ours.reset(sv[0]);
+    theirs.reset(sv[1]);
+    if (!own_descriptor(sv[0], false) || !own_descriptor(sv[1], false)) return false;
+#endif  // RESTARTABLE_SERVER_USE_POLL
+    theirs.reset(::fcntl(theirs.get(), F_DUPFD_CLOEXEC, 5));
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(handover_send_timeout).count();
+    timeval tv{};
+    tv.tv_sec = static_cast<decltype(tv.tv_sec)>(us / 1000000);
+    tv.tv_usec = static_cast<decltype(tv.tv_usec)>(us % 1000000);
+    return theirs && ::setsockopt(ours.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0;
+}
+
+/// await_hello: whether the new process's hand-over greeting comes on channel within
+/// timeout (false at once when it closed its end: it exited, or does not take part).
+RESTARTABLE_SERVER_FN bool await_hello(int channel, std::chrono::milliseconds timeout) noexcept {
+    const clock::time_point until = clock::now() + timeout;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clock::now()).count();
+        pollfd p{channel, POLLIN, 0};
+        const int ready = ::poll(&p, 1, static_cast<int>(std::clamp<long long>(left, 0, 1 << 30)));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) return false;
+        char buf[sizeof handover_hello];
+        const ssize_t n = ::recv(channel, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        return n == static_cast<ssize_t>(sizeof handover_hello - 1) &&
+               std::memcmp(buf, handover_hello, sizeof handover_hello - 1) == 0;
+    }
+}
+
 /// spawn_inheriting: starts argv with listener as descriptor 3, LISTEN_FDS=1,
-/// LISTEN_PID=<child> and NOTIFY_SOCKET set, and waits until it reports ready. On failure
+/// LISTEN_PID=<child> and NOTIFY_SOCKET set, and channel (the hand-over socket; above 4)
+/// as descriptor 4 named by handover_env, and waits until it reports ready. On failure
 /// the child (if any) is killed and reaped, and -1 returned with ec set.
-RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& argv, int listener,
+RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& argv, int listener, int channel,
                               std::chrono::milliseconds ready_timeout, std::error_code& ec) noexcept {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -4525,9 +4983,12 @@ RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& arg
         std::vector<std::string> env;
         for (char** e = environ; *e != nullptr; ++e) {
             const std::string_view var = *e;
-            if (var.rfind("LISTEN_", 0) != 0 && var.rfind("NOTIFY_SOCKET=", 0) != 0) env.emplace_back(var);
+            if (var.rfind("LISTEN_", 0) != 0 && var.rfind("NOTIFY_SOCKET=", 0) != 0 &&
+                (var.rfind(handover_env, 0) != 0 || var.substr(0, var.find('=')) != handover_env))
+                env.emplace_back(var);
         }
         env.emplace_back("LISTEN_FDS=1");
+        env.push_back(std::string(handover_env) + "=4");
         env.push_back("NOTIFY_SOCKET=" + notify_name);
         env.emplace_back("LISTEN_PID=" + std::string(20, '\0'));  // the child writes its pid in
         std::vector<char*> envp, args;
@@ -4540,6 +5001,7 @@ RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& arg
         const pid_t child = ::fork();
         if (child == 0) {
             if (listener == 3 ? ::fcntl(3, F_SETFD, 0) != 0 : ::dup2(listener, 3) != 3) ::_exit(127);
+            if (::dup2(channel, 4) != 4) ::_exit(127);  // channel > 4: neither is overwritten
             char digits[20];
             int n = 0;
             for (pid_t p = ::getpid(); p > 0; p /= 10) digits[n++] = static_cast<char>('0' + p % 10);
@@ -4876,6 +5338,8 @@ RESTARTABLE_SERVER_FN stop_result server::run_to_end(std::unique_ptr<detail::run
     last_stop_ = result;
     port_.store(0);
     listener_fd_ = -1;
+    handover_fd_.store(-1);  // every thread that could send is joined
+    handover_out_.reset();   // the new process reads EOF: nothing more comes
     listener_address_.clear();
     auto self = std::find(server_threads_.begin(), server_threads_.end(), std::this_thread::get_id());
     if (self != server_threads_.end()) server_threads_.erase(self);
@@ -5016,8 +5480,45 @@ RESTARTABLE_SERVER_FN pid_t server::upgrade(const std::vector<std::string>& argv
         ec = detail::last_error();
         return -1;
     }
-    const pid_t child = detail::spawn_inheriting(argv, inherited.get(), ready_timeout, ec);
-    if (child > 0) request_stop();
+    unique_fd ours, theirs;  // the hand-over socket (see "hand-over to a new process")
+    if (!detail::handover_pair(ours, theirs)) {
+        ec = detail::last_error();
+        return -1;
+    }
+    const pid_t child = detail::spawn_inheriting(argv, inherited.get(), theirs.get(), ready_timeout, ec);
+    theirs.reset();  // the child holds the only copy: when it goes, this end reads EOF
+    if (child <= 0) return child;
+    // The greeting was sent before the child's start() returned, so before READY=1: it is
+    // here, unless the program does not take part in the hand-over.
+    const bool greeted = detail::await_hello(ours.get(), detail::handover_hello_wait);
+    std::function<void(std::string_view)> error_log;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (greeted && state_.load() == server_state::running) {  // a stop under way has closed its idle ones
+            handover_fd_.store(ours.get());  // before the stop request: the stop sees it
+            handover_out_ = std::move(ours);
+        }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            if (!greeted) error_log = options_.error_log;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (...) {
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    if (error_log) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            error_log("restartable_server: upgrade: the new process does not take connections over (no "
+                      "hand-over greeting): idle ones are closed as the stop begins");
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (...) {
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    request_stop();
     return child;
 }
 

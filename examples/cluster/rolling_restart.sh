@@ -20,9 +20,9 @@
 # no non-2xx response and no socket error in wrk's report, and no status but 2xx in
 # nginx's log besides 499 (wrk closing connections with a request in flight at its end).
 # upstream_retries counts requests nginx moved to another backend after a failed
-# attempt; wrk never sees those. A hand-over restart gives nginx nothing to retry, so in
-# mode restart they must be 0 too; in mode upgrade a few are the keep-alive race with
-# the draining process (README.md).
+# attempt; wrk never sees those. A hand-over restart gives nginx nothing to retry, and an
+# upgrade hands the idle kept-alive connections to the new process, so they must be 0 in
+# both modes (README.md).
 # Exit status: 0 passed, 1 failed, 2 bad usage or a missing tool.
 #
 # Needs bash, nginx and wrk. The backend: --echo-server, else $ECHO_SERVER, else
@@ -311,10 +311,9 @@ if (( failed_restarts > 0 )); then
 elif (( under_load < restarts )); then
     reasons+=("only $under_load of $restarts restarts under load: raise --duration")
 fi
-# A hand-over restart keeps the listening socket and the idle connections: nginx never
-# has a reason to try another backend. (An upgrade's old process closes its idle
-# connections, which nginx may be about to reuse: a retry there is expected.)
-if [ "$mode" = restart ] && (( retries > 0 )); then
+# A hand-over restart keeps the listening socket and the idle connections, and an upgrade
+# hands both to the new process: nginx never has a reason to try another backend.
+if (( retries > 0 )); then
     reasons+=("nginx retried $retries requests on another backend")
 fi
 [ ${#reasons[@]} -eq 0 ] || verdict=FAIL
