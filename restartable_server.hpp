@@ -839,9 +839,9 @@ struct static_options {
 ///   400  a "." or ".." segment (raw or %2e%2e in any case), an empty segment ("a//b"), an
 ///        encoded slash (%2F), a backslash, NUL or another control byte, a bad %-escape;
 ///   404  no such file; a name starting with '.' (see static_options::dotfiles); a directory
-///        without index; a FIFO, device or socket; a file whose real path (symbolic links
-///        resolved) is not under the real path of root, resolved at each request (so root
-///        may be a symbolic link that a deploy switches);
+///        without index; a FIFO, device or socket; a symbolic link anywhere under root,
+///        whether it points inside or out (root itself may be one, e.g. a "current" link a
+///        deploy switches: it is opened afresh at each request);
 ///   405  a method other than GET and HEAD;
 ///   301  a directory without its trailing slash (see static_options::index);
 ///   200  the file, with Content-Type from mime_type(), Last-Modified, a weak ETag
@@ -856,9 +856,15 @@ struct static_options {
 /// If-Range: an HTTP-date equal to Last-Modified keeps the range (for a file at least a
 /// second old); an entity tag never strongly matches the weak ETag, so it sends the whole
 /// file (200), which RFC 9110 13.1.5 allows. HEAD gets the header fields of GET, no body.
-/// A file (or range) up to 1 MiB is read into the response; a larger one is streamed with
-/// response::set_stream, 64 KiB per pread(), never held whole in memory. Descriptors are
-/// O_CLOEXEC and closed once the response is sent. The handler keeps copies of root, opts.
+/// Files are opened beneath a descriptor of root, one name at a time with O_NOFOLLOW and
+/// O_NONBLOCK, and their type and size are taken with fstat() of the descriptor that is
+/// then read: whoever can rename entries under root while requests run (an upload
+/// directory, another service) cannot make it serve a file outside root, nor hold a thread
+/// with a FIFO. What it can do is serve, or replace, any regular file under root: that is
+/// the content. A file (or range) up to 1 MiB is read into the response; a larger one is
+/// streamed with response::set_stream, 64 KiB per pread(), never held whole in memory.
+/// Descriptors are O_CLOEXEC and closed once the response is sent. The handler keeps
+/// copies of root, opts.
 handler static_files(std::string root, static_options opts = {});
 
 /// mime_type: the Content-Type for a file name by its extension, case-insensitively
@@ -4861,10 +4867,63 @@ RESTARTABLE_SERVER_FN int decode_static_path(std::string_view raw, bool dotfiles
     }
 }
 
+/// static_file: an open file or directory and what fstat() said about it.
+struct static_file {
+    unique_fd fd;
+    struct stat st {};
+};
+
+/// open_root: the directory root as a descriptor, opened afresh for each request (root
+/// itself may be a symbolic link, which a deploy switches: it is the operator's to set).
+RESTARTABLE_SERVER_FN unique_fd open_root(const std::string& root) {
+    return unique_fd(retry_eintr([&] { return ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY); }));
+}
+
+/// open_entry: opens the entry name of the directory dir for reading; a directory only when
+/// dir_only. O_NOFOLLOW: a symbolic link is never followed (ELOOP), whoever put it there
+/// and whenever. O_NONBLOCK: a FIFO swapped in does not hold the thread in open(). The type
+/// is looked at first (fstatat, no link followed), so a device is not even opened unless it
+/// is swapped in between; the caller checks the type again with fstat() on the descriptor.
+RESTARTABLE_SERVER_FN unique_fd open_entry(int dir, const std::string& name, bool dir_only) {
+    struct stat st {};
+    if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !(S_ISDIR(st.st_mode) || (!dir_only && S_ISREG(st.st_mode))))
+        return unique_fd();
+    const int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | (dir_only ? O_DIRECTORY : 0);
+    return unique_fd(retry_eintr([&] { return ::openat(dir, name.c_str(), flags); }));
+}
+
+/// open_beneath: opens rel ('/'-separated names, none "", "." or ".."; "" is dir itself)
+/// under the directory dir, one name at a time, each relative to the descriptor of the one
+/// before: no path string is resolved again after a check, so renaming entries under the
+/// root (a directory swapped for a link to "../outside") cannot lead out of it. True when
+/// the descriptor, by fstat(), is a regular file or a directory.
+RESTARTABLE_SERVER_FN bool open_beneath(int dir, std::string_view rel, static_file& f) {
+    unique_fd here;  // the directory the next name is in, once it is not dir
+    std::string name;
+    if (rel.empty()) {
+        f.fd.reset(retry_eintr([&] { return ::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY); }));
+    } else {
+        for (;;) {
+            const std::size_t slash = rel.find('/');
+            name.assign(rel.substr(0, slash));
+            if (name.empty() || name == "." || name == "..") return false;  // e.g. a bad static_options::index
+            if (slash == std::string_view::npos) {
+                f.fd = open_entry(here ? here.get() : dir, name, false);
+                break;
+            }
+            unique_fd next = open_entry(here ? here.get() : dir, name, true);
+            if (!next) return false;
+            here = std::move(next);
+            rel.remove_prefix(slash + 1);
+        }
+    }
+    return f.fd && ::fstat(f.fd.get(), &f.st) == 0 && (S_ISREG(f.st.st_mode) || S_ISDIR(f.st.st_mode));
+}
+
 struct free_deleter {
     void operator()(char* p) const noexcept { std::free(p); }
 };
-
 /// real_path: path with every symbolic link, "." and ".." resolved; false when it does not
 /// exist (or cannot be resolved).
 RESTARTABLE_SERVER_FN bool real_path(const std::string& path, std::string& out) {
@@ -4872,34 +4931,6 @@ RESTARTABLE_SERVER_FN bool real_path(const std::string& path, std::string& out) 
     if (!p) return false;
     out.assign(p.get());
     return true;
-}
-
-/// is_beneath: whether the real path real is root or inside it ("/srv/www2" is not inside
-/// "/srv/www").
-RESTARTABLE_SERVER_FN bool is_beneath(std::string_view real, std::string_view root) noexcept {
-    if (root == "/") return true;
-    return real.substr(0, root.size()) == root && (real.size() == root.size() || real[root.size()] == '/');
-}
-
-/// static_file: an open file or directory and what fstat() said about it.
-struct static_file {
-    unique_fd fd;
-    struct stat st {};
-};
-
-/// open_beneath: opens path if its real path is under real_root and it is a regular file or
-/// a directory. The type is checked before open() (opening a FIFO or a device can block or
-/// act) and again after, on the same inode; O_NOFOLLOW fails a symbolic link swapped in
-/// after realpath() resolved the name.
-RESTARTABLE_SERVER_FN bool open_beneath(const std::string& real_root, const std::string& path, static_file& f) {
-    std::string real;
-    if (!real_path(path, real) || !is_beneath(real, real_root)) return false;
-    struct stat before {};
-    if (::stat(real.c_str(), &before) != 0 || !(S_ISREG(before.st_mode) || S_ISDIR(before.st_mode))) return false;
-    f.fd.reset(retry_eintr([&] { return ::open(real.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY); }));
-    if (!f.fd || ::fstat(f.fd.get(), &f.st) != 0) return false;
-    return f.st.st_ino == before.st_ino && f.st.st_dev == before.st_dev &&
-           (S_ISREG(f.st.st_mode) || S_ISDIR(f.st.st_mode));
 }
 
 // --- dates --
@@ -5274,19 +5305,15 @@ RESTARTABLE_SERVER_FN void serve_static(const std::string& root, const static_op
     bool dir_slash = false;
     if (const int status = decode_static_path(req.param("*"), opts.dotfiles, rel, dir_slash))
         return error_response(res, status);
-    std::string real_root;
-    if (!real_path(root, real_root)) return error_response(res, 404);
-    std::string path = real_root;
-    if (!rel.empty()) {
-        if (path.back() != '/') path += '/';
-        path += rel;
-    }
+    const unique_fd root_fd = open_root(root);
     static_file f;
-    if (!open_beneath(real_root, path, f)) return error_response(res, 404);
+    if (!root_fd || !open_beneath(root_fd.get(), rel, f)) return error_response(res, 404);
     std::string_view name = rel;  // what the Content-Type goes by
     if (S_ISDIR(f.st.st_mode)) {
-        if (opts.index.empty() || !open_beneath(real_root, path + "/" + opts.index, f) || !S_ISREG(f.st.st_mode))
+        static_file index;
+        if (opts.index.empty() || !open_beneath(f.fd.get(), opts.index, index) || !S_ISREG(index.st.st_mode))
             return error_response(res, 404);
+        f = std::move(index);
         if (req.path.empty() || req.path.back() != '/') return redirect_to_slash(req, res);
         name = opts.index;
     } else if (dir_slash) {
