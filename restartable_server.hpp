@@ -452,10 +452,18 @@ private:
 class body_writer {
 public:
     /// write: sends data now: one chunk to an HTTP/1.1 client, raw bytes to HTTP/1.0
-    /// (whose body then ends when the connection closes). Empty data is ignored. Returns
-    /// false once the client is gone, a write timed out, or the drain deadline of a stop
-    /// cut the connection: the provider should return then.
+    /// (whose body then ends when the connection closes) and for a body of known length.
+    /// Empty data is ignored. Returns false once the client is gone, a write timed out, the
+    /// drain deadline of a stop cut the connection, abort() was called, or data would pass
+    /// the known length (then nothing of it is sent): the provider should return then.
     bool write(std::string_view data);
+    /// abort: the body cannot be finished (the file being sent shrank, a source failed):
+    /// once the provider returns, the connection is closed without the last chunk, or short
+    /// of Content-Length, so the client sees an incomplete response rather than a complete
+    /// wrong one. Later writes send nothing and return false. (A body of known length that
+    /// already has every byte is complete for the client whatever follows; an HTTP/1.0
+    /// client of a body without length cannot tell.) Call it on the provider's thread.
+    void abort() noexcept { failed_ = true; }
     /// stopping: a stop or restart of the run began: an endless stream (server-sent
     /// events, a long poll) should end now, cleanly, instead of being cut at the drain
     /// deadline. Its connection then closes (stop) or moves to the next run (restart).
@@ -466,11 +474,13 @@ public:
 
 private:
     friend class detail::run;
-    body_writer(int fd, bool chunked, std::chrono::milliseconds timeout, const detail::stop_signal* stop) noexcept
-        : fd_(fd), chunked_(chunked), timeout_(timeout), stop_(stop) {}
+    body_writer(int fd, bool chunked, std::uint64_t left, std::chrono::milliseconds timeout,
+                const detail::stop_signal* stop) noexcept
+        : fd_(fd), chunked_(chunked), left_(left), timeout_(timeout), stop_(stop) {}
     int fd_;
     bool chunked_;
     bool failed_ = false;
+    std::uint64_t left_;  // bytes the known length still allows (UINT64_MAX without one)
     std::chrono::milliseconds timeout_;
     const detail::stop_signal* stop_;
     std::size_t written_ = 0;  // body bytes sent, for the access log
@@ -497,13 +507,24 @@ public:
     /// set_stream: the body is produced after the head is sent, by provider, on the same
     /// thread, once the handler has returned: chunked to HTTP/1.1 clients, ended by
     /// closing the connection for HTTP/1.0 ones. Each write is sent at once, so
-    /// server-sent events (Content-Type text/event-stream) work. Replaces body.
+    /// server-sent events (Content-Type text/event-stream) work. Replaces body. A provider
+    /// that throws or calls body_writer::abort() ends the connection without the last
+    /// chunk. Not called for HEAD.
     void set_stream(std::string_view content_type, body_provider provider);
+    /// set_stream(content_type, length, provider): a streamed body of exactly length bytes,
+    /// known before it is produced (a file): the head carries "Content-Length: length", so
+    /// HEAD tells the size and progress bars can show it, the writes go out unchunked, and
+    /// HTTP/1.0 clients may keep the connection. A provider that writes fewer bytes (or
+    /// aborts, or throws) ends the connection short of length, so the client sees the body
+    /// incomplete; a write that would pass length sends nothing and returns false.
+    void set_stream(std::string_view content_type, std::uint64_t length, body_provider provider);
 
 private:
     friend class detail::run;
     void clear() noexcept;
     body_provider provider_;
+    bool stream_sized_ = false;      // set_stream with a length: Content-Length, not chunked
+    std::uint64_t stream_length_ = 0;
 };
 
 /// handler: called on a worker thread (or on the loop thread when worker_threads is 0)
@@ -862,7 +883,9 @@ struct static_options {
 /// directory, another service) cannot make it serve a file outside root, nor hold a thread
 /// with a FIFO. What it can do is serve, or replace, any regular file under root: that is
 /// the content. A file (or range) up to 1 MiB is read into the response; a larger one is
-/// streamed with response::set_stream, 64 KiB per pread(), never held whole in memory.
+/// streamed with response::set_stream of its length (so it has a Content-Length too), 64
+/// KiB per pread(), never held whole in memory; if the file shrinks meanwhile, the
+/// connection ends short of that length, so the client sees the download incomplete.
 /// Descriptors are O_CLOEXEC and closed once the response is sent. The handler keeps
 /// copies of root, opts.
 handler static_files(std::string root, static_options opts = {});
@@ -1082,7 +1105,7 @@ RESTARTABLE_SERVER_FN std::string percent_decode(std::string_view in, bool plus_
 }
 
 /// append_number: appends the decimal form of n.
-RESTARTABLE_SERVER_FN void append_number(std::string& out, std::size_t n) {
+RESTARTABLE_SERVER_FN void append_number(std::string& out, std::uint64_t n) {
     char tmp[24];
     char* p = tmp + sizeof tmp;
     do {
@@ -1960,6 +1983,10 @@ RESTARTABLE_SERVER_FN std::error_code request::read_body(const body_sink& sink) 
 
 RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
     if (failed_ || data.empty()) return !failed_;
+    if (data.size() > left_) {  // past the known length: the response can only be cut
+        failed_ = true;
+        return false;
+    }
     char size_line[20];
     std::size_t len = 0;
     for (std::size_t n = data.size(); n != 0; n >>= 4) ++len;
@@ -1970,12 +1997,23 @@ RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
     iovec iov[3] = {{size_line, len}, {const_cast<char*>(data.data()), data.size()}, {crlf, 2}};
     failed_ = chunked_ ? !detail::send_all(fd_, iov, 3, timeout_) : !detail::send_all(fd_, iov + 1, 1, timeout_);
     if (!failed_) written_ += data.size();
+    if (!failed_ && left_ != UINT64_MAX) left_ -= data.size();
     return !failed_;
 }
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, body_provider provider) {
     body.clear();
     provider_ = std::move(provider);
+    stream_sized_ = false;
+    set_header("Content-Type", content_type);
+}
+
+RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, std::uint64_t length,
+                                                body_provider provider) {
+    body.clear();
+    provider_ = std::move(provider);
+    stream_sized_ = true;
+    stream_length_ = length;
     set_header("Content-Type", content_type);
 }
 
@@ -2004,6 +2042,7 @@ RESTARTABLE_SERVER_FN void response::clear() noexcept {
     headers.clear();
     body.clear();
     provider_ = nullptr;
+    stream_sized_ = false;
 }
 
 RESTARTABLE_SERVER_FN std::string_view status_text(int status) noexcept {
@@ -3776,16 +3815,20 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
 }
 
 /// send_streamed: a set_stream() response: the head, then the provider's writes, each
-/// sent before write() returns (blocking this thread up to write_timeout per write).
+/// sent before write() returns (blocking this thread up to write_timeout per write). A body
+/// that did not end as promised (the provider threw or aborted, or a known length was not
+/// reached) ends the connection without the last chunk or short of Content-Length.
 RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive) {
-    const bool chunked = c.version_minor == 1;
-    if (!chunked) keep_alive = false;  // HTTP/1.0: closing the connection ends the body
+    const bool sized = w.res.stream_sized_;
+    const bool chunked = !sized && c.version_minor == 1;
+    if (!sized && !chunked) keep_alive = false;  // HTTP/1.0 without a length: closing ends the body
     build_head(w, c, keep_alive, chunked, true);
     iovec head{w.head.data(), w.head.size()};
     if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) return outcome::close;
     body_provider provider = std::move(w.res.provider_);
     if (!c.is_head) {
-        body_writer out(c.fd.get(), chunked, opts_.write_timeout, &stop_signal_);
+        body_writer out(c.fd.get(), chunked, sized ? w.res.stream_length_ : UINT64_MAX, opts_.write_timeout,
+                        &stop_signal_);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
             provider(out);
@@ -3800,7 +3843,7 @@ RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, 
         provider(out);
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
         if (opts_.access_log) log_access(w, c, out.written_);
-        if (out.failed_) return outcome::close;
+        if (out.failed_ || (sized && out.left_ != 0)) return outcome::close;  // the client sees it cut
         static constexpr std::string_view last_chunk = "0\r\n\r\n";
         iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
         if (chunked && !send_all(c.fd.get(), &end, 1, opts_.write_timeout)) return outcome::close;
@@ -3834,9 +3877,9 @@ RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool 
     }
     if (chunked) {
         h += "Transfer-Encoding: chunked\r\n";
-    } else if (!bodiless && !streamed) {
+    } else if (!bodiless && (!streamed || res.stream_sized_)) {
         h += "Content-Length: ";
-        append_number(h, res.body.size());
+        append_number(h, streamed ? res.stream_length_ : res.body.size());
         h += "\r\n";
     }
     if (!has_date) {
@@ -5213,8 +5256,9 @@ struct file_slice {
 };
 
 /// stream_slice: the body provider of a large file: static_chunk bytes per pread() and write.
-/// A file that shrank or could not be read ends the body early: body_writer has no way yet
-/// to make the server drop the connection instead, so the client cannot tell.
+/// A file that shrank or could not be read aborts the body: its connection ends short of
+/// Content-Length, so the client sees the truncation. (Where file bodies are sent: this and
+/// read_at; send_file chooses.)
 RESTARTABLE_SERVER_FN void stream_slice(const file_slice& f, body_writer& out) {
     std::unique_ptr<char[]> buf(new char[static_chunk]);
     std::uint64_t pos = f.offset;
@@ -5222,7 +5266,7 @@ RESTARTABLE_SERVER_FN void stream_slice(const file_slice& f, body_writer& out) {
     while (pos < end) {
         const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(static_chunk, end - pos));
         const ssize_t n = retry_eintr([&] { return ::pread(f.fd.get(), buf.get(), want, static_cast<off_t>(pos)); });
-        if (n <= 0) return;
+        if (n <= 0) return out.abort();
         if (!out.write(std::string_view(buf.get(), static_cast<std::size_t>(n)))) return;
         pos += static_cast<std::uint64_t>(n);
     }
@@ -5280,7 +5324,7 @@ RESTARTABLE_SERVER_FN void send_file(const request& req, response& res, static_f
     slice->fd = std::move(f.fd);
     slice->offset = offset;
     slice->length = length;
-    res.set_stream(type, [slice](body_writer& out) { stream_slice(*slice, out); });
+    res.set_stream(type, length, [slice](body_writer& out) { stream_slice(*slice, out); });
 }
 
 /// redirect_to_slash: 301 to the directory's URL with a trailing slash, the query kept.

@@ -5,6 +5,7 @@
 // validator, 206 and 416, If-Range, HEAD, a 5 MiB file streamed byte-exact, descriptors
 // (close-on-exec, none left open) and curl as a real client. Responses are read to EOF
 // (every request says Connection: close), so a 304 or HEAD that sent body bytes fails.
+#include "process.hpp"
 #include "support.hpp"
 
 #include <functional>
@@ -652,6 +653,7 @@ TEST_CASE("static_files: one byte range gives 206, an unsatisfiable one 416") {
         CHECK(r.status == 206);
         CHECK(r.framing_ok);
         CHECK(r.header("Content-Range") == "bytes " + range + "/" + std::to_string(big_size));
+        CHECK(r.header("Content-Length") == std::to_string(p.last - p.first + 1));
         CHECK(r.body.size() == p.last - p.first + 1);
         CHECK(r.body == s.big.substr(p.first, p.last - p.first + 1));
     }
@@ -669,29 +671,89 @@ TEST_CASE("static_files: HEAD gives GET's header fields and no body") {
         for (const char* field : {"Content-Type", "ETag", "Last-Modified", "Accept-Ranges", "Content-Length",
                                   "Transfer-Encoding"})
             CHECK(h.header(field) == g.header(field));
-        // Clients learn the size from HEAD; a streamed file may not tell it yet (see report).
-        CHECK((h.header("Content-Length") == std::to_string(g.body.size()) ||
-               h.header("Transfer-Encoding") == "chunked"));
+        // Clients learn the size from HEAD, also of a file too large to be read into memory.
+        CHECK(h.header("Content-Length") == std::to_string(g.body.size()));
+        CHECK(h.header("Transfer-Encoding").empty());
     }
     CHECK(get(server.port, "/static/hello.txt", "", "HEAD").header("Content-Length") == "15");
+    CHECK(get(server.port, "/static/big.bin", "", "HEAD").header("Content-Length") == std::to_string(big_size));
+    CHECK(get(server.port, "/static/sparse.bin", "", "HEAD").header("Content-Length") == std::to_string(sparse_size));
     CHECK(get(server.port, "/static/missing", "", "HEAD").status == 404);
 }
 
-TEST_CASE("static_files: a 5 MiB file is streamed whole and byte-exact") {
+TEST_CASE("static_files: a 5 MiB file is streamed whole and byte-exact, with its Content-Length") {
     site s;
     static_server server(s.root);
     reply r = get(server.port, "/static/big.bin");
     CHECK(r.status == 200);
-    CHECK(r.header("Transfer-Encoding") == "chunked");  // streamed, not read into memory
+    CHECK(r.header("Content-Length") == std::to_string(big_size));  // the size is known: said, not chunked
+    CHECK(r.header("Transfer-Encoding").empty());
     CHECK(r.framing_ok);
     CHECK(r.body.size() == big_size);
     CHECK(r.body == s.big);
     CHECK(r.header("Content-Type") == "application/octet-stream");
 
-    r = get(server.port, "/static/big.bin", "", "GET", "1.0");  // ended by closing
+    r = get(server.port, "/static/big.bin", "", "GET", "1.0");
     CHECK(r.status == 200);
-    CHECK(r.body.size() == big_size);
+    CHECK(r.header("Content-Length") == std::to_string(big_size));
+    CHECK(r.framing_ok);
     CHECK(r.body == s.big);
+
+    // HTTP/1.0 with keep-alive: framed by Content-Length, the connection stays for the next.
+    test::client c(server.port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send("GET /static/big.bin HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                   "GET /static/hello.txt HTTP/1.0\r\n\r\n"));
+    test::http_response first = c.read();
+    CHECK(first.status == 200);
+    CHECK(first.header("Connection") == "keep-alive");
+    CHECK(first.body == s.big);
+    CHECK(c.read().body == hello);
+}
+
+TEST_CASE("static_files: a file that shrinks while it is sent ends the connection short of its length") {
+    if (std::system("python3 --version > /dev/null 2>&1") != 0) RS_SKIP("python3 is not installed");
+    test::watchdog dog("static_files shrinking file", std::chrono::seconds(240));
+    site s;
+    constexpr off_t whole = 32 * 1024 * 1024, cut = 16 * 1024 * 1024;
+    const std::string path = s.root + "/shrinks.bin";
+    {
+        std::string data(static_cast<std::size_t>(whole), 'x');
+        write_file(path, data);
+    }
+    static_server server(s.root);
+    // Python's http.client reads the head and 1 MiB, says so, waits for a line on stdin,
+    // then reads the rest: a body that ends short of Content-Length raises IncompleteRead,
+    // a chunked one must lack its last chunk to do so.
+    const std::string script =
+        "import http.client, sys\n"
+        "c = http.client.HTTPConnection('127.0.0.1', " + std::to_string(server.port) + ", timeout=60)\n"
+        "c.request('GET', '/static/shrinks.bin')\n"
+        "r = c.getresponse()\n"
+        "first = r.read(1 << 20)\n"
+        "print('read', len(first), r.getheader('Content-Length'), r.getheader('Transfer-Encoding'), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "try:\n"
+        "    rest = r.read()\n"
+        "    print('complete', len(first) + len(rest), flush=True)\n"
+        "except http.client.IncompleteRead as e:\n"
+        "    print('incomplete', len(first) + len(e.partial), flush=True)\n";
+    test::spawn_options so;
+    so.in = test::stream::pipe;
+    test::process py({"python3", "-c", script}, so);
+    REQUIRE(py.started());
+    const std::optional<std::string> read = py.read_line(std::chrono::seconds(60));
+    REQUIRE(read);
+    INFO("python: " << *read);
+    CHECK(read->rfind("read 1048576 ", 0) == 0);
+    REQUIRE(::truncate(path.c_str(), cut) == 0);  // the server has read at most ~11 MiB of it by now
+    REQUIRE(py.write("go\n"));
+    const std::optional<std::string> end = py.read_line(std::chrono::seconds(120));
+    REQUIRE(end);
+    INFO("python then: " << *end);
+    CHECK(*end == "incomplete " + std::to_string(cut));
+    CHECK(test::exited_0(py.wait_exit(std::chrono::seconds(60))));
+    CHECK(get(server.port, "/static/hello.txt").body == hello);  // the server goes on
 }
 
 TEST_CASE("static_files: descriptors are close-on-exec and none is left open") {
