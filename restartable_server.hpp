@@ -544,7 +544,7 @@ struct access_entry {
     std::string_view method;  ///< as sent; "" for an error the server answered itself (400, 408, 413, ...)
     std::string_view target;  ///< as sent; "" likewise
     int status = 0;
-    std::size_t bytes = 0;    ///< body bytes: the body handed to the socket, or those a stream wrote
+    std::size_t bytes = 0;    ///< body bytes: the body handed to the socket, or those a stream wrote (0 when the head could not be sent)
     std::chrono::microseconds duration{0};  ///< from the whole head's arrival to the response handed over
 };
 
@@ -595,8 +595,12 @@ struct options {
     /// connections of a run together may not exceed this; a request that would pass it is
     /// answered 503 and its connection closed. Default 256 MiB. 0 means the default.
     std::size_t max_buffered_bytes = 256 * 1024 * 1024;
-    /// access_log: called once per response, on the thread that sent it (keep it quick:
-    /// it delays that connection). Empty (the default): no log.
+    /// access_log: called once per response the server tries to send, on the thread that
+    /// sent it (keep it quick: it delays that connection): also for HEAD, a stream whose
+    /// provider threw or aborted, and a response whose head the client did not take
+    /// (bytes tells how far each got). Not for a request cut at a stop's drain deadline
+    /// before its response began (stop_result::cut counts those), nor for the 503 that
+    /// max_connections answers at accept. Empty (the default): no log.
     std::function<void(const access_entry&)> access_log;
     /// error_log: called with one line for each problem the server handles on its own (a
     /// handler or hook that threw, a failed accept, an allocation failure answered 503).
@@ -3801,8 +3805,9 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     msg.msg_iov = iov;
     msg.msg_iovlen = 2;
     ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, no_sigpipe); });
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return outcome::close;
-    if (opts_.access_log) log_access(w, c, body_size);
+    const bool failed = n < 0 && errno != EAGAIN && errno != EWOULDBLOCK;  // the client is gone
+    if (opts_.access_log) log_access(w, c, failed ? 0 : body_size);
+    if (failed) return outcome::close;
     c.keep_alive = keep_alive;
     c.set(conn_state::writing);
     const std::size_t sent = n < 0 ? 0 : static_cast<std::size_t>(n);
@@ -3824,7 +3829,10 @@ RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, 
     if (!sized && !chunked) keep_alive = false;  // HTTP/1.0 without a length: closing ends the body
     build_head(w, c, keep_alive, chunked, true);
     iovec head{w.head.data(), w.head.size()};
-    if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) return outcome::close;
+    if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) {
+        if (opts_.access_log) log_access(w, c, 0);
+        return outcome::close;
+    }
     body_provider provider = std::move(w.res.provider_);
     if (!c.is_head) {
         body_writer out(c.fd.get(), chunked, sized ? w.res.stream_length_ : UINT64_MAX, opts_.write_timeout,
@@ -3834,10 +3842,10 @@ RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, 
             provider(out);
         } catch (const std::exception& e) {
             log_error("a stream provider threw: ", e.what());
-            return outcome::close;  // no last chunk: the client sees the body is incomplete
+            out.abort();  // no last chunk: the client sees the body is incomplete
         } catch (...) {
             log_error("a stream provider threw", "");
-            return outcome::close;
+            out.abort();
         }
 #else
         provider(out);
@@ -3847,6 +3855,8 @@ RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, 
         static constexpr std::string_view last_chunk = "0\r\n\r\n";
         iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
         if (chunked && !send_all(c.fd.get(), &end, 1, opts_.write_timeout)) return outcome::close;
+    } else if (opts_.access_log) {
+        log_access(w, c, 0);  // HEAD: the head alone
     }
     c.keep_alive = keep_alive;
     c.set(conn_state::writing);

@@ -13,6 +13,9 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <future>
+#include <iterator>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1151,6 +1154,100 @@ TEST_CASE("access_log sees every response; error_log what the server handled its
     REQUIRE(errors.size() == 1);
     CHECK(errors[0].find("a handler threw") != std::string::npos);
     CHECK(errors[0].find("boom") != std::string::npos);
+}
+
+TEST_CASE("access_log: exactly one entry per response attempted, also those that failed", "[http][log]") {
+    struct entry {
+        std::string method, target;
+        int status;
+        std::size_t bytes;
+    };
+    std::mutex m;
+    std::vector<entry> log;
+    rs::options o = test::local_options();
+    o.access_log = [&](const rs::access_entry& e) {
+        std::lock_guard<std::mutex> lock(m);
+        log.push_back({std::string(e.method), std::string(e.target), e.status, e.bytes});
+    };
+    rs::server srv(o);
+    const auto stream = [](rs::body_writer& out) {
+        out.write("abc");
+        out.write("de");
+    };
+    srv.get("/stream", [&](const rs::request&, rs::response& res) { res.set_stream("text/plain", stream); });
+    srv.get("/sized", [&](const rs::request&, rs::response& res) { res.set_stream("text/plain", 5, stream); });
+    srv.get("/throws", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [](rs::body_writer& out) {
+            out.write("abc");
+            throw std::runtime_error("provider failed");
+        });
+    });
+    // /gate and /gate_stream hold their handler until the client has reset the connection,
+    // so the head cannot be sent.
+    std::promise<void> entered_p, entered_stream_p, reset_p, reset_stream_p;
+    std::shared_future<void> reset = reset_p.get_future().share(), reset_stream = reset_stream_p.get_future().share();
+    srv.get("/gate", [&](const rs::request&, rs::response& res) {
+        entered_p.set_value();
+        reset.wait_for(30s);
+        res.set_content(std::string(100000, 'x'), "text/plain");
+    });
+    srv.get("/gate_stream", [&](const rs::request&, rs::response& res) {
+        entered_stream_p.set_value();
+        reset_stream.wait_for(30s);
+        res.set_stream("text/plain", [](rs::body_writer& out) { out.write("never"); });
+    });
+    const auto port = start(srv);
+
+    // HEAD of streamed bodies, with and without a length.
+    for (const char* target : {"/stream", "/sized"}) {
+        const auto r = test::request(port, std::string("HEAD ") + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        CHECK(r.status == 200);
+    }
+    {  // a provider that throws: the connection ends, cut
+        client c(port);
+        REQUIRE(c.send("GET /throws HTTP/1.1\r\nHost: x\r\n\r\n"));
+        while (c.rd.fill()) {
+        }
+        CHECK(c.rd.buf.find("abc") != std::string::npos);
+    }
+    // A head that cannot be sent: the client resets the connection while the handler runs.
+    for (auto [target, entered, release] :
+         {std::tuple<const char*, std::promise<void>*, std::promise<void>*>{"/gate", &entered_p, &reset_p},
+          {"/gate_stream", &entered_stream_p, &reset_stream_p}}) {
+        INFO(target);
+        client c(port);
+        REQUIRE(c.send(std::string("GET ") + target + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+        REQUIRE(entered->get_future().wait_for(30s) == std::future_status::ready);
+        linger hard{1, 0};  // close() sends RST at once
+        REQUIRE(::setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &hard, sizeof hard) == 0);
+        c.close();
+        release->set_value();
+    }
+    srv.stop();  // every entry is written by now
+
+    std::lock_guard<std::mutex> lock(m);
+    auto entries_of = [&](const std::string& target) {
+        std::vector<entry> out;
+        for (const entry& e : log)
+            if (e.target == target) out.push_back(e);
+        return out;
+    };
+    const struct {
+        const char* target;
+        const char* method;
+        std::size_t bytes;
+    } expected[] = {{"/stream", "HEAD", 0}, {"/sized", "HEAD", 0}, {"/throws", "GET", 3},
+                    {"/gate", "GET", 0},    {"/gate_stream", "GET", 0}};
+    for (const auto& x : expected) {
+        INFO(x.target);
+        const std::vector<entry> got = entries_of(x.target);
+        CHECK(got.size() == 1);
+        if (got.size() != 1) continue;
+        CHECK(got[0].method == x.method);
+        CHECK(got[0].status == 200);
+        CHECK(got[0].bytes == x.bytes);
+    }
+    CHECK(log.size() == std::size(expected));
 }
 
 TEST_CASE("access_log: each duration lies within its request's span, on fresh and kept-alive connections",
