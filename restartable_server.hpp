@@ -539,7 +539,11 @@ std::string_view status_text(int status) noexcept;
 // --------------------------------------------------------------- server --
 
 /// access_entry: one response, as options::access_log sees it. The views are valid only
-/// during the call.
+/// during the call. What the fields may hold, for a log format that must not break: method
+/// is a token (letters, digits and !#$%&'*+-.^_`|~) or ""; target is visible ASCII only
+/// (0x21 to 0x7e: no space, no control byte, nothing above 0x7e), up to
+/// max_request_line_bytes, or "", and so may hold '"', '\', '<', '>', '{', '}', '|', '^'
+/// and '`': write it through log_escape() between quotes (README, Logs).
 struct access_entry {
     std::string_view method;  ///< as sent; "" for an error the server answered itself (400, 408, 413, ...)
     std::string_view target;  ///< as sent; "" likewise
@@ -547,6 +551,13 @@ struct access_entry {
     std::size_t bytes = 0;    ///< body bytes: the body handed to the socket, or those a stream wrote (0 when the head could not be sent)
     std::chrono::microseconds duration{0};  ///< from the whole head's arrival to the response handed over
 };
+
+/// log_escape: s made safe for one line of a log, also between double quotes: '"' and '\'
+/// get a backslash before them; CR, LF and TAB become \r, \n and \t; every other byte
+/// below 0x20, and 0x7f, becomes \xHH (lower-case hex); other bytes (UTF-8 text) are kept.
+/// error_log lines have the text that comes from outside (an exception's what()) escaped
+/// so. Any thread; does not block.
+std::string log_escape(std::string_view s);
 
 /// options: the settings of a run. Every field has a working default. A change made with
 /// server::set_options() takes effect at the next start.
@@ -604,7 +615,8 @@ struct options {
     std::function<void(const access_entry&)> access_log;
     /// error_log: called with one line for each problem the server handles on its own (a
     /// handler or hook that threw, a failed accept, an allocation failure answered 503).
-    /// Any thread. Empty (the default): nothing is reported.
+    /// The line has no newline and no control byte: the text of an exception in it went
+    /// through log_escape(). Any thread. Empty (the default): nothing is reported.
     std::function<void(std::string_view message)> error_log;
 };
 
@@ -2047,6 +2059,28 @@ RESTARTABLE_SERVER_FN void response::clear() noexcept {
     body.clear();
     provider_ = nullptr;
     stream_sized_ = false;
+}
+
+RESTARTABLE_SERVER_FN std::string log_escape(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (const char ch : s) {
+        const auto u = static_cast<unsigned char>(ch);
+        if (ch == '"' || ch == '\\') {
+            out += '\\';
+            out += ch;
+        } else if (u >= 0x20 && u != 0x7f) {
+            out += ch;
+        } else if (ch == '\r' || ch == '\n' || ch == '\t') {
+            out += '\\';
+            out += ch == '\r' ? 'r' : ch == '\n' ? 'n' : 't';
+        } else {
+            out += "\\x";
+            out += "0123456789abcdef"[u >> 4];
+            out += "0123456789abcdef"[u & 15];
+        }
+    }
+    return out;
 }
 
 RESTARTABLE_SERVER_FN std::string_view status_text(int status) noexcept {
@@ -3976,11 +4010,11 @@ RESTARTABLE_SERVER_FN void run::log_error(const char* what, const char* detail) 
     if (!opts_.error_log) return;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
-        opts_.error_log(std::string("restartable_server: ") + what + detail);
+        opts_.error_log(std::string("restartable_server: ") + what + log_escape(detail));
     } catch (...) {
     }
 #else
-    opts_.error_log(std::string("restartable_server: ") + what + detail);
+    opts_.error_log(std::string("restartable_server: ") + what + log_escape(detail));
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 

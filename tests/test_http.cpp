@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -1248,6 +1249,115 @@ TEST_CASE("access_log: exactly one entry per response attempted, also those that
         CHECK(got[0].bytes == x.bytes);
     }
     CHECK(log.size() == std::size(expected));
+}
+
+TEST_CASE("log_escape: control bytes, quotes and backslashes escaped; the rest kept", "[http][log]") {
+    CHECK(rs::log_escape("") == "");
+    CHECK(rs::log_escape("/plain?a=1&b=%20") == "/plain?a=1&b=%20");
+    CHECK(rs::log_escape("boom\r\nInjected: x") == "boom\\r\\nInjected: x");
+    CHECK(rs::log_escape("tab\there") == "tab\\there");
+    CHECK(rs::log_escape(std::string("nul\0one\x01\x1f\x7f", 10)) == "nul\\x00one\\x01\\x1f\\x7f");
+    CHECK(rs::log_escape("say \"hi\" \\ bye") == "say \\\"hi\\\" \\\\ bye");
+    CHECK(rs::log_escape("<>{}|^`") == "<>{}|^`");
+    CHECK(rs::log_escape("caf\xc3\xa9") == "caf\xc3\xa9");  // UTF-8 kept
+    // No byte of the result is a control byte, whatever the input.
+    std::string every;
+    for (int b = 0; b < 256; ++b) every += static_cast<char>(b);
+    for (char ch : rs::log_escape(every)) {
+        const auto u = static_cast<unsigned char>(ch);
+        CHECK((u >= 0x20 && u != 0x7f));
+    }
+}
+
+TEST_CASE("error_log lines carry no control byte of a handler's exception text", "[http][log]") {
+    std::mutex m;
+    std::vector<std::string> errors;
+    rs::options o = test::local_options();
+    o.error_log = [&](std::string_view line) {
+        std::lock_guard<std::mutex> lock(m);
+        errors.emplace_back(line);
+    };
+    rs::server srv(o);
+    srv.get("/throw", [](const rs::request&, rs::response&) {
+        throw std::runtime_error("boom\r\nInjected: x\x1b[2J\x7f");
+    });
+    srv.get("/stream", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [](rs::body_writer&) { throw std::runtime_error("bad\nline"); });
+    });
+    const auto port = start(srv);
+    CHECK(test::get(port, "/throw").status == 500);
+    CHECK(test::get(port, "/stream").status == 200);
+    srv.stop();
+    std::lock_guard<std::mutex> lock(m);
+    REQUIRE(errors.size() == 2);
+    for (const std::string& line : errors) {
+        INFO(test::printable(line));
+        for (char ch : line) {
+            const auto u = static_cast<unsigned char>(ch);
+            CHECK((u >= 0x20 && u != 0x7f));
+        }
+    }
+    std::sort(errors.begin(), errors.end());
+    CHECK(errors[0] == "restartable_server: a handler threw (answered 500): boom\\r\\nInjected: x\\x1b[2J\\x7f");
+    CHECK(errors[1] == "restartable_server: a stream provider threw: bad\\nline");
+}
+
+TEST_CASE("access_log: the README's line format cannot be broken by a target", "[http][log]") {
+    // The README's example, letter for letter but for the output: method, the target quoted
+    // and escaped with log_escape, status, bytes, duration.
+    std::mutex m;
+    std::vector<std::string> lines;
+    rs::options o = test::local_options();
+    o.access_log = [&](const rs::access_entry& e) {
+        char line[10000];
+        std::snprintf(line, sizeof line, "%s \"%s\" %d %zu %lldus\n",
+                      std::string(e.method.empty() ? "-" : e.method).c_str(), rs::log_escape(e.target).c_str(),
+                      e.status, e.bytes, static_cast<long long>(e.duration.count()));
+        std::lock_guard<std::mutex> lock(m);
+        lines.emplace_back(line);
+    };
+    rs::server srv(o);
+    srv.get("/*", [](const rs::request&, rs::response& res) { res.set_content("ok", "text/plain"); });
+    const auto port = start(srv);
+    // Every byte a target may hold (visible ASCII), and the ones that break quoted formats.
+    std::string all_visible = "/";
+    for (char ch = 0x21; ch < 0x7f; ++ch) all_visible += ch;
+    const std::vector<std::string> targets = {
+        "/a\"b", "/x\\y", "/<>{}|^`", "/end\"\\", "/q?v=\"\\\"\"", all_visible, "/plain"};
+    for (const std::string& t : targets) {
+        INFO(t);
+        CHECK(test::request(port, "GET " + t + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status != 0);
+    }
+    srv.stop();
+    std::lock_guard<std::mutex> lock(m);
+    REQUIRE(lines.size() == targets.size());
+    std::vector<std::string> parsed;
+    for (const std::string& line : lines) {
+        INFO(line);
+        // method SP '"' escaped '"' SP status SP bytes SP duration LF, read back strictly.
+        CHECK(std::count(line.begin(), line.end(), '\n') == 1);
+        const std::size_t open = line.find(" \"");
+        REQUIRE(open != std::string::npos);
+        std::string target;
+        std::size_t i = open + 2;
+        for (; i < line.size() && line[i] != '"'; ++i) {
+            if (line[i] != '\\') {
+                target += line[i];
+                continue;
+            }
+            REQUIRE(i + 1 < line.size());
+            const char e = line[++i];
+            REQUIRE((e == '"' || e == '\\'));  // a target has no control byte to escape
+            target += e;
+        }
+        REQUIRE(i < line.size());
+        CHECK(line.substr(i + 1, 5) == " 200 ");
+        parsed.push_back(target);
+    }
+    std::vector<std::string> want = targets;
+    std::sort(want.begin(), want.end());
+    std::sort(parsed.begin(), parsed.end());
+    CHECK(parsed == want);
 }
 
 TEST_CASE("access_log: each duration lies within its request's span, on fresh and kept-alive connections",
