@@ -276,6 +276,9 @@ enum class errc {
     listener_threw,       ///< the listener factory threw something other than std::system_error
     not_running,          ///< restart() or upgrade() while no run is in progress (or it is stopping)
     not_activated,        ///< systemd_listener(): no socket was passed (LISTEN_FDS, LISTEN_PID)
+    activated_not_open,       ///< systemd_listener(): the descriptor LISTEN_FDS names is not open
+    activated_not_socket,     ///< systemd_listener(): the descriptor LISTEN_FDS names is not a socket
+    activated_not_listening,  ///< systemd_listener(): the socket LISTEN_FDS names is not listening
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -377,7 +380,10 @@ listener_factory inherited_listener(int fd);
 /// LISTEN_FDNAMES so children do not inherit them (call it before starting threads that
 /// read the environment). The socket stays open for the life of the factory and is handed
 /// to every run, so restarts keep it. Without one, each start fails with
-/// errc::not_activated.
+/// errc::not_activated. A descriptor that is not open, not a socket or not listening
+/// (LISTEN_FDS left over from another program, with LISTEN_PID reused) is not adopted,
+/// marked or ever closed: each start fails with errc::activated_not_open,
+/// activated_not_socket or activated_not_listening, which says so.
 listener_factory systemd_listener(std::string name = {});
 
 /// notify_ready: tells a service manager the server is ready: sends "READY=1" to the
@@ -1394,6 +1400,12 @@ public:
             case errc::listener_threw: return "the listener factory threw an exception";
             case errc::not_running: return "the server is not running";
             case errc::not_activated: return "no listening socket was passed (LISTEN_FDS, LISTEN_PID)";
+            case errc::activated_not_open:
+                return "the descriptor LISTEN_FDS names is not open (LISTEN_FDS and LISTEN_PID are stale?)";
+            case errc::activated_not_socket:
+                return "the descriptor LISTEN_FDS names is not a socket (LISTEN_FDS and LISTEN_PID are stale?)";
+            case errc::activated_not_listening:
+                return "the socket LISTEN_FDS names is not listening (not a socket-activation socket?)";
         }
         return "unknown restartable_server error";
     }
@@ -1890,21 +1902,45 @@ RESTARTABLE_SERVER_FN long env_number(const char* name) noexcept {
     const long n = std::strtol(v, &end, 10);
     return errno == 0 && *end == '\0' ? n : -1;
 }
+
+/// passed_socket_error: why fd is not a listening socket to adopt (not open, not a socket,
+/// not listening), or no error. Looks only: a descriptor that fails is not ours to touch.
+RESTARTABLE_SERVER_FN std::error_code passed_socket_error(int fd) noexcept {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return make_error_code(errc::activated_not_open);
+    if (!S_ISSOCK(st.st_mode)) return make_error_code(errc::activated_not_socket);
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening == 0)
+        return make_error_code(errc::activated_not_listening);
+    return {};
+}
 }  // namespace detail
 
 RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
     constexpr int first_fd = 3;  // SD_LISTEN_FDS_START
     int chosen = -1;
+    std::error_code why = make_error_code(errc::not_activated);  // when nothing is chosen
     const long count = detail::env_number("LISTEN_FDS");
     if (detail::env_number("LISTEN_PID") == static_cast<long>(::getpid()) && count > 0) {
         const char* names_env = std::getenv("LISTEN_FDNAMES");
         std::string_view names = names_env ? names_env : "";
+        bool picked = false;
         for (long i = 0; i < count && i < 1024; ++i) {
             const int fd = first_fd + static_cast<int>(i);
-            ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // ours now: not for children
+            // Only a listening socket was passed to us; anything else at fd (a stale
+            // LISTEN_FDS) is the program's own, or nothing: left as it is.
+            const std::error_code bad = detail::passed_socket_error(fd);
+            if (!bad) ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // ours now: not for children
             const std::string_view this_name = names.substr(0, names.find(':'));
             names.remove_prefix(std::min(names.size(), this_name.size() + 1));
-            if (chosen < 0 && (name.empty() || this_name == name)) chosen = fd;
+            if (!picked && (name.empty() || this_name == name)) {
+                picked = true;
+                if (bad)
+                    why = bad;
+                else
+                    chosen = fd;
+            }
         }
         ::unsetenv("LISTEN_PID");
         ::unsetenv("LISTEN_FDS");
@@ -1916,10 +1952,10 @@ RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
         detail::append_number(address, static_cast<unsigned>(chosen));
     }
     auto owned = std::make_shared<unique_fd>(chosen);  // open as long as a copy of the factory lives
-    auto make = [owned](std::error_code& ec) -> unique_fd {
+    auto make = [owned, why](std::error_code& ec) -> unique_fd {
         ec.clear();
         if (!*owned) {
-            ec = make_error_code(errc::not_activated);
+            ec = why;
             return unique_fd();
         }
         unique_fd dup(::fcntl(owned->get(), F_DUPFD_CLOEXEC, 0));
