@@ -294,6 +294,9 @@ enum class errc {
     listener_threw,       ///< the listener factory threw something other than std::system_error
     not_running,          ///< restart() or upgrade() while no run is in progress (or it is stopping)
     not_activated,        ///< systemd_listener(): no socket was passed (LISTEN_FDS, LISTEN_PID)
+    activated_not_open,       ///< systemd_listener(): the descriptor LISTEN_FDS names is not open
+    activated_not_socket,     ///< systemd_listener(): the descriptor LISTEN_FDS names is not a socket
+    activated_not_listening,  ///< systemd_listener(): the socket LISTEN_FDS names is not listening
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -402,9 +405,13 @@ listener_factory inherited_listener(int fd);
 /// LISTEN_FDNAMES so children do not inherit them (call it before starting threads that
 /// read the environment). The socket stays open for the life of the factory and is handed
 /// to every run, so restarts keep it. Without one, each start fails with
-/// errc::not_activated. In a process started by server::upgrade() it also adopts the
-/// hand-over socket (RESTARTABLE_SERVER_HANDOVER_FD, then unset): the first run started
-/// with this factory takes the old process's idle connections through it.
+/// errc::not_activated. A descriptor that is not open, not a socket or not listening
+/// (LISTEN_FDS left over from another program, with LISTEN_PID reused) is not adopted,
+/// marked or ever closed: each start fails with errc::activated_not_open,
+/// activated_not_socket or activated_not_listening, which says so. In a process started
+/// by server::upgrade() it also adopts the hand-over socket (RESTARTABLE_SERVER_HANDOVER_FD,
+/// then unset): the first run started with this factory takes the old process's idle
+/// connections through it.
 listener_factory systemd_listener(std::string name = {});
 
 /// notify_ready: tells a service manager the server is ready: sends "READY=1" to the
@@ -479,10 +486,18 @@ private:
 class body_writer {
 public:
     /// write: sends data now: one chunk to an HTTP/1.1 client, raw bytes to HTTP/1.0
-    /// (whose body then ends when the connection closes). Empty data is ignored. Returns
-    /// false once the client is gone, a write timed out, or the drain deadline of a stop
-    /// cut the connection: the provider should return then.
+    /// (whose body then ends when the connection closes) and for a body of known length.
+    /// Empty data is ignored. Returns false once the client is gone, a write timed out, the
+    /// drain deadline of a stop cut the connection, abort() was called, or data would pass
+    /// the known length (then nothing of it is sent): the provider should return then.
     bool write(std::string_view data);
+    /// abort: the body cannot be finished (the file being sent shrank, a source failed):
+    /// once the provider returns, the connection is closed without the last chunk, or short
+    /// of Content-Length, so the client sees an incomplete response rather than a complete
+    /// wrong one. Later writes send nothing and return false. (A body of known length that
+    /// already has every byte is complete for the client whatever follows; an HTTP/1.0
+    /// client of a body without length cannot tell.) Call it on the provider's thread.
+    void abort() noexcept { failed_ = true; }
     /// stopping: a stop or restart of the run began: an endless stream (server-sent
     /// events, a long poll) should end now, cleanly, instead of being cut at the drain
     /// deadline. Its connection then closes (stop) or moves to the next run (restart).
@@ -493,11 +508,13 @@ public:
 
 private:
     friend class detail::run;
-    body_writer(int fd, bool chunked, std::chrono::milliseconds timeout, const detail::stop_signal* stop) noexcept
-        : fd_(fd), chunked_(chunked), timeout_(timeout), stop_(stop) {}
+    body_writer(int fd, bool chunked, std::uint64_t left, std::chrono::milliseconds timeout,
+                const detail::stop_signal* stop) noexcept
+        : fd_(fd), chunked_(chunked), left_(left), timeout_(timeout), stop_(stop) {}
     int fd_;
     bool chunked_;
     bool failed_ = false;
+    std::uint64_t left_;  // bytes the known length still allows (UINT64_MAX without one)
     std::chrono::milliseconds timeout_;
     const detail::stop_signal* stop_;
     std::size_t written_ = 0;  // body bytes sent, for the access log
@@ -524,13 +541,24 @@ public:
     /// set_stream: the body is produced after the head is sent, by provider, on the same
     /// thread, once the handler has returned: chunked to HTTP/1.1 clients, ended by
     /// closing the connection for HTTP/1.0 ones. Each write is sent at once, so
-    /// server-sent events (Content-Type text/event-stream) work. Replaces body.
+    /// server-sent events (Content-Type text/event-stream) work. Replaces body. A provider
+    /// that throws or calls body_writer::abort() ends the connection without the last
+    /// chunk. Not called for HEAD.
     void set_stream(std::string_view content_type, body_provider provider);
+    /// set_stream(content_type, length, provider): a streamed body of exactly length bytes,
+    /// known before it is produced (a file): the head carries "Content-Length: length", so
+    /// HEAD tells the size and progress bars can show it, the writes go out unchunked, and
+    /// HTTP/1.0 clients may keep the connection. A provider that writes fewer bytes (or
+    /// aborts, or throws) ends the connection short of length, so the client sees the body
+    /// incomplete; a write that would pass length sends nothing and returns false.
+    void set_stream(std::string_view content_type, std::uint64_t length, body_provider provider);
 
 private:
     friend class detail::run;
     void clear() noexcept;
     body_provider provider_;
+    bool stream_sized_ = false;      // set_stream with a length: Content-Length, not chunked
+    std::uint64_t stream_length_ = 0;
 };
 
 /// handler: called on a worker thread (or on the loop thread when worker_threads is 0)
@@ -545,14 +573,25 @@ std::string_view status_text(int status) noexcept;
 // --------------------------------------------------------------- server --
 
 /// access_entry: one response, as options::access_log sees it. The views are valid only
-/// during the call.
+/// during the call. What the fields may hold, for a log format that must not break: method
+/// is a token (letters, digits and !#$%&'*+-.^_`|~) or ""; target is visible ASCII only
+/// (0x21 to 0x7e: no space, no control byte, nothing above 0x7e), up to
+/// max_request_line_bytes, or "", and so may hold '"', '\', '<', '>', '{', '}', '|', '^'
+/// and '`': write it through log_escape() between quotes (README, Logs).
 struct access_entry {
     std::string_view method;  ///< as sent; "" for an error the server answered itself (400, 408, 413, ...)
     std::string_view target;  ///< as sent; "" likewise
     int status = 0;
-    std::size_t bytes = 0;    ///< body bytes: the body handed to the socket, or those a stream wrote
+    std::size_t bytes = 0;    ///< body bytes: the body handed to the socket, or those a stream wrote (0 when the head could not be sent)
     std::chrono::microseconds duration{0};  ///< from the whole head's arrival to the response handed over
 };
+
+/// log_escape: s made safe for one line of a log, also between double quotes: '"' and '\'
+/// get a backslash before them; CR, LF and TAB become \r, \n and \t; every other byte
+/// below 0x20, and 0x7f, becomes \xHH (lower-case hex); other bytes (UTF-8 text) are kept.
+/// error_log lines have the text that comes from outside (an exception's what()) escaped
+/// so. Any thread; does not block.
+std::string log_escape(std::string_view s);
 
 /// options: the settings of a run. Every field has a working default. A change made with
 /// server::set_options() takes effect at the next start.
@@ -603,12 +642,17 @@ struct options {
     /// connections of a run together may not exceed this; a request that would pass it is
     /// answered 503 and its connection closed. Default 256 MiB. 0 means the default.
     std::size_t max_buffered_bytes = 256 * 1024 * 1024;
-    /// access_log: called once per response, on the thread that sent it (keep it quick:
-    /// it delays that connection). Empty (the default): no log.
+    /// access_log: called once per response the server tries to send, on the thread that
+    /// sent it (keep it quick: it delays that connection): also for HEAD, a stream whose
+    /// provider threw or aborted, and a response whose head the client did not take
+    /// (bytes tells how far each got). Not for a request cut at a stop's drain deadline
+    /// before its response began (stop_result::cut counts those), nor for the 503 that
+    /// max_connections answers at accept. Empty (the default): no log.
     std::function<void(const access_entry&)> access_log;
     /// error_log: called with one line for each problem the server handles on its own (a
     /// handler or hook that threw, a failed accept, an allocation failure answered 503).
-    /// Any thread. Empty (the default): nothing is reported.
+    /// The line has no newline and no control byte: the text of an exception in it went
+    /// through log_escape(). Any thread. Empty (the default): nothing is reported.
     std::function<void(std::string_view message)> error_log;
 };
 
@@ -894,9 +938,9 @@ struct static_options {
 ///   400  a "." or ".." segment (raw or %2e%2e in any case), an empty segment ("a//b"), an
 ///        encoded slash (%2F), a backslash, NUL or another control byte, a bad %-escape;
 ///   404  no such file; a name starting with '.' (see static_options::dotfiles); a directory
-///        without index; a FIFO, device or socket; a file whose real path (symbolic links
-///        resolved) is not under the real path of root, resolved at each request (so root
-///        may be a symbolic link that a deploy switches);
+///        without index; a FIFO, device or socket; a symbolic link anywhere under root,
+///        whether it points inside or out (root itself may be one, e.g. a "current" link a
+///        deploy switches: it is opened afresh at each request);
 ///   405  a method other than GET and HEAD;
 ///   301  a directory without its trailing slash (see static_options::index);
 ///   200  the file, with Content-Type from mime_type(), Last-Modified, a weak ETag
@@ -911,9 +955,17 @@ struct static_options {
 /// If-Range: an HTTP-date equal to Last-Modified keeps the range (for a file at least a
 /// second old); an entity tag never strongly matches the weak ETag, so it sends the whole
 /// file (200), which RFC 9110 13.1.5 allows. HEAD gets the header fields of GET, no body.
-/// A file (or range) up to 1 MiB is read into the response; a larger one is streamed with
-/// response::set_stream, 64 KiB per pread(), never held whole in memory. Descriptors are
-/// O_CLOEXEC and closed once the response is sent. The handler keeps copies of root, opts.
+/// Files are opened beneath a descriptor of root, one name at a time with O_NOFOLLOW and
+/// O_NONBLOCK, and their type and size are taken with fstat() of the descriptor that is
+/// then read: whoever can rename entries under root while requests run (an upload
+/// directory, another service) cannot make it serve a file outside root, nor hold a thread
+/// with a FIFO. What it can do is serve, or replace, any regular file under root: that is
+/// the content. A file (or range) up to 1 MiB is read into the response; a larger one is
+/// streamed with response::set_stream of its length (so it has a Content-Length too), 64
+/// KiB per pread(), never held whole in memory; if the file shrinks meanwhile, the
+/// connection ends short of that length, so the client sees the download incomplete.
+/// Descriptors are O_CLOEXEC and closed once the response is sent. The handler keeps
+/// copies of root, opts.
 handler static_files(std::string root, static_options opts = {});
 
 /// mime_type: the Content-Type for a file name by its extension, case-insensitively
@@ -1153,7 +1205,7 @@ RESTARTABLE_SERVER_FN std::string percent_decode(std::string_view in, bool plus_
 }
 
 /// append_number: appends the decimal form of n.
-RESTARTABLE_SERVER_FN void append_number(std::string& out, std::size_t n) {
+RESTARTABLE_SERVER_FN void append_number(std::string& out, std::uint64_t n) {
     char tmp[24];
     char* p = tmp + sizeof tmp;
     do {
@@ -1426,6 +1478,12 @@ public:
             case errc::listener_threw: return "the listener factory threw an exception";
             case errc::not_running: return "the server is not running";
             case errc::not_activated: return "no listening socket was passed (LISTEN_FDS, LISTEN_PID)";
+            case errc::activated_not_open:
+                return "the descriptor LISTEN_FDS names is not open (LISTEN_FDS and LISTEN_PID are stale?)";
+            case errc::activated_not_socket:
+                return "the descriptor LISTEN_FDS names is not a socket (LISTEN_FDS and LISTEN_PID are stale?)";
+            case errc::activated_not_listening:
+                return "the socket LISTEN_FDS names is not listening (not a socket-activation socket?)";
         }
         return "unknown restartable_server error";
     }
@@ -2032,23 +2090,47 @@ RESTARTABLE_SERVER_FN int inherited_handover(long count) noexcept {
     ::fcntl(s, F_SETFD, FD_CLOEXEC);
     return s;
 }
+
+/// passed_socket_error: why fd is not a listening socket to adopt (not open, not a socket,
+/// not listening), or no error. Looks only: a descriptor that fails is not ours to touch.
+RESTARTABLE_SERVER_FN std::error_code passed_socket_error(int fd) noexcept {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return make_error_code(errc::activated_not_open);
+    if (!S_ISSOCK(st.st_mode)) return make_error_code(errc::activated_not_socket);
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening == 0)
+        return make_error_code(errc::activated_not_listening);
+    return {};
+}
 }  // namespace detail
 
 RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
     constexpr int first_fd = 3;  // SD_LISTEN_FDS_START
     int chosen = -1;
     int handover = -1;  // server::upgrade()'s hand-over socket, when it started this process
+    std::error_code why = make_error_code(errc::not_activated);  // when nothing is chosen
     const long count = detail::env_number("LISTEN_FDS");
     if (detail::env_number("LISTEN_PID") == static_cast<long>(::getpid()) && count > 0) {
         handover = detail::inherited_handover(count);
         const char* names_env = std::getenv("LISTEN_FDNAMES");
         std::string_view names = names_env ? names_env : "";
+        bool picked = false;
         for (long i = 0; i < count && i < 1024; ++i) {
             const int fd = first_fd + static_cast<int>(i);
-            ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // ours now: not for children
+            // Only a listening socket was passed to us; anything else at fd (a stale
+            // LISTEN_FDS) is the program's own, or nothing: left as it is.
+            const std::error_code bad = detail::passed_socket_error(fd);
+            if (!bad) ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // ours now: not for children
             const std::string_view this_name = names.substr(0, names.find(':'));
             names.remove_prefix(std::min(names.size(), this_name.size() + 1));
-            if (chosen < 0 && (name.empty() || this_name == name)) chosen = fd;
+            if (!picked && (name.empty() || this_name == name)) {
+                picked = true;
+                if (bad)
+                    why = bad;
+                else
+                    chosen = fd;
+            }
         }
         ::unsetenv("LISTEN_PID");
         ::unsetenv("LISTEN_FDS");
@@ -2060,10 +2142,10 @@ RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
         detail::append_number(address, static_cast<unsigned>(chosen));
     }
     auto owned = std::make_shared<unique_fd>(chosen);  // open as long as a copy of the factory lives
-    auto make = [owned](std::error_code& ec) -> unique_fd {
+    auto make = [owned, why](std::error_code& ec) -> unique_fd {
         ec.clear();
         if (!*owned) {
-            ec = make_error_code(errc::not_activated);
+            ec = why;
             return unique_fd();
         }
         unique_fd dup(::fcntl(owned->get(), F_DUPFD_CLOEXEC, 0));
@@ -2145,6 +2227,10 @@ RESTARTABLE_SERVER_FN std::error_code request::read_body(const body_sink& sink) 
 
 RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
     if (failed_ || data.empty()) return !failed_;
+    if (data.size() > left_) {  // past the known length: the response can only be cut
+        failed_ = true;
+        return false;
+    }
     char size_line[20];
     std::size_t len = 0;
     for (std::size_t n = data.size(); n != 0; n >>= 4) ++len;
@@ -2155,12 +2241,23 @@ RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
     iovec iov[3] = {{size_line, len}, {const_cast<char*>(data.data()), data.size()}, {crlf, 2}};
     failed_ = chunked_ ? !detail::send_all(fd_, iov, 3, timeout_) : !detail::send_all(fd_, iov + 1, 1, timeout_);
     if (!failed_) written_ += data.size();
+    if (!failed_ && left_ != UINT64_MAX) left_ -= data.size();
     return !failed_;
 }
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, body_provider provider) {
     body.clear();
     provider_ = std::move(provider);
+    stream_sized_ = false;
+    set_header("Content-Type", content_type);
+}
+
+RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, std::uint64_t length,
+                                                body_provider provider) {
+    body.clear();
+    provider_ = std::move(provider);
+    stream_sized_ = true;
+    stream_length_ = length;
     set_header("Content-Type", content_type);
 }
 
@@ -2189,6 +2286,29 @@ RESTARTABLE_SERVER_FN void response::clear() noexcept {
     headers.clear();
     body.clear();
     provider_ = nullptr;
+    stream_sized_ = false;
+}
+
+RESTARTABLE_SERVER_FN std::string log_escape(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (const char ch : s) {
+        const auto u = static_cast<unsigned char>(ch);
+        if (ch == '"' || ch == '\\') {
+            out += '\\';
+            out += ch;
+        } else if (u >= 0x20 && u != 0x7f) {
+            out += ch;
+        } else if (ch == '\r' || ch == '\n' || ch == '\t') {
+            out += '\\';
+            out += ch == '\r' ? 'r' : ch == '\n' ? 'n' : 't';
+        } else {
+            out += "\\x";
+            out += "0123456789abcdef"[u >> 4];
+            out += "0123456789abcdef"[u & 15];
+        }
+    }
+    return out;
 }
 
 RESTARTABLE_SERVER_FN std::string_view status_text(int status) noexcept {
@@ -4359,8 +4479,9 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     msg.msg_iov = iov;
     msg.msg_iovlen = 2;
     ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, no_sigpipe); });
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return outcome::close;
-    if (opts_.access_log) log_access(w, c, body_size);
+    const bool failed = n < 0 && errno != EAGAIN && errno != EWOULDBLOCK;  // the client is gone
+    if (opts_.access_log) log_access(w, c, failed ? 0 : body_size);
+    if (failed) return outcome::close;
     c.keep_alive = keep_alive;
     c.set(conn_state::writing);
     const std::size_t sent = n < 0 ? 0 : static_cast<std::size_t>(n);
@@ -4374,34 +4495,43 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
 }
 
 /// send_streamed: a set_stream() response: the head, then the provider's writes, each
-/// sent before write() returns (blocking this thread up to write_timeout per write).
+/// sent before write() returns (blocking this thread up to write_timeout per write). A body
+/// that did not end as promised (the provider threw or aborted, or a known length was not
+/// reached) ends the connection without the last chunk or short of Content-Length.
 RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive) {
-    const bool chunked = c.version_minor == 1;
-    if (!chunked) keep_alive = false;  // HTTP/1.0: closing the connection ends the body
+    const bool sized = w.res.stream_sized_;
+    const bool chunked = !sized && c.version_minor == 1;
+    if (!sized && !chunked) keep_alive = false;  // HTTP/1.0 without a length: closing ends the body
     build_head(w, c, keep_alive, chunked, true);
     iovec head{w.head.data(), w.head.size()};
-    if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) return outcome::close;
+    if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) {
+        if (opts_.access_log) log_access(w, c, 0);
+        return outcome::close;
+    }
     body_provider provider = std::move(w.res.provider_);
     if (!c.is_head) {
-        body_writer out(c.fd.get(), chunked, opts_.write_timeout, &stop_signal_);
+        body_writer out(c.fd.get(), chunked, sized ? w.res.stream_length_ : UINT64_MAX, opts_.write_timeout,
+                        &stop_signal_);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
             provider(out);
         } catch (const std::exception& e) {
             log_error("a stream provider threw: ", e.what());
-            return outcome::close;  // no last chunk: the client sees the body is incomplete
+            out.abort();  // no last chunk: the client sees the body is incomplete
         } catch (...) {
             log_error("a stream provider threw", "");
-            return outcome::close;
+            out.abort();
         }
 #else
         provider(out);
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
         if (opts_.access_log) log_access(w, c, out.written_);
-        if (out.failed_) return outcome::close;
+        if (out.failed_ || (sized && out.left_ != 0)) return outcome::close;  // the client sees it cut
         static constexpr std::string_view last_chunk = "0\r\n\r\n";
         iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
         if (chunked && !send_all(c.fd.get(), &end, 1, opts_.write_timeout)) return outcome::close;
+    } else if (opts_.access_log) {
+        log_access(w, c, 0);  // HEAD: the head alone
     }
     c.keep_alive = keep_alive;
     c.set(conn_state::writing);
@@ -4432,9 +4562,9 @@ RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool 
     }
     if (chunked) {
         h += "Transfer-Encoding: chunked\r\n";
-    } else if (!bodiless && !streamed) {
+    } else if (!bodiless && (!streamed || res.stream_sized_)) {
         h += "Content-Length: ";
-        append_number(h, res.body.size());
+        append_number(h, streamed ? res.stream_length_ : res.body.size());
         h += "\r\n";
     }
     if (!has_date) {
@@ -4536,11 +4666,11 @@ RESTARTABLE_SERVER_FN void run::log_error(const char* what, const char* detail) 
     if (!opts_.error_log) return;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
-        opts_.error_log(std::string("restartable_server: ") + what + detail);
+        opts_.error_log(std::string("restartable_server: ") + what + log_escape(detail));
     } catch (...) {
     }
 #else
-    opts_.error_log(std::string("restartable_server: ") + what + detail);
+    opts_.error_log(std::string("restartable_server: ") + what + log_escape(detail));
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 
@@ -5666,10 +5796,63 @@ RESTARTABLE_SERVER_FN int decode_static_path(std::string_view raw, bool dotfiles
     }
 }
 
+/// static_file: an open file or directory and what fstat() said about it.
+struct static_file {
+    unique_fd fd;
+    struct stat st {};
+};
+
+/// open_root: the directory root as a descriptor, opened afresh for each request (root
+/// itself may be a symbolic link, which a deploy switches: it is the operator's to set).
+RESTARTABLE_SERVER_FN unique_fd open_root(const std::string& root) {
+    return unique_fd(retry_eintr([&] { return ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY); }));
+}
+
+/// open_entry: opens the entry name of the directory dir for reading; a directory only when
+/// dir_only. O_NOFOLLOW: a symbolic link is never followed (ELOOP), whoever put it there
+/// and whenever. O_NONBLOCK: a FIFO swapped in does not hold the thread in open(). The type
+/// is looked at first (fstatat, no link followed), so a device is not even opened unless it
+/// is swapped in between; the caller checks the type again with fstat() on the descriptor.
+RESTARTABLE_SERVER_FN unique_fd open_entry(int dir, const std::string& name, bool dir_only) {
+    struct stat st {};
+    if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !(S_ISDIR(st.st_mode) || (!dir_only && S_ISREG(st.st_mode))))
+        return unique_fd();
+    const int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | (dir_only ? O_DIRECTORY : 0);
+    return unique_fd(retry_eintr([&] { return ::openat(dir, name.c_str(), flags); }));
+}
+
+/// open_beneath: opens rel ('/'-separated names, none "", "." or ".."; "" is dir itself)
+/// under the directory dir, one name at a time, each relative to the descriptor of the one
+/// before: no path string is resolved again after a check, so renaming entries under the
+/// root (a directory swapped for a link to "../outside") cannot lead out of it. True when
+/// the descriptor, by fstat(), is a regular file or a directory.
+RESTARTABLE_SERVER_FN bool open_beneath(int dir, std::string_view rel, static_file& f) {
+    unique_fd here;  // the directory the next name is in, once it is not dir
+    std::string name;
+    if (rel.empty()) {
+        f.fd.reset(retry_eintr([&] { return ::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY); }));
+    } else {
+        for (;;) {
+            const std::size_t slash = rel.find('/');
+            name.assign(rel.substr(0, slash));
+            if (name.empty() || name == "." || name == "..") return false;  // e.g. a bad static_options::index
+            if (slash == std::string_view::npos) {
+                f.fd = open_entry(here ? here.get() : dir, name, false);
+                break;
+            }
+            unique_fd next = open_entry(here ? here.get() : dir, name, true);
+            if (!next) return false;
+            here = std::move(next);
+            rel.remove_prefix(slash + 1);
+        }
+    }
+    return f.fd && ::fstat(f.fd.get(), &f.st) == 0 && (S_ISREG(f.st.st_mode) || S_ISDIR(f.st.st_mode));
+}
+
 struct free_deleter {
     void operator()(char* p) const noexcept { std::free(p); }
 };
-
 /// real_path: path with every symbolic link, "." and ".." resolved; false when it does not
 /// exist (or cannot be resolved).
 RESTARTABLE_SERVER_FN bool real_path(const std::string& path, std::string& out) {
@@ -5677,34 +5860,6 @@ RESTARTABLE_SERVER_FN bool real_path(const std::string& path, std::string& out) 
     if (!p) return false;
     out.assign(p.get());
     return true;
-}
-
-/// is_beneath: whether the real path real is root or inside it ("/srv/www2" is not inside
-/// "/srv/www").
-RESTARTABLE_SERVER_FN bool is_beneath(std::string_view real, std::string_view root) noexcept {
-    if (root == "/") return true;
-    return real.substr(0, root.size()) == root && (real.size() == root.size() || real[root.size()] == '/');
-}
-
-/// static_file: an open file or directory and what fstat() said about it.
-struct static_file {
-    unique_fd fd;
-    struct stat st {};
-};
-
-/// open_beneath: opens path if its real path is under real_root and it is a regular file or
-/// a directory. The type is checked before open() (opening a FIFO or a device can block or
-/// act) and again after, on the same inode; O_NOFOLLOW fails a symbolic link swapped in
-/// after realpath() resolved the name.
-RESTARTABLE_SERVER_FN bool open_beneath(const std::string& real_root, const std::string& path, static_file& f) {
-    std::string real;
-    if (!real_path(path, real) || !is_beneath(real, real_root)) return false;
-    struct stat before {};
-    if (::stat(real.c_str(), &before) != 0 || !(S_ISREG(before.st_mode) || S_ISDIR(before.st_mode))) return false;
-    f.fd.reset(retry_eintr([&] { return ::open(real.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY); }));
-    if (!f.fd || ::fstat(f.fd.get(), &f.st) != 0) return false;
-    return f.st.st_ino == before.st_ino && f.st.st_dev == before.st_dev &&
-           (S_ISREG(f.st.st_mode) || S_ISDIR(f.st.st_mode));
 }
 
 // --- dates --
@@ -5987,8 +6142,9 @@ struct file_slice {
 };
 
 /// stream_slice: the body provider of a large file: static_chunk bytes per pread() and write.
-/// A file that shrank or could not be read ends the body early: body_writer has no way yet
-/// to make the server drop the connection instead, so the client cannot tell.
+/// A file that shrank or could not be read aborts the body: its connection ends short of
+/// Content-Length, so the client sees the truncation. (Where file bodies are sent: this and
+/// read_at; send_file chooses.)
 RESTARTABLE_SERVER_FN void stream_slice(const file_slice& f, body_writer& out) {
     std::unique_ptr<char[]> buf(new char[static_chunk]);
     std::uint64_t pos = f.offset;
@@ -5996,7 +6152,7 @@ RESTARTABLE_SERVER_FN void stream_slice(const file_slice& f, body_writer& out) {
     while (pos < end) {
         const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(static_chunk, end - pos));
         const ssize_t n = retry_eintr([&] { return ::pread(f.fd.get(), buf.get(), want, static_cast<off_t>(pos)); });
-        if (n <= 0) return;
+        if (n <= 0) return out.abort();
         if (!out.write(std::string_view(buf.get(), static_cast<std::size_t>(n)))) return;
         pos += static_cast<std::uint64_t>(n);
     }
@@ -6054,7 +6210,7 @@ RESTARTABLE_SERVER_FN void send_file(const request& req, response& res, static_f
     slice->fd = std::move(f.fd);
     slice->offset = offset;
     slice->length = length;
-    res.set_stream(type, [slice](body_writer& out) { stream_slice(*slice, out); });
+    res.set_stream(type, length, [slice](body_writer& out) { stream_slice(*slice, out); });
 }
 
 /// redirect_to_slash: 301 to the directory's URL with a trailing slash, the query kept.
@@ -6079,19 +6235,15 @@ RESTARTABLE_SERVER_FN void serve_static(const std::string& root, const static_op
     bool dir_slash = false;
     if (const int status = decode_static_path(req.param("*"), opts.dotfiles, rel, dir_slash))
         return error_response(res, status);
-    std::string real_root;
-    if (!real_path(root, real_root)) return error_response(res, 404);
-    std::string path = real_root;
-    if (!rel.empty()) {
-        if (path.back() != '/') path += '/';
-        path += rel;
-    }
+    const unique_fd root_fd = open_root(root);
     static_file f;
-    if (!open_beneath(real_root, path, f)) return error_response(res, 404);
+    if (!root_fd || !open_beneath(root_fd.get(), rel, f)) return error_response(res, 404);
     std::string_view name = rel;  // what the Content-Type goes by
     if (S_ISDIR(f.st.st_mode)) {
-        if (opts.index.empty() || !open_beneath(real_root, path + "/" + opts.index, f) || !S_ISREG(f.st.st_mode))
+        static_file index;
+        if (opts.index.empty() || !open_beneath(f.fd.get(), opts.index, index) || !S_ISREG(index.st.st_mode))
             return error_response(res, 404);
+        f = std::move(index);
         if (req.path.empty() || req.path.back() != '/') return redirect_to_slash(req, res);
         name = opts.index;
     } else if (dir_slash) {

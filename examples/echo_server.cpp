@@ -119,7 +119,8 @@ int main(int argc, char** argv) {
 
     rs::options opts;
     std::string inherited;  // how to show an inherited Unix socket
-    if (std::getenv("LISTEN_FDS") != nullptr) {
+    const bool activated = std::getenv("LISTEN_FDS") != nullptr;
+    if (activated) {
         inherited = socket_name(3);  // before systemd_listener() takes the variables away
         opts.listener = rs::systemd_listener();
     } else {
@@ -191,7 +192,12 @@ int main(int argc, char** argv) {
     std::error_code ec;
     srv.start(ec);
     if (ec) {
-        std::fprintf(stderr, "echo_server: cannot start on %s:%lu: %s\n", host.c_str(), port, ec.message().c_str());
+        if (activated)  // the message says what was wrong with the passed descriptor
+            std::fprintf(stderr, "echo_server: cannot start on the socket passed in LISTEN_FDS: %s\n",
+                         ec.message().c_str());
+        else
+            std::fprintf(stderr, "echo_server: cannot start on %s:%lu: %s\n", host.c_str(), port,
+                         ec.message().c_str());
         return 1;
     }
     if (!inherited.empty())

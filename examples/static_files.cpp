@@ -12,8 +12,9 @@
 //   in the URL, two directories up on disk. Whatever turns a parameter into a file path
 //   must check the decoded text before using it. rs::static_files() does that for you: it
 //   decodes the rest of the path once, refuses "." and ".." segments (encoded too),
-//   encoded slashes, backslashes, NUL and dot-files (.git, .env), and resolves symbolic
-//   links to be sure that the file it opens really is under the root.
+//   encoded slashes, backslashes, NUL and dot-files (.git, .env), then opens the file one
+//   directory at a time from the root, following no symbolic link, so the file it opens
+//   really is under the root even while someone renames entries there.
 //
 // What a browser or curl gets: index.html for a directory (never a listing), a
 // Content-Type from the file's extension, 304 Not Modified when its copy is current,

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +14,9 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <future>
+#include <iterator>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1151,6 +1155,209 @@ TEST_CASE("access_log sees every response; error_log what the server handled its
     REQUIRE(errors.size() == 1);
     CHECK(errors[0].find("a handler threw") != std::string::npos);
     CHECK(errors[0].find("boom") != std::string::npos);
+}
+
+TEST_CASE("access_log: exactly one entry per response attempted, also those that failed", "[http][log]") {
+    struct entry {
+        std::string method, target;
+        int status;
+        std::size_t bytes;
+    };
+    std::mutex m;
+    std::vector<entry> log;
+    rs::options o = test::local_options();
+    o.access_log = [&](const rs::access_entry& e) {
+        std::lock_guard<std::mutex> lock(m);
+        log.push_back({std::string(e.method), std::string(e.target), e.status, e.bytes});
+    };
+    rs::server srv(o);
+    const auto stream = [](rs::body_writer& out) {
+        out.write("abc");
+        out.write("de");
+    };
+    srv.get("/stream", [&](const rs::request&, rs::response& res) { res.set_stream("text/plain", stream); });
+    srv.get("/sized", [&](const rs::request&, rs::response& res) { res.set_stream("text/plain", 5, stream); });
+    srv.get("/throws", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [](rs::body_writer& out) {
+            out.write("abc");
+            throw std::runtime_error("provider failed");
+        });
+    });
+    // /gate and /gate_stream hold their handler until the client has reset the connection,
+    // so the head cannot be sent.
+    std::promise<void> entered_p, entered_stream_p, reset_p, reset_stream_p;
+    std::shared_future<void> reset = reset_p.get_future().share(), reset_stream = reset_stream_p.get_future().share();
+    srv.get("/gate", [&](const rs::request&, rs::response& res) {
+        entered_p.set_value();
+        reset.wait_for(30s);
+        res.set_content(std::string(100000, 'x'), "text/plain");
+    });
+    srv.get("/gate_stream", [&](const rs::request&, rs::response& res) {
+        entered_stream_p.set_value();
+        reset_stream.wait_for(30s);
+        res.set_stream("text/plain", [](rs::body_writer& out) { out.write("never"); });
+    });
+    const auto port = start(srv);
+
+    // HEAD of streamed bodies, with and without a length.
+    for (const char* target : {"/stream", "/sized"}) {
+        const auto r = test::request(port, std::string("HEAD ") + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        CHECK(r.status == 200);
+    }
+    {  // a provider that throws: the connection ends, cut
+        client c(port);
+        REQUIRE(c.send("GET /throws HTTP/1.1\r\nHost: x\r\n\r\n"));
+        while (c.rd.fill()) {
+        }
+        CHECK(c.rd.buf.find("abc") != std::string::npos);
+    }
+    // A head that cannot be sent: the client resets the connection while the handler runs.
+    for (auto [target, entered, release] :
+         {std::tuple<const char*, std::promise<void>*, std::promise<void>*>{"/gate", &entered_p, &reset_p},
+          {"/gate_stream", &entered_stream_p, &reset_stream_p}}) {
+        INFO(target);
+        client c(port);
+        REQUIRE(c.send(std::string("GET ") + target + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+        REQUIRE(entered->get_future().wait_for(30s) == std::future_status::ready);
+        linger hard{1, 0};  // close() sends RST at once
+        REQUIRE(::setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &hard, sizeof hard) == 0);
+        c.close();
+        release->set_value();
+    }
+    srv.stop();  // every entry is written by now
+
+    std::lock_guard<std::mutex> lock(m);
+    auto entries_of = [&](const std::string& target) {
+        std::vector<entry> out;
+        for (const entry& e : log)
+            if (e.target == target) out.push_back(e);
+        return out;
+    };
+    const struct {
+        const char* target;
+        const char* method;
+        std::size_t bytes;
+    } expected[] = {{"/stream", "HEAD", 0}, {"/sized", "HEAD", 0}, {"/throws", "GET", 3},
+                    {"/gate", "GET", 0},    {"/gate_stream", "GET", 0}};
+    for (const auto& x : expected) {
+        INFO(x.target);
+        const std::vector<entry> got = entries_of(x.target);
+        CHECK(got.size() == 1);
+        if (got.size() != 1) continue;
+        CHECK(got[0].method == x.method);
+        CHECK(got[0].status == 200);
+        CHECK(got[0].bytes == x.bytes);
+    }
+    CHECK(log.size() == std::size(expected));
+}
+
+TEST_CASE("log_escape: control bytes, quotes and backslashes escaped; the rest kept", "[http][log]") {
+    CHECK(rs::log_escape("") == "");
+    CHECK(rs::log_escape("/plain?a=1&b=%20") == "/plain?a=1&b=%20");
+    CHECK(rs::log_escape("boom\r\nInjected: x") == "boom\\r\\nInjected: x");
+    CHECK(rs::log_escape("tab\there") == "tab\\there");
+    CHECK(rs::log_escape(std::string("nul\0one\x01\x1f\x7f", 10)) == "nul\\x00one\\x01\\x1f\\x7f");
+    CHECK(rs::log_escape("say \"hi\" \\ bye") == "say \\\"hi\\\" \\\\ bye");
+    CHECK(rs::log_escape("<>{}|^`") == "<>{}|^`");
+    CHECK(rs::log_escape("caf\xc3\xa9") == "caf\xc3\xa9");  // UTF-8 kept
+    // No byte of the result is a control byte, whatever the input.
+    std::string every;
+    for (int b = 0; b < 256; ++b) every += static_cast<char>(b);
+    for (char ch : rs::log_escape(every)) {
+        const auto u = static_cast<unsigned char>(ch);
+        CHECK((u >= 0x20 && u != 0x7f));
+    }
+}
+
+TEST_CASE("error_log lines carry no control byte of a handler's exception text", "[http][log]") {
+    std::mutex m;
+    std::vector<std::string> errors;
+    rs::options o = test::local_options();
+    o.error_log = [&](std::string_view line) {
+        std::lock_guard<std::mutex> lock(m);
+        errors.emplace_back(line);
+    };
+    rs::server srv(o);
+    srv.get("/throw", [](const rs::request&, rs::response&) {
+        throw std::runtime_error("boom\r\nInjected: x\x1b[2J\x7f");
+    });
+    srv.get("/stream", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [](rs::body_writer&) { throw std::runtime_error("bad\nline"); });
+    });
+    const auto port = start(srv);
+    CHECK(test::get(port, "/throw").status == 500);
+    CHECK(test::get(port, "/stream").status == 200);
+    srv.stop();
+    std::lock_guard<std::mutex> lock(m);
+    REQUIRE(errors.size() == 2);
+    for (const std::string& line : errors) {
+        INFO(test::printable(line));
+        for (char ch : line) {
+            const auto u = static_cast<unsigned char>(ch);
+            CHECK((u >= 0x20 && u != 0x7f));
+        }
+    }
+    std::sort(errors.begin(), errors.end());
+    CHECK(errors[0] == "restartable_server: a handler threw (answered 500): boom\\r\\nInjected: x\\x1b[2J\\x7f");
+    CHECK(errors[1] == "restartable_server: a stream provider threw: bad\\nline");
+}
+
+TEST_CASE("access_log: the README's line format cannot be broken by a target", "[http][log]") {
+    // The README's example, letter for letter but for the output: method, the target quoted
+    // and escaped with log_escape, status, bytes, duration.
+    std::mutex m;
+    std::vector<std::string> lines;
+    rs::options o = test::local_options();
+    o.access_log = [&](const rs::access_entry& e) {
+        char line[10000];
+        std::snprintf(line, sizeof line, "%s \"%s\" %d %zu %lldus\n",
+                      std::string(e.method.empty() ? "-" : e.method).c_str(), rs::log_escape(e.target).c_str(),
+                      e.status, e.bytes, static_cast<long long>(e.duration.count()));
+        std::lock_guard<std::mutex> lock(m);
+        lines.emplace_back(line);
+    };
+    rs::server srv(o);
+    srv.get("/*", [](const rs::request&, rs::response& res) { res.set_content("ok", "text/plain"); });
+    const auto port = start(srv);
+    // Every byte a target may hold (visible ASCII), and the ones that break quoted formats.
+    std::string all_visible = "/";
+    for (char ch = 0x21; ch < 0x7f; ++ch) all_visible += ch;
+    const std::vector<std::string> targets = {
+        "/a\"b", "/x\\y", "/<>{}|^`", "/end\"\\", "/q?v=\"\\\"\"", all_visible, "/plain"};
+    for (const std::string& t : targets) {
+        INFO(t);
+        CHECK(test::request(port, "GET " + t + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status != 0);
+    }
+    srv.stop();
+    std::lock_guard<std::mutex> lock(m);
+    REQUIRE(lines.size() == targets.size());
+    std::vector<std::string> parsed;
+    for (const std::string& line : lines) {
+        INFO(line);
+        // method SP '"' escaped '"' SP status SP bytes SP duration LF, read back strictly.
+        CHECK(std::count(line.begin(), line.end(), '\n') == 1);
+        const std::size_t open = line.find(" \"");
+        REQUIRE(open != std::string::npos);
+        std::string target;
+        std::size_t i = open + 2;
+        for (; i < line.size() && line[i] != '"'; ++i) {
+            if (line[i] != '\\') {
+                target += line[i];
+                continue;
+            }
+            REQUIRE(i + 1 < line.size());
+            const char e = line[++i];
+            REQUIRE((e == '"' || e == '\\'));  // a target has no control byte to escape
+            target += e;
+        }
+        REQUIRE(i < line.size());
+        CHECK(line.substr(i + 1, 5) == " 200 ");
+        parsed.push_back(target);
+    }
+    std::vector<std::string> want = targets;
+    std::sort(want.begin(), want.end());
+    std::sort(parsed.begin(), parsed.end());
+    CHECK(parsed == want);
 }
 
 TEST_CASE("access_log: each duration lies within its request's span, on fresh and kept-alive connections",

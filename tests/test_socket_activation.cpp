@@ -19,10 +19,14 @@
 
 #include "process.hpp"
 
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -30,6 +34,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -496,4 +501,137 @@ TEST_CASE("socket activation: systemd_listener(name) picks the socket LISTEN_FDN
     // LISTEN_PID names another process: not ours, whatever the names say (and the
     // variables are left for the process they are for).
     CHECK(got["other-pid"] == not_activated + " (env left)");
+}
+
+namespace {
+
+/// adopt_stale: in the calling process (a fork of the test), puts what make() opens at
+/// descriptor 3 (make returns -1 to leave 3 closed), sets LISTEN_FDS=1 and LISTEN_PID to
+/// this process, calls systemd_listener(), asks the factory for a socket and destroys it,
+/// and describes what happened: "fd:3" or "error: ...", then what became of descriptor 3:
+/// "closed", or "open" with " cloexec" if the flag appeared, and the first byte read from it
+/// if it is the pipe the caller wrote "x" to.
+std::string adopt_stale(const std::function<int()>& make) {
+    ::close(3);
+    const int fd = make();
+    if (fd >= 0 && fd != 3) {
+        if (::dup2(fd, 3) != 3) return "dup2 failed";
+        ::close(fd);
+    }
+    ::setenv("LISTEN_FDS", "1", 1);
+    ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+    ::unsetenv("LISTEN_FDNAMES");
+    std::string out;
+    {
+        const rs::listener_factory f = rs::systemd_listener();
+        std::error_code ec;
+        rs::unique_fd sock = f(ec);
+        out = ec ? "error: " + ec.message() : f.address();
+    }  // the factory is gone: whatever it owned is closed
+    const int flags = ::fcntl(3, F_GETFD);
+    if (flags < 0) return out + "|closed";
+    out += "|open";
+    if ((flags & FD_CLOEXEC) != 0) out += " cloexec";
+    struct stat st {};
+    char c = 0;
+    if (::fstat(3, &st) == 0 && S_ISFIFO(st.st_mode) && ::read(3, &c, 1) == 1) out += std::string(" read ") + c;
+    ::close(3);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("socket activation: a stale LISTEN_FDS is refused with what is wrong, and descriptor 3 left alone",
+          "[socket-activation]") {
+    test::watchdog dog("stale LISTEN_FDS", std::chrono::seconds(120));
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(p[0]);
+        const int out = 102;
+        if (::dup2(p[1], out) != out) ::_exit(2);
+        if (p[1] != out) ::close(p[1]);
+        ::alarm(60);  // a child that hangs ends (SIGALRM) and the parent sees its status
+        std::string report;
+        report += "closed|" + adopt_stale([] { return -1; }) + "\n";
+        report += "pipe|" + adopt_stale([] {  // the program's own descriptor, e.g. a pipe it reads
+            int q[2];
+            if (::pipe(q) != 0 || ::write(q[1], "x", 1) != 1) return -1;
+            ::close(q[1]);
+            return q[0];
+        }) + "\n";
+        report += "udp|" + adopt_stale([] { return ::socket(AF_INET, SOCK_DGRAM, 0); }) + "\n";
+        report += "tcp|" + adopt_stale([] { return ::socket(AF_INET, SOCK_STREAM, 0); }) + "\n";  // not listening
+        report += "listening|" + adopt_stale([] {
+            std::error_code ec;
+            return rs::tcp_listener("127.0.0.1", 0)(ec).release();
+        }) + "\n";
+        (void)!::write(out, report.data(), report.size());
+        ::_exit(0);
+    }
+    ::close(p[1]);
+    std::string report;
+    char buf[1024];
+    for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) != 0;) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        report.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(p[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    INFO("child's report:\n" << report);
+    REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    std::map<std::string, std::string> got;
+    std::size_t pos = 0;
+    while (pos < report.size()) {
+        const std::size_t end = report.find('\n', pos);
+        const std::string line = report.substr(pos, end - pos);
+        pos = end == std::string::npos ? report.size() : end + 1;
+        if (line.find('|') != std::string::npos) got[line.substr(0, line.find('|'))] = line.substr(line.find('|') + 1);
+    }
+    const auto error = [](rs::errc e) { return "error: " + rs::make_error_code(e).message(); };
+    CHECK(got["closed"] == error(rs::errc::activated_not_open) + "|closed");
+    CHECK(got["pipe"] == error(rs::errc::activated_not_socket) + "|open read x");  // not closed, not marked
+    CHECK(got["udp"] == error(rs::errc::activated_not_listening) + "|open");
+    CHECK(got["tcp"] == error(rs::errc::activated_not_listening) + "|open");
+    CHECK(got["listening"] == "fd:3|closed");  // adopted: ours, so closed with the factory
+    // The messages say what is wrong.
+    CHECK(rs::make_error_code(rs::errc::activated_not_open).message().find("not open") != std::string::npos);
+    CHECK(rs::make_error_code(rs::errc::activated_not_socket).message().find("not a socket") != std::string::npos);
+    CHECK(rs::make_error_code(rs::errc::activated_not_listening).message().find("not listening") != std::string::npos);
+}
+
+TEST_CASE("socket activation: echo_server says what is wrong with a stale LISTEN_FDS", "[socket-activation]") {
+    const auto expect = [](const std::string& shell, const std::vector<std::pair<int, int>>& fds, rs::errc e) {
+        INFO(shell);
+        test::spawn_options opt;
+        opt.out = test::stream::null;
+        opt.err = test::stream::pipe;
+        opt.fds = fds;
+        // The shell exports its own pid and then execs: echo_server has that pid.
+        test::process p({"/bin/sh", "-c", shell + " export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" --workers 2",
+                         RS_ECHO_SERVER},
+                        opt);
+        REQUIRE(p.started());
+        const std::optional<std::string> err = p.err.read_all(std::chrono::seconds(60));
+        REQUIRE(err);
+        INFO("stderr: " << *err);
+        const std::optional<int> st = p.wait_exit(std::chrono::seconds(60));
+        CHECK((st && WIFEXITED(*st) && WEXITSTATUS(*st) == 1));
+        CHECK(err->find(rs::make_error_code(e).message()) != std::string::npos);
+        CHECK(err->find("LISTEN_FDS") != std::string::npos);
+    };
+    expect("exec 3<&-;", {}, rs::errc::activated_not_open);
+    int q[2];
+    REQUIRE(::pipe2(q, O_CLOEXEC) == 0);
+    expect("", {{q[0], 3}}, rs::errc::activated_not_socket);
+    ::close(q[0]);
+    ::close(q[1]);
+    const int udp = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    REQUIRE(udp >= 0);
+    expect("", {{udp, 3}}, rs::errc::activated_not_listening);
+    ::close(udp);
 }

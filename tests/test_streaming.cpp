@@ -1013,6 +1013,108 @@ TEST_CASE("a provider that throws mid-stream: an incomplete body and a closed co
     srv.stop();
 }
 
+TEST_CASE("a streamed response of known length: Content-Length, unchunked, keep-alive, HEAD",
+          "[streaming][response][length]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    std::atomic<int> runs{0};
+    srv.get("/sized", [&](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", 11, [&](rs::body_writer& out) {
+            ++runs;
+            out.write("hello");
+            out.write(" world");
+        });
+    });
+    const auto port = start(srv);
+
+    client c(port);
+    REQUIRE(c.ok());
+    for (int round = 0; round < 2; ++round) {
+        INFO("round " << round);
+        REQUIRE(c.send(get_req("/sized")));
+        auto r = c.read();  // framed by Content-Length
+        INFO("head: " << r.head);
+        CHECK(r.status == 200);
+        CHECK(r.header("Content-Length") == "11");
+        CHECK(r.header("Transfer-Encoding").empty());
+        CHECK(r.header("Connection").empty());
+        CHECK(r.body == "hello world");
+    }
+    REQUIRE(c.send("HEAD /sized HTTP/1.1\r\nHost: x\r\n\r\n" + get_req("/hello")));
+    auto h = c.read(true);
+    CHECK(h.status == 200);
+    CHECK(h.header("Content-Length") == "11");  // HEAD tells the size, and sends no body
+    CHECK(c.read().body == "hello");
+    CHECK(runs == 2);  // not for HEAD
+
+    // HTTP/1.0: the length frames the body, so the connection may stay.
+    client old(port);
+    REQUIRE(old.ok());
+    REQUIRE(old.send("GET /sized HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /hello HTTP/1.0\r\n\r\n"));
+    auto r10 = old.read();
+    CHECK(r10.header("Content-Length") == "11");
+    CHECK(lower(r10.header("Connection")) == "keep-alive");
+    CHECK(r10.body == "hello world");
+    CHECK(old.read().body == "hello");
+    srv.stop();
+}
+
+TEST_CASE("a streamed body that ends early is cut: short of its length, without the last chunk",
+          "[streaming][response][length]") {
+    rs::server srv(test::local_options());
+    add_echo_routes(srv);
+    std::atomic<int> long_write{-1}, after_abort{-1};
+    srv.get("/short", [](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", 100, [](rs::body_writer& out) { out.write("only this"); });
+    });
+    srv.get("/long", [&](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", 4, [&](rs::body_writer& out) {
+            long_write = out.write("abc") ? 1 : 0;
+            long_write = long_write * 10 + (out.write("too long") ? 1 : 0);  // past the length: nothing sent
+        });
+    });
+    srv.get("/aborted", [&](const rs::request&, rs::response& res) {
+        res.set_stream("text/plain", [&](rs::body_writer& out) {
+            out.write("partial");
+            out.abort();  // e.g. the file being sent shrank
+            after_abort = out.write("more") ? 1 : 0;
+        });
+    });
+    const auto port = start(srv);
+    const struct {
+        const char* target;
+        std::string body;  // what arrives before the close
+    } cases[] = {{"/short", "only this"}, {"/long", "abc"}};
+    for (const auto& t : cases) {
+        INFO(t.target);
+        client c(port);
+        REQUIRE(c.ok());
+        REQUIRE(c.send(get_req(t.target) + get_req("/hello")));  // never answered: the connection ends
+        auto r = c.read(true);
+        REQUIRE(r.status == 200);
+        CHECK(!r.header("Content-Length").empty());
+        std::string body;
+        CHECK(c.read_to_eof(body));
+        CHECK(body == t.body);
+        CHECK(body.size() < std::stoul(r.header("Content-Length")));
+    }
+    CHECK(long_write == 10);
+
+    client c(port);
+    REQUIRE(c.ok());
+    REQUIRE(c.send(get_req("/aborted") + get_req("/hello")));
+    auto r = c.read();
+    REQUIRE(r.status == 200);
+    CHECK(lower(r.header("Transfer-Encoding")) == "chunked");
+    std::string data;
+    REQUIRE(c.read_chunk(data) == chunk_status::chunk);
+    CHECK(data == "partial");
+    CHECK(c.read_chunk(data) == chunk_status::eof);  // no last chunk, no answer to /hello
+    CHECK(after_abort == 0);
+    CHECK(test::get(port, "/hello").body == "hello");
+    srv.stop();
+}
+
 TEST_CASE("body_writer::write returns false once the client is gone", "[streaming][response]") {
     rs::server srv(test::local_options(2));
     add_echo_routes(srv);
