@@ -9,8 +9,9 @@
 //                   response, body_writer), server (options, stop_result, server),
 //                   static files
 //   Implementation  (namespace detail; search for "// ---- name --") tuning, small
-//                   tools, parser, errors, sockets, HTTP, engine, event sets, control
-//                   thread, workers, connection, server, static files
+//                   tools (and CPU counting), parser, errors, sockets, HTTP, engine,
+//                   event sets, hand-over to a new process, control thread, workers
+//                   (and the worker policy), connection, server, static files
 //
 // QUICK START
 //
