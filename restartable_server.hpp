@@ -1533,13 +1533,13 @@ RESTARTABLE_SERVER_FN std::size_t cgroup_cpus() {
         const std::size_t a = line.find(':'), b = a == std::string_view::npos ? a : line.find(':', a + 1);
         if (b == std::string_view::npos) continue;
         const std::string_view controllers = line.substr(a + 1, b - a - 1);
-        std::string path(line.substr(b + 1));
+        const std::string_view path = line.substr(b + 1);
         const bool v2 = line.substr(0, a) == "0" && controllers.empty();
         if (!v2 && !has_token(controllers, "cpu")) continue;
         const char* const mounts[] = {"/sys/fs/cgroup", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"};
         for (std::size_t m = v2 ? 0 : 1; m < (v2 ? 1 : 3); ++m) {  // v2's, or v1's two usual places
             const std::string mount = mounts[m];
-            for (std::string dir = path;;) {  // this cgroup, then each parent up to the root
+            for (std::string dir(path);;) {  // this cgroup, then each parent up to the root
                 std::size_t cpus = 0;
                 if (v2) {
                     const std::string max = read_text(mount + dir + "/cpu.max");
