@@ -271,6 +271,14 @@
 #ifndef RESTARTABLE_SERVER_USE_POLL
 #include <sys/epoll.h>
 #endif  // epoll
+#ifdef RESTARTABLE_SERVER_OPENSSL
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#if OPENSSL_VERSION_NUMBER < 0x30000000L
+#error "RESTARTABLE_SERVER_OPENSSL needs OpenSSL 3"
+#endif  // OpenSSL < 3
+#endif  // RESTARTABLE_SERVER_OPENSSL
 #ifdef __linux__
 #include <sched.h>        // sched_getaffinity, for usable_cpus()
 #include <sys/syscall.h>  // pidfd_open, for upgrade()
@@ -298,6 +306,7 @@ enum class errc {
     activated_not_open,       ///< systemd_listener(): the descriptor LISTEN_FDS names is not open
     activated_not_socket,     ///< systemd_listener(): the descriptor LISTEN_FDS names is not a socket
     activated_not_listening,  ///< systemd_listener(): the socket LISTEN_FDS names is not listening
+    no_transport,             ///< with_transport(): the layer maker returned no layer and no error
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -342,10 +351,15 @@ private:
     int fd_ = -1;
 };
 
+class transport_layer;
 namespace detail {
 struct handover_inbox;
 struct factory_access;
 }  // namespace detail
+
+/// layer_maker: builds the transport layer of one run (see "transport" below), or sets
+/// ec and returns null.
+using layer_maker = std::function<std::shared_ptr<transport_layer>(std::error_code& ec)>;
 
 /// listener_factory: builds a bound, listening socket for one run. Called once per
 /// start() / run() (and per restart() that changes the address), in the starting thread.
@@ -379,6 +393,7 @@ private:
     std::function<unique_fd(std::error_code&)> make_;
     std::string address_;
     std::shared_ptr<detail::handover_inbox> handover_;  // systemd_listener(): from upgrade()
+    layer_maker layer_;  // with_transport(), tls_listener(): what connections go through
 };
 
 /// tcp_listener: a factory for a TCP socket bound to host:port with SO_REUSEADDR (so a
@@ -420,6 +435,110 @@ listener_factory systemd_listener(std::string name = {});
 /// started by server::upgrade() says it has taken over). No error and nothing sent
 /// when NOTIFY_SOCKET is not set.
 std::error_code notify_ready() noexcept;
+
+// ------------------------------------------------------------- transport --
+
+/// io_status: how a transport call ended. ok: bytes moved (a handshake: it is done);
+/// want_read / want_write: nothing more can happen until the socket is readable /
+/// writable - either direction, whatever the call (a TLS read may have to write);
+/// closed: the peer ended the stream; failed: an error. After closed or failed the
+/// server closes the connection (lingering, so a response sent is not reset).
+enum class io_status : unsigned char { ok, want_read, want_write, closed, failed };
+
+/// io_result: the bytes a read or write moved (0 unless ok), and how it ended.
+struct io_result {
+    std::size_t bytes = 0;
+    io_status status = io_status::ok;
+};
+
+/// transport: how the server reads and writes one connection whose listener carries a
+/// transport layer (with_transport(), tls_listener()); without one the server uses the
+/// socket directly, and nothing of this is called. The socket is non-blocking and no
+/// call may block; one thread at a time calls (the connection's holder), not always the
+/// same one. A write may take fewer bytes than offered only when the next byte would
+/// block; after want_write (or want_read) the same bytes are offered again.
+class transport {
+public:
+    virtual ~transport() = default;
+    /// handshake: called until it returns ok, before the first read (default: ok).
+    /// header_timeout covers it. failed ends the connection: a transport may send its
+    /// own words on fd first (TLS answers plain HTTP with a 400 this way).
+    virtual io_result handshake(int fd) noexcept {
+        (void)fd;
+        return {};
+    }
+    /// read: up to size bytes into buf; ok with at least one byte, or another status.
+    virtual io_result read(int fd, char* buf, std::size_t size) noexcept = 0;
+    /// write: bytes of iov[0..count) in order, as many as the socket takes.
+    virtual io_result write(int fd, const iovec* iov, int count) noexcept = 0;
+    /// shutdown: ends this side of the stream (TLS: close_notify), once, without waiting,
+    /// before the server shuts the socket down for writing or closes it.
+    virtual void shutdown(int fd) noexcept { (void)fd; }
+    /// secure: whether the connection is encrypted and its server authenticated (TLS).
+    virtual bool secure() const noexcept { return false; }
+    /// peer_identity: what the handshake proved about the client (TLS: the subject of a
+    /// verified client certificate, RFC 2253 form), or "".
+    virtual std::string_view peer_identity() const noexcept { return {}; }
+};
+
+/// transport_layer: what one run's connections share (a TLS context): it makes each
+/// accepted connection's transport. A restart builds the next run's layer anew (a TLS
+/// certificate is read again), while connections that move to the next run keep their
+/// transports - and, through them, the layer that made them.
+class transport_layer {
+public:
+    virtual ~transport_layer() = default;
+    /// accept: the transport of a connection just accepted on fd (control thread), or
+    /// null with ec set, which closes it.
+    virtual std::unique_ptr<transport> accept(int fd, std::error_code& ec) = 0;
+};
+
+/// with_transport: inner's sockets, whose connections go through a transport layer
+/// made by make at every start() and restart(), in the thread that starts; a make that
+/// sets ec (or throws) fails that start, and a restart's failure leaves the old run
+/// serving. The address stays inner's, so a restart keeps the listening socket.
+listener_factory with_transport(listener_factory inner, layer_maker make);
+
+#ifdef RESTARTABLE_SERVER_OPENSSL
+// ------------------------------------------------------------------- TLS --
+
+/// tls_options: what a TLS listener serves with. Files are read at every start() and
+/// restart() - so a restart after the files changed rotates the certificate - and PEM
+/// in memory is used when the file name is "".
+struct tls_options {
+    std::string cert_chain_file;  ///< PEM: the server's certificate, then its intermediates
+    std::string key_file;         ///< PEM: its private key, not encrypted
+    std::string cert_chain_pem;   ///< the same in memory, when cert_chain_file is ""
+    std::string key_pem;          ///< the same in memory, when key_file is ""
+    /// Mutual TLS: ask every client for a certificate issued by a CA in this PEM file;
+    /// request::peer_identity() then names a verified client. "" (default): none asked.
+    std::string client_ca_file;
+    /// With client_ca_file: a client without a valid certificate fails the handshake
+    /// (true), or is served with an empty peer_identity() (false). An invalid
+    /// certificate always fails it.
+    bool require_client_cert = true;
+};
+
+/// tls_listener: inner's sockets, every connection over TLS (OpenSSL 3; compiled with
+/// RESTARTABLE_SERVER_OPENSSL). The handshake runs in the engine like a request head -
+/// no thread waits for it; header_timeout covers it - and plain HTTP sent to the port is
+/// answered "400 Bad Request" in plain text. Defaults: TLS 1.2 and 1.3 only, OpenSSL's
+/// default ciphers at security level 2 (or the system's, if higher), no renegotiation,
+/// no compression, ALPN "http/1.1" (a client offering only other protocols gets the
+/// no_application_protocol alert, RFC 7301 3.2), no server-side session cache, and
+/// session tickets whose keys are made at random once per tls_listener() and kept in
+/// memory across restarts, so a client resumes its session after a certificate
+/// rotation; a new process makes new keys. An idle connection holds no TLS buffers
+/// (SSL_MODE_RELEASE_BUFFERS). A start or restart whose certificate or key fails to
+/// load returns the error (OpenSSL's reason, in openssl_category()), and a restart's
+/// failure leaves the old run serving with the old certificate. upgrade() hands no TLS
+/// connection to the new process: a TLS session lives in this process's memory.
+listener_factory tls_listener(listener_factory inner, tls_options options);
+
+/// openssl_category: the category of errors from OpenSSL's error queue; value() is
+/// ERR_get_error()'s code, message() OpenSSL's text.
+const std::error_category& openssl_category() noexcept;
+#endif  // RESTARTABLE_SERVER_OPENSSL
 
 // ----------------------------------------------------------------- HTTP --
 
@@ -475,10 +594,20 @@ public:
     /// stop_requested: a stop or a restart began while this request was being served: a
     /// long-running handler should finish soon (its run shuts it down at the drain deadline).
     bool stop_requested() const noexcept;
+    /// secure: whether the request came over an encrypted, server-authenticated
+    /// connection (TLS: tls_listener()).
+    bool secure() const noexcept { return transport_ != nullptr && transport_->secure(); }
+    /// peer_identity: what the connection's handshake proved about the client: with
+    /// mutual TLS, the subject of its verified certificate ("CN=device-7,O=Acme", RFC 2253
+    /// order); "" when nothing was proved.
+    std::string_view peer_identity() const noexcept {
+        return transport_ != nullptr ? transport_->peer_identity() : std::string_view();
+    }
 
 private:
     friend class detail::run;
     std::vector<std::pair<std::string_view, std::string>> params_;
+    const transport* transport_ = nullptr;
     detail::body_reader* reader_ = nullptr;
     const detail::stop_signal* stop_ = nullptr;
 };
@@ -509,10 +638,11 @@ public:
 
 private:
     friend class detail::run;
-    body_writer(int fd, bool chunked, std::uint64_t left, std::chrono::milliseconds timeout,
+    body_writer(int fd, transport* tp, bool chunked, std::uint64_t left, std::chrono::milliseconds timeout,
                 const detail::stop_signal* stop) noexcept
-        : fd_(fd), chunked_(chunked), left_(left), timeout_(timeout), stop_(stop) {}
+        : fd_(fd), tp_(tp), chunked_(chunked), left_(left), timeout_(timeout), stop_(stop) {}
     int fd_;
+    transport* tp_;
     bool chunked_;
     bool failed_ = false;
     std::uint64_t left_;  // bytes the known length still allows (UINT64_MAX without one)
@@ -1349,24 +1479,57 @@ inline constexpr int no_sigpipe = MSG_NOSIGNAL;
 inline constexpr int no_sigpipe = 0;
 #endif  // MSG_NOSIGNAL
 
-/// send_all: sends every byte of iov[0..count) without SIGPIPE, waiting in poll(2) up
-/// to timeout (0: forever) whenever the socket buffer is full. False on error or timeout.
-RESTARTABLE_SERVER_FN bool send_all(int fd, iovec* iov, std::size_t count, std::chrono::milliseconds timeout) noexcept {
+/// conn_io: one connection's socket, and the transport it goes through (null: none, the
+/// socket is read and written directly).
+struct conn_io {
+    int fd;
+    transport* tp;
+};
+
+/// io_read: up to size bytes from c into buf, as transport::read reports them.
+RESTARTABLE_SERVER_FN io_result io_read(conn_io c, char* buf, std::size_t size) noexcept {
+    if (c.tp) return c.tp->read(c.fd, buf, size);
+    const ssize_t n = retry_eintr([&] { return ::recv(c.fd, buf, size, 0); });
+    if (n > 0) return {static_cast<std::size_t>(n), io_status::ok};
+    if (n == 0) return {0, io_status::closed};
+    return {0, errno == EAGAIN || errno == EWOULDBLOCK ? io_status::want_read : io_status::failed};
+}
+
+/// io_write: what the socket takes of iov[0..count) (never SIGPIPE), as transport::write
+/// reports it.
+RESTARTABLE_SERVER_FN io_result io_write(conn_io c, const iovec* iov, std::size_t count) noexcept {
+    if (c.tp) return c.tp->write(c.fd, iov, static_cast<int>(count));
+    msghdr msg{};
+    msg.msg_iov = const_cast<iovec*>(iov);
+    msg.msg_iovlen = count;
+    const ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd, &msg, no_sigpipe); });
+    if (n >= 0) return {static_cast<std::size_t>(n), io_status::ok};
+    return {0, errno == EAGAIN || errno == EWOULDBLOCK ? io_status::want_write : io_status::failed};
+}
+
+/// wait_io: blocks in poll(2) until fd is ready for what status wants (want_read or
+/// want_write), up to timeout (0: forever). False on timeout, or when a write cannot go on.
+RESTARTABLE_SERVER_FN bool wait_io(int fd, io_status status, std::chrono::milliseconds timeout) noexcept {
+    const bool out = status == io_status::want_write;
+    pollfd p{fd, static_cast<short>(out ? POLLOUT : POLLIN), 0};
+    const int ms = timeout.count() > 0 ? static_cast<int>(timeout.count()) : -1;
+    const int r = retry_eintr([&] { return ::poll(&p, 1, ms); });
+    // A read after POLLHUP or POLLERR says what happened; a write cannot go on.
+    return r > 0 && !(p.revents & POLLNVAL) && !(out && (p.revents & (POLLERR | POLLHUP)));
+}
+
+/// send_all: sends every byte of iov[0..count), waiting up to timeout (0: forever) each
+/// time the socket (or the transport) cannot take more. False on error or timeout.
+RESTARTABLE_SERVER_FN bool send_all(conn_io c, iovec* iov, std::size_t count, std::chrono::milliseconds timeout) noexcept {
     while (count != 0 && iov->iov_len == 0) ++iov, --count;
     while (count != 0) {
-        msghdr msg{};
-        msg.msg_iov = iov;
-        msg.msg_iovlen = count;
-        ssize_t n = retry_eintr([&] { return ::sendmsg(fd, &msg, no_sigpipe); });
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
-            pollfd p{fd, POLLOUT, 0};
-            int ms = timeout.count() > 0 ? static_cast<int>(timeout.count()) : -1;
-            int r = retry_eintr([&] { return ::poll(&p, 1, ms); });
-            if (r <= 0 || (p.revents & (POLLERR | POLLHUP | POLLNVAL))) return false;
+        const io_result r = io_write(c, iov, count);
+        if (r.status != io_status::ok) {
+            if (r.status != io_status::want_read && r.status != io_status::want_write) return false;
+            if (!wait_io(c.fd, r.status, timeout)) return false;
             continue;
         }
-        auto left = static_cast<std::size_t>(n);
+        std::size_t left = r.bytes;
         while (count != 0 && left >= iov->iov_len) left -= iov->iov_len, ++iov, --count;
         if (count != 0) {
             iov->iov_base = static_cast<char*>(iov->iov_base) + left;
@@ -1385,10 +1548,10 @@ RESTARTABLE_SERVER_FN void send_unavailable(int fd) noexcept {
 }
 
 /// send_continue: the interim "100 Continue" response (RFC 9110 15.2.1).
-RESTARTABLE_SERVER_FN bool send_continue(int fd, std::chrono::milliseconds timeout) noexcept {
+RESTARTABLE_SERVER_FN bool send_continue(conn_io c, std::chrono::milliseconds timeout) noexcept {
     static constexpr std::string_view text = "HTTP/1.1 100 Continue\r\n\r\n";
     iovec iov{const_cast<char*>(text.data()), text.size()};
-    return send_all(fd, &iov, 1, timeout);
+    return send_all(c, &iov, 1, timeout);
 }
 
 /// own_descriptor: makes fd close-on-exec, non-blocking when asked, and (where sends have
@@ -1485,6 +1648,7 @@ public:
                 return "the descriptor LISTEN_FDS names is not a socket (LISTEN_FDS and LISTEN_PID are stale?)";
             case errc::activated_not_listening:
                 return "the socket LISTEN_FDS names is not listening (not a socket-activation socket?)";
+            case errc::no_transport: return "the transport layer maker returned no layer";
         }
         return "unknown restartable_server error";
     }
@@ -1851,15 +2015,15 @@ RESTARTABLE_SERVER_FN int frame_request(const request& req, request_framing& out
 /// it: first the bytes already buffered behind the head, then from the socket.
 class body_reader {
 public:
-    body_reader(int fd, const request_framing& framing, std::string_view buffered, byte_buffer& scratch,
+    body_reader(conn_io io, const request_framing& framing, std::string_view buffered, byte_buffer& scratch,
                 const options& opts, bool send_continue) noexcept
-        : fd_(fd), framing_(framing), remaining_(framing.length), current_(buffered), scratch_(scratch),
+        : io_(io), framing_(framing), remaining_(framing.length), current_(buffered), scratch_(scratch),
           opts_(opts), send_continue_(send_continue), done_(framing.kind == request_framing::none) {}
 
     std::error_code read(const body_sink& sink) {
         if (send_continue_) {
             send_continue_ = false;
-            if (!send_continue(fd_, opts_.write_timeout)) error_ = make_error_code(errc::body_incomplete);
+            if (!send_continue(io_, opts_.write_timeout)) error_ = make_error_code(errc::body_incomplete);
         }
         while (!done_ && !error_) {
             while (!current_.empty() && !done_) {
@@ -1897,26 +2061,24 @@ private:
     void fill() {
         scratch_.reserve(64 * 1024);
         for (;;) {
-            ssize_t n = retry_eintr([&] { return ::recv(fd_, scratch_.data(), scratch_.capacity(), 0); });
-            if (n > 0) {
-                current_ = std::string_view(scratch_.data(), static_cast<std::size_t>(n));
+            const io_result r = io_read(io_, scratch_.data(), scratch_.capacity());
+            if (r.status == io_status::ok) {
+                current_ = std::string_view(scratch_.data(), r.bytes);
                 in_scratch_ = true;
                 return;
             }
-            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+            if (r.status != io_status::want_read && r.status != io_status::want_write) {
                 error_ = make_error_code(errc::body_incomplete);
                 return;
             }
-            pollfd p{fd_, POLLIN, 0};
-            const int ms = opts_.body_timeout.count() > 0 ? static_cast<int>(opts_.body_timeout.count()) : -1;
-            if (retry_eintr([&] { return ::poll(&p, 1, ms); }) == 0) {
+            if (!wait_io(io_.fd, r.status, opts_.body_timeout)) {
                 error_ = std::make_error_code(std::errc::timed_out);
                 return;
             }
         }
     }
 
-    int fd_;
+    conn_io io_;
     request_framing framing_;
     std::size_t remaining_;  // of a Content-Length body
     chunked_decoder decoder_;
@@ -2070,6 +2232,7 @@ struct handover_inbox {
 /// factory_access: the library's own view of a listener_factory's hand-over socket.
 struct factory_access {
     static std::shared_ptr<handover_inbox>& handover(listener_factory& f) noexcept { return f.handover_; }
+    static layer_maker& layer(listener_factory& f) noexcept { return f.layer_; }
 };
 
 /// inherited_handover: the hand-over socket named by handover_env (then unset), made
@@ -2158,6 +2321,11 @@ RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
     return factory;
 }
 
+RESTARTABLE_SERVER_FN listener_factory with_transport(listener_factory inner, layer_maker make) {
+    detail::factory_access::layer(inner) = std::move(make);
+    return inner;
+}
+
 RESTARTABLE_SERVER_FN std::error_code notify_ready() noexcept {
     const char* path = std::getenv("NOTIFY_SOCKET");
     if (path == nullptr || *path == '\0') return {};
@@ -2176,6 +2344,356 @@ RESTARTABLE_SERVER_FN std::error_code notify_ready() noexcept {
         return detail::last_error();
     return {};
 }
+
+#ifdef RESTARTABLE_SERVER_OPENSSL
+// --------------------------------------------------------- TLS (OpenSSL) --
+//
+// The transport for tls_listener(). OpenSSL reads and writes the socket through a BIO
+// of our own: OpenSSL's socket BIO writes with write(2), which raises SIGPIPE when the
+// client is gone, and this library has no process-wide side effects (no signal()). Each
+// run gets a new SSL_CTX (the certificate read again); a connection's SSL holds its
+// context, and its transport the layer, so connections that move to the next run keep
+// theirs. The ticket keys and the BIO method are made once per tls_listener().
+
+namespace detail {
+
+class openssl_error_category final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "openssl"; }
+    std::string message(int code) const override {
+        char text[256];
+        ERR_error_string_n(static_cast<unsigned long>(static_cast<unsigned>(code)), text, sizeof text);
+        return text;
+    }
+};
+
+/// openssl_error: the first error in this thread's OpenSSL queue (then cleared), or
+/// fallback when the queue is empty.
+RESTARTABLE_SERVER_FN std::error_code openssl_error(std::errc fallback = std::errc::invalid_argument) noexcept {
+    const unsigned long e = ERR_get_error();
+    ERR_clear_error();
+    if (e == 0) return std::make_error_code(fallback);
+    return {static_cast<int>(static_cast<unsigned>(e)), openssl_category()};
+}
+
+/// The socket BIO. Its data is the descriptor.
+RESTARTABLE_SERVER_FN int tls_bio_socket(BIO* b) noexcept {
+    return static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(b)));
+}
+extern "C" inline int rs_tls_bio_write(BIO* b, const char* data, std::size_t size, std::size_t* written) {
+    BIO_clear_retry_flags(b);
+    const ssize_t n = retry_eintr([&] { return ::send(tls_bio_socket(b), data, size, no_sigpipe); });
+    if (n >= 0) {
+        *written = static_cast<std::size_t>(n);
+        return 1;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
+    return 0;
+}
+extern "C" inline int rs_tls_bio_read(BIO* b, char* data, std::size_t size, std::size_t* got) {
+    BIO_clear_retry_flags(b);
+    const ssize_t n = retry_eintr([&] { return ::recv(tls_bio_socket(b), data, size, 0); });
+    if (n > 0) {
+        *got = static_cast<std::size_t>(n);
+        return 1;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) BIO_set_retry_read(b);
+    return 0;  // n == 0: the end of the stream
+}
+extern "C" inline long rs_tls_bio_ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+extern "C" inline int rs_tls_bio_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+/// tls_shared: what every run of one tls_listener() shares: the BIO method, and the
+/// session ticket keys (made by OpenSSL for the first context, given to the later ones).
+struct tls_shared {
+    tls_shared() noexcept {
+        // The type only matters to BIO_find_type(), which nothing calls on these BIOs;
+        // BIO_get_new_index() would draw from a pool of 127 for the whole process.
+        method = BIO_meth_new(BIO_TYPE_SOURCE_SINK, "restartable_server socket");
+        if (method && (!BIO_meth_set_write_ex(method, rs_tls_bio_write) || !BIO_meth_set_read_ex(method, rs_tls_bio_read) ||
+                       !BIO_meth_set_ctrl(method, rs_tls_bio_ctrl) || !BIO_meth_set_create(method, rs_tls_bio_create))) {
+            BIO_meth_free(method);
+            method = nullptr;
+        }
+    }
+    tls_shared(const tls_shared&) = delete;
+    tls_shared& operator=(const tls_shared&) = delete;
+    ~tls_shared() {
+        OPENSSL_cleanse(ticket_keys, sizeof ticket_keys);
+        BIO_meth_free(method);
+    }
+    BIO_METHOD* method = nullptr;
+    std::mutex mutex;  // for the keys: one factory may start several servers at once
+    bool have_keys = false;
+    unsigned char ticket_keys[80];  // OpenSSL 3: name (16), HMAC key (32), AES key (32)
+};
+
+/// tls_plain_http_answer: what a plain HTTP request to the TLS port gets (nginx answers
+/// the same case with a 400 too).
+inline constexpr std::string_view tls_plain_http_answer =
+    "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 50\r\nConnection: close\r\n\r\n"
+    "This is an HTTPS port: the request was plain HTTP\n";
+
+class tls_layer;
+
+/// tls_transport: one connection's TLS session.
+class tls_transport final : public transport {
+public:
+    tls_transport(std::shared_ptr<const tls_layer> layer, SSL* ssl) noexcept : layer_(std::move(layer)), ssl_(ssl) {}
+    tls_transport(const tls_transport&) = delete;
+    tls_transport& operator=(const tls_transport&) = delete;
+    ~tls_transport() override { SSL_free(ssl_); }
+
+    io_result handshake(int fd) noexcept override {
+        if (!began_) {  // the first byte says whether a TLS client is there (RFC 8446 5.1)
+            char first;
+            const ssize_t n = retry_eintr([&] { return ::recv(fd, &first, 1, MSG_PEEK | MSG_DONTWAIT); });
+            if (n == 0) return {0, io_status::closed};
+            if (n < 0) return {0, errno == EAGAIN || errno == EWOULDBLOCK ? io_status::want_read : io_status::failed};
+            if (first != 22) {  // not a handshake record
+                if (first >= 'A' && first <= 'Z')  // a request line: a client that speaks plain HTTP
+                    (void)::send(fd, tls_plain_http_answer.data(), tls_plain_http_answer.size(),
+                                 no_sigpipe | MSG_DONTWAIT);
+                return {0, io_status::failed};
+            }
+            began_ = true;
+        }
+        ERR_clear_error();
+        const int r = SSL_do_handshake(ssl_);
+        if (r != 1) return {0, status(r)};
+        note_peer();
+        return {};
+    }
+    io_result read(int, char* buf, std::size_t size) noexcept override {
+        ERR_clear_error();
+        std::size_t n = 0;
+        if (SSL_read_ex(ssl_, buf, size, &n) == 1) return {n, io_status::ok};
+        return {0, status(0)};
+    }
+    /// write: a record (up to 16 KiB) at a time, gathered from the pieces when the first
+    /// is shorter, so the same bytes offered again make the same record (OpenSSL's rule
+    /// for a write retried after want_write).
+    io_result write(int, const iovec* iov, int count) noexcept override {
+        std::size_t total = 0, skip = 0;  // skip: bytes of iov[0] already written
+        while (count > 0) {
+            if (iov->iov_len == skip) {
+                ++iov, --count, skip = 0;
+                continue;
+            }
+            const char* data = static_cast<const char*>(iov->iov_base) + skip;
+            std::size_t size = std::min(iov->iov_len - skip, record_size);
+            char gathered[record_size];
+            if (size < record_size && count > 1) {
+                std::memcpy(gathered, data, size);
+                for (int i = 1; i < count && size < record_size; ++i) {
+                    const std::size_t more = std::min(iov[i].iov_len, record_size - size);
+                    std::memcpy(gathered + size, iov[i].iov_base, more);
+                    size += more;
+                }
+                data = gathered;
+            }
+            ERR_clear_error();
+            std::size_t n = 0;
+            if (SSL_write_ex(ssl_, data, size, &n) != 1) return total != 0 ? io_result{total, io_status::ok} : io_result{0, status(0)};
+            total += n;
+            for (skip += n; count > 0 && skip >= iov->iov_len;) skip -= iov->iov_len, ++iov, --count;
+        }
+        return {total, io_status::ok};
+    }
+    void shutdown(int) noexcept override {
+        if (shut_) return;
+        shut_ = true;
+        ERR_clear_error();
+        (void)SSL_shutdown(ssl_);  // close_notify if the socket takes it now; no waiting for the client's
+        ERR_clear_error();
+    }
+    bool secure() const noexcept override { return true; }
+    std::string_view peer_identity() const noexcept override { return peer_; }
+
+private:
+    static constexpr std::size_t record_size = 16384;  // TLS's largest plaintext record (RFC 8446 5.1)
+
+    io_status status(int r) noexcept {
+        const int e = SSL_get_error(ssl_, r);
+        ERR_clear_error();  // what is left would confuse the next call on this thread
+        switch (e) {
+            case SSL_ERROR_WANT_READ: return io_status::want_read;
+            case SSL_ERROR_WANT_WRITE: return io_status::want_write;
+            case SSL_ERROR_ZERO_RETURN: return io_status::closed;
+            default: return io_status::failed;
+        }
+    }
+    /// note_peer: the subject of a verified client certificate (mutual TLS).
+    void note_peer() noexcept {
+        X509* cert = SSL_get0_peer_certificate(ssl_);
+        if (cert == nullptr || SSL_get_verify_result(ssl_) != X509_V_OK) return;
+        BIO* mem = BIO_new(BIO_s_mem());
+        if (mem == nullptr) return;
+        if (X509_NAME_print_ex(mem, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+            char* text = nullptr;
+            const long len = BIO_get_mem_data(mem, &text);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                if (len > 0) peer_.assign(text, static_cast<std::size_t>(len));
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            } catch (const std::bad_alloc&) {  // no identity is proved then
+            }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        }
+        BIO_free(mem);
+    }
+
+    std::shared_ptr<const tls_layer> layer_;  // keeps the BIO method
+    SSL* ssl_;
+    bool began_ = false;  // the first byte was a TLS record
+    bool shut_ = false;
+    std::string peer_;
+};
+
+/// tls_alpn: picks "http/1.1" among the client's ALPN protocols; without it there, the
+/// handshake fails with no_application_protocol (RFC 7301 3.2).
+extern "C" inline int rs_tls_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                                  unsigned int inlen, void*) {
+    static constexpr unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    unsigned char* chosen = nullptr;
+    if (SSL_select_next_proto(&chosen, outlen, http11, sizeof http11, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = chosen;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/// tls_layer: one run's SSL_CTX.
+class tls_layer final : public transport_layer, public std::enable_shared_from_this<tls_layer> {
+public:
+    tls_layer(std::shared_ptr<tls_shared> shared, SSL_CTX* ctx) noexcept : shared_(std::move(shared)), ctx_(ctx) {}
+    tls_layer(const tls_layer&) = delete;
+    tls_layer& operator=(const tls_layer&) = delete;
+    ~tls_layer() override { SSL_CTX_free(ctx_); }
+
+    /// make: a layer with the certificate, key and settings of o; null with ec set.
+    static std::shared_ptr<tls_layer> make(const tls_options& o, const std::shared_ptr<tls_shared>& shared,
+                                           std::error_code& ec) {
+        ERR_clear_error();
+        if (shared->method == nullptr) {
+            ec = std::make_error_code(std::errc::not_enough_memory);
+            return nullptr;
+        }
+        SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+        if (ctx == nullptr) {
+            ec = openssl_error(std::errc::not_enough_memory);
+            return nullptr;
+        }
+        auto layer = std::make_shared<tls_layer>(shared, ctx);  // frees ctx from here on
+        ec = layer->configure(o);
+        if (ec) return nullptr;
+        return layer;
+    }
+
+    std::unique_ptr<transport> accept(int fd, std::error_code& ec) override {
+        ERR_clear_error();
+        SSL* ssl = SSL_new(ctx_);
+        BIO* bio = ssl ? BIO_new(shared_->method) : nullptr;
+        if (bio == nullptr) {
+            SSL_free(ssl);
+            ec = openssl_error(std::errc::not_enough_memory);
+            return nullptr;
+        }
+        BIO_set_data(bio, reinterpret_cast<void*>(static_cast<std::intptr_t>(fd)));
+        SSL_set_bio(ssl, bio, bio);
+        SSL_set_accept_state(ssl);
+        return std::make_unique<tls_transport>(shared_from_this(), ssl);
+    }
+
+private:
+    std::error_code configure(const tls_options& o) {
+        SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+        if (SSL_CTX_get_security_level(ctx_) < 2) SSL_CTX_set_security_level(ctx_, 2);
+        SSL_CTX_set_options(ctx_, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+        SSL_CTX_set_mode(ctx_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_OFF);  // stateless tickets only
+        static constexpr unsigned char context[] = "restartable_server";
+        SSL_CTX_set_session_id_context(ctx_, context, sizeof context - 1);
+        SSL_CTX_set_alpn_select_cb(ctx_, rs_tls_alpn, nullptr);
+        if (std::error_code ec = load_identity(o)) return ec;
+        if (!o.client_ca_file.empty()) {
+            STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.client_ca_file.c_str());
+            if (names == nullptr || SSL_CTX_load_verify_locations(ctx_, o.client_ca_file.c_str(), nullptr) != 1) {
+                sk_X509_NAME_pop_free(names, X509_NAME_free);
+                return openssl_error();
+            }
+            SSL_CTX_set_client_CA_list(ctx_, names);
+            SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER | (o.require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                               nullptr);
+        }
+        std::lock_guard<std::mutex> lock(shared_->mutex);
+        const long keys = sizeof shared_->ticket_keys;
+        if (shared_->have_keys) {
+            if (SSL_CTX_set_tlsext_ticket_keys(ctx_, shared_->ticket_keys, keys) != 1) return openssl_error();
+        } else if (SSL_CTX_get_tlsext_ticket_keys(ctx_, shared_->ticket_keys, keys) == 1) {
+            shared_->have_keys = true;
+        }
+        ERR_clear_error();
+        return {};
+    }
+
+    /// load_identity: the certificate chain and key, from files or PEM in memory.
+    std::error_code load_identity(const tls_options& o) {
+        if (!o.cert_chain_file.empty()) {
+            if (SSL_CTX_use_certificate_chain_file(ctx_, o.cert_chain_file.c_str()) != 1) return openssl_error();
+        } else {
+            BIO* in = BIO_new_mem_buf(o.cert_chain_pem.data(), static_cast<int>(o.cert_chain_pem.size()));
+            X509* leaf = in ? PEM_read_bio_X509(in, nullptr, nullptr, nullptr) : nullptr;
+            bool ok = leaf != nullptr && SSL_CTX_use_certificate(ctx_, leaf) == 1;
+            X509_free(leaf);
+            while (ok) {  // the intermediates
+                X509* next = PEM_read_bio_X509(in, nullptr, nullptr, nullptr);
+                if (next == nullptr) break;
+                ok = SSL_CTX_add0_chain_cert(ctx_, next) == 1;
+                if (!ok) X509_free(next);
+            }
+            BIO_free(in);
+            if (!ok) return openssl_error();
+            ERR_clear_error();  // the end of the PEM text
+        }
+        if (!o.key_file.empty()) {
+            if (SSL_CTX_use_PrivateKey_file(ctx_, o.key_file.c_str(), SSL_FILETYPE_PEM) != 1) return openssl_error();
+        } else {
+            BIO* in = BIO_new_mem_buf(o.key_pem.data(), static_cast<int>(o.key_pem.size()));
+            EVP_PKEY* key = in ? PEM_read_bio_PrivateKey(in, nullptr, nullptr, nullptr) : nullptr;
+            const bool ok = key != nullptr && SSL_CTX_use_PrivateKey(ctx_, key) == 1;
+            EVP_PKEY_free(key);
+            BIO_free(in);
+            if (!ok) return openssl_error();
+        }
+        if (SSL_CTX_check_private_key(ctx_) != 1) return openssl_error();
+        return {};
+    }
+
+    std::shared_ptr<tls_shared> shared_;
+    SSL_CTX* ctx_;
+};
+
+}  // namespace detail
+
+RESTARTABLE_SERVER_FN const std::error_category& openssl_category() noexcept {
+    static const detail::openssl_error_category category;
+    return category;
+}
+
+RESTARTABLE_SERVER_FN listener_factory tls_listener(listener_factory inner, tls_options options) {
+    auto shared = std::make_shared<detail::tls_shared>();
+    return with_transport(std::move(inner),
+                          [options = std::move(options), shared](std::error_code& ec) -> std::shared_ptr<transport_layer> {
+                              ec.clear();
+                              return detail::tls_layer::make(options, shared, ec);
+                          });
+}
+#endif  // RESTARTABLE_SERVER_OPENSSL
 
 // ----------------------------------------------------------------- HTTP --
 
@@ -2240,7 +2758,8 @@ RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
     size_line[len++] = '\n';
     char crlf[] = {'\r', '\n'};
     iovec iov[3] = {{size_line, len}, {const_cast<char*>(data.data()), data.size()}, {crlf, 2}};
-    failed_ = chunked_ ? !detail::send_all(fd_, iov, 3, timeout_) : !detail::send_all(fd_, iov + 1, 1, timeout_);
+    const detail::conn_io io{fd_, tp_};
+    failed_ = chunked_ ? !detail::send_all(io, iov, 3, timeout_) : !detail::send_all(io, iov + 1, 1, timeout_);
     if (!failed_) written_ += data.size();
     if (!failed_ && left_ != UINT64_MAX) left_ -= data.size();
     return !failed_;
@@ -3006,14 +3525,16 @@ RESTARTABLE_SERVER_FN bool wants_keep_alive(const request& req) noexcept {
 ///   from \ to    idle  head  body  handling  writing  lingering  closed
 ///   (accepted)         x
 ///   idle               x                                           x
-///   head                     x     x         x                     x
+///   head                     x     x         x        x            x
 ///   body                           x         x                     x
 ///   handling     x                           x        x            x
 ///   writing      x                                    x            x
 ///   lingering                                                      x
 ///
 ///   idle: between requests, no byte of the next one yet (idle_timeout)
-///   head: a request head is arriving (header_timeout, from accept or its first byte)
+///   head: a request head is arriving (header_timeout, from accept or its first byte);
+///     on a connection with a transport, its handshake first (connection::handshaking).
+///     A failed handshake lingers, as its transport may have sent an answer
 ///   body: a buffered body is arriving (body_timeout between reads)
 ///   handling: a handler runs; a streamed body flows (the thread is busy)
 ///   writing: a response waits for the socket (write_timeout between writes)
@@ -3025,7 +3546,8 @@ constexpr bool allowed(conn_state from, conn_state to) noexcept {
     using s = conn_state;
     switch (from) {
         case s::idle: return to == s::head || to == s::closed;
-        case s::head: return to == s::body || to == s::handling || to == s::writing || to == s::closed;
+        case s::head:
+            return to == s::body || to == s::handling || to == s::writing || to == s::lingering || to == s::closed;
         case s::body: return to == s::handling || to == s::writing || to == s::closed;
         case s::handling:
             return to == s::idle || to == s::writing || to == s::lingering || to == s::closed;
@@ -3047,7 +3569,10 @@ struct connection {
     std::atomic<bool> cut{false};               // counted in stop_result::cut
 
     unique_fd fd;  // changed only under the pool's lock (the cut reads it there)
+    std::unique_ptr<transport> tp;  // what it goes through (with_transport()); null: the socket
     conn_state state = conn_state::closed;
+    bool handshaking = false;  // tp's handshake is not done yet (state head)
+    bool wants_write = false;  // tp's last call wants the socket writable (a TLS read may)
     bool in_set = false;  // registered in its run's connection set
     clock::time_point since;  // when the current timeout started counting
     clock::time_point began;  // when the current request's head was whole (access log)
@@ -3081,6 +3606,9 @@ struct connection {
         state = to;
     }
     bool output_pending() const noexcept { return out_sent < out_head.size() + out_body.size(); }
+    /// needs_output: whether c waits for its socket to be writable.
+    bool needs_output() const noexcept { return wants_write || output_pending(); }
+    conn_io io() noexcept { return {fd.get(), tp.get()}; }
     void reset_request() noexcept {
         head_bytes = scanned = body_read = body_write = 0;
         matched = nullptr;
@@ -3232,7 +3760,7 @@ RESTARTABLE_SERVER_FN std::uint32_t watched_events(const connection& c) noexcept
 #ifndef RESTARTABLE_SERVER_USE_POLL
     const bool output = c.watch_output;
 #else
-    const bool output = c.output_pending();
+    const bool output = c.needs_output();
 #endif  // RESTARTABLE_SERVER_USE_POLL
     return ev_in | ev_hup | ev_edge | (output ? ev_out : 0u);
 }
@@ -3359,10 +3887,11 @@ RESTARTABLE_SERVER_FN int receive_handover_message(int channel, std::string& buf
 }
 
 /// handover_fits: whether upgrade() could hand c over: it waits for a request (idle, or a
-/// head arriving), owes the client nothing, and what it read ahead fits in one hand-over
-/// message.
+/// head arriving), owes the client nothing, what it read ahead fits in one hand-over
+/// message, and it has no transport (a TLS session lives in this process's memory: such
+/// a connection is closed or answered here, as a stop does).
 RESTARTABLE_SERVER_FN bool handover_fits(const connection& c) noexcept {
-    return (c.state == conn_state::idle || c.state == conn_state::head) && !c.output_pending() &&
+    return !c.tp && (c.state == conn_state::idle || c.state == conn_state::head) && !c.output_pending() &&
            c.in.size() - c.start <= handover_message_bytes - sizeof(handover_record);
 }
 
@@ -3373,7 +3902,7 @@ RESTARTABLE_SERVER_FN bool handover_fits(const connection& c) noexcept {
 class run {
 public:
     run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
-        std::uint64_t generation);
+        std::shared_ptr<transport_layer> layer, std::uint64_t generation);
     run(const run&) = delete;
     run& operator=(const run&) = delete;
     ~run();
@@ -3390,8 +3919,9 @@ public:
     /// adopt_retiree: makes this run's control thread finish old's drain (and the
     /// drains old was finishing).
     void adopt_retiree(std::unique_ptr<run> old) noexcept;
-    /// adopt: takes a connection another run handed over (any thread).
-    void adopt(int fd, conn_state state, std::string bytes, clock::time_point since, bool peer_closed) noexcept;
+    /// adopt: takes a connection another run handed over (any thread), with its transport.
+    void adopt(int fd, conn_state state, std::string bytes, clock::time_point since, bool peer_closed,
+               std::unique_ptr<transport> tp = nullptr, bool handshaking = false) noexcept;
     stop_result result() const noexcept {
         return {true, cut_.load() == 0, cut_.load(), error_, idle_closed_.load(), finished_.load(),
                 handed_over_.load()};
@@ -3418,6 +3948,7 @@ private:
     void close_handover() noexcept;
     void accept_ready(clock::time_point now) noexcept;
     void register_connection(connection* c, int fd) noexcept;
+    std::unique_ptr<transport> make_transport(int fd) noexcept;
     void sweep(clock::time_point now) noexcept;
     void cut_at_deadline() noexcept;
     void teardown() noexcept;
@@ -3445,6 +3976,7 @@ private:
     void serve(worker& w, connection& c) noexcept;
     outcome step(worker& w, connection& c);
     outcome read_input(worker& w, connection& c);
+    outcome handshake(connection& c) noexcept;
     outcome process_input(worker& w, connection& c);
     outcome parse_head(worker& w, connection& c, bool& req_valid);
     outcome collect_body(worker& w, connection& c, bool req_valid);
@@ -3487,6 +4019,7 @@ private:
     std::vector<stop_hook> hooks_;
     std::uint64_t generation_;  // the start this run belongs to (restarts keep it)
     unique_fd listener_;
+    std::shared_ptr<transport_layer> layer_;  // what new connections go through (null: none)
     event_set control_set_;  // the self-pipe, the listener (and connection sets served inline)
     event_set conns_;        // every connection, edge-triggered (poll(2): one-shot)
     unique_fd handover_in_;  // upgrade() started this process: connections come this way
@@ -3530,13 +4063,14 @@ private:
 };
 
 RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
-                std::uint64_t generation)
+                std::shared_ptr<transport_layer> layer, std::uint64_t generation)
     : srv_(srv),
       opts_(std::move(opts)),
       routes_(std::move(routes)),
       hooks_(std::move(hooks)),
       generation_(generation),
-      listener_(std::move(listener)) {
+      listener_(std::move(listener)),
+      layer_(std::move(layer)) {
     limits_ = {opts_.max_request_line_bytes, opts_.max_header_bytes, opts_.max_headers};
     inline_ = opts_.worker_threads == 0;
     budget_ = std::max<std::size_t>(1, std::min(opts_.worker_threads, usable_cpus()));
@@ -3736,8 +4270,31 @@ RESTARTABLE_SERVER_FN void run::move_backlog(run& to, clock::time_point now) noe
             if (errno == EINTR || errno == ECONNABORTED) continue;
             return;
         }
-        to.adopt(fd, conn_state::head, std::string(), now, false);
+        std::unique_ptr<transport> tp;
+        if (layer_ && !(tp = make_transport(fd))) {
+            ::close(fd);
+            continue;
+        }
+        to.adopt(fd, conn_state::head, std::string(), now, false, std::move(tp), layer_ != nullptr);
     }
+}
+
+/// make_transport: the transport of a connection just accepted on fd, from this run's
+/// layer; null when the layer refuses it (logged; the caller closes fd).
+RESTARTABLE_SERVER_FN std::unique_ptr<transport> run::make_transport(int fd) noexcept {
+    std::error_code ec;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        std::unique_ptr<transport> tp = layer_->accept(fd, ec);
+        if (tp && !ec) return tp;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (...) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    log_error("a connection was closed: its transport failed: ", ec ? ec.message().c_str() : "no transport");
+    return nullptr;
 }
 
 /// tend_retirees: the control duties of the runs restarts replaced: their timeouts and
@@ -3847,6 +4404,14 @@ RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
         live_.fetch_add(1);
         c->set(conn_state::head);
         c->since = now;
+        if (layer_) {
+            c->tp = make_transport(fd);
+            if (!c->tp) {
+                close(*c);
+                continue;
+            }
+            c->handshaking = true;
+        }
         if (!inline_.load() && waiting_.load() == 0 && !add_follower()) {  // no thread at all: serve here
             inline_ = control_set_.add_set(conns_, this);
         }
@@ -3878,7 +4443,7 @@ RESTARTABLE_SERVER_FN void run::register_connection(connection* c, int fd) noexc
 /// watched for output too, so its first event comes at once (a writable socket is ready)
 /// even if no more input does.
 RESTARTABLE_SERVER_FN void run::adopt(int fd, conn_state state, std::string bytes, clock::time_point since,
-                       bool peer_closed) noexcept {
+                       bool peer_closed, std::unique_ptr<transport> tp, bool handshaking) noexcept {
     connection* c = nullptr;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -3894,6 +4459,11 @@ RESTARTABLE_SERVER_FN void run::adopt(int fd, conn_state state, std::string byte
     c->set(state);
     c->since = since;
     c->peer_closed = peer_closed;
+    // A transport may hold input it has read from the socket already (a TLS record, or
+    // more of one): watched for output too, the connection is looked at once.
+    c->watch_output = tp != nullptr;
+    c->tp = std::move(tp);
+    c->handshaking = handshaking;
     if (!bytes.empty()) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
@@ -4206,7 +4776,7 @@ RESTARTABLE_SERVER_FN void run::serve(worker& w, connection& c) noexcept {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         } catch (const std::bad_alloc&) {  // this connection fails, the others go on
             log_error("out of memory: a connection was answered 503 and closed", "");
-            send_unavailable(c.fd.get());
+            if (!c.tp) send_unavailable(c.fd.get());
             o = outcome::close;
         }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -4225,6 +4795,10 @@ RESTARTABLE_SERVER_FN run::outcome run::step(worker& w, connection& c) {
         case conn_state::idle:
         case conn_state::head:
         case conn_state::body: {
+            if (c.handshaking) {
+                const outcome o = handshake(c);
+                if (o != outcome::progress) return o;
+            }
             if (c.output_pending()) {  // a "100 Continue" the socket did not take at once
                 const outcome o = flush(c);
                 if (o != outcome::progress) return o;
@@ -4257,15 +4831,36 @@ RESTARTABLE_SERVER_FN run::outcome run::read_input(worker& w, connection& c) {
         if (!grow_input(c, want)) return answer_error(w, c, 503);
     }
     const std::size_t room = c.in.capacity() - c.in.size();
-    const ssize_t n = retry_eintr([&] { return ::recv(c.fd.get(), c.in.data() + c.in.size(), room, 0); });
-    if (n > 0) {
-        c.in.grow_by(static_cast<std::size_t>(n));
-        c.read_short = static_cast<std::size_t>(n) < room && !c.peer_closed;
+    const io_result r = io_read(c.io(), c.in.data() + c.in.size(), room);
+    c.wants_write = r.status == io_status::want_write;
+    if (r.status == io_status::ok) {
+        c.in.grow_by(r.bytes);
+        // A transport returns a record at a time: only its want_read says the socket is empty.
+        c.read_short = r.bytes < room && !c.peer_closed && !c.tp;
         if (c.state == conn_state::body) c.since = clock::now();  // body_timeout counts from progress
         return outcome::progress;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return outcome::wait;
+    if (r.status == io_status::want_read || r.status == io_status::want_write) return outcome::wait;
     return outcome::close;  // the client closed (mid-request or between requests), or failed
+}
+
+/// handshake: the transport's handshake, until it is done (progress). One that fails
+/// lingers: its transport may have answered (TLS answers plain HTTP with a 400).
+RESTARTABLE_SERVER_FN run::outcome run::handshake(connection& c) noexcept {
+    const io_result r = c.tp->handshake(c.fd.get());
+    c.wants_write = r.status == io_status::want_write;
+    switch (r.status) {
+        case io_status::ok: c.handshaking = false; return outcome::progress;
+        case io_status::want_read:
+        case io_status::want_write: return outcome::wait;
+        case io_status::closed: return outcome::close;
+        case io_status::failed: break;
+    }
+    ::shutdown(c.fd.get(), SHUT_WR);
+    c.set(conn_state::lingering);
+    c.in.clear();
+    c.start = 0;
+    return outcome::progress;
 }
 
 RESTARTABLE_SERVER_FN run::outcome run::process_input(worker& w, connection& c) {
@@ -4384,6 +4979,7 @@ RESTARTABLE_SERVER_FN run::outcome run::collect_body(worker& w, connection& c, b
 RESTARTABLE_SERVER_FN run::outcome run::handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end) {
     c.set(conn_state::handling);
     w.req.body = body;
+    w.req.transport_ = c.tp.get();
     call_handler(w, c.matched, c.route_status);
     c.start = end;  // the request's bytes are used up; what follows is the next request
     c.reset_request();
@@ -4394,10 +4990,11 @@ RESTARTABLE_SERVER_FN run::outcome run::handle_buffered(worker& w, connection& c
 /// the socket (blocking this thread, with back-pressure) through request::read_body.
 RESTARTABLE_SERVER_FN run::outcome run::handle_streamed(worker& w, connection& c) {
     c.set(conn_state::handling);
-    body_reader reader(c.fd.get(), c.framing, c.in.view().substr(c.start + c.head_bytes), w.stream, opts_,
+    body_reader reader(c.io(), c.framing, c.in.view().substr(c.start + c.head_bytes), w.stream, opts_,
                        c.framing.expect_continue && !c.continue_sent);
     w.req.body = std::string_view();
     w.req.reader_ = &reader;
+    w.req.transport_ = c.tp.get();
     call_handler(w, c.matched, c.route_status);
     w.req.reader_ = nullptr;
     bool keep_alive = c.keep_alive && reader.done() && !reader.error();
@@ -4475,17 +5072,16 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     }
     build_head(w, c, keep_alive, false, false);
     const std::size_t body_size = bodiless || c.is_head ? 0 : res.body.size();
-    iovec iov[2] = {{w.head.data(), w.head.size()}, {res.body.data(), body_size}};
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 2;
-    ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, no_sigpipe); });
-    const bool failed = n < 0 && errno != EAGAIN && errno != EWOULDBLOCK;  // the client is gone
+    const iovec iov[2] = {{w.head.data(), w.head.size()}, {res.body.data(), body_size}};
+    const io_result r = io_write(c.io(), iov, 2);
+    c.wants_write = false;
+    const bool failed = r.status != io_status::ok && r.status != io_status::want_read &&
+                        r.status != io_status::want_write;  // the client is gone
     if (opts_.access_log) log_access(w, c, failed ? 0 : body_size);
     if (failed) return outcome::close;
     c.keep_alive = keep_alive;
     c.set(conn_state::writing);
-    const std::size_t sent = n < 0 ? 0 : static_cast<std::size_t>(n);
+    const std::size_t sent = r.bytes;
     if (sent == w.head.size() + body_size) return after_response(c);
     no_delay(c);                // more writes follow: none may wait for an ACK
     c.out_head.assign(w.head);  // the rest waits for EPOLLOUT; the body is moved, not copied
@@ -4505,13 +5101,13 @@ RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, 
     if (!sized && !chunked) keep_alive = false;  // HTTP/1.0 without a length: closing ends the body
     build_head(w, c, keep_alive, chunked, true);
     iovec head{w.head.data(), w.head.size()};
-    if (!send_all(c.fd.get(), &head, 1, opts_.write_timeout)) {
+    if (!send_all(c.io(), &head, 1, opts_.write_timeout)) {
         if (opts_.access_log) log_access(w, c, 0);
         return outcome::close;
     }
     body_provider provider = std::move(w.res.provider_);
     if (!c.is_head) {
-        body_writer out(c.fd.get(), chunked, sized ? w.res.stream_length_ : UINT64_MAX, opts_.write_timeout,
+        body_writer out(c.fd.get(), c.tp.get(), chunked, sized ? w.res.stream_length_ : UINT64_MAX, opts_.write_timeout,
                         &stop_signal_);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
@@ -4530,7 +5126,7 @@ RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, 
         if (out.failed_ || (sized && out.left_ != 0)) return outcome::close;  // the client sees it cut
         static constexpr std::string_view last_chunk = "0\r\n\r\n";
         iovec end{const_cast<char*>(last_chunk.data()), last_chunk.size()};
-        if (chunked && !send_all(c.fd.get(), &end, 1, opts_.write_timeout)) return outcome::close;
+        if (chunked && !send_all(c.io(), &end, 1, opts_.write_timeout)) return outcome::close;
     } else if (opts_.access_log) {
         log_access(w, c, 0);  // HEAD: the head alone
     }
@@ -4584,14 +5180,12 @@ RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool 
 RESTARTABLE_SERVER_FN run::outcome run::flush(connection& c) noexcept {
     const std::size_t head_left = c.out_sent < c.out_head.size() ? c.out_head.size() - c.out_sent : 0;
     const std::size_t body_from = c.out_sent - (c.out_head.size() - head_left);
-    iovec iov[2] = {{c.out_head.data() + (c.out_head.size() - head_left), head_left},
-                    {c.out_body.data() + body_from, c.out_body.size() - body_from}};
-    msghdr msg{};
-    msg.msg_iov = head_left != 0 ? iov : iov + 1;
-    msg.msg_iovlen = head_left != 0 ? 2 : 1;
-    const ssize_t n = retry_eintr([&] { return ::sendmsg(c.fd.get(), &msg, no_sigpipe); });
-    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? outcome::wait : outcome::close;
-    c.out_sent += static_cast<std::size_t>(n);
+    const iovec iov[2] = {{c.out_head.data() + (c.out_head.size() - head_left), head_left},
+                          {c.out_body.data() + body_from, c.out_body.size() - body_from}};
+    const io_result r = head_left != 0 ? io_write(c.io(), iov, 2) : io_write(c.io(), iov + 1, 1);
+    if (r.status == io_status::want_read || r.status == io_status::want_write) return outcome::wait;
+    if (r.status != io_status::ok) return outcome::close;
+    c.out_sent += r.bytes;
     c.since = clock::now();  // write_timeout counts from progress
     if (c.output_pending()) return outcome::wait;
     c.out_head.clear();
@@ -4616,6 +5210,7 @@ RESTARTABLE_SERVER_FN run::outcome run::after_response(connection& c) {
     // here yet (nginx closes then): bytes it still sends would be answered with a reset,
     // which can destroy the response before the client reads it (the connection fuzzer
     // catches exactly that). It costs one more wake-up per closed connection.
+    if (c.tp) c.tp->shutdown(c.fd.get());
     ::shutdown(c.fd.get(), SHUT_WR);  // the client sees the end of the response at once
     c.set(conn_state::lingering);
     c.in.clear();
@@ -4776,7 +5371,7 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
         case conn_state::handling:
         case conn_state::closed: close(c); return false;
     }
-    if (c.output_pending() && !c.watch_output) {  // the first response that has to wait
+    if (c.needs_output() && !c.watch_output) {  // the first response (or TLS record) that has to wait
         c.watch_output = true;
         if (!conns_.modify(c.fd.get(), &c, watched_events(c))) {
             close(c);
@@ -4832,6 +5427,7 @@ RESTARTABLE_SERVER_FN bool run::watch(connection* c, int fd, std::uint32_t event
 
 /// close: closes c for good (by its holder) and returns the object to the pool.
 RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
+    if (c.tp && !c.handshaking && c.state != conn_state::lingering) c.tp->shutdown(c.fd.get());
     clear(c);
     pool_.release(c, conns_);
     left();
@@ -4852,7 +5448,7 @@ RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
         bytes.assign(c.in.view().substr(c.start));
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     } catch (const std::bad_alloc&) {
-        send_unavailable(c.fd.get());
+        if (!c.tp) send_unavailable(c.fd.get());
         return close(c);
     }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -4860,10 +5456,11 @@ RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
     const conn_state state = c.state;
     const bool begun = state == conn_state::head && !bytes.empty();
     const clock::time_point since = begun ? c.since : clock::now();  // header_timeout goes on
-    const bool peer_closed = c.peer_closed;
+    const bool peer_closed = c.peer_closed, handshaking = c.handshaking;
+    std::unique_ptr<transport> tp = std::move(c.tp);
     clear(c);
     const int fd = pool_.detach(c, conns_);
-    to->adopt(fd, state, std::move(bytes), since, peer_closed);
+    to->adopt(fd, state, std::move(bytes), since, peer_closed, std::move(tp), handshaking);
     left();  // after the next run counted it: its drain cannot end in between
 }
 
@@ -4960,6 +5557,8 @@ RESTARTABLE_SERVER_FN void run::send_away(connection* const* cs, std::size_t n) 
 /// clear: what closing or handing over does to the connection object.
 RESTARTABLE_SERVER_FN void run::clear(connection& c) noexcept {
     c.state = conn_state::closed;
+    c.tp.reset();
+    c.handshaking = c.wants_write = false;
     c.in_flight.store(false);
     c.in.release();
     c.borrowed = false;
@@ -5398,8 +5997,26 @@ RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_c
             listener = make_listener(o, ec);
             if (ec) return nullptr;
         }
+        // The transport layer is made anew for every run, a restart's too: a TLS
+        // certificate is read again, and one that fails keeps the old run serving.
+        std::shared_ptr<transport_layer> layer;
+        if (const layer_maker& make_layer = detail::factory_access::layer(o.listener)) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            try {
+                layer = make_layer(ec);
+            } catch (const std::system_error& e) {
+                ec = e.code();
+            } catch (...) {
+                ec = make_error_code(errc::listener_threw);
+            }
+#else
+            layer = make_layer(ec);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            if (!ec && !layer) ec = make_error_code(errc::no_transport);
+            if (ec) return nullptr;
+        }
         auto run = std::make_unique<detail::run>(*this, std::move(o), std::move(routes), std::move(hooks),
-                                                 std::move(listener), generation);
+                                                 std::move(listener), std::move(layer), generation);
         ec = run->init();
         if (ec) return nullptr;
         if (!for_restart) {  // a restart's run becomes the current one at the hand-over

@@ -2,8 +2,12 @@
 // (hand-over restart) or into a new binary (upgrade), on request or on a signal.
 //
 //   echo_server [--host 127.0.0.1] [--port 8080] [--workers N] [--drain-ms N]
+//               [--tls-cert FILE --tls-key FILE]
 //
 // Prints "listening on http://HOST:PORT" (the real port for --port 0) when it starts,
+// "listening on https://HOST:PORT" with --tls-cert and --tls-key (PEM files; built with
+// RESTARTABLE_SERVER_OPENSSL), which it reads again at every restart: replace the files,
+// then restart, and new connections get the new certificate while none is refused.
 // "restarted N" after the N-th in-process restart and "upgraded to pid N" when a new
 // process took over. With LISTEN_FDS/LISTEN_PID set (systemd socket activation, or an
 // upgrade) it serves the socket it was given instead of --host/--port, and it tells
@@ -53,7 +57,8 @@ namespace {
 
 int usage(const char* argv0) {
     std::fprintf(stderr,
-                 "usage: %s [--host 127.0.0.1] [--port 8080] [--workers N] [--drain-ms N]\n",
+                 "usage: %s [--host 127.0.0.1] [--port 8080] [--workers N] [--drain-ms N]\n"
+                 "          [--tls-cert FILE --tls-key FILE]   (built with RESTARTABLE_SERVER_OPENSSL)\n",
                  argv0);
     return 2;
 }
@@ -90,6 +95,7 @@ std::string socket_name(int fd) {
 int main(int argc, char** argv) {
     // ------------------------------------------------------------ arguments --
     std::string host = "127.0.0.1";
+    std::string tls_cert, tls_key;
     unsigned long port = 8080, workers = 8, drain_ms = 5000;
     for (int i = 1; i < argc; ++i) {
         std::string arg = argv[i];
@@ -104,10 +110,22 @@ int main(int argc, char** argv) {
             ok = parse_number(value, 1024, workers);
         else if (arg == "--drain-ms")
             ok = parse_number(value, 3600000, drain_ms);
+        else if (arg == "--tls-cert")
+            tls_cert = value;
+        else if (arg == "--tls-key")
+            tls_key = value;
         else
             ok = false;
         if (!ok) return usage(argv[0]);
     }
+    const bool tls = !tls_cert.empty() || !tls_key.empty();
+    if (tls && (tls_cert.empty() || tls_key.empty())) return usage(argv[0]);
+#ifndef RESTARTABLE_SERVER_OPENSSL
+    if (tls) {
+        std::fprintf(stderr, "echo_server: built without TLS (configure with -DRESTARTABLE_SERVER_OPENSSL=ON)\n");
+        return 2;
+    }
+#endif  // RESTARTABLE_SERVER_OPENSSL
 
     // ---------------------------------------------------------------- server --
     // Signals are blocked before any thread starts, so every thread inherits the mask and
@@ -126,6 +144,14 @@ int main(int argc, char** argv) {
     } else {
         opts.listener = rs::tcp_listener(host, static_cast<std::uint16_t>(port));
     }
+#ifdef RESTARTABLE_SERVER_OPENSSL
+    if (tls) {  // the files are read at every start and restart: a restart rotates them
+        rs::tls_options t;
+        t.cert_chain_file = tls_cert;
+        t.key_file = tls_key;
+        opts.listener = rs::tls_listener(std::move(opts.listener), std::move(t));
+    }
+#endif  // RESTARTABLE_SERVER_OPENSSL
     opts.worker_threads = workers;
     opts.drain_timeout = std::chrono::milliseconds(drain_ms);
     rs::server srv(std::move(opts));
@@ -203,8 +229,8 @@ int main(int argc, char** argv) {
     if (!inherited.empty())
         std::printf("listening on %s\n", inherited.c_str());
     else
-        std::printf("listening on http://%s:%u\n", host.find(':') != std::string::npos ? ("[" + host + "]").c_str()
-                                                                                        : host.c_str(), srv.port());
+        std::printf("listening on %s://%s:%u\n", tls ? "https" : "http",
+                    host.find(':') != std::string::npos ? ("[" + host + "]").c_str() : host.c_str(), srv.port());
     std::fflush(stdout);
     rs::notify_ready();
 
