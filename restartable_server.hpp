@@ -5,13 +5,15 @@
 //
 //   This manual     QUICK START, LIFECYCLE (states, calls, calls that race), ENGINE,
 //                   LIMITATIONS, PORTABILITY, CONFIGURATION MACROS, TEST HOOKS
-//   Public API      errors, sockets (unique_fd, listener factories), HTTP (request,
-//                   response, body_writer), server (options, stop_result, server),
-//                   static files
+//   Public API      errors, sockets (unique_fd, listener factories), transport (the
+//                   seam under connections), TLS (with RESTARTABLE_SERVER_OPENSSL),
+//                   HTTP (request, response, body_writer), server (options,
+//                   stop_result, server), static files
 //   Implementation  (namespace detail; search for "// ---- name --") tuning, small
-//                   tools (and CPU counting), parser, errors, sockets, HTTP, engine,
-//                   event sets, hand-over to a new process, control thread, workers
-//                   (and the worker policy), connection, server, static files
+//                   tools (and CPU counting), parser, errors, sockets, TLS (OpenSSL),
+//                   HTTP, engine, event sets, hand-over to a new process, control
+//                   thread, workers (and the worker policy), connection, server,
+//                   static files
 //
 // QUICK START
 //
@@ -111,6 +113,12 @@
 //   The control thread looks at the workers every 2 ms while handlers run, and sleeps when
 //   none has run for 100 ms (the first handler call after that wakes it).
 //
+//   Transports: a listener may carry a transport layer (with_transport(); tls_listener()
+//   is one), and then every read, write and shutdown of its connections goes through the
+//   connection's transport, which says "would block on read" or "on write" whatever the
+//   call; a handshake runs first, in the engine like a request head (no thread waits for
+//   it, header_timeout covers it). Without a layer the engine calls the socket itself.
+//
 //   Memory per connection: an idle connection holds no buffer (~0.5 KiB in all); a head
 //   at most max_header_bytes; a buffered body grows with the bytes that arrived (never
 //   with the declared Content-Length) up to max_body_bytes, chunk framing dropped as it
@@ -128,7 +136,8 @@
 //     written to POSIX but not yet built or run there by this project's CI.
 //   - upgrade() under systemd: the main PID changes, which systemd does not follow; use
 //     socket activation and a unit restart there (or restart(), which stays in-process).
-//   - No TLS, no HTTP/2, no transfer codings but chunked (gzip request bodies get 501).
+//   - TLS with OpenSSL 3 only (RESTARTABLE_SERVER_OPENSSL); no HTTP/2, no transfer
+//     codings but chunked (gzip request bodies get 501).
 //   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
 //   - A streamed request or response body (read_body, set_stream) holds a worker thread
 //     while it flows, blocking on the socket with back-pressure; so does a slow handler.
@@ -163,6 +172,9 @@
 //                                     implementation once (stb style): then define
 //                                     RESTARTABLE_SERVER_IMPLEMENTATION too in exactly one
 //                                     of them. Without it the header is the whole library.
+//   RESTARTABLE_SERVER_OPENSSL        Define (in every translation unit; link libssl and
+//                                     libcrypto) for tls_listener(), OpenSSL 3. Without
+//                                     it the header has no TLS code and no dependency.
 //   RESTARTABLE_SERVER_USE_POLL       Define (in every translation unit) to wait with
 //                                     poll(2) instead of epoll(7) on Linux. Chosen
 //                                     automatically on every other system. See PORTABILITY.
