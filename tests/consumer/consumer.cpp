@@ -2,6 +2,10 @@
 // by run.sh (find_package, pkg-config, FetchContent): it starts a server on a port the
 // system picks, makes one GET /hello over a plain socket, and stops the server.
 // Exit status: 0 only when the response was "200" with the body "Hello, World!".
+// Built with RESTARTABLE_SERVER_OPENSSL (the package passes it on when it was configured
+// with it), it also serves TLS with the certificate and key named by RS_TLS_CERT and
+// RS_TLS_KEY, which answers a plain GET "400" with its own words: OpenSSL is linked and
+// the listener works.
 #include <restartable_server.hpp>
 
 #include <arpa/inet.h>
@@ -10,6 +14,7 @@
 #include <sys/time.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace rs = restartable_server;
@@ -62,5 +67,30 @@ int main() {
     std::printf("restartable_server %s: GET /hello -> %s\n", RESTARTABLE_SERVER_VERSION_STRING,
                 ok ? "\"Hello, World!\"" : "WRONG RESPONSE");
     if (!ok) std::fprintf(stderr, "response:\n%s\n", response.c_str());
+#ifdef RESTARTABLE_SERVER_OPENSSL
+    if (!ok) return 1;
+    const char* cert = std::getenv("RS_TLS_CERT");
+    const char* key = std::getenv("RS_TLS_KEY");
+    if (!cert || !key) {
+        std::fprintf(stderr, "built with RESTARTABLE_SERVER_OPENSSL: set RS_TLS_CERT and RS_TLS_KEY\n");
+        return 1;
+    }
+    rs::tls_options tls;
+    tls.cert_chain_file = cert;
+    tls.key_file = key;
+    srv.set_listener(rs::tls_listener(rs::tcp_listener("127.0.0.1", 0), tls));
+    srv.start(ec);
+    if (ec) {
+        std::fprintf(stderr, "TLS start failed: %s\n", ec.message().c_str());
+        return 1;
+    }
+    const std::string plain = get(srv.port(), "/hello");
+    srv.stop();
+    const bool tls_ok = plain.rfind("HTTP/1.1 400 ", 0) == 0 && plain.find("HTTPS port") != std::string::npos;
+    std::printf("TLS listener: plain GET /hello -> %s\n", tls_ok ? "400 (an HTTPS port)" : "WRONG RESPONSE");
+    if (!tls_ok) std::fprintf(stderr, "response:\n%s\n", plain.c_str());
+    return tls_ok ? 0 : 1;
+#else
     return ok ? 0 : 1;
+#endif  // RESTARTABLE_SERVER_OPENSSL
 }

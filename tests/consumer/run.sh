@@ -7,13 +7,16 @@
 #   fetch_content  FetchContent with SOURCE_DIR = the checkout (no network)
 # Each consumer must exit 0 (it got "Hello, World!" from its own server).
 #
-#   run.sh SOURCE_DIR WORK_DIR CMAKE CXX GENERATOR
+#   run.sh SOURCE_DIR WORK_DIR CMAKE CXX GENERATOR [OPENSSL]
 #
+# OPENSSL ON: the package is configured with RESTARTABLE_SERVER_OPENSSL, so each consumer
+# gets the macro and OpenSSL from it (CMake target, pkg-config's Requires, the subproject)
+# and also serves TLS with a certificate made here.
 # Exit status: 0 when all three passed; 77 (CTest: skipped) when none failed but one could
 # not run (no pkg-config); 1 when any failed. WORK_DIR is emptied first and kept after.
 set -euo pipefail
-[ "$#" -eq 5 ] || { echo "usage: $0 SOURCE_DIR WORK_DIR CMAKE CXX GENERATOR" >&2; exit 2; }
-src=$1 work=$2 cmake=$3 cxx=$4 generator=$5
+[ "$#" -eq 5 ] || [ "$#" -eq 6 ] || { echo "usage: $0 SOURCE_DIR WORK_DIR CMAKE CXX GENERATOR [OPENSSL]" >&2; exit 2; }
+src=$1 work=$2 cmake=$3 cxx=$4 generator=$5 openssl=${6:-OFF}
 consumers=$src/tests/consumer
 prefix=$work/prefix
 rm -rf "$work"
@@ -42,6 +45,12 @@ run_consumer() {
   fi
 }
 
+if [ "$openssl" = ON ]; then
+  quiet "$work/certificate.log" openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" -subj /CN=localhost
+  export RS_TLS_CERT=$work/cert.pem RS_TLS_KEY=$work/key.pem
+fi
+
 # The version the header declares: the package must be found when asking for it.
 version=$(sed -n 's/^#define RESTARTABLE_SERVER_VERSION_\(MAJOR\|MINOR\|PATCH\) \+\([0-9]\+\) *$/\2/p' \
   "$src/restartable_server.hpp" | paste -sd.)
@@ -51,7 +60,7 @@ echo "=== version $version; installing to $prefix"
 # the configure-time prefix.
 quiet "$work/install.configure.log" "$cmake" -S "$src" -B "$work/project" -G "$generator" \
   -DCMAKE_CXX_COMPILER="$cxx" -DRESTARTABLE_SERVER_BUILD_TESTS=OFF \
-  -DRESTARTABLE_SERVER_BUILD_EXAMPLES=OFF -DRESTARTABLE_SERVER_INSTALL=ON
+  -DRESTARTABLE_SERVER_BUILD_EXAMPLES=OFF -DRESTARTABLE_SERVER_INSTALL=ON -DRESTARTABLE_SERVER_OPENSSL="$openssl"
 quiet "$work/install.log" "$cmake" --install "$work/project" --prefix "$prefix"
 
 # 1. find_package
@@ -96,7 +105,7 @@ fi
 echo "=== fetch_content"
 if quiet "$work/fetch_content.configure.log" "$cmake" -S "$consumers/fetch_content" -B "$work/fetch_content" \
      -G "$generator" -DCMAKE_CXX_COMPILER="$cxx" -DRS_SOURCE_DIR="$src" \
-     -DFETCHCONTENT_FULLY_DISCONNECTED=ON &&
+     -DFETCHCONTENT_FULLY_DISCONNECTED=ON -DRESTARTABLE_SERVER_OPENSSL="$openssl" &&
    quiet "$work/fetch_content.build.log" "$cmake" --build "$work/fetch_content"; then
   run_consumer fetch_content "$work/fetch_content/consumer" || failed+=(fetch_content)
 else
