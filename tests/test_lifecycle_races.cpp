@@ -243,14 +243,22 @@ TEST_CASE("lifecycle races: a start() that fails with already_running keeps the 
         held.release();
     }
     SECTION("the flag is set but the self-pipe not yet written") {
+        // The control thread also looks at the flag when anything else wakes it (a new
+        // connection, a timer): one that did so inside this window would end the run, and
+        // start() would then rightly start a new one. So it is held before it looks, and a
+        // connection wakes it inside the window, as it may on a loaded machine.
+        test::gate control(srv, "control.woken");
         test::gate held(srv, "request_stop.flag_set");
         std::thread requester([&] { srv.request_stop(); });
         REQUIRE(held.reached());
+        test::client waker(srv.port());
+        REQUIRE(control.reached());
         std::error_code ec;
         srv.start(ec);
         CHECK(ec == rs::errc::already_running);
         held.release();
         requester.join();
+        control.release();
     }
     // The run ends by itself: wait() returns (a lost stop hangs here; then the test
     // asks again, so it fails instead of hanging).

@@ -197,14 +197,14 @@ TEST_CASE("a restart makes a new layer, and connections keep their transports", 
     REQUIRE(idle.send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
     REQUIRE(idle.read().status == 200);
 
-    std::atomic<bool> stop_threads{false};
+    std::atomic<int> failed_restarts{0};  // counted here, checked on this thread (Catch2 is not thread-safe)
     std::vector<std::thread> restarters;
     for (int t = 0; t < 3; ++t)  // several threads restart one server at once
         restarters.emplace_back([&] {
-            for (int i = 0; i < 5 && !stop_threads.load(); ++i) {
+            for (int i = 0; i < 5; ++i) {
                 std::error_code ec;
                 srv.restart(ec);
-                CHECK(!ec);
+                if (ec) failed_restarts.fetch_add(1);
             }
         });
     for (int i = 0; i < 20; ++i) {  // the idle keep-alive connection goes on meanwhile
@@ -214,6 +214,7 @@ TEST_CASE("a restart makes a new layer, and connections keep their transports", 
         CHECK(r.body == "hello counted");
     }
     for (std::thread& t : restarters) t.join();
+    CHECK(failed_restarts.load() == 0);
     CHECK(c.layers.load() == 16);     // the start's and one per restart
     CHECK(c.transports.load() == 1);  // the connection moved with its transport
     CHECK(srv.port() == port);
