@@ -63,10 +63,11 @@ inline std::string describe_status(const std::optional<int>& st) {
 /// exited_0: the wait status says the process exited with status 0.
 inline bool exited_0(const std::optional<int>& st) { return st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0; }
 
-/// listening_port: the port in a line "listening on http://HOST:PORT" (what echo_server
+/// listening_port: the port in a line "listening on SCHEME://HOST:PORT" (what echo_server
 /// and the examples print first), or 0 when the line is missing or says something else.
-inline std::uint16_t listening_port(const std::optional<std::string>& line, const std::string& host = "127.0.0.1") {
-    const std::string prefix = "listening on http://" + host + ":";
+inline std::uint16_t listening_port(const std::optional<std::string>& line, const std::string& host = "127.0.0.1",
+                                    const std::string& scheme = "http") {
+    const std::string prefix = "listening on " + scheme + "://" + host + ":";
     if (!line || line->compare(0, prefix.size(), prefix) != 0) return 0;
     const std::string digits = line->substr(prefix.size());
     if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos)
