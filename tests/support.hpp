@@ -401,7 +401,9 @@ struct client {
     }
 };
 
-/// status_name: a parse_status as text, for failure messages.
+#if !defined(RESTARTABLE_SERVER_SPLIT) || defined(RESTARTABLE_SERVER_IMPLEMENTATION)
+/// status_name: a parse_status as text, for failure messages (the tests that reach into
+/// detail are compiled with the whole header: see tests/CMakeLists.txt).
 inline std::string status_name(rs::detail::parse_status s) {
     switch (s) {
         case rs::detail::parse_status::complete: return "complete";
@@ -410,6 +412,7 @@ inline std::string status_name(rs::detail::parse_status s) {
     }
     return "invalid parse_status " + std::to_string(static_cast<int>(s));
 }
+#endif
 
 /// printable: s with control and non-ASCII bytes escaped, for failure messages.
 inline std::string printable(std::string_view s, std::size_t max = 200) {
