@@ -47,6 +47,21 @@
 # afterwards. Figure 13: restartable_server built with RESTARTABLE_SERVER_USE_POLL (the
 # poll(2) backend of macOS and the BSDs, forced on Linux): keep-alive wrk -c64 as in figure
 # 1, and idle capacity as in figure 3, to set beside the epoll rows of the same run.
+# Figure 15, TLS: restartable_server built with RESTARTABLE_SERVER_OPENSSL (its TLS defaults)
+# and nginx with `listen ... ssl`, both serving one certificate made here with `openssl req`
+# (ECDSA P-256, self-signed, in the temporary directory) with the same settings: TLS 1.2 and
+# 1.3, OpenSSL's default ciphers (nginx: `ssl_ciphers DEFAULT`, as its own default is
+# HIGH:!aNULL:!MD5), the server's cipher order, ALPN http/1.1, no server-side session cache
+# and session tickets with OpenSSL's random per-process keys (nginx: `ssl_session_cache off`,
+# `ssl_session_tickets on`, no ticket key file). Both up at once, wrk -t2 alternating between
+# them as in figure 8 (KA_ROUNDS x KA_SECONDS per load): keep-alive -c64 over https, and -c16
+# with "Connection: close" (a handshake per request: wrk 4.1 keeps each connection's SSL
+# object and offers its last session again, so these handshakes resume by ticket - a 1 s
+# wrk run against nginx, which logs $ssl_session_reused, counts them); then full handshakes,
+# none resumed, from bench/idle_tls.cpp (2 threads, "Connection: close"). Last, RSS per idle
+# TLS connection: bench/idle_tls.cpp opens TLS_IDLE_N (2,000; --quick 200) connections, each
+# a full handshake and one keep-alive GET /hello, against a fresh server, and divides the
+# growth of its VmRSS by N (nginx: master_process off, so the one process is the worker).
 #
 # Environment: CXX (default g++), BENCH_CACHE, BENCH_RUNS (full mode, default 3),
 # BENCH_WRK_SECONDS (full mode, default 4), BENCH_KA_ROUNDS and BENCH_KA_SECONDS (figure 8,
@@ -78,6 +93,7 @@ if [ "$QUICK" = 1 ]; then
   KA_ROUNDS=1 KA_SECONDS=1
   ATTACK_PROBES=20 ATTACK_TIMEOUT_MS=1000 ATTACK_SETUP_MS=3000
   STORM_SECONDS=1 STORM_TIMEOUT_MS=2000 COST_IDLE=100 COST_REPEATS=10
+  TLS_IDLE_N=200
 else
   RUNS=${BENCH_RUNS:-3} WRK_SECONDS=${BENCH_WRK_SECONDS:-4} WARMUP_SECONDS=1 COMPILE_RUNS=3
   IDLE_N=10000 IDLE_OPEN_MS=8000 FRESH_TIMEOUT_MS=3000 SECOND_BUDGET_MS=25000
@@ -85,6 +101,7 @@ else
   KA_ROUNDS=${BENCH_KA_ROUNDS:-5} KA_SECONDS=${BENCH_KA_SECONDS:-5}
   ATTACK_PROBES=200 ATTACK_TIMEOUT_MS=2000 ATTACK_SETUP_MS=5000
   STORM_SECONDS=10 STORM_TIMEOUT_MS=5000 COST_IDLE=1000 COST_REPEATS=50
+  TLS_IDLE_N=2000
 fi
 STORM_INTERVAL_MS=100 STORM_CLIENTS=8
 ECHO_MIB=10
@@ -121,7 +138,7 @@ trap 'exit 130' INT TERM HUP
 
 # ------------------------------------------------------------------ packages --
 need=()
-for pkg in wrk nginx libnginx-mod-http-echo g++ build-essential dpkg-dev xz-utils; do
+for pkg in wrk nginx libnginx-mod-http-echo g++ build-essential dpkg-dev xz-utils openssl libssl-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -383,12 +400,28 @@ if grep -q 'void restart(std::error_code& ec) noexcept;' "$RS_DIR/restartable_se
 else
   log "no server::restart() in $RS_DIR/restartable_server.hpp: figures 11 and 12 will fail"
 fi
+# Figure 15 needs tls_listener(); a checkout from before it gets FAIL there.
+HAVE_TLS=0
+if grep -q '^listener_factory tls_listener(listener_factory inner, tls_options options);' "$RS_DIR/restartable_server.hpp"; then
+  HAVE_TLS=1
+  bg_build tls_rs "${RS_FLAGS[@]}" -DBENCH_TLS -DRESTARTABLE_SERVER_OPENSSL "$HERE/hello_restartable.cpp" -lssl -lcrypto
+else
+  log "no tls_listener() in $RS_DIR/restartable_server.hpp: figure 15 will fail"
+fi
+bg_build idle_tls -std=c++17 -O2 -pthread "$HERE/idle_tls.cpp" -lssl -lcrypto
 for tool in idle_clients post_echo probe report slow_readers slow_neighbour; do
   bg_build "$tool" -std=c++17 -O2 -pthread "$HERE/$tool.cpp"
 done
 while [ "$jobs_waited" -lt "${#jobs_pids[@]}" ]; do wait_build; done
 PIDS=()  # all waited for
 [ "$build_failed" = 0 ] || die "a build failed"
+# Figure 15's certificate: as the README's HTTPS section makes one, valid for 127.0.0.1.
+TLS_CERT=$TMP/tls/cert.pem TLS_KEY=$TMP/tls/key.pem
+mkdir -p "$TMP/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -keyout "$TLS_KEY" -out "$TLS_CERT" \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 >"$TMP/tls/openssl.log" 2>&1 ||
+  { cat "$TMP/tls/openssl.log" >&2; die "openssl req failed"; }
+export BENCH_TLS_CERT=$TLS_CERT BENCH_TLS_KEY=$TLS_KEY  # read by tls_rs
 
 # ------------------------------------------------------------------- limits --
 # File descriptors for 10,000 connections, on both ends.
@@ -410,18 +443,36 @@ NGINX_ECHO_MODULE=$(dpkg -L libnginx-mod-http-echo 2>/dev/null | grep '/ngx_http
 # start_server KIND NAME: KIND is hello or echo, NAME rs, httplib or nginx; KIND storm is
 # nginx for figure 11: with its master process (SPID: the master, which reloads on SIGHUP),
 # POST /echo, and notices in $TMP/nginx/logs/error.log (one "reconfiguring" per reload).
-# Sets SPID, SPORT.
+# KIND tls is figure 15's: every connection TLS with $TLS_CERT (rs: the tls_rs build; nginx:
+# the settings at the top of this file, and GET /reuse, which logs $ssl_session_reused to
+# $TMP/nginx/logs/reuse.log). Sets SPID, SPORT.
 start_server() {
   local kind=$1 name=$2 out=$TMP/server.out attempt
   SPID="" SPORT=""
   for attempt in 1 2 3; do
     : >"$out"
     if [ "$name" = nginx ]; then
-      local dir=$TMP/nginx master=off log_level=warn load_echo="" echo_location=""
+      local dir=$TMP/nginx master=off log_level=warn load_echo="" echo_location="" ssl="" tls=""
       if [ "$kind" = storm ]; then
         [ -n "$NGINX_ECHO_MODULE" ] || { log "nginx's echo module (libnginx-mod-http-echo) is not installed"; return 1; }
         master=on log_level=notice load_echo="load_module $NGINX_ECHO_MODULE;"
         echo_location="location = /echo { client_body_buffer_size 64k; echo_read_request_body; echo_request_body; }"
+      fi
+      if [ "$kind" = tls ]; then
+        ssl=" ssl"
+        # Figure 15: the settings restartable_server's tls_listener() uses (see the top).
+        tls="ssl_certificate $TLS_CERT;
+    ssl_certificate_key $TLS_KEY;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers DEFAULT;
+    ssl_prefer_server_ciphers on;
+    ssl_session_cache off;
+    ssl_session_tickets on;
+    location = /reuse {
+      access_log $dir/logs/reuse.log reuse;
+      default_type text/plain;
+      return 200 \"Hello, World!\";
+    }"
       fi
       rm -rf "$dir" && mkdir -p "$dir/logs" "$dir/www"
       head -c $((4 << 20)) /dev/zero | tr '\0' x >"$dir/www/big"  # GET /big: 4 MiB, as the other servers
@@ -444,8 +495,10 @@ http {
   uwsgi_temp_path $dir/uwsgi;
   scgi_temp_path $dir/scgi;
   sendfile on;
+  log_format reuse '\$ssl_session_reused \$ssl_protocol \$ssl_cipher';
   server {
-    listen 127.0.0.1:$SPORT;
+    listen 127.0.0.1:$SPORT$ssl;
+    $tls
     location = /hello {
       default_type text/plain;
       return 200 "Hello, World!";
@@ -476,7 +529,8 @@ EOF
       done
     fi
     PIDS+=("$SPID")
-    if [ -n "$SPORT" ] && "$BUILD/probe" wait "$SPORT" 5000; then
+    if [ -n "$SPORT" ] && if [ "$kind" = tls ]; then "$BUILD/idle_tls" wait "$SPORT" 5000 "$TLS_CERT"
+                          else "$BUILD/probe" wait "$SPORT" 5000; fi; then
       return 0
     fi
     stop_server
@@ -536,22 +590,24 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo fail; 
 # KA_LOADS (8, 64, 256: keep-alive with that many connections; close16: 16 connections
 # with "Connection: close"); records under kd<LOAD>_ its req/s, p50, p99, the server's CPU
 # time per request (µs) and how busy the load generator was (% of its CPUs: near 100
-# means wrk, not the server, set the pace). Sets KA_LAST (req/s p99 cpu_us).
+# means wrk, not the server, set the pace). Sets KA_LAST (req/s p99 cpu_us). With a fifth
+# argument https (figure 15) the same over TLS, recorded under ks<LOAD>_.
 KA_LAST=""
 ka_round() {
-  local name=$1 pid=$2 port=$3 load=$4 key=kd$4 out c0 c1 rps p50 p99 reqs cpu_us wrk_cpu args
+  local name=$1 pid=$2 port=$3 load=$4 scheme=${5:-http} key=kd$4 out c0 c1 rps p50 p99 reqs cpu_us wrk_cpu args
+  [ "$scheme" = https ] && key=ks$4
   KA_LAST=""
   if [ "$load" = close16 ]; then args=(-c16 -H 'Connection: close'); else args=(-c"$load"); fi
   c0=$(cpu_ticks "$pid")
   if ! out=$( { time -p "${CLI_PIN[@]}" timeout $((KA_SECONDS + 30)) wrk -t2 "${args[@]}" -d"${KA_SECONDS}s" --latency \
-                  "http://127.0.0.1:$port/hello"; } 2>&1 ); then
+                  "$scheme://127.0.0.1:$port/hello"; } 2>&1 ); then
     printf '%s\n' "$out" >&2
     for k in rps p50 p99 cpu_us wrk_cpu; do record "${key}_$k" "$name" fail; done
     return
   fi
   c1=$(cpu_ticks "$pid")
   if printf '%s\n' "$out" | grep -q 'Non-2xx\|Socket errors'; then
-    log "$name: wrk ${args[*]}: errors"
+    log "$name: wrk ${args[*]} $scheme: errors"
     printf '%s\n' "$out" >&2
   fi
   rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
@@ -568,6 +624,32 @@ ka_round() {
   record "${key}_p99" "$name" "${p99:-fail}"
   record "${key}_cpu_us" "$name" "$cpu_us"
   record "${key}_wrk_cpu" "$name" "$wrk_cpu"
+}
+# fh_round NAME PID PORT: figure 15's full handshakes, KA_SECONDS of bench/idle_tls.cpp
+# handshakes (2 threads on the load generator's CPUs, no session offered); records under
+# fh_ the handshakes (each with one request) per second, the server's CPU time per handshake
+# (µs) and how busy the load generator was. Sets KA_LAST (per_s - cpu_us).
+fh_round() {
+  local name=$1 pid=$2 port=$3 out c0 c1 n per_s cpu_us wrk_cpu
+  KA_LAST=""
+  c0=$(cpu_ticks "$pid")
+  if ! out=$( { time -p "${CLI_PIN[@]}" timeout $((KA_SECONDS + 30)) "$BUILD/idle_tls" handshakes "$port" "$KA_SECONDS" 2; } 2>&1 ) ||
+     [ "$(printf '%s\n' "$out" | sed -n 's/^resumed //p')" != 0 ]; then
+    printf '%s\n' "$out" >&2
+    for k in rps cpu_us wrk_cpu; do record "fh_$k" "$name" fail; done
+    return
+  fi
+  c1=$(cpu_ticks "$pid")
+  n=$(printf '%s\n' "$out" | sed -n 's/^handshakes //p')
+  per_s=$(printf '%s\n' "$out" | sed -n 's/^per_s //p')
+  cpu_us=$(awk -v a="$c0" -v b="$c1" -v n="${n:-0}" -v hz="$CLK_TCK" \
+    'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && n > 0) printf "%.2f", (b - a) * 1e6 / hz / n; else print "fail"}')
+  wrk_cpu=$(printf '%s\n' "$out" | awk -v cpus="$CLI_CPUS" \
+    '$1 == "real" {r = $2} $1 == "user" {u = $2} $1 == "sys" {s = $2} END {if (r > 0) printf "%.0f", (u + s) * 100 / r / cpus; else print "fail"}')
+  KA_LAST="${per_s:-fail} - $cpu_us"
+  record fh_rps "$name" "${per_s:-fail}"
+  record fh_cpu_us "$name" "$cpu_us"
+  record fh_wrk_cpu "$name" "$wrk_cpu"
 }
 # ratio A B: A / B with 3 decimals, or fail.
 ratio() {
@@ -716,6 +798,97 @@ if start_server slow rs; then
 else
   for k in slow_alone_rps slow_beside_rps slow_ratio slow_done; do record "$k" rs fail; done
 fi
+
+# Figure 15: TLS (see the top of this file). restartable_server (default options, the tls_rs
+# build) and nginx, both up, wrk alternating load by load and round by round as in figure 8;
+# then RSS per idle TLS connection, RUNS times, a fresh server each.
+TLS_LOADS=(64 close16 full)
+TLS_T0=$(date +%s)
+log "TLS: $KA_ROUNDS x ${KA_SECONDS}s per load (keep-alive -c64, Connection: close -c16, full handshakes), then $TLS_IDLE_N idle TLS conns"
+declare -A TLS_PID=() TLS_PORT=()
+TLS_NEGOTIATED="" WRK_RESUMED=""
+for s in rs nginx; do
+  if { [ "$HAVE_TLS" = 1 ] || [ "$s" = nginx ]; } && start_server tls "$s"; then
+    TLS_PID[$s]=$SPID TLS_PORT[$s]=$SPORT
+    # Does a client's session resume by ticket (the comparable setting)? 1 or 0.
+    out=$TMP/resume.out
+    if timeout 10 "$BUILD/idle_tls" resume "$SPORT" "$TLS_CERT" >"$out" 2>&1; then
+      record tls_resumes "$s" "$(kv "$out" resumed)"
+      TLS_NEGOTIATED="$TLS_NEGOTIATED $s: $(kv "$out" protocol) $(kv "$out" cipher), ALPN $(kv "$out" alpn), session resumed $(kv "$out" resumed);"
+    else
+      cat "$out" >&2
+      record tls_resumes "$s" fail
+    fi
+    if [ "$WARMUP_SECONDS" != 0 ]; then
+      "${CLI_PIN[@]}" timeout 30 wrk -t2 -c64 -d"${WARMUP_SECONDS}s" "https://127.0.0.1:$SPORT/hello" >/dev/null 2>&1 || true
+    fi
+  else
+    log "  $s: the TLS server did not start"
+    record tls_resumes "$s" fail
+  fi
+done
+# Does wrk resume its sessions with "Connection: close"? nginx logs $ssl_session_reused
+# ("r" or ".") for GET /reuse: the share of wrk's handshakes that resumed, in %.
+if [ -n "${TLS_PID[nginx]:-}" ]; then
+  "${CLI_PIN[@]}" timeout 30 wrk -t1 -c4 -d1s -H 'Connection: close' "https://127.0.0.1:${TLS_PORT[nginx]}/reuse" >/dev/null 2>&1 || true
+  WRK_RESUMED=$(awk '{n++; if ($1 == "r") r++} END {if (n > 0) printf "%.1f", r * 100 / n; else print "fail"}' "$TMP/nginx/logs/reuse.log" 2>/dev/null || echo fail)
+  log "  wrk -H 'Connection: close' over https: $WRK_RESUMED % of its handshakes resumed a session (nginx's \$ssl_session_reused, $(wc -l <"$TMP/nginx/logs/reuse.log" 2>/dev/null || echo 0) handshakes)"
+fi
+record tls_wrk_resumed nginx "${WRK_RESUMED:-fail}"
+for ((round = 0; round < KA_ROUNDS; round++)); do
+  for load in "${TLS_LOADS[@]}"; do
+    declare -A last=([rs]="" [nginx]="")
+    if [ $((round % 2)) = 0 ]; then servers="rs nginx"; else servers="nginx rs"; fi
+    for s in $servers; do
+      if [ -n "${TLS_PID[$s]:-}" ] && kill -0 "${TLS_PID[$s]}" 2>/dev/null; then
+        if [ "$load" = full ]; then
+          fh_round "$s" "${TLS_PID[$s]}" "${TLS_PORT[$s]}"
+        else
+          ka_round "$s" "${TLS_PID[$s]}" "${TLS_PORT[$s]}" "$load" https
+        fi
+        last[$s]=$KA_LAST
+      elif [ "$load" = full ]; then
+        for k in rps cpu_us wrk_cpu; do record "fh_$k" "$s" fail; done
+      else
+        for k in rps p50 p99 cpu_us wrk_cpu; do record "ks${load}_$k" "$s" fail; done
+      fi
+    done
+    key=ks$load; [ "$load" = full ] && key=fh
+    read -r n_rps n_p99 n_cpu <<<"${last[nginx]:-fail fail fail}"
+    read -r o_rps o_p99 o_cpu <<<"${last[rs]:-fail fail fail}"
+    record "${key}_rps_ratio" rs "$(ratio "$o_rps" "$n_rps")"
+    [ "$load" = full ] || record "${key}_p99_ratio" rs "$(ratio "$o_p99" "$n_p99")"
+    record "${key}_cpu_ratio" rs "$(ratio "$o_cpu" "$n_cpu")"
+    log "  round $((round + 1))/$KA_ROUNDS, $load: req/s rs ${last[rs]%% *}, nginx ${last[nginx]%% *}; CPU µs/request rs ${o_cpu}, nginx ${n_cpu}"
+  done
+done
+for s in rs nginx; do
+  [ -n "${TLS_PID[$s]:-}" ] || continue
+  SPID=${TLS_PID[$s]}
+  stop_server
+done
+# RSS per idle TLS connection: a fresh server each time, the two alternating.
+for ((run = 0; run < RUNS; run++)); do
+  if [ $((run % 2)) = 0 ]; then servers="rs nginx"; else servers="nginx rs"; fi
+  for s in $servers; do
+    out=$TMP/idle_tls.out
+    : >"$out"
+    if { [ "$HAVE_TLS" = 1 ] || [ "$s" = nginx ]; } && start_server tls "$s" &&
+       "${CLI_PIN[@]}" timeout 120 "$BUILD/idle_tls" idle "$SPORT" "$TLS_IDLE_N" "$SPID" "$TLS_CERT" >"$out"; then
+      record tls_idle_kib "$s" "$(kv "$out" kib_per_conn)"
+      record tls_idle_rss_mb "$s" "$(kb_to_mb "$(kv "$out" rss_after_kb)")"
+      log "  $s: $TLS_IDLE_N idle TLS conns: VmRSS $(kv "$out" rss_before_kb) -> $(kv "$out" rss_after_kb) KiB," \
+          "$(kv "$out" kib_per_conn) KiB per connection (opened in $(kv "$out" open_ms) ms)"
+    else
+      cat "$out" >&2
+      log "  $s: idle TLS connections failed"
+      record tls_idle_kib "$s" fail
+      record tls_idle_rss_mb "$s" fail
+    fi
+    stop_server
+  done
+done
+log "  TLS took $(($(date +%s) - TLS_T0)) s"
 
 for ((run = 0; run < RUNS; run++)); do
   log "run $((run + 1))/$RUNS"
@@ -932,6 +1105,38 @@ slow_beside_rps${tab}14. the same 63 beside a 64th whose handler sleeps 100 ms${
 slow_ratio${tab}14. their req/s beside the slow one ÷ alone, median of per-round ratios${tab}hi${tab}2${tab}r${tab}v>=0.9
 slow_done${tab}14. slow requests answered per round${tab}info${tab}0${tab}r
 EOF
+# Figure 15's rows: TLS, restartable_server with default options beside nginx.
+for load in 64 close16 full; do
+  case $load in
+    64) key=ks64 what="TLS keep-alive, wrk -t2 -c64" goal="${tab}v>=1.0" per=request ;;
+    close16) key=ksclose16 what="TLS \`Connection: close\`, wrk -t2 -c16 (a resumed handshake per request)" goal="${tab}v>=0.9" per=request ;;
+    full) key=fh what="TLS full handshakes, none resumed (idle_tls, 2 threads, a request each)" goal="" per=handshake ;;
+  esac
+  cat >>"$ROWS" <<EOR
+${key}_rps${tab}15. $what: req/s${tab}hi${tab}0${tab}rn
+EOR
+  [ "$load" = full ] || cat >>"$ROWS" <<EOR
+${key}_p50${tab}15. $what: p50 latency (ms)${tab}lo${tab}3${tab}rn
+${key}_p99${tab}15. $what: p99 latency (ms)${tab}lo${tab}3${tab}rn
+EOR
+  cat >>"$ROWS" <<EOR
+${key}_cpu_us${tab}15. $what: server CPU per $per (µs)${tab}lo${tab}2${tab}rn
+${key}_rps_ratio${tab}15. $what: req/s ours ÷ nginx, median of per-round ratios${tab}hi${tab}2${tab}r$goal
+EOR
+  [ "$load" = full ] || cat >>"$ROWS" <<EOR
+${key}_p99_ratio${tab}15. $what: p99 ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r
+EOR
+  cat >>"$ROWS" <<EOR
+${key}_cpu_ratio${tab}15. $what: CPU per $per ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r
+${key}_wrk_cpu${tab}15. $what: load generator busy (% of its CPU)${tab}info${tab}0${tab}rn
+EOR
+done
+cat >>"$ROWS" <<EOF
+tls_idle_kib${tab}15. RSS per idle TLS conn (KiB), (VmRSS after − before) ÷ $TLS_IDLE_N${tab}lo${tab}2${tab}rn${tab}n<=1.0
+tls_idle_rss_mb${tab}15. server RSS with $TLS_IDLE_N idle TLS conns (MiB)${tab}lo${tab}1${tab}rn
+tls_resumes${tab}15. a client's TLS session resumes by ticket (1 = yes)${tab}info${tab}0${tab}rn
+tls_wrk_resumed${tab}15. wrk's \`Connection: close\` handshakes that resumed (%, nginx's \$ssl_session_reused)${tab}info${tab}1${tab}n
+EOF
 
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_GIB=$(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
@@ -988,6 +1193,17 @@ set -e
        "kept-alive connection that had answered before"
   echo "- figure 12: one restartable_server and its clients in one process on the server's CPU;" \
        "$COST_REPEATS restart() calls, each followed by a fresh GET /hello; then a GET /hello on each idle connection"
+  echo "- figure 15: restartable_server (default options, built with RESTARTABLE_SERVER_OPENSSL, tls_listener()" \
+       "with its defaults) and nginx (1 worker, master_process off, \`listen ... ssl\`), one self-signed ECDSA P-256" \
+       "certificate made by \`openssl req\`; nginx set as restartable_server is: ssl_protocols TLSv1.2 TLSv1.3," \
+       "ssl_ciphers DEFAULT (OpenSSL's list), ssl_prefer_server_ciphers on, ssl_session_cache off," \
+       "ssl_session_tickets on (OpenSSL's random per-process ticket keys), ALPN http/1.1; negotiated:${TLS_NEGOTIATED:- ?}" \
+       "wrk alternates between the two as in figure 8 ($KA_ROUNDS round(s) of ${KA_SECONDS}s per load); wrk" \
+       "reuses its session on reconnect (${WRK_RESUMED:-?} % of its \`Connection: close\` handshakes resumed," \
+       "nginx's \$ssl_session_reused), so that row is resumed handshakes; full handshakes come from" \
+       "bench/idle_tls.cpp, which offers no session; idle: $TLS_IDLE_N connections, each a full handshake and one" \
+       "keep-alive GET, against a fresh server, (VmRSS after − before) ÷ $TLS_IDLE_N, nginx's one process" \
+       "(master_process off); median of $RUNS"
   echo "- chart: $([ "$QUICK" = 1 ] && echo "${SVG#"$ROOT"/}" || echo bench/results.svg)"
   echo
   cat "$TABLE"
