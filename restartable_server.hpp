@@ -529,13 +529,20 @@ struct tls_options {
     /// (true), or is served with an empty peer_identity() (false). An invalid
     /// certificate always fails it.
     bool require_client_cert = true;
+    /// The TLS 1.2 cipher suites, as an OpenSSL cipher list. The default takes only
+    /// ECDHE key exchange with an AEAD cipher (Mozilla's "intermediate" profile without
+    /// its finite-field DHE): no static-RSA suite (no forward secrecy) and no CBC suite,
+    /// both of which OpenSSL's own default list offers. "" keeps OpenSSL's default list.
+    /// TLS 1.3's suites are all AEAD with forward secrecy and are OpenSSL's.
+    std::string tls12_ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";
 };
 
 /// tls_listener: inner's sockets, every connection over TLS (OpenSSL 3; compiled with
 /// RESTARTABLE_SERVER_OPENSSL). The handshake runs in the engine like a request head -
 /// no thread waits for it; header_timeout covers it - and plain HTTP sent to the port is
-/// answered "400 Bad Request" in plain text. Defaults: TLS 1.2 and 1.3 only, OpenSSL's
-/// default ciphers at security level 2 (or the system's, if higher), no renegotiation,
+/// answered "400 Bad Request" in plain text. Defaults: TLS 1.2 and 1.3 only, security
+/// level 2 (or the system's, if higher), TLS 1.2 suites with forward secrecy and AEAD
+/// only (tls_options::tls12_ciphers), no renegotiation,
 /// no compression, ALPN "http/1.1" (a client offering only other protocols gets the
 /// no_application_protocol alert, RFC 7301 3.2), no server-side session cache, and
 /// session tickets whose keys are made at random once per tls_listener() and kept in
@@ -2625,6 +2632,8 @@ private:
         SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
         if (SSL_CTX_get_security_level(ctx_) < 2) SSL_CTX_set_security_level(ctx_, 2);
         SSL_CTX_set_options(ctx_, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+        if (!o.tls12_ciphers.empty() && SSL_CTX_set_cipher_list(ctx_, o.tls12_ciphers.c_str()) != 1)
+            return openssl_error();
         SSL_CTX_set_mode(ctx_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_OFF);  // stateless tickets only

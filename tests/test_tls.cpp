@@ -161,6 +161,7 @@ struct client_settings {
     std::string alpn;     // one protocol name, or none
     std::string cert, key;
     SSL_SESSION* session = nullptr;
+    std::string ciphers;  // TLS 1.2 cipher list offered; "" OpenSSL's
 };
 
 class tls_client {
@@ -170,6 +171,7 @@ public:
         SSL_CTX_set_min_proto_version(ctx_, s.min_version);
         if (s.max_version) SSL_CTX_set_max_proto_version(ctx_, s.max_version);
         if (s.min_version < TLS1_2_VERSION) SSL_CTX_set_security_level(ctx_, 0);  // let it offer TLS 1.0/1.1
+        if (!s.ciphers.empty()) SSL_CTX_set_cipher_list(ctx_, s.ciphers.c_str());
         SSL_CTX_load_verify_locations(ctx_, test_pki().path("ca.pem").c_str(), nullptr);
         SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
         if (!s.cert.empty()) {
@@ -468,6 +470,55 @@ TEST_CASE("protocol versions, ALPN, renegotiation: openssl s_client and the test
         CHECK(out.find("alert protocol version") != std::string::npos);
     }
     srv.stop();
+}
+
+TEST_CASE("TLS 1.2 suites: forward secrecy and AEAD only by default; tls12_ciphers sets them", "[tls][ciphers]") {
+    REQUIRE_PKI();
+    auto tls12_with = [](const std::string& ciphers) {
+        client_settings s;
+        s.max_version = TLS1_2_VERSION;
+        s.ciphers = ciphers;
+        return s;
+    };
+    const std::string cbc = "ECDHE-ECDSA-AES128-SHA", gcm = "ECDHE-ECDSA-AES128-GCM-SHA256",
+                      chacha = "ECDHE-ECDSA-CHACHA20-POLY1305";
+    SECTION("the default") {
+        rs::server srv(tls_options_for(files("a")));
+        add_routes(srv);
+        const std::uint16_t port = test::start(srv);
+        for (const std::string& ok : {gcm, chacha}) {
+            tls_client c(port, tls12_with(ok));
+            INFO(ok);
+            REQUIRE(c.connected());
+            CHECK(std::string(SSL_get_cipher_name(c.ssl())) == ok);
+            CHECK(c.get("/hello").status == 200);
+        }
+        tls_client refused(port, tls12_with(cbc));
+        CHECK(refused.reached());
+        CHECK(!refused.connected());
+        srv.stop();
+    }
+    SECTION("\"\": OpenSSL's list, CBC included") {
+        rs::tls_options t = files("a");
+        t.tls12_ciphers.clear();
+        rs::server srv(tls_options_for(t));
+        add_routes(srv);
+        const std::uint16_t port = test::start(srv);
+        tls_client c(port, tls12_with(cbc));
+        REQUIRE(c.connected());
+        CHECK(c.get("/hello").status == 200);
+        srv.stop();
+    }
+    SECTION("a list OpenSSL does not take fails the start with its reason") {
+        rs::tls_options t = files("a");
+        t.tls12_ciphers = "NO-SUCH-CIPHER";
+        rs::server srv(tls_options_for(t));
+        std::error_code ec;
+        srv.start(ec);
+        CHECK(ec);
+        CHECK(ec.category() == rs::openssl_category());
+        CHECK(srv.state() == rs::server_state::stopped);
+    }
 }
 
 TEST_CASE("Python's ssl: keep-alive requests with certificate verification", "[tls][python]") {
