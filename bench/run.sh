@@ -50,8 +50,8 @@
 # Figure 15, TLS: restartable_server built with RESTARTABLE_SERVER_OPENSSL (its TLS defaults)
 # and nginx with `listen ... ssl`, both serving one certificate made here with `openssl req`
 # (ECDSA P-256, self-signed, in the temporary directory) with the same settings: TLS 1.2 and
-# 1.3, OpenSSL's default ciphers (nginx: `ssl_ciphers DEFAULT`, as its own default is
-# HIGH:!aNULL:!MD5), the server's cipher order, ALPN http/1.1, no server-side session cache
+# 1.3, TLS 1.2 suites ECDHE+AESGCM:ECDHE+CHACHA20 (tls_options::tls12_ciphers' default;
+# nginx: `ssl_ciphers`, as its own default is HIGH:!aNULL:!MD5), the server's cipher order, ALPN http/1.1, no server-side session cache
 # and session tickets with OpenSSL's random per-process keys (nginx: `ssl_session_cache off`,
 # `ssl_session_tickets on`, no ticket key file). Both up at once, wrk -t2 alternating between
 # them as in figure 8 (KA_ROUNDS x KA_SECONDS per load): keep-alive -c64 over https, and -c16
@@ -464,7 +464,7 @@ start_server() {
         tls="ssl_certificate $TLS_CERT;
     ssl_certificate_key $TLS_KEY;
     ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_ciphers DEFAULT;
+    ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
     ssl_prefer_server_ciphers on;
     ssl_session_cache off;
     ssl_session_tickets on;
@@ -1196,7 +1196,7 @@ set -e
   echo "- figure 15: restartable_server (default options, built with RESTARTABLE_SERVER_OPENSSL, tls_listener()" \
        "with its defaults) and nginx (1 worker, master_process off, \`listen ... ssl\`), one self-signed ECDSA P-256" \
        "certificate made by \`openssl req\`; nginx set as restartable_server is: ssl_protocols TLSv1.2 TLSv1.3," \
-       "ssl_ciphers DEFAULT (OpenSSL's list), ssl_prefer_server_ciphers on, ssl_session_cache off," \
+       "ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20 (tls12_ciphers' default), ssl_prefer_server_ciphers on, ssl_session_cache off," \
        "ssl_session_tickets on (OpenSSL's random per-process ticket keys), ALPN http/1.1; negotiated:${TLS_NEGOTIATED:- ?}" \
        "wrk alternates between the two as in figure 8 ($KA_ROUNDS round(s) of ${KA_SECONDS}s per load); wrk" \
        "reuses its session on reconnect (${WRK_RESUMED:-?} % of its \`Connection: close\` handshakes resumed," \
