@@ -13,6 +13,7 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 
@@ -47,6 +48,29 @@
     } while (false)
 
 namespace test {
+
+/// run_command: runs cmd with /bin/sh; returns its stdout (stderr too when the command
+/// says 2>&1) and sets exit_code (-1 when it did not exit normally). Bound its time in
+/// the command itself (timeout, curl --max-time).
+inline std::string run_command(const std::string& cmd, int& exit_code) {
+    std::string out;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) {
+        exit_code = -1;
+        return out;
+    }
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    const int st = ::pclose(p);
+    exit_code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
+    return out;
+}
+
+/// have_command: whether name is a command in PATH.
+inline bool have_command(const std::string& name) {
+    return std::system(("command -v " + name + " >/dev/null 2>&1").c_str()) == 0;
+}
 
 namespace rs = restartable_server;
 

@@ -30,10 +30,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
+using test::have_command;
+using test::run_command;
+
 using test::client;
 using test::start;
-
-
 
 std::string lower(std::string_view s) {
     std::string out;
@@ -77,22 +78,6 @@ void add_echo_routes(rs::server& srv) {
     });
 }
 
-/// run_command: runs cmd with /bin/sh, returns its stdout and sets exit_code.
-std::string run_command(const std::string& cmd, int& exit_code) {
-    std::string out;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) {
-        exit_code = -1;
-        return out;
-    }
-    char buf[4096];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int st = ::pclose(p);
-    exit_code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
-    return out;
-}
-
 /// is_imf_fixdate: the shape of an IMF-fixdate, "Wed, 25 Nov 2026 12:00:00 GMT" (a
 /// hand-written check: std::regex trips -Wmaybe-uninitialized in GCC 12 at -O2).
 bool is_imf_fixdate(const std::string& d) {
@@ -119,10 +104,6 @@ bool is_imf_fixdate(const std::string& d) {
               minute = std::stoi(d.substr(20, 2)), second = std::stoi(d.substr(23, 2));
     return one_of(std::string_view(d).substr(0, 3), days, 7) && one_of(std::string_view(d).substr(8, 3), months, 12) &&
            day >= 1 && day <= 31 && hour <= 23 && minute <= 59 && second <= 60;
-}
-
-bool have_command(const char* name) {
-    return std::system((std::string("command -v ") + name + " >/dev/null 2>&1").c_str()) == 0;
 }
 
 }  // namespace

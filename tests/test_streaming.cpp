@@ -34,8 +34,10 @@ using namespace std::chrono_literals;
 
 namespace {
 
-using test::start;
+using test::have_command;
+using test::run_command;
 
+using test::start;
 
 std::string lower(std::string_view s) {
     std::string out;
@@ -137,7 +139,6 @@ const char* chunk_status_name(chunk_status s) {
     return "?";
 }
 
-
 std::string get_req(const std::string& path, const std::string& extra = "") {
     return "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n" + extra + "\r\n";
 }
@@ -207,26 +208,6 @@ long status_kib(const char* field) {
     while (std::getline(f, line))
         if (line.rfind(key, 0) == 0) return std::atol(line.c_str() + key.size());
     return -1;
-}
-
-/// run_command: runs cmd with /bin/sh, returns its stdout and sets exit_code.
-std::string run_command(const std::string& cmd, int& exit_code) {
-    std::string out;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) {
-        exit_code = -1;
-        return out;
-    }
-    char buf[4096];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int st = ::pclose(p);
-    exit_code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
-    return out;
-}
-
-bool have_command(const char* name) {
-    return std::system((std::string("command -v ") + name + " >/dev/null 2>&1").c_str()) == 0;
 }
 
 /// temp_file: a file under /tmp, removed on destruction.

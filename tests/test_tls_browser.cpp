@@ -33,26 +33,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// run_command: runs cmd with /bin/sh; its stdout (stderr too when the command says
-/// 2>&1), and its exit status in exit_code.
-std::string run_command(const std::string& cmd, int& exit_code) {
-    std::string out;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) {
-        exit_code = -1;
-        return out;
-    }
-    char buf[4096];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    const int st = ::pclose(p);
-    exit_code = (st != -1 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
-    return out;
-}
-
-bool have_command(const std::string& name) {
-    return std::system(("command -v " + name + " >/dev/null 2>&1").c_str()) == 0;
-}
+using test::have_command;
+using test::run_command;
 
 /// find_chromium: the first of the usual names that is installed, or "".
 std::string find_chromium() {
