@@ -101,6 +101,26 @@ void copy_file(const std::string& from, const std::string& to) {
     REQUIRE(std::rename((to + ".tmp").c_str(), to.c_str()) == 0);  // whole, or not at all
 }
 
+/// live_identity: a certificate and key file under names of their own, which a server
+/// reads at every start and restart; use() puts one of the pki's identities there.
+struct live_identity {
+    std::string cert, key;
+    explicit live_identity(const std::string& name, const std::string& first = "a")
+        : cert(test_pki().path(name + ".pem")), key(test_pki().path(name + ".key")) {
+        use(first);
+    }
+    void use(const std::string& which) const {
+        copy_file(test_pki().path(which + ".pem"), cert);
+        copy_file(test_pki().path(which + ".key"), key);
+    }
+    rs::tls_options options() const {
+        rs::tls_options t;
+        t.cert_chain_file = cert;
+        t.key_file = key;
+        return t;
+    }
+};
+
 /// nosignal_socket_bio: a blocking socket BIO that sends with MSG_NOSIGNAL. OpenSSL's
 /// own writes with write(2), which would kill this process with SIGPIPE when the server
 /// has closed - and the test must not ignore SIGPIPE, or it could not see the library
@@ -628,13 +648,8 @@ TEST_CASE("hostile TLS clients hold no thread and do not delay a fresh one", "[t
 TEST_CASE("certificate rotation by restart(): new handshakes see it, sessions go on, a bad one keeps the old",
           "[tls][restart]") {
     REQUIRE_PKI();
-    const std::string cert = test_pki().path("live.pem"), key = test_pki().path("live.key");
-    copy_file(test_pki().path("a.pem"), cert);
-    copy_file(test_pki().path("a.key"), key);
-    rs::tls_options t;
-    t.cert_chain_file = cert;
-    t.key_file = key;
-    rs::server srv(tls_options_for(t));
+    const live_identity id("live");
+    rs::server srv(tls_options_for(id.options()));
     add_routes(srv);
     const std::uint16_t port = test::start(srv);
 
@@ -646,8 +661,7 @@ TEST_CASE("certificate rotation by restart(): new handshakes see it, sessions go
     CHECK(before.get("/hello").status == 200);
     SSL_SESSION* session = before.session();
 
-    copy_file(test_pki().path("b.pem"), cert);
-    copy_file(test_pki().path("b.key"), key);
+    id.use("b");
     std::error_code ec;
     srv.restart(ec);
     REQUIRE(!ec);
@@ -663,7 +677,7 @@ TEST_CASE("certificate rotation by restart(): new handshakes see it, sessions go
     CHECK(resumed.reused());  // the ticket keys outlived the restart
     SSL_SESSION_free(session);
 
-    std::ofstream(cert, std::ios::trunc) << "not a certificate\n";
+    std::ofstream(id.cert, std::ios::trunc) << "not a certificate\n";
     srv.restart(ec);
     CHECK(ec);
     CHECK(ec.category() == rs::openssl_category());
@@ -678,12 +692,10 @@ TEST_CASE("certificate rotation by restart(): new handshakes see it, sessions go
 TEST_CASE("echo_server over HTTPS: --tls-cert and --tls-key, rotation by SIGHUP and POST /restart, the idle "
           "connection budget", "[tls][echo_server]") {
     REQUIRE_PKI();
-    const std::string cert = test_pki().path("echo.pem"), key = test_pki().path("echo.key");
-    copy_file(test_pki().path("a.pem"), cert);
-    copy_file(test_pki().path("a.key"), key);
+    const live_identity id("echo");
     test::spawn_options opt;
     opt.err = test::stream::pipe;  // the failed restart's message is read below
-    test::process echo({RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--tls-cert", cert, "--tls-key", key},
+    test::process echo({RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--tls-cert", id.cert, "--tls-key", id.key},
                        opt);
     REQUIRE(echo.started());
     const std::optional<std::string> first = echo.read_line(10s);
@@ -697,8 +709,7 @@ TEST_CASE("echo_server over HTTPS: --tls-cert and --tls-key, rotation by SIGHUP 
     CHECK(idle.get("/hello").status == 200);
 
     // SIGHUP: the files are read again; "restarted 1" once the new run serves.
-    copy_file(test_pki().path("b.pem"), cert);
-    copy_file(test_pki().path("b.key"), key);
+    id.use("b");
     REQUIRE(echo.signal(SIGHUP));
     CHECK(echo.read_line(10s).value_or("") == "restarted 1");
     {
@@ -709,7 +720,7 @@ TEST_CASE("echo_server over HTTPS: --tls-cert and --tls-key, rotation by SIGHUP 
     CHECK(idle.get("/hello").status == 200);
 
     // POST /restart with a certificate that does not load: 503, and the old run serves on.
-    std::ofstream(cert, std::ios::trunc) << "not a certificate\n";
+    std::ofstream(id.cert, std::ios::trunc) << "not a certificate\n";
     REQUIRE(idle.send("POST /restart HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
     CHECK(idle.read().status == 503);
     const std::string why = echo.err.read_line(10s).value_or("");
@@ -721,8 +732,7 @@ TEST_CASE("echo_server over HTTPS: --tls-cert and --tls-key, rotation by SIGHUP 
         CHECK(still.server_cn() == "server-b");
     }
     // And with a good one: 202, then new handshakes get it.
-    copy_file(test_pki().path("a.pem"), cert);
-    copy_file(test_pki().path("a.key"), key);
+    id.use("a");
     REQUIRE(idle.send("POST /restart HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
     CHECK(idle.read().status == 202);
     CHECK(echo.read_line(10s).value_or("") == "restarted 2");
@@ -770,13 +780,8 @@ TEST_CASE("echo_server over HTTPS: --tls-cert and --tls-key, rotation by SIGHUP 
 TEST_CASE("a load across 20 rotations: nothing refused, no handshake failed, every request answered",
           "[tls][restart][load]") {
     REQUIRE_PKI();
-    const std::string cert = test_pki().path("load.pem"), key = test_pki().path("load.key");
-    copy_file(test_pki().path("a.pem"), cert);
-    copy_file(test_pki().path("a.key"), key);
-    rs::tls_options t;
-    t.cert_chain_file = cert;
-    t.key_file = key;
-    rs::server srv(tls_options_for(t));
+    const live_identity id("load");
+    rs::server srv(tls_options_for(id.options()));
     add_routes(srv);
     const std::uint16_t port = test::start(srv);
 
@@ -805,8 +810,7 @@ TEST_CASE("a load across 20 rotations: nothing refused, no handshake failed, eve
         });
     for (int i = 0; i < 20; ++i) {
         const std::string which = i % 2 == 0 ? "b" : "a";
-        copy_file(test_pki().path(which + ".pem"), cert);
-        copy_file(test_pki().path(which + ".key"), key);
+        id.use(which);
         std::error_code ec;
         srv.restart(ec);
         CHECK(!ec);
