@@ -8,12 +8,13 @@
 //   Public API      errors, sockets (unique_fd, listener factories), transport (the
 //                   seam under connections), TLS (with RESTARTABLE_SERVER_OPENSSL),
 //                   HTTP (request, response, body_writer), server (options,
-//                   stop_result, server), static files
+//                   stop_result, server), static files, forms (multipart/form-data
+//                   read streamed, urlencoded forms)
 //   Implementation  (namespace detail; search for "// ---- name --") tuning, small
 //                   tools (and CPU counting), parser, errors, sockets, TLS (OpenSSL),
 //                   HTTP, engine, event sets, hand-over to a new process, control
 //                   thread, workers (and the worker policy), connection, server,
-//                   static files
+//                   static files, forms
 //
 // QUICK START
 //
@@ -139,6 +140,8 @@
 //   - TLS with OpenSSL 3 only (RESTARTABLE_SERVER_OPENSSL); no HTTP/2, no transfer
 //     codings but chunked (gzip request bodies get 501).
 //   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
+//   - Forms: a part's Content-Transfer-Encoding is not decoded (RFC 7578 4.7 deprecates
+//     it), filename* is ignored, a nested multipart/mixed part is handed over as data.
 //   - A streamed request or response body (read_body, set_stream) holds a worker thread
 //     while it flows, blocking on the socket with back-pressure; so does a slow handler.
 //     Another worker stands in for it (worker policy, under ENGINE); when
@@ -1267,8 +1270,8 @@ struct form_limits {
 /// errc::form_too_large past limits; fields is empty after an error.
 std::error_code parse_form(std::string_view body, form_fields& fields, const form_limits& limits = {});
 
-/// read_form: reads the body of req, an application/x-www-form-urlencoded request, into
-/// fields: parse_form() of the body, buffered up to limits.max_bytes on a
+/// read_form: reads the body of req, an application/x-www-form-urlencoded request, and
+/// parses it into fields with parse_form(): the body buffered up to limits.max_bytes on a
 /// body_mode::streamed route (a longer body stops being read: errc::form_too_large).
 /// Returns errc::wrong_content_type for another Content-Type, the errors of
 /// request::read_body() and of parse_form(). Blocks as read_body() does.
