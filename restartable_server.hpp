@@ -1212,7 +1212,7 @@ public:
     std::error_code finish();
     /// done: whether the final delimiter was read; whatever follows it is ignored.
     bool done() const noexcept { return state_ == state::epilogue; }
-    /// parts: how many parts have begun so far.
+    /// parts: how many part heads have been read (and handed to on_part) so far.
     std::size_t parts() const noexcept { return parts_; }
 
 private:
@@ -7292,7 +7292,6 @@ RESTARTABLE_SERVER_FN std::size_t multipart_parser::step(std::string_view in) {
                 if (v[0] != '\r' || v[1] != '\n') return fail(make_error_code(errc::malformed_multipart), pos);
                 pos += 2;
                 if (parts_ == limits_.max_parts) return fail(make_error_code(errc::too_many_parts), pos);
-                ++parts_;
                 state_ = state::head;
                 break;
             }
@@ -7312,9 +7311,10 @@ RESTARTABLE_SERVER_FN std::size_t multipart_parser::step(std::string_view in) {
                 if (head_end + 2 > limits_.max_part_header_bytes)
                     return fail(make_error_code(errc::part_header_too_large), pos);
                 part_ = form_part();
-                part_.index = parts_ - 1;
+                part_.index = parts_;
                 if (!detail::parse_part_head(v.substr(0, head_end), part_))
                     return fail(make_error_code(errc::malformed_multipart), pos);
+                ++parts_;
                 if (on_part_ && !on_part_(part_)) return fail(make_error_code(errc::canceled), pos);
                 pos += head_end + 2;
                 state_ = state::data;

@@ -12,8 +12,12 @@
 //              Python's urllib and http.client, several clients at once
 //   echo       examples/echo_server POST /upload against sha256sum, and its SHA-256 against
 //              the FIPS 180-4 vectors and every length 0..130
+//   fuzz       tests/fuzz/fuzz_multipart.cpp's invariants on its seed corpus
 //
 // No sleeps: every wait is bounded (process exits, socket timeouts).
+
+#define RS_FUZZ_THROW 1
+#include "fuzz/fuzz_multipart.cpp"  // the fuzz target, replayed on its seed corpus below
 
 #include "process.hpp"
 
@@ -430,6 +434,20 @@ TEST_CASE("multipart: a large part goes through in pieces, never held whole; thr
     const double s = std::chrono::duration<double>(steady::now() - t0).count();
     CHECK(seen == (64u << 20));
     std::printf("multipart_parser: 64 MiB in 64 KiB pieces: %.0f MB/s\n", 64.0 * 1048576 / 1e6 / s);
+}
+
+TEST_CASE("multipart fuzz target: the seed corpus replays cleanly", "[forms][fuzz]") {
+    const std::vector<std::string> files = test::files_in(RS_SOURCE_DIR "/tests/fuzz/corpus_multipart");
+    REQUIRE(files.size() >= 10);  // the corpus is there (a missing one must fail)
+    for (const std::string& path : files) {
+        INFO("input: " << path);
+        const std::string bytes = test::read_file(path);
+        std::unique_ptr<std::uint8_t[]> data(new std::uint8_t[bytes.empty() ? 1 : bytes.size()]);
+        std::copy(bytes.begin(), bytes.end(), data.get());
+        int rc = -1;
+        REQUIRE_NOTHROW(rc = LLVMFuzzerTestOneInput(data.get(), bytes.size()));
+        CHECK(rc == 0);
+    }
 }
 
 // ----------------------------------------------------------------- boundary --
