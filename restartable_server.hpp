@@ -1187,8 +1187,8 @@ using part_data_handler = std::function<bool(const form_part& part, std::string_
 /// 4.3, deprecated) is handed over as data. Strict where RFC 2046 says a sender MUST: the
 /// delimiter followed by anything but "--", padding or CRLF is errc::malformed_multipart,
 /// never taken as data. read_multipart() is this fed by request::read_body(); use the
-/// parser itself for a body from elsewhere. Not thread-safe; neither copyable nor movable
-/// while the handlers it holds refer to it.
+/// parser itself for a body from elsewhere. One thread at a time; neither copyable nor
+/// movable.
 class multipart_parser {
 public:
     /// multipart_parser: a parser for a body whose parts are separated by "--" boundary
@@ -1228,6 +1228,7 @@ private:
     std::size_t parts_ = 0;
     state state_ = state::preamble;
     bool padded_ = false;  // transport padding seen after the last delimiter
+    std::size_t head_scanned_ = 0;  // bytes of the head arriving searched for its end so far
     std::error_code error_;
 };
 
@@ -7293,6 +7294,7 @@ RESTARTABLE_SERVER_FN std::size_t multipart_parser::step(std::string_view in) {
                 pos += 2;
                 if (parts_ == limits_.max_parts) return fail(make_error_code(errc::too_many_parts), pos);
                 state_ = state::head;
+                head_scanned_ = 0;
                 break;
             }
             case state::head: {
@@ -7300,10 +7302,13 @@ RESTARTABLE_SERVER_FN std::size_t multipart_parser::step(std::string_view in) {
                 if (v.size() >= 2 && v[0] == '\r' && v[1] == '\n') {
                     head_end = 0;  // no field at all
                 } else {
-                    const std::size_t blank = v.find("\r\n\r\n");
+                    // Searched from where the last look ended (less the 3 bytes an end may
+                    // have begun with): a head arriving a byte at a time costs linear work.
+                    const std::size_t blank = v.find("\r\n\r\n", head_scanned_ > 3 ? head_scanned_ - 3 : 0);
                     if (blank == std::string_view::npos) {
                         if (v.size() > limits_.max_part_header_bytes)
                             return fail(make_error_code(errc::part_header_too_large), pos);
+                        head_scanned_ = v.size();
                         return pos;
                     }
                     head_end = blank + 2;
