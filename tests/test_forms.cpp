@@ -137,8 +137,9 @@ struct command_result {
     std::string out;
 };
 
-/// run_command: runs args (args[0] a path, or a name in PATH) to completion, bounded.
-command_result run_command(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s) {
+/// run_bounded: runs args (args[0] a path, or a name in PATH; no shell) to completion,
+/// within timeout.
+command_result run_bounded(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s) {
     const auto deadline = steady::now() + timeout;
     test::process c(args);
     command_result r;
@@ -147,10 +148,6 @@ command_result run_command(const std::vector<std::string>& args, std::chrono::mi
     r.out = out.value_or("");
     if (out) r.status = c.wait_exit(std::chrono::milliseconds(test::ms_until(deadline) + 1));
     return r;
-}
-
-bool have_command(const char* name) {
-    return std::system((std::string("command -v ") + name + " >/dev/null 2>&1").c_str()) == 0;
 }
 
 /// temp_dir: a fresh directory, removed with what it holds at the end of the scope.
@@ -178,7 +175,7 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 
 /// sha256sum: the digest of the file by coreutils' sha256sum, or "".
 std::string sha256sum(const std::string& file) {
-    command_result r = run_command({"sha256sum", file});
+    command_result r = run_bounded({"sha256sum", file});
     return r.out.size() >= 64 ? r.out.substr(0, 64) : std::string();
 }
 
@@ -676,7 +673,7 @@ TEST_CASE("read_multipart, read_form on routes: answers, errors and their status
 
 TEST_CASE("curl -F: several parts and a 20 MiB file, streamed: the server's RSS does not grow with it",
           "[forms][server][curl]") {
-    if (!have_command("curl")) RS_SKIP("curl not installed");
+    if (!test::have_command("curl")) RS_SKIP("curl not installed");
     temp_dir dir;
     const std::string big = dir.write("big.bin", random_bytes(20 << 20, 1));
     const std::string small = dir.write("small.txt", "small file\n");
@@ -684,7 +681,7 @@ TEST_CASE("curl -F: several parts and a 20 MiB file, streamed: the server's RSS 
     const long before = vm_kib("VmRSS");
     s.max_rss_kib = before;
     const command_result r =
-        run_command({"curl", "-sS", "--max-time", "60", "-F", "title=a title", "-F", "big=@" + big, "-F",
+        run_bounded({"curl", "-sS", "--max-time", "60", "-F", "title=a title", "-F", "big=@" + big, "-F",
                      "small=@" + small + ";type=text/plain", "-F", "empty=", "http://127.0.0.1:" + std::to_string(s.port) +
                      "/multipart"});
     INFO("curl: " << test::describe_status(r.status) << "\n" << r.out);
@@ -698,7 +695,7 @@ TEST_CASE("curl -F: several parts and a 20 MiB file, streamed: the server's RSS 
 
 TEST_CASE("Python urllib (urlencoded) and http.client (multipart) against read_form and read_multipart",
           "[forms][server][python]") {
-    if (!have_command("python3")) RS_SKIP("python3 not installed");
+    if (!test::have_command("python3")) RS_SKIP("python3 not installed");
     forms_server s;
     const std::string script = R"PY(
 import sys, urllib.request, urllib.parse, http.client
@@ -717,14 +714,14 @@ sys.stdout.write("%d\n%s" % (r.status, r.read().decode()))
 )PY";
     temp_dir dir;
     const std::string file = dir.write("client.py", script);
-    const command_result r = run_command({"python3", file, std::to_string(s.port)});
+    const command_result r = run_bounded({"python3", file, std::to_string(s.port)});
     INFO(test::describe_status(r.status) << "\n" << r.out);
     REQUIRE(test::exited_0(r.status));
     CHECK(r.out == "name=Jörg & Co\nq=a+b=c\nempty=\nname=2\n200\ntext - 5 -\nfile d.bin 256000 application/x-raw\n");
 }
 
 TEST_CASE("several clients uploading at once to one server", "[forms][server][curl]") {
-    if (!have_command("curl")) RS_SKIP("curl not installed");
+    if (!test::have_command("curl")) RS_SKIP("curl not installed");
     temp_dir dir;
     forms_server s;
     constexpr int clients = 6;
@@ -749,7 +746,7 @@ TEST_CASE("several clients uploading at once to one server", "[forms][server][cu
 
 TEST_CASE("echo_server POST /upload: NAME FILENAME BYTES SHA256HEX per part, checked with sha256sum",
           "[forms][echo_server]") {
-    if (!have_command("curl") || !have_command("sha256sum")) RS_SKIP("curl or sha256sum not installed");
+    if (!test::have_command("curl") || !test::have_command("sha256sum")) RS_SKIP("curl or sha256sum not installed");
     test::process proc({RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--workers", "4"});
     REQUIRE(proc.started());
     const std::uint16_t port = test::listening_port(proc.read_line(10s));
@@ -799,18 +796,18 @@ TEST_CASE("echo_server POST /upload: NAME FILENAME BYTES SHA256HEX per part, che
                     sha256sum(path) + "\n";
         }
         args.push_back(url);
-        const command_result r = run_command(args);
+        const command_result r = run_bounded(args);
         INFO(test::describe_status(r.status));
         REQUIRE(test::exited_0(r.status));
         CHECK(r.out == want);
     }
 
     SECTION("a malformed body gets its error status and message") {
-        const command_result r = run_command({"curl", "-sS", "--max-time", "20", "-w", "|%{http_code}", "-H",
+        const command_result r = run_bounded({"curl", "-sS", "--max-time", "20", "-w", "|%{http_code}", "-H",
                                               "Content-Type: multipart/form-data; boundary=zz", "--data-binary",
                                               "--zz\r\nContent-Disposition: form-data; name=a\r\n\r\ncut", url});
         CHECK(r.out == "the multipart body ended before its final delimiter\n|400");
-        const command_result t = run_command({"curl", "-sS", "--max-time", "20", "-w", "|%{http_code}", "-d", "a=1", url});
+        const command_result t = run_bounded({"curl", "-sS", "--max-time", "20", "-w", "|%{http_code}", "-d", "a=1", url});
         CHECK(t.out == "the request's Content-Type is not the one expected\n|415");
     }
     CHECK(proc.signal(SIGTERM));
