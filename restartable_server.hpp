@@ -8,12 +8,13 @@
 //   Public API      errors, sockets (unique_fd, listener factories), transport (the
 //                   seam under connections), TLS (with RESTARTABLE_SERVER_OPENSSL),
 //                   HTTP (request, response, body_writer), server (options,
-//                   stop_result, server), static files
+//                   stop_result, server), static files, forms (multipart/form-data
+//                   read streamed, urlencoded forms)
 //   Implementation  (namespace detail; search for "// ---- name --") tuning, small
 //                   tools (and CPU counting), parser, errors, sockets, TLS (OpenSSL),
 //                   HTTP, engine, event sets, hand-over to a new process, control
 //                   thread, workers (and the worker policy), connection, server,
-//                   static files
+//                   static files, forms
 //
 // QUICK START
 //
@@ -139,6 +140,8 @@
 //   - TLS with OpenSSL 3 only (RESTARTABLE_SERVER_OPENSSL); no HTTP/2, no transfer
 //     codings but chunked (gzip request bodies get 501).
 //   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
+//   - Forms: a part's Content-Transfer-Encoding is not decoded (RFC 7578 4.7 deprecates
+//     it), filename* is ignored, a nested multipart/mixed part is handed over as data.
 //   - A streamed request or response body (read_body, set_stream) holds a worker thread
 //     while it flows, blocking on the socket with back-pressure; so does a slow handler.
 //     Another worker stands in for it (worker policy, under ENGINE); when
@@ -319,6 +322,15 @@ enum class errc {
     activated_not_socket,     ///< systemd_listener(): the descriptor LISTEN_FDS names is not a socket
     activated_not_listening,  ///< systemd_listener(): the socket LISTEN_FDS names is not listening
     no_transport,             ///< with_transport(): the layer maker returned no layer and no error
+    wrong_content_type,     ///< read_multipart(), read_form(): the request's Content-Type is another (415)
+    invalid_boundary,       ///< multipart_boundary(): no valid boundary parameter (400)
+    malformed_multipart,    ///< a multipart body broke RFC 2046/7578: a bad delimiter line or part head (400)
+    multipart_incomplete,   ///< a multipart body ended before its final delimiter (400)
+    part_header_too_large,  ///< a multipart part's head passed multipart_limits::max_part_header_bytes (413)
+    too_many_parts,         ///< a multipart body passed multipart_limits::max_parts (413)
+    malformed_form,         ///< a urlencoded form had a '%' not followed by two hex digits (400)
+    form_too_large,         ///< a urlencoded form passed form_limits (413)
+    canceled,               ///< a handler given to read_multipart() or multipart_parser returned false
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -1123,6 +1135,158 @@ handler static_files(std::string root, static_options opts = {});
 /// or missing extension gives "application/octet-stream".
 std::string_view mime_type(std::string_view filename) noexcept;
 
+// ----------------------------------------------------------------- forms --
+
+/// form_part: the head of one part of a multipart/form-data body (RFC 7578), handed to
+/// read_multipart()'s on_part before the part's data.
+struct form_part {
+    /// name: the form field's name, Content-Disposition's "name" parameter (every part has one).
+    std::string name;
+    /// filename: Content-Disposition's "filename" parameter as sent, "" without one (see
+    /// has_filename). A name the client chose: it may hold "/", "..", anything; never use it
+    /// as a path unchecked. The extended "filename*" (RFC 8187) is ignored, as RFC 7578 4.2
+    /// tells senders not to use it (browsers send UTF-8 in "filename").
+    std::string filename;
+    /// has_filename: whether the part had a "filename" parameter (a file input; it may be "").
+    bool has_filename = false;
+    /// content_type: the part's Content-Type as sent; "" when it sent none, which RFC 7578
+    /// 4.4 says means "text/plain".
+    std::string content_type;
+    /// headers: every header field of the part, in arrival order: {name as sent, value
+    /// without surrounding spaces}.
+    std::vector<std::pair<std::string, std::string>> headers;
+    /// index: the part's place in the body, 0 for the first.
+    std::size_t index = 0;
+};
+
+/// multipart_limits: what a multipart/form-data body may hold, besides the request body's
+/// own limit (options::max_body_bytes). Every field has a working default; 0 means the default.
+struct multipart_limits {
+    /// max_parts: more parts than this are errc::too_many_parts. Default 1000.
+    std::size_t max_parts = 1000;
+    /// max_part_header_bytes: a part's head (its header fields and the empty line after
+    /// them) may not be longer: errc::part_header_too_large. It is the only part of a body
+    /// the parser holds whole. Default 16 KiB.
+    std::size_t max_part_header_bytes = 16 * 1024;
+};
+
+/// part_handler: called with each part's head before its data; returns false to stop.
+using part_handler = std::function<bool(const form_part& part)>;
+
+/// part_data_handler: called with each piece of a part's data as it arrives (any size,
+/// never empty), then once with an empty piece when the part has ended; returns false to stop.
+using part_data_handler = std::function<bool(const form_part& part, std::string_view data)>;
+
+/// multipart_parser: reads a multipart/form-data body (RFC 7578; delimiters as RFC 2046
+/// 5.1) fed to it in pieces of any size, calling on_part with each part's head and on_data
+/// with its data as soon as they are known. It holds at most one part's head and the
+/// delimiter's length of data (a delimiter split between two pieces is found): never the
+/// body. A preamble before the first delimiter and an epilogue after the last are skipped;
+/// transport padding (spaces, tabs) after a delimiter is allowed. Every part must have a
+/// Content-Disposition "form-data" with a "name"; a nested multipart/mixed part (RFC 7578
+/// 4.3, deprecated) is handed over as data. Strict where RFC 2046 says a sender MUST: the
+/// delimiter followed by anything but "--", padding or CRLF is errc::malformed_multipart,
+/// never taken as data. read_multipart() is this fed by request::read_body(); use the
+/// parser itself for a body from elsewhere. One thread at a time; neither copyable nor
+/// movable.
+class multipart_parser {
+public:
+    /// multipart_parser: a parser for a body whose parts are separated by "--" boundary
+    /// (the Content-Type's boundary parameter: see multipart_boundary()). Empty handlers
+    /// skip what they would be given.
+    multipart_parser(std::string_view boundary, part_handler on_part, part_data_handler on_data,
+                     multipart_limits limits = {});
+    multipart_parser(const multipart_parser&) = delete;
+    multipart_parser& operator=(const multipart_parser&) = delete;
+
+    /// feed: parses the next bytes of the body, calling the handlers for what they complete.
+    /// Returns no error while the body is well formed so far (a piece that ends in the
+    /// middle of a head or a delimiter is kept for the next feed); errc::malformed_multipart,
+    /// errc::part_header_too_large, errc::too_many_parts, or errc::canceled when a handler
+    /// returned false. After an error it calls no handler again and returns that error.
+    std::error_code feed(std::string_view bytes);
+    /// finish: the body has ended. Returns no error when the final delimiter
+    /// ("--boundary--") was read, errc::multipart_incomplete when it was not (the body was
+    /// cut short: the last part's data may be incomplete, and its end was not reported), or
+    /// the error a feed returned.
+    std::error_code finish();
+    /// done: whether the final delimiter was read; whatever follows it is ignored.
+    bool done() const noexcept { return state_ == state::epilogue; }
+    /// parts: how many part heads have been read (and handed to on_part) so far.
+    std::size_t parts() const noexcept { return parts_; }
+
+private:
+    enum class state : unsigned char { preamble, after_delimiter, head, data, epilogue, failed };
+    std::size_t step(std::string_view in);
+    std::size_t fail(std::error_code ec, std::size_t pos);
+    std::string delimiter_;  // CRLF "--" boundary
+    part_handler on_part_;
+    part_data_handler on_data_;
+    multipart_limits limits_;
+    std::string carry_;  // bytes not yet consumed: a head, a partial delimiter (CRLF at first)
+    form_part part_;
+    std::size_t parts_ = 0;
+    state state_ = state::preamble;
+    bool padded_ = false;  // transport padding seen after the last delimiter
+    std::size_t head_scanned_ = 0;  // bytes of the head arriving searched for its end so far
+    std::error_code error_;
+};
+
+/// multipart_boundary: sets boundary to the boundary parameter of a Content-Type value
+/// "multipart/form-data; boundary=..." (quoted or not; 1 to 70 characters of RFC 2046's
+/// bchars, not ending in a space). Returns errc::wrong_content_type when the media type is
+/// not multipart/form-data, errc::invalid_boundary when the parameter is missing, repeated
+/// or not a valid boundary (boundary is then "").
+std::error_code multipart_boundary(std::string_view content_type, std::string& boundary);
+
+/// read_multipart: reads the body of req, a multipart/form-data request, part by part:
+/// on_part gets each part's head, on_data the part's data in pieces as they arrive and an
+/// empty piece at its end (see multipart_parser). On a body_mode::streamed route the body
+/// is never held in memory; on a buffered one request::body is parsed. Blocks as
+/// request::read_body() does. Returns no error once the final delimiter was read and the
+/// body ended; the errors of multipart_boundary() (before any byte of the body is read),
+/// of read_body() (the server answers those itself: 413, 400, 408), of
+/// multipart_parser::feed() and finish(). A handler answers an error with error_status();
+/// the connection closes after that response when the body was not read to its end.
+std::error_code read_multipart(const request& req, const part_handler& on_part, const part_data_handler& on_data,
+                               const multipart_limits& limits = {});
+
+/// form_fields: the fields of a form in their order: {name, value}, both decoded. A name
+/// may come more than once.
+using form_fields = std::vector<std::pair<std::string, std::string>>;
+
+/// form_limits: what an application/x-www-form-urlencoded body may hold. Every field has a
+/// working default; 0 means the default.
+struct form_limits {
+    /// max_fields: more fields than this are errc::form_too_large. Default 1000.
+    std::size_t max_fields = 1000;
+    /// max_bytes: a longer body (as sent, encoded) is errc::form_too_large. Default 1 MiB.
+    std::size_t max_bytes = 1024 * 1024;
+};
+
+/// parse_form: parses body, application/x-www-form-urlencoded ("a=1&b=x+y%21"), into
+/// fields (cleared first): fields split on '&' (empty ones skipped), name and value on the
+/// first '=' (none: the value is ""), '+' decoded as a space and %XX as that byte (no
+/// UTF-8 check). Returns errc::malformed_form for a '%' not followed by two hex digits,
+/// errc::form_too_large past limits; fields is empty after an error.
+std::error_code parse_form(std::string_view body, form_fields& fields, const form_limits& limits = {});
+
+/// read_form: reads the body of req, an application/x-www-form-urlencoded request, and
+/// parses it into fields with parse_form(): the body buffered up to limits.max_bytes on a
+/// body_mode::streamed route (a longer body stops being read: errc::form_too_large).
+/// Returns errc::wrong_content_type for another Content-Type, the errors of
+/// request::read_body() and of parse_form(). Blocks as read_body() does.
+std::error_code read_form(const request& req, form_fields& fields, const form_limits& limits = {});
+
+/// form_value: the value of the first field called name (case-sensitive), or std::nullopt.
+std::optional<std::string_view> form_value(const form_fields& fields, std::string_view name) noexcept;
+
+/// error_status: the HTTP status that answers an error of read_body(), read_multipart(),
+/// read_form() or parse_form(): 413 for a limit (errc::body_too_large, too_many_parts,
+/// part_header_too_large, form_too_large), 415 for errc::wrong_content_type, 408 for
+/// std::errc::timed_out, 400 for the other errors of the request's body, 500 for any other.
+int error_status(const std::error_code& ec) noexcept;
+
 }  // namespace restartable_server
 
 // ========================================================= implementation ==
@@ -1668,6 +1832,15 @@ public:
             case errc::activated_not_listening:
                 return "the socket LISTEN_FDS names is not listening (not a socket-activation socket?)";
             case errc::no_transport: return "the transport layer maker returned no layer";
+            case errc::wrong_content_type: return "the request's Content-Type is not the one expected";
+            case errc::invalid_boundary: return "the multipart Content-Type has no valid boundary parameter";
+            case errc::malformed_multipart: return "the multipart body is malformed";
+            case errc::multipart_incomplete: return "the multipart body ended before its final delimiter";
+            case errc::part_header_too_large: return "a multipart part's head is larger than max_part_header_bytes";
+            case errc::too_many_parts: return "the multipart body has more parts than max_parts";
+            case errc::malformed_form: return "the form has an invalid percent-escape";
+            case errc::form_too_large: return "the form is larger than its limits";
+            case errc::canceled: return "a form handler stopped the reading";
         }
         return "unknown restartable_server error";
     }
@@ -6911,6 +7084,391 @@ RESTARTABLE_SERVER_FN handler static_files(std::string root, static_options opts
     return [root = std::move(root), opts = std::move(opts)](const request& req, response& res) {
         detail::serve_static(root, opts, req, res);
     };
+}
+
+// ----------------------------------------------------------------- forms --
+
+namespace detail {
+
+/// skip_ows: rest without its leading spaces and tabs.
+RESTARTABLE_SERVER_FN void skip_ows(std::string_view& rest) noexcept {
+    while (!rest.empty() && (rest.front() == ' ' || rest.front() == '\t')) rest.remove_prefix(1);
+}
+
+/// next_parameter: reads "; name=value" from the front of rest (a Content-Type or
+/// Content-Disposition after its first item). value is a quoted-string (where a backslash
+/// escapes only '"' and '\\', so a Windows path "C:\dir\a.txt" stays as sent) or a run of
+/// bytes up to ';' or a space. Returns 1 with a parameter, 0 at the end, -1 when malformed.
+RESTARTABLE_SERVER_FN int next_parameter(std::string_view& rest, std::string_view& name, std::string& value) {
+    skip_ows(rest);
+    if (rest.empty()) return 0;
+    if (rest.front() != ';') return -1;
+    rest.remove_prefix(1);
+    skip_ows(rest);
+    if (rest.empty()) return 0;  // a trailing ';'
+    std::size_t n = 0;
+    while (n < rest.size() && is_tchar(static_cast<unsigned char>(rest[n]))) ++n;
+    name = rest.substr(0, n);
+    rest.remove_prefix(n);
+    skip_ows(rest);
+    if (name.empty() || rest.empty() || rest.front() != '=') return -1;
+    rest.remove_prefix(1);
+    skip_ows(rest);
+    value.clear();
+    if (!rest.empty() && rest.front() == '"') {
+        std::size_t i = 1;
+        for (;; ++i) {
+            if (i >= rest.size()) return -1;  // no closing quote
+            const char c = rest[i];
+            if (c == '"') break;
+            if (c == '\\' && i + 1 < rest.size() && (rest[i + 1] == '"' || rest[i + 1] == '\\')) {
+                value += rest[++i];
+                continue;
+            }
+            if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) return -1;
+            value += c;
+        }
+        rest.remove_prefix(i + 1);
+        return 1;
+    }
+    n = 0;
+    while (n < rest.size() && rest[n] != ';' && rest[n] != ' ' && rest[n] != '\t') {
+        const unsigned char c = static_cast<unsigned char>(rest[n]);
+        if (c < 0x20 || c == 0x7f || c == '"') return -1;
+        ++n;
+    }
+    if (n == 0) return -1;
+    value.assign(rest.substr(0, n));
+    rest.remove_prefix(n);
+    return 1;
+}
+
+/// is_bchar: whether c may appear in a multipart boundary (RFC 2046 5.1.1 bcharsnospace,
+/// and the space).
+RESTARTABLE_SERVER_FN bool is_bchar(char c) noexcept {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           std::string_view("'()+_,-./:=? ").find(c) != std::string_view::npos;
+}
+
+/// media_type_is: whether the Content-Type value's media type (before any ';') is type,
+/// case-insensitively.
+RESTARTABLE_SERVER_FN bool media_type_is(std::string_view content_type, std::string_view type) noexcept {
+    return iequals(trim_ows(content_type.substr(0, content_type.find(';'))), type);
+}
+
+/// parse_part_head: the header fields of a part's head (each line ending in CRLF, the
+/// empty line not included) into part. False when a line is not "name: value" (obs-fold,
+/// a control byte), when Content-Disposition or Content-Type is repeated, or when
+/// Content-Disposition is missing, not "form-data", or has no (or a repeated) name.
+RESTARTABLE_SERVER_FN bool parse_part_head(std::string_view head, form_part& part) {
+    bool disposition = false, has_name = false, has_type = false;
+    while (!head.empty()) {
+        const std::size_t eol = head.find("\r\n");
+        const std::string_view line = head.substr(0, eol);
+        head.remove_prefix(eol + 2);  // every line ends in CRLF
+        const std::size_t colon = line.find(':');
+        if (colon == std::string_view::npos || !is_token(line.substr(0, colon))) return false;
+        const std::string_view name = line.substr(0, colon), value = trim_ows(line.substr(colon + 1));
+        for (const char c : value)
+            if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) return false;
+        part.headers.emplace_back(std::string(name), std::string(value));
+        if (iequals(name, "Content-Type")) {
+            if (has_type) return false;
+            has_type = true;
+            part.content_type.assign(value);
+        } else if (iequals(name, "Content-Disposition")) {
+            if (disposition) return false;
+            disposition = true;
+            std::string_view rest = value;
+            const std::string_view type = trim_ows(rest.substr(0, rest.find(';')));
+            if (!iequals(type, "form-data")) return false;
+            rest.remove_prefix(std::min(rest.size(), rest.find(';')));
+            std::string_view pname;
+            std::string pvalue;
+            int r;
+            while ((r = next_parameter(rest, pname, pvalue)) == 1) {
+                if (iequals(pname, "name")) {
+                    if (has_name) return false;
+                    has_name = true;
+                    part.name = std::move(pvalue);
+                } else if (iequals(pname, "filename")) {
+                    if (part.has_filename) return false;
+                    part.has_filename = true;
+                    part.filename = std::move(pvalue);
+                }  // filename* and others: ignored
+            }
+            if (r < 0) return false;
+        }
+    }
+    return disposition && has_name;
+}
+
+/// partial_delimiter: the length of the longest end of in that is the start of delimiter
+/// (shorter than delimiter): bytes that may be a delimiter split between two pieces.
+RESTARTABLE_SERVER_FN std::size_t partial_delimiter(std::string_view in, std::string_view delimiter) noexcept {
+    // delimiter starts with CR, which it holds only there: only the last CR in reach can start it.
+    const std::size_t reach = std::min(in.size(), delimiter.size() - 1);
+    const std::size_t cr = in.substr(in.size() - reach).rfind('\r');
+    if (cr == std::string_view::npos) return 0;
+    const std::string_view tail = in.substr(in.size() - reach + cr);
+    return delimiter.compare(0, tail.size(), tail) == 0 ? tail.size() : 0;
+}
+
+/// decode_form_part: a urlencoded name or value decoded into out; false for a bad %-escape.
+RESTARTABLE_SERVER_FN bool decode_form_part(std::string_view in, std::string& out) {
+    out.clear();
+    out.reserve(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c == '%') {
+            if (i + 2 >= in.size()) return false;
+            const int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
+            if (hi < 0 || lo < 0) return false;
+            out += static_cast<char>(hi * 16 + lo);
+            i += 2;
+        } else {
+            out += c == '+' ? ' ' : c;
+        }
+    }
+    return true;
+}
+
+}  // namespace detail
+
+RESTARTABLE_SERVER_FN multipart_parser::multipart_parser(std::string_view boundary, part_handler on_part,
+                                                         part_data_handler on_data, multipart_limits limits)
+    : delimiter_("\r\n--"), on_part_(std::move(on_part)), on_data_(std::move(on_data)), limits_(limits),
+      carry_("\r\n") {  // a CRLF before the body: the first delimiter may open it
+    delimiter_ += boundary;
+    const multipart_limits defaults;
+    if (limits_.max_parts == 0) limits_.max_parts = defaults.max_parts;
+    if (limits_.max_part_header_bytes == 0) limits_.max_part_header_bytes = defaults.max_part_header_bytes;
+    if (boundary.empty()) fail(make_error_code(errc::invalid_boundary), 0);
+}
+
+/// fail: the parse ends with ec; returns pos (for step()).
+RESTARTABLE_SERVER_FN std::size_t multipart_parser::fail(std::error_code ec, std::size_t pos) {
+    error_ = ec;
+    state_ = state::failed;
+    carry_.clear();
+    carry_.shrink_to_fit();
+    return pos;
+}
+
+/// step: runs the states over in; returns how many bytes it consumed (the rest must come
+/// again, with more after it). On an error the state is failed.
+RESTARTABLE_SERVER_FN std::size_t multipart_parser::step(std::string_view in) {
+    std::size_t pos = 0;
+    for (;;) {
+        const std::string_view v = in.substr(pos);
+        switch (state_) {
+            case state::preamble:
+            case state::data: {
+                const std::size_t at = v.find(delimiter_);
+                const std::size_t n = at != std::string_view::npos ? at : v.size() - detail::partial_delimiter(v, delimiter_);
+                if (state_ == state::data && n > 0 && on_data_ && !on_data_(part_, v.substr(0, n)))
+                    return fail(make_error_code(errc::canceled), pos);
+                pos += n;
+                if (at == std::string_view::npos) return pos;
+                if (state_ == state::data && on_data_ && !on_data_(part_, std::string_view()))
+                    return fail(make_error_code(errc::canceled), pos);
+                pos += delimiter_.size();
+                state_ = state::after_delimiter;
+                padded_ = false;
+                break;
+            }
+            case state::after_delimiter: {
+                if (v.empty()) return pos;
+                if (v[0] == ' ' || v[0] == '\t') {
+                    padded_ = true;
+                    ++pos;
+                    break;
+                }
+                if (v.size() < 2) return pos;
+                if (v[0] == '-' && v[1] == '-' && !padded_) {
+                    pos += 2;
+                    state_ = state::epilogue;
+                    break;
+                }
+                if (v[0] != '\r' || v[1] != '\n') return fail(make_error_code(errc::malformed_multipart), pos);
+                pos += 2;
+                if (parts_ == limits_.max_parts) return fail(make_error_code(errc::too_many_parts), pos);
+                state_ = state::head;
+                head_scanned_ = 0;
+                break;
+            }
+            case state::head: {
+                std::size_t head_end;  // the head's fields, each with its CRLF
+                if (v.size() >= 2 && v[0] == '\r' && v[1] == '\n') {
+                    head_end = 0;  // no field at all
+                } else {
+                    // Searched from where the last look ended (less the 3 bytes an end may
+                    // have begun with): a head arriving a byte at a time costs linear work.
+                    const std::size_t blank = v.find("\r\n\r\n", head_scanned_ > 3 ? head_scanned_ - 3 : 0);
+                    if (blank == std::string_view::npos) {
+                        if (v.size() > limits_.max_part_header_bytes)
+                            return fail(make_error_code(errc::part_header_too_large), pos);
+                        head_scanned_ = v.size();
+                        return pos;
+                    }
+                    head_end = blank + 2;
+                }
+                if (head_end + 2 > limits_.max_part_header_bytes)
+                    return fail(make_error_code(errc::part_header_too_large), pos);
+                part_ = form_part();
+                part_.index = parts_;
+                if (!detail::parse_part_head(v.substr(0, head_end), part_))
+                    return fail(make_error_code(errc::malformed_multipart), pos);
+                ++parts_;
+                if (on_part_ && !on_part_(part_)) return fail(make_error_code(errc::canceled), pos);
+                pos += head_end + 2;
+                state_ = state::data;
+                break;
+            }
+            case state::epilogue: return in.size();
+            case state::failed: return pos;
+        }
+    }
+}
+
+RESTARTABLE_SERVER_FN std::error_code multipart_parser::feed(std::string_view bytes) {
+    // Bytes are parsed where they lie; only what a piece leaves unconsumed (a partial
+    // delimiter, a head still arriving) is copied, into carry_, and parsed with the start
+    // of the next piece until the parse has consumed every byte carried; then the rest of
+    // that piece is parsed where it lies again.
+    constexpr std::size_t join_bytes = 4096;  // appended to carry_ at a time
+    while (state_ != state::failed) {
+        if (carry_.empty()) {
+            const std::size_t n = step(bytes);
+            if (state_ != state::failed) carry_.assign(bytes.substr(n));
+            break;
+        }
+        const std::size_t old = carry_.size();
+        const std::string_view join = bytes.substr(0, std::max(join_bytes, delimiter_.size()));
+        carry_.append(join);
+        const std::size_t n = step(carry_);
+        if (state_ == state::failed) break;
+        if (n >= old) {  // every carried byte consumed: go on with the piece itself
+            carry_.clear();
+            bytes.remove_prefix(n - old);
+        } else {
+            carry_.erase(0, n);
+            bytes.remove_prefix(join.size());
+        }
+        if (bytes.empty()) break;
+    }
+    return error_;
+}
+
+RESTARTABLE_SERVER_FN std::error_code multipart_parser::finish() {
+    if (state_ != state::failed && state_ != state::epilogue) fail(make_error_code(errc::multipart_incomplete), 0);
+    return error_;
+}
+
+RESTARTABLE_SERVER_FN std::error_code multipart_boundary(std::string_view content_type, std::string& boundary) {
+    boundary.clear();
+    if (!detail::media_type_is(content_type, "multipart/form-data")) return make_error_code(errc::wrong_content_type);
+    std::string_view rest = content_type.substr(std::min(content_type.size(), content_type.find(';')));
+    std::string_view name;
+    std::string value;
+    int found = 0, r;
+    while ((r = detail::next_parameter(rest, name, value)) == 1) {
+        if (!detail::iequals(name, "boundary")) continue;
+        if (++found == 1) boundary = value;
+    }
+    bool ok = r == 0 && found == 1 && !boundary.empty() && boundary.size() <= 70 && boundary.back() != ' ';
+    for (const char c : boundary) ok = ok && detail::is_bchar(c);
+    if (!ok) {
+        boundary.clear();
+        return make_error_code(errc::invalid_boundary);
+    }
+    return {};
+}
+
+RESTARTABLE_SERVER_FN std::error_code read_multipart(const request& req, const part_handler& on_part,
+                                                     const part_data_handler& on_data, const multipart_limits& limits) {
+    std::string boundary;
+    if (const std::error_code ec = multipart_boundary(req.get_header("Content-Type"), boundary)) return ec;
+    multipart_parser parser(boundary, on_part, on_data, limits);
+    std::error_code parse_error;
+    const std::error_code ec = req.read_body([&](std::string_view piece) {
+        parse_error = parser.feed(piece);
+        return !parse_error;
+    });
+    if (parse_error) return parse_error;
+    if (ec) return ec;
+    return parser.finish();
+}
+
+RESTARTABLE_SERVER_FN std::error_code parse_form(std::string_view body, form_fields& fields, const form_limits& limits) {
+    fields.clear();
+    const form_limits defaults;
+    const std::size_t max_fields = limits.max_fields != 0 ? limits.max_fields : defaults.max_fields;
+    const std::size_t max_bytes = limits.max_bytes != 0 ? limits.max_bytes : defaults.max_bytes;
+    if (body.size() > max_bytes) return make_error_code(errc::form_too_large);
+    while (!body.empty()) {
+        const std::size_t amp = body.find('&');
+        const std::string_view field = body.substr(0, amp);
+        body.remove_prefix(amp == std::string_view::npos ? body.size() : amp + 1);
+        if (field.empty()) continue;
+        if (fields.size() == max_fields) {
+            fields.clear();
+            return make_error_code(errc::form_too_large);
+        }
+        const std::size_t eq = field.find('=');
+        fields.emplace_back();
+        if (!detail::decode_form_part(field.substr(0, eq), fields.back().first) ||
+            (eq != std::string_view::npos && !detail::decode_form_part(field.substr(eq + 1), fields.back().second))) {
+            fields.clear();
+            return make_error_code(errc::malformed_form);
+        }
+    }
+    return {};
+}
+
+RESTARTABLE_SERVER_FN std::error_code read_form(const request& req, form_fields& fields, const form_limits& limits) {
+    fields.clear();
+    if (!detail::media_type_is(req.get_header("Content-Type"), "application/x-www-form-urlencoded"))
+        return make_error_code(errc::wrong_content_type);
+    if (!req.body.empty()) return parse_form(req.body, fields, limits);  // a buffered route
+    const std::size_t max_bytes = limits.max_bytes != 0 ? limits.max_bytes : form_limits().max_bytes;
+    std::string body;
+    bool too_large = false;
+    const std::error_code ec = req.read_body([&](std::string_view piece) {
+        too_large = piece.size() > max_bytes - body.size();
+        if (!too_large) body.append(piece);
+        return !too_large;
+    });
+    if (too_large) return make_error_code(errc::form_too_large);
+    if (ec) return ec;
+    return parse_form(body, fields, limits);
+}
+
+RESTARTABLE_SERVER_FN std::optional<std::string_view> form_value(const form_fields& fields,
+                                                                 std::string_view name) noexcept {
+    for (const auto& field : fields)
+        if (field.first == name) return std::string_view(field.second);
+    return std::nullopt;
+}
+
+RESTARTABLE_SERVER_FN int error_status(const std::error_code& ec) noexcept {
+    if (ec == std::errc::timed_out) return 408;
+    if (ec.category() != error_category()) return 500;
+    switch (static_cast<errc>(ec.value())) {
+        case errc::body_too_large:
+        case errc::part_header_too_large:
+        case errc::too_many_parts:
+        case errc::form_too_large: return 413;
+        case errc::wrong_content_type: return 415;
+        case errc::malformed_body:
+        case errc::body_incomplete:
+        case errc::invalid_boundary:
+        case errc::malformed_multipart:
+        case errc::multipart_incomplete:
+        case errc::malformed_form:
+        case errc::canceled: return 400;
+        default: return 500;
+    }
 }
 
 }  // namespace restartable_server
