@@ -323,4 +323,34 @@ private:
 
 }  // namespace test
 
+namespace test {
+
+/// command_result: the output and wait status of a finished command.
+struct command_result {
+    std::optional<int> status;  // nullopt: it did not finish in time
+    std::string out;
+    std::string err;  // only when asked for; at most a pipe buffer (64 KiB)
+};
+
+/// run_command: runs args (args[0] a path, or a name in PATH; no shell) to completion
+/// within timeout: its stdout, its wait status, and its stderr when asked.
+inline command_result run_command(const std::vector<std::string>& args,
+                                  std::chrono::milliseconds timeout = std::chrono::seconds(20),
+                                  bool capture_stderr = false) {
+    const auto deadline = steady::now() + timeout;
+    spawn_options opt;
+    if (capture_stderr) opt.err = stream::pipe;
+    process c(args, opt);
+    command_result r;
+    if (!c.started()) return r;
+    std::optional<std::string> out = c.read_all(timeout);
+    r.out = out.value_or("");
+    if (out) r.status = c.wait_exit(std::chrono::milliseconds(ms_until(deadline) + 1));
+    if (r.status && capture_stderr)  // it has exited: what it wrote to stderr is in the pipe
+        r.err = c.err.read_all(std::chrono::milliseconds(ms_until(deadline) + 1)).value_or("");
+    return r;
+}
+
+}  // namespace test
+
 #endif  // RESTARTABLE_SERVER_TESTS_PROCESS_HPP

@@ -31,29 +31,8 @@ using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 using test::describe_status;
 
-/// command_result: the output and wait status of a finished command.
-struct command_result {
-    std::optional<int> status;  // nullopt: it did not finish in time
-    std::string out;
-    std::string err;  // only when asked for; at most a pipe buffer (64 KiB)
-};
-
-/// run_command: runs args (args[0] is a path) to completion with a bounded time.
-command_result run_command(const std::vector<std::string>& args,
-                           std::chrono::milliseconds timeout = 20s, bool capture_stderr = false) {
-    const auto deadline = steady::now() + timeout;
-    test::spawn_options opt;
-    if (capture_stderr) opt.err = test::stream::pipe;
-    test::process c(args, opt);
-    command_result r;
-    if (!c.started()) return r;
-    std::optional<std::string> out = c.read_all(timeout);
-    r.out = out.value_or("");
-    if (out) r.status = c.wait_exit(std::chrono::milliseconds(test::ms_until(deadline) + 1));
-    if (r.status && capture_stderr)  // it has exited: what it wrote to stderr is in the pipe
-        r.err = c.err.read_all(std::chrono::milliseconds(test::ms_until(deadline) + 1)).value_or("");
-    return r;
-}
+using test::command_result;
+using test::run_command;
 
 /// echo_server: the example running as a child on 127.0.0.1, port 0.
 struct echo_server {

@@ -131,24 +131,10 @@ long vm_kib(const std::string& key, const std::string& status_file = "/proc/self
     return 0;
 }
 
-/// command_result: the output and wait status of a finished command.
-struct command_result {
-    std::optional<int> status;  // nullopt: it did not finish in time
-    std::string out;
-};
+using test::command_result;
 
-/// run_bounded: runs args (args[0] a path, or a name in PATH; no shell) to completion,
-/// within timeout.
-command_result run_bounded(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s) {
-    const auto deadline = steady::now() + timeout;
-    test::process c(args);
-    command_result r;
-    if (!c.started()) return r;
-    std::optional<std::string> out = c.read_all(timeout);
-    r.out = out.value_or("");
-    if (out) r.status = c.wait_exit(std::chrono::milliseconds(test::ms_until(deadline) + 1));
-    return r;
-}
+/// run_bounded: test::run_command with this file's bound (60 s: 20 MiB uploads).
+command_result run_bounded(const std::vector<std::string>& args) { return test::run_command(args, 60s); }
 
 /// temp_dir: a fresh directory, removed with what it holds at the end of the scope.
 struct temp_dir {
