@@ -246,6 +246,7 @@
 // ================================================================ includes ==
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cassert>
 #include <chrono>
@@ -3102,6 +3103,370 @@ RESTARTABLE_SERVER_FN std::string_view to_string(server_state s) noexcept {
     }
     return "unknown";
 }
+
+// ------------------------------------------------------ websocket frames --
+// The engine-independent pieces of WebSocket (RFC 6455): the opening handshake's
+// Sec-WebSocket-Key check and Sec-WebSocket-Accept (4.2.2; SHA-1 and base64), the close
+// codes a peer may send (7.4), the header of a server frame, and a decoder of a client's
+// frames (5) into messages and control frames, with text checked as UTF-8 (8.1, RFC
+// 3629). Pure: no I/O, no buffer of their own; only the strings returned allocate.
+
+namespace detail {
+
+/// sha1_block: adds one 64-byte block to the SHA-1 state h (RFC 3174 6.1, method 1).
+RESTARTABLE_SERVER_FN void sha1_block(std::uint32_t (&h)[5], const unsigned char* block) noexcept {
+    const auto rotl = [](std::uint32_t x, int bits) { return x << bits | x >> (32 - bits); };
+    std::uint32_t w[80];
+    for (std::size_t t = 0; t < 16; ++t)
+        w[t] = std::uint32_t{block[4 * t]} << 24 | std::uint32_t{block[4 * t + 1]} << 16 |
+               std::uint32_t{block[4 * t + 2]} << 8 | std::uint32_t{block[4 * t + 3]};
+    for (std::size_t t = 16; t < 80; ++t) w[t] = rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1);
+    std::uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+    for (std::size_t t = 0; t < 80; ++t) {
+        std::uint32_t f, k;
+        if (t < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5a827999;
+        } else if (t < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ed9eba1;
+        } else if (t < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8f1bbcdc;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xca62c1d6;
+        }
+        const std::uint32_t temp = rotl(a, 5) + f + e + w[t] + k;
+        e = d;
+        d = c;
+        c = rotl(b, 30);
+        b = a;
+        a = temp;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+}
+
+/// sha1: the SHA-1 digest of data (RFC 3174), for Sec-WebSocket-Accept only.
+RESTARTABLE_SERVER_FN std::array<unsigned char, 20> sha1(std::string_view data) noexcept {
+    std::uint32_t h[5] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0};
+    const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+    std::size_t n = data.size();
+    for (; n >= 64; n -= 64, p += 64) sha1_block(h, p);
+    // Padding (RFC 3174 4): the bit 1, zeros, then the message's length in bits as 64 bits,
+    // big-endian, at the end of the last block: one block, or two when fewer than 9 bytes
+    // are left in the first.
+    unsigned char tail[128] = {};
+    if (n != 0) std::memcpy(tail, p, n);
+    tail[n] = 0x80;
+    const std::size_t end = n < 56 ? 64 : 128;
+    const std::uint64_t bits = std::uint64_t{data.size()} * 8;
+    for (std::size_t i = 0; i < 8; ++i) tail[end - 1 - i] = static_cast<unsigned char>(bits >> (8 * i));
+    sha1_block(h, tail);
+    if (end == 128) sha1_block(h, tail + 64);
+    std::array<unsigned char, 20> digest{};
+    for (std::size_t i = 0; i < 20; ++i) digest[i] = static_cast<unsigned char>(h[i / 4] >> (24 - 8 * (i % 4)));
+    return digest;
+}
+
+/// base64_alphabet: the 64 digits of base64, in order (RFC 4648 4).
+inline constexpr std::string_view base64_alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// base64_encode: standard alphabet with '=' padding (RFC 4648 4).
+RESTARTABLE_SERVER_FN std::string base64_encode(const unsigned char* data, std::size_t n) {
+    std::string out;
+    out.reserve((n + 2) / 3 * 4);
+    for (std::size_t i = 0; i < n; i += 3) {
+        // Three bytes (or what is left: then zero bits, and '=' for each missing byte) as
+        // four 6-bit digits.
+        const std::size_t left = std::min<std::size_t>(n - i, 3);
+        std::uint32_t group = std::uint32_t{data[i]} << 16;
+        if (left > 1) group |= std::uint32_t{data[i + 1]} << 8;
+        if (left > 2) group |= data[i + 2];
+        out += base64_alphabet[group >> 18];
+        out += base64_alphabet[group >> 12 & 63];
+        out += left > 1 ? base64_alphabet[group >> 6 & 63] : '=';
+        out += left > 2 ? base64_alphabet[group & 63] : '=';
+    }
+    return out;
+}
+
+/// websocket_key_valid: whether a Sec-WebSocket-Key is the base64 of exactly 16 bytes
+/// (24 characters of the standard alphabet, ending "==", the last data char one of AQgw).
+RESTARTABLE_SERVER_FN bool websocket_key_valid(std::string_view key) noexcept {
+    // 16 bytes are 128 bits: 21 digits of 6 bits, a 22nd that carries the last 2 bits (its
+    // other 4 bits zero: A, Q, g or w), and "==" for the 2 bytes missing from the last group.
+    if (key.size() != 24 || key.substr(22) != "==") return false;
+    for (std::size_t i = 0; i < 21; ++i)
+        if (base64_alphabet.find(key[i]) == std::string_view::npos) return false;
+    return std::string_view("AQgw").find(key[21]) != std::string_view::npos;
+}
+
+/// websocket_accept: the Sec-WebSocket-Accept for key: base64(sha1(key + GUID)) (4.2.2).
+RESTARTABLE_SERVER_FN std::string websocket_accept(std::string_view key) {
+    static constexpr std::string_view guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";  // RFC 6455 1.3
+    std::string keyed;
+    keyed.reserve(key.size() + guid.size());
+    keyed.append(key).append(guid);
+    const std::array<unsigned char, 20> digest = sha1(keyed);
+    return base64_encode(digest.data(), digest.size());
+}
+
+/// ws_close_code_valid: whether a peer may send code in a close frame (7.4.1, 7.4.2 and
+/// the IANA registry): 1000-1003, 1007-1011, 1012-1014 (registered since), 3000-4999. Not
+/// 1004, 1005, 1006, 1015, nor <1000, nor 1016-2999, nor >= 5000.
+RESTARTABLE_SERVER_FN bool ws_close_code_valid(unsigned code) noexcept {
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+}
+
+/// ws_frame_head: writes the header of an unmasked server frame (FIN set when fin, the
+/// opcode, the payload length in its minimal encoding) to out (room for 10 bytes);
+/// returns its size (2, 4 or 10). length must be below 2^63 (5.2).
+RESTARTABLE_SERVER_FN std::size_t ws_frame_head(unsigned opcode, bool fin, std::uint64_t length, char* out) noexcept {
+    out[0] = static_cast<char>((fin ? 0x80u : 0u) | (opcode & 0x0fu));
+    std::size_t extended = 0;  // bytes of the length after the 7-bit field: 0, 2 or 8
+    if (length < 126) {
+        out[1] = static_cast<char>(length);
+    } else if (length <= 0xffff) {
+        out[1] = 126;
+        extended = 2;
+    } else {
+        out[1] = 127;
+        extended = 8;
+    }
+    for (std::size_t i = 0; i < extended; ++i) out[2 + i] = static_cast<char>(length >> (8 * (extended - 1 - i)));
+    return 2 + extended;
+}
+
+/// utf8_validator: checks UTF-8 (RFC 3629: no overlongs, no surrogates, nothing above
+/// U+10FFFF) fed in pieces that may split a character anywhere.
+class utf8_validator {
+public:
+    /// feed: false as soon as the bytes fed so far cannot begin valid UTF-8 (then stays false).
+    bool feed(std::string_view bytes) noexcept;
+    /// complete: the bytes fed so far are valid and end on a character boundary.
+    bool complete() const noexcept { return state_ == 0; }
+    /// reset: forgets the bytes fed, as a new validator.
+    void reset() noexcept { state_ = 0; }
+
+private:
+    // state_: 0 between characters; 1, 2, 3: that many continuation bytes (80-BF) still to
+    // come; 4, 5, 6, 7: after the lead byte E0, ED, F0, F4, whose next byte has a narrower
+    // range (RFC 3629 4); reject: not UTF-8.
+    static constexpr unsigned char reject = 8;
+    unsigned char state_ = 0;
+};
+
+RESTARTABLE_SERVER_FN bool utf8_validator::feed(std::string_view bytes) noexcept {
+    // The states that wait for a continuation byte: the range it must be in (RFC 3629 4,
+    // UTF8-2 to UTF8-4), and the state after it.
+    static constexpr unsigned char low[8] = {0, 0x80, 0x80, 0x80, 0xa0, 0x80, 0x90, 0x80};
+    static constexpr unsigned char high[8] = {0, 0xbf, 0xbf, 0xbf, 0xbf, 0x9f, 0xbf, 0x8f};
+    static constexpr unsigned char next[8] = {0, 0, 1, 2, 1, 1, 2, 2};
+    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+    const auto* const end = p + bytes.size();
+    unsigned s = state_;
+    while (p != end && s != reject) {
+        const unsigned c = *p++;
+        if (s != 0) {
+            s = c >= low[s] && c <= high[s] ? next[s] : reject;
+        } else if (c < 0x80) {
+            // ASCII: the run that follows is skipped 8 bytes at a time.
+            for (std::uint64_t word; end - p >= 8; p += 8) {
+                std::memcpy(&word, p, 8);
+                if ((word & 0x8080808080808080u) != 0) break;
+            }
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            s = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            s = c == 0xe0 ? 4 : c == 0xed ? 5 : 2;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            s = c == 0xf0 ? 6 : c == 0xf4 ? 7 : 3;
+        } else {
+            s = reject;  // a continuation byte first, C0 and C1 (overlong), F5-FF (past U+10FFFF)
+        }
+    }
+    state_ = static_cast<unsigned char>(s);
+    return s != reject;
+}
+
+/// ws_decoder: a client's frames (RFC 6455 5) turned into messages and control frames,
+/// in place in the caller's buffer, the way chunked_decoder decodes a body. Enforced, with
+/// the close code of each (after an error every decode() returns the same error): frames
+/// are masked, RSV1-3 are 0 (no extension is negotiated), opcodes are 0-2 and 8-10
+/// (1002); a control frame has FIN and at most 125 bytes (1002); a length is in its
+/// minimal encoding, below 2^63 (1002); a message stays within max_message (1009, decided
+/// from a frame's header, before its payload); a continuation continues a message and a
+/// text or binary frame begins one (1002); text is UTF-8, checked as each frame arrives
+/// (1007); a close frame has no payload (code 1005) or a valid code (1002) and a UTF-8
+/// reason (1007).
+class ws_decoder {
+public:
+    enum class kind { need_more, message, ping, pong, close, error };
+    /// result: what decode() found.
+    struct result {
+        kind what = kind::need_more;
+        std::string_view data;    // message: the whole payload, unmasked, contiguous;
+                                  // ping / pong: the payload; close: the reason
+        bool text = false;        // message: it began with a text frame
+        std::uint16_t code = 0;   // close: the status code (1005 when the frame had none);
+                                  // error: the code to close with (1002, 1007 or 1009)
+    };
+    explicit ws_decoder(std::uint64_t max_message) noexcept : max_message_(max_message) {}
+    /// decode: decodes whole frames from buf[0, size) up to the first event (a message, a
+    /// control frame, an error) and returns it; need_more when no whole frame is left (so
+    /// need_more always means: read more). The caller's buffer holds, in order: what the
+    /// decoder kept (the payload of the message assembled so far) and then raw bytes from
+    /// the socket; between calls the caller only appends bytes at the end and calls
+    /// compact(). A frame is decoded only when it is whole (header and payload), but
+    /// checked as soon as its header is; its payload is unmasked in place, and a fragment
+    /// of an unfinished message moved down to join kept(). Views in the result point into
+    /// buf and are valid until compact().
+    result decode(char* buf, std::size_t size) noexcept;
+    /// compact: drops from buf what the decoder no longer needs (frame headers, the last
+    /// event's payload - a finished message, a control frame; everything after an error),
+    /// moving the rest down; returns the new size. The caller calls it after every
+    /// decode(), before the next.
+    std::size_t compact(char* buf, std::size_t size) noexcept;
+    /// in_message: a fragmented message has begun and not ended.
+    bool in_message() const noexcept { return in_message_; }
+    /// kept: bytes at buf's start that are the assembled payload of an unfinished message.
+    std::size_t kept() const noexcept { return kept_; }
+
+private:
+    result control_frame(unsigned opcode, const char* payload, std::size_t n) noexcept;
+    result fail(std::uint16_t code) noexcept;
+    static void unmask(char* data, std::size_t n, const char* key) noexcept;
+
+    std::uint64_t max_message_;
+    std::size_t kept_ = 0;     // the unfinished message's payload, at buf's start
+    std::size_t pos_ = 0;      // the first byte not decoded; compact() drops [kept_, pos_)
+    utf8_validator utf8_;      // the text message's payload so far
+    bool in_message_ = false;  // a first fragment came, and not yet the last
+    bool text_ = false;        // the message in progress began with a text frame
+    std::uint16_t error_ = 0;  // the close code of the error found; 0 before one
+};
+
+RESTARTABLE_SERVER_FN ws_decoder::result ws_decoder::decode(char* buf, std::size_t size) noexcept {
+    if (error_ != 0) return fail(error_);
+    for (;;) {
+        // Base framing (RFC 6455 5.2): FIN, RSV1-3, opcode; MASK, a 7-bit length (126: 16
+        // bits follow, 127: 64 bits); the masking key; the payload. Each rule is checked
+        // as soon as its bytes are there, so where the bytes were cut never matters.
+        const auto* p = reinterpret_cast<const unsigned char*>(buf + pos_);
+        const std::size_t avail = size - pos_;
+        if (avail < 2) return {};
+        const bool fin = (p[0] & 0x80) != 0, control = (p[0] & 0x08) != 0;
+        const unsigned opcode = p[0] & 0x0fu;
+        if ((p[0] & 0x70) != 0 || (p[1] & 0x80) == 0) return fail(1002);  // an extension's bits; unmasked
+        if (control ? opcode > 10 || !fin || (p[1] & 0x7f) > 125 : opcode > 2) return fail(1002);  // 5.5
+        if (!control && (opcode == 0) != in_message_) return fail(1002);  // 5.4: continues nothing, or interleaves
+        std::uint64_t length = p[1] & 0x7fu;
+        std::size_t head = 6;  // bytes before the payload, with the masking key
+        if (length == 126) {
+            if (avail < 4) return {};
+            length = std::uint64_t{p[2]} << 8 | p[3];
+            if (length < 126) return fail(1002);
+            head = 8;
+        } else if (length == 127) {
+            if (avail < 10) return {};
+            length = 0;
+            for (std::size_t i = 2; i < 10; ++i) length = length << 8 | p[i];
+            if (length >> 63 != 0 || length <= 0xffff) return fail(1002);
+            head = 14;
+        }
+        if (!control && length > max_message_ - kept_) return fail(1009);
+        if (avail < head || avail - head < length) return {};
+
+        char* const payload = buf + pos_ + head;
+        const auto n = static_cast<std::size_t>(length);
+        unmask(payload, n, payload - 4);
+        pos_ += head + n;
+        if (control) return control_frame(opcode, payload, n);
+        if (opcode != 0) {
+            in_message_ = true;
+            text_ = opcode == 1;
+            utf8_.reset();
+        }
+        // Text is checked frame by frame (8.1), so a bad byte fails before the message ends.
+        if (text_ && (!utf8_.feed(std::string_view(payload, n)) || (fin && !utf8_.complete()))) return fail(1007);
+        if (!fin) {
+            std::memmove(buf + kept_, payload, n);
+            kept_ += n;
+            continue;
+        }
+        result r;
+        r.what = kind::message;
+        r.text = text_;
+        in_message_ = false;
+        if (kept_ == 0) {
+            r.data = std::string_view(payload, n);  // one frame: the payload stays where it is
+        } else {
+            std::memmove(buf + kept_, payload, n);
+            r.data = std::string_view(buf, kept_ + n);
+            kept_ = 0;
+        }
+        return r;
+    }
+}
+
+RESTARTABLE_SERVER_FN std::size_t ws_decoder::compact(char* buf, std::size_t size) noexcept {
+    if (error_ != 0) {  // nothing more is decoded
+        kept_ = pos_ = 0;
+        in_message_ = false;
+        return 0;
+    }
+    if (pos_ != kept_) std::memmove(buf + kept_, buf + pos_, size - pos_);
+    size -= pos_ - kept_;
+    pos_ = kept_;
+    return size;
+}
+
+/// control_frame: the event of a whole, unmasked ping, pong or close frame (5.5), or the
+/// error of a bad close frame.
+RESTARTABLE_SERVER_FN ws_decoder::result ws_decoder::control_frame(unsigned opcode, const char* payload,
+                                                                   std::size_t n) noexcept {
+    result r;
+    r.data = std::string_view(payload, n);
+    if (opcode != 8) {
+        r.what = opcode == 9 ? kind::ping : kind::pong;
+        return r;
+    }
+    // Close (5.5.1, 7.1.5): no payload (the code is then 1005, "no status received"), or a
+    // 2-byte code, big-endian, and a UTF-8 reason.
+    r.what = kind::close;
+    if (n == 0) {
+        r.code = 1005;
+        return r;
+    }
+    if (n == 1) return fail(1002);
+    const unsigned code = static_cast<unsigned char>(payload[0]) << 8 | static_cast<unsigned char>(payload[1]);
+    if (!ws_close_code_valid(code)) return fail(1002);
+    r.code = static_cast<std::uint16_t>(code);
+    r.data.remove_prefix(2);
+    utf8_validator reason;  // not utf8_: a close may come between a text message's fragments
+    if (!reason.feed(r.data) || !reason.complete()) return fail(1007);
+    return r;
+}
+
+/// fail: the error result for code, which every later decode() returns too.
+RESTARTABLE_SERVER_FN ws_decoder::result ws_decoder::fail(std::uint16_t code) noexcept {
+    error_ = code;
+    result r;
+    r.what = kind::error;
+    r.code = code;
+    return r;
+}
+
+/// unmask: XORs data[i] with key[i % 4] (5.3), in place.
+RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const char* key) noexcept {
+    for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<char>(data[i] ^ key[i % 4]);
+}
+}  // namespace detail
 
 // ---------------------------------------------------------------- engine --
 //
