@@ -1012,7 +1012,7 @@ struct options {
     std::chrono::milliseconds websocket_ping_interval{30000};
     /// websocket_close_timeout: how long a WebSocket waits for the client's answer to a
     /// close frame the server sent (also at a stop, where the drain deadline bounds it
-    /// too). Default 5 s.
+    /// too). Default 5 s. 0 means no bound but the drain deadline.
     std::chrono::milliseconds websocket_close_timeout{5000};
     /// access_log: called once per response the server tries to send, on the thread that
     /// sent it (keep it quick: it delays that connection): also for HEAD, a stream whose
@@ -3215,6 +3215,7 @@ RESTARTABLE_SERVER_FN void response::set_header(std::string_view name, std::stri
 }
 
 RESTARTABLE_SERVER_FN void response::set_content(std::string_view content, std::string_view content_type) {
+    if (kind_ != body_kind::plain) release_body();  // (a push stream set before is closed)
     body.assign(content);
     set_header("Content-Type", content_type);
 }
@@ -6824,17 +6825,23 @@ RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, b
 RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
     stream_state& st = *c.st;
     std::size_t turn = 0;
+    st.blocked = false;
     for (;;) {
         if (c.output_pending()) {
             const std::size_t before = unsent(c);
             const outcome o = flush(c);
             turn += before - unsent(c);
             if (c.ch) c.ch->unsent.store(unsent(c));
+            if (o == outcome::close) log_stream(c);  // the client went away
             if (o != outcome::progress) return o;
         }
-        if (c.peer_closed && st.source == stream_state::source_t::push) return outcome::close;  // the client left
+        if (c.peer_closed && st.source == stream_state::source_t::push) {  // the client left
+            log_stream(c);
+            return outcome::close;
+        }
         if (turn >= stream_turn) {  // others wait for this worker: come back after them
-            conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);
+            st.blocked = true;      // (poll(2): watched for output when parked)
+            conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);  // (epoll: an edge now)
             return outcome::wait;
         }
         if (!st.ending) {
