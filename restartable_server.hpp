@@ -7203,7 +7203,15 @@ RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
             c.ch->unsent.store(unsent(c));
             if (o == outcome::close) return o;
             if (o == outcome::progress) continue;
-            if (st.close_received || st.failed || unsent(c) >= opts_.max_send_buffer) return outcome::wait;
+            // The socket is full: frames are read on only while the socket's bytes waiting
+            // (taken and queued) are under max_send_buffer (the client must read first).
+            if (st.close_received || st.failed) return outcome::wait;
+            std::size_t waiting;
+            {
+                std::lock_guard<std::mutex> lock(c.ch->mutex);
+                waiting = c.ch->buffered();
+            }
+            if (waiting >= opts_.max_send_buffer) return outcome::wait;
         } else if (st.close_sent && (st.close_received || st.failed)) {
             // The closing handshake is over (or the connection failed): the server closes
             // the TCP connection first (RFC 6455 7.1.1), lingering as after a response.
