@@ -91,7 +91,10 @@
 //   options::drain_timeout after the stop request shuts down what is left (counted in
 //   stop_result::cut). It returns once every thread of the run is joined and every
 //   descriptor of the run is closed, and reports what the run's stop found; every later
-//   stop() or wait() reports the same until the next run.
+//   stop() or wait() reports the same until the next run. Push streams end (what was
+//   written goes out, then the last chunk) and WebSockets are sent close 1001, closing
+//   when the client answers; a restart() sends 1012 instead and the streams' connections
+//   move on. See "streams and WebSocket" in the implementation.
 //
 // ENGINE
 //
