@@ -7,14 +7,15 @@
 //                   LIMITATIONS, PORTABILITY, CONFIGURATION MACROS, TEST HOOKS
 //   Public API      errors, sockets (unique_fd, listener factories), transport (the
 //                   seam under connections), TLS (with RESTARTABLE_SERVER_OPENSSL),
-//                   HTTP (request, response, body_writer), server (options,
+//                   HTTP (request, response, body_writer, stream_handle, pull_provider),
+//                   WebSocket (websocket, websocket_handlers), server (options,
 //                   stop_result, server), static files, forms (multipart/form-data
 //                   read streamed, urlencoded forms)
 //   Implementation  (namespace detail; search for "// ---- name --") tuning, small
 //                   tools (and CPU counting), parser, errors, sockets, TLS (OpenSSL),
-//                   HTTP, engine, event sets, hand-over to a new process, control
-//                   thread, workers (and the worker policy), connection, server,
-//                   static files, forms
+//                   HTTP, websocket frames, engine, event sets, hand-over to a new
+//                   process, control thread, workers (and the worker policy),
+//                   connection, streams and WebSocket, server, static files, forms
 //
 // QUICK START
 //
@@ -90,7 +91,10 @@
 //   options::drain_timeout after the stop request shuts down what is left (counted in
 //   stop_result::cut). It returns once every thread of the run is joined and every
 //   descriptor of the run is closed, and reports what the run's stop found; every later
-//   stop() or wait() reports the same until the next run.
+//   stop() or wait() reports the same until the next run. Push streams end (what was
+//   written goes out, then the last chunk) and WebSockets are sent close 1001, closing
+//   when the client answers; a restart() sends 1012 instead and the streams' connections
+//   move on. See "streams and WebSocket" in the implementation.
 //
 // ENGINE
 //
@@ -113,6 +117,15 @@
 //   handler thus holds its own connection only, and fast requests keep one thread per CPU.
 //   The control thread looks at the workers every 2 ms while handlers run, and sleeps when
 //   none has run for 100 ms (the first handler call after that wakes it).
+//
+//   Streams and WebSockets hold no thread either. A push stream (response::push_stream:
+//   server-sent events; the program writes from any thread), a pulled body (set_pull)
+//   and a file (set_file, sendfile(2)) go out as the socket takes them; a WebSocket
+//   (server::websocket) is a connection whose frames are decoded like requests and whose
+//   handlers run on the workers like HTTP handlers. Their sends, from any thread, queue
+//   framed bytes on the connection and wake it; a worker writes them. Only set_stream()
+//   and request::read_body() keep a thread while their body flows (for code that must
+//   block).
 //
 //   Transports: a listener may carry a transport layer (with_transport(); tls_listener()
 //   is one), and then every read, write and shutdown of its connections goes through the
@@ -140,10 +153,13 @@
 //   - TLS with OpenSSL 3 only (RESTARTABLE_SERVER_OPENSSL); no HTTP/2, no transfer
 //     codings but chunked (gzip request bodies get 501).
 //   - Lines must end in CRLF: a bare LF anywhere in a head is answered 400.
+//   - WebSocket: no extensions (permessage-deflate is declined), messages are sent as
+//     one frame each, and on_close may run on the control thread (a timeout, a cut).
 //   - Forms: a part's Content-Transfer-Encoding is not decoded (RFC 7578 4.7 deprecates
 //     it), filename* is ignored, a nested multipart/mixed part is handed over as data.
-//   - A streamed request or response body (read_body, set_stream) holds a worker thread
-//     while it flows, blocking on the socket with back-pressure; so does a slow handler.
+//   - A streamed request body (read_body) or a set_stream() response holds a worker thread
+//     while it flows, blocking on the socket with back-pressure; so does a slow handler
+//     (push_stream, set_pull, set_file and WebSockets do not).
 //     Another worker stands in for it (worker policy, under ENGINE); when
 //     options::worker_threads are held, ready connections wait for one to come free.
 //   - A handler that never returns keeps stop() from returning: threads cannot be killed.
@@ -287,6 +303,9 @@
 #ifndef RESTARTABLE_SERVER_USE_POLL
 #include <sys/epoll.h>
 #endif  // epoll
+#ifdef __linux__
+#include <sys/sendfile.h>
+#endif  // Linux
 #ifdef RESTARTABLE_SERVER_OPENSSL
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -332,6 +351,10 @@ enum class errc {
     malformed_form,         ///< a urlencoded form had a '%' not followed by two hex digits (400)
     form_too_large,         ///< a urlencoded form passed form_limits (413)
     canceled,               ///< a handler given to read_multipart() or multipart_parser returned false
+    closed,                 ///< a push stream or WebSocket is closed: its client went away, it was closed, or its run ended
+    send_buffer_full,       ///< a send would pass options::max_send_buffer: the client reads too slowly (nothing was queued)
+    invalid_utf8,           ///< websocket::send_text() or close() with text that is not UTF-8
+    too_long,               ///< a WebSocket ping payload over 125 bytes, or a close reason over 123
 };
 
 /// error_category: the category of errc; its name() is "restartable_server".
@@ -686,6 +709,54 @@ private:
 /// body_provider: produces a streamed response body by calling body_writer::write.
 using body_provider = std::function<void(body_writer& out)>;
 
+namespace detail {
+struct channel;
+}  // namespace detail
+
+/// stream_handle: the sending end of a push stream (response::push_stream()): a body the
+/// program writes whenever it has something, from any thread - server-sent events, a live
+/// log. It holds no thread: between writes its connection waits in the engine like an idle
+/// one. Copies are the same stream. Every call is safe from any thread at any time, also
+/// after the client went away or the run ended (then it reports errc::closed).
+class stream_handle {
+public:
+    /// stream_handle: an empty handle, whose writes fail with errc::closed.
+    stream_handle() = default;
+    /// write: queues data for the client and returns at once; never blocks. Errors:
+    /// errc::closed (the client went away, close() was called, or a stop or restart of the
+    /// run ended the stream); errc::send_buffer_full when buffered_amount() plus data would
+    /// pass options::max_send_buffer and the buffer is not empty - nothing is queued then:
+    /// the client reads too slowly, and the caller decides (skip an update, retry, close).
+    /// Empty data is ignored.
+    std::error_code write(std::string_view data);
+    /// buffered_amount: bytes written and not yet taken by the socket.
+    std::size_t buffered_amount() const noexcept;
+    /// close: ends the body once what is queued has gone out (the last chunk); the
+    /// connection then serves the client's next request. Later writes fail. Idempotent.
+    void close() noexcept;
+    /// is_open: whether writes are still accepted.
+    bool is_open() const noexcept;
+    /// stopping: a stop or restart of the run began: the stream is being ended (what is
+    /// queued still goes out first).
+    bool stopping() const noexcept;
+
+private:
+    friend class response;
+    friend class detail::run;
+    explicit stream_handle(std::shared_ptr<detail::channel> ch) noexcept : ch_(std::move(ch)) {}
+    std::shared_ptr<detail::channel> ch_;
+};
+
+/// pull_provider: produces the next piece of a response body into dst (room bytes, room >
+/// 0) and returns how many bytes it wrote; 0 ends the body; pull_failed (or a throw) ends
+/// the connection short, as body_writer::abort() does. The engine calls it on a worker
+/// whenever the socket can take more, never two calls at once for one response, so a
+/// client that reads slowly holds no thread - only the one piece not yet sent.
+using pull_provider = std::function<std::size_t(char* dst, std::size_t room)>;
+
+/// pull_failed: what a pull_provider returns when the body cannot be finished.
+inline constexpr std::size_t pull_failed = static_cast<std::size_t>(-1);
+
 
 /// response: what a handler fills in. Status 200 and an empty body by default.
 /// Content-Length, Date and Connection are added by the server; do not set them.
@@ -716,12 +787,43 @@ public:
     /// incomplete; a write that would pass length sends nothing and returns false.
     void set_stream(std::string_view content_type, std::uint64_t length, body_provider provider);
 
+    // Bodies that hold no thread while they flow. set_stream() keeps a worker for as long
+    // as its provider runs (for a provider that must block); these do not.
+
+    /// push_stream: the body is written later, from any thread, through the handle returned
+    /// (see stream_handle): chunked to HTTP/1.1 clients, ended by closing the connection for
+    /// HTTP/1.0 ones. The head goes out when the handler returns; until the handle is
+    /// closed the connection costs no thread. on_close, if given, is called once when the
+    /// stream ends for any reason (closed, the client went away, a stop), on a server
+    /// thread: keep it short (drop the handle from a subscriber list). Replaces body. For
+    /// HEAD, the head alone is sent and the handle is closed at once.
+    stream_handle push_stream(std::string_view content_type, std::function<void()> on_close = {});
+    /// set_pull: the body is pulled from provider (see pull_provider) whenever the socket
+    /// can take more: chunked to HTTP/1.1 clients, ended by closing for HTTP/1.0 ones.
+    void set_pull(std::string_view content_type, pull_provider provider);
+    /// set_pull(content_type, length, provider): a pulled body of exactly length bytes,
+    /// sent with Content-Length; a provider that ends early ends the connection short.
+    void set_pull(std::string_view content_type, std::uint64_t length, pull_provider provider);
+    /// set_file: the body is length bytes of file from offset, sent with Content-Length by
+    /// sendfile(2) (Linux, no transport) or read in pieces (TLS, elsewhere) as the socket
+    /// takes them, holding no thread. The response owns file and closes it. A file that
+    /// turns out shorter ends the connection short. Replaces body.
+    void set_file(std::string_view content_type, unique_fd file, std::uint64_t offset, std::uint64_t length);
+
 private:
     friend class detail::run;
     void clear() noexcept;
+    void release_body() noexcept;
+    /// kind_: where the body comes from.
+    enum class body_kind : unsigned char { plain, blocking_stream, push, pull, file };
+    body_kind kind_ = body_kind::plain;
     body_provider provider_;
-    bool stream_sized_ = false;      // set_stream with a length: Content-Length, not chunked
+    bool stream_sized_ = false;      // a stream or pull with a length: Content-Length, not chunked
     std::uint64_t stream_length_ = 0;
+    std::shared_ptr<detail::channel> push_;  // push_stream()
+    pull_provider pull_;                      // set_pull()
+    unique_fd file_;                          // set_file()
+    std::uint64_t file_offset_ = 0;
 };
 
 /// handler: called on a worker thread (or on the loop thread when worker_threads is 0)
@@ -732,6 +834,98 @@ using handler = std::function<void(const request&, response&)>;
 
 /// status_text: the reason phrase of an HTTP status code ("Not Found"), or "Unknown".
 std::string_view status_text(int status) noexcept;
+
+// ------------------------------------------------------------ WebSocket --
+
+/// websocket: one WebSocket connection (RFC 6455), as its handlers and the program see
+/// it. Copies are the same connection; keep one to send from any thread (a status thread
+/// that pushes updates). Every call is safe from any thread at any time, also after the
+/// connection has gone (then it reports errc::closed). A send queues a frame and returns at
+/// once: it never blocks and holds no thread; the connection's worker sends it when the
+/// socket can take it. Messages are sent whole, as one frame each.
+class websocket {
+public:
+    /// websocket: an empty handle, whose sends fail with errc::closed.
+    websocket() = default;
+    /// send_text: queues a text message (text must be UTF-8: errc::invalid_utf8 if not).
+    /// errc::send_buffer_full when buffered_amount() plus the message would pass
+    /// options::max_send_buffer and the buffer is not empty: nothing is queued, and the
+    /// caller decides (skip an update, retry later, close) - a slow reader never grows the
+    /// server's memory past that bound. errc::closed once a close was sent or received.
+    std::error_code send_text(std::string_view text);
+    /// send_binary: queues a binary message; errors as send_text().
+    std::error_code send_binary(std::string_view data);
+    /// ping: queues a ping with payload (at most 125 bytes: errc::too_long). The engine
+    /// answers the client's pings and sends its own keep-alive pings by itself.
+    std::error_code ping(std::string_view payload = {});
+    /// close: begins the closing handshake with code (1000 normal; 3000-4999 the
+    /// program's own) and reason (UTF-8, at most 123 bytes): the frame goes after what is
+    /// queued, no message is delivered after it, and the connection closes when the
+    /// client answers (or options::websocket_close_timeout passes). Idempotent: a second
+    /// close, or one after the client's, reports errc::closed.
+    std::error_code close(std::uint16_t code = 1000, std::string_view reason = {});
+    /// buffered_amount: bytes queued and not yet taken by the socket (the browser API's
+    /// bufferedAmount).
+    std::size_t buffered_amount() const noexcept;
+    /// is_open: open (the handshake done, no close sent or received).
+    bool is_open() const noexcept;
+    /// stopping: a stop or restart of the run began; it has sent (or is about to send)
+    /// close 1001 (stop) or 1012 (restart) to the client.
+    bool stopping() const noexcept;
+    /// subprotocol: the subprotocol chosen at the handshake ("" for none).
+    std::string subprotocol() const;
+    /// id: a number unique among the WebSockets of this process; 0 for an empty handle.
+    std::uint64_t id() const noexcept;
+
+private:
+    friend class detail::run;
+    explicit websocket(std::shared_ptr<detail::channel> ch) noexcept : ch_(std::move(ch)) {}
+    std::error_code send(unsigned opcode, std::string_view data);
+    std::shared_ptr<detail::channel> ch_;
+};
+
+/// websocket_upgrade: what on_upgrade sees of a handshake and decides about it.
+struct websocket_upgrade {
+    /// offered: the subprotocols the client offered (Sec-WebSocket-Protocol), in order.
+    std::vector<std::string_view> offered;
+    /// subprotocol: set to one of offered to choose it; "" (the default) chooses none.
+    /// A value not offered fails the handshake with 500 (a program error).
+    std::string subprotocol;
+    /// refuse: set to an HTTP status (401, 403, 404, ...) to refuse the handshake; 0 (the
+    /// default) accepts it.
+    int refuse = 0;
+};
+
+/// websocket_handlers: what a WebSocket route does. Each handler runs on a worker, like
+/// an HTTP handler, one at a time for one connection and in the order of the frames;
+/// handlers of different connections run at once. A handler that throws closes its
+/// connection with 1011.
+struct websocket_handlers {
+    /// on_upgrade: called with the handshake request once it passed the checks of RFC
+    /// 6455 4.2.1 (and the origin check), before the 101 is sent: may refuse it or choose
+    /// a subprotocol. Empty: accepted, no subprotocol.
+    std::function<void(const request& req, websocket_upgrade& upgrade)> on_upgrade;
+    /// on_open: the handshake is done (the 101 is queued); req is the handshake request,
+    /// valid during the call. Sends from here go out right after the 101.
+    std::function<void(websocket& ws, const request& req)> on_open;
+    /// on_message: a whole message from the client (fragments joined); data is valid
+    /// during the call only. text: it came as a text message (valid UTF-8: checked).
+    std::function<void(websocket& ws, std::string_view data, bool text)> on_message;
+    /// on_close: once per connection that opened, whatever ended it: the code and reason
+    /// of the client's close frame (1005 when it had no code), the code the server failed
+    /// the connection with (1002 protocol error, 1007 invalid UTF-8, 1009 too big, 1011 a
+    /// handler threw), or 1006 when the connection went without a close frame (the client
+    /// vanished, a timeout, the drain deadline). On a server thread - the control thread
+    /// for a timeout or a cut at the drain deadline: keep it short.
+    std::function<void(websocket& ws, std::uint16_t code, std::string_view reason)> on_close;
+    /// allowed_origins: browsers send Origin; a handshake whose Origin is not the
+    /// request's own (scheme-less host[:port] equal to Host) is refused with 403 unless
+    /// listed here exactly ("https://ui.example:8443"), or "*" is listed. A handshake
+    /// without Origin (not from a browser) is not checked. This stops another web site
+    /// from driving the device from its visitors' browsers (cross-site WebSocket
+    /// hijacking).
+    std::vector<std::string> allowed_origins;
+};
 
 // --------------------------------------------------------------- server --
 
@@ -805,6 +999,25 @@ struct options {
     /// connections of a run together may not exceed this; a request that would pass it is
     /// answered 503 and its connection closed. Default 256 MiB. 0 means the default.
     std::size_t max_buffered_bytes = 256 * 1024 * 1024;
+    /// max_send_buffer: the bytes one push stream or WebSocket may hold queued for a
+    /// client that reads slowly; a send that would pass it is refused with
+    /// errc::send_buffer_full (the caller decides), unless the buffer is empty (so any one
+    /// message can be sent: the bound is then that message). While a WebSocket's buffer
+    /// is at the bound, no more of its frames are read (its client must read first).
+    /// Default 1 MiB. 0 means the default.
+    std::size_t max_send_buffer = 1024 * 1024;
+    /// websocket_max_message: a WebSocket message (all its fragments) may not be larger;
+    /// a longer one closes the connection with 1009, known from the frame's header alone.
+    /// Counted in max_buffered_bytes while it arrives. Default 16 MiB. 0 means the default.
+    std::size_t websocket_max_message = 16 * 1024 * 1024;
+    /// websocket_ping_interval: a WebSocket from which nothing came for this long is sent
+    /// a ping; if nothing comes for another interval, it is closed (on_close sees 1006).
+    /// Default 30 s. 0 means never (then idle_timeout does not apply either).
+    std::chrono::milliseconds websocket_ping_interval{30000};
+    /// websocket_close_timeout: how long a WebSocket waits for the client's answer to a
+    /// close frame the server sent (also at a stop, where the drain deadline bounds it
+    /// too). Default 5 s. 0 means no bound but the drain deadline.
+    std::chrono::milliseconds websocket_close_timeout{5000};
     /// access_log: called once per response the server tries to send, on the thread that
     /// sent it (keep it quick: it delays that connection): also for HEAD, a stream whose
     /// provider threw or aborted, and a response whose head the client did not take
@@ -911,6 +1124,14 @@ public:
     }
     /// del: route("DELETE", ...).
     server& del(std::string pattern, handler h) { return route("DELETE", std::move(pattern), std::move(h)); }
+    /// websocket: a WebSocket endpoint (RFC 6455) at pattern, for GET handshakes: checks
+    /// the handshake strictly (426 with "Sec-WebSocket-Version: 13" for another version,
+    /// 400 for a malformed one, 403 for a foreign Origin), declines every extension (no
+    /// compression), then serves frames in the engine: an idle WebSocket is an idle
+    /// connection, no thread waits on it. A stop sends close 1001 (Going Away), a
+    /// restart 1012 (Service Restart), and both wait for the client's answer within the
+    /// drain deadline. See websocket and websocket_handlers.
+    server& websocket(std::string pattern, websocket_handlers handlers);
 
     /// set_options: replaces the options; the next start uses them. Any thread.
     void set_options(options opts);
@@ -1842,6 +2063,10 @@ public:
             case errc::malformed_form: return "the form has an invalid percent-escape";
             case errc::form_too_large: return "the form is larger than its limits";
             case errc::canceled: return "a form handler stopped the reading";
+            case errc::closed: return "the stream or WebSocket is closed";
+            case errc::send_buffer_full: return "the send buffer is full: the client reads too slowly";
+            case errc::invalid_utf8: return "the text is not valid UTF-8";
+            case errc::too_long: return "a WebSocket control payload is longer than 125 bytes";
         }
         return "unknown restartable_server error";
     }
@@ -2968,16 +3193,17 @@ RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
 }
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, body_provider provider) {
-    body.clear();
+    release_body();
     provider_ = std::move(provider);
-    stream_sized_ = false;
+    kind_ = body_kind::blocking_stream;
     set_header("Content-Type", content_type);
 }
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, std::uint64_t length,
                                                 body_provider provider) {
-    body.clear();
+    release_body();
     provider_ = std::move(provider);
+    kind_ = body_kind::blocking_stream;
     stream_sized_ = true;
     stream_length_ = length;
     set_header("Content-Type", content_type);
@@ -2993,6 +3219,7 @@ RESTARTABLE_SERVER_FN void response::set_header(std::string_view name, std::stri
 }
 
 RESTARTABLE_SERVER_FN void response::set_content(std::string_view content, std::string_view content_type) {
+    if (kind_ != body_kind::plain) release_body();  // (a push stream set before is closed)
     body.assign(content);
     set_header("Content-Type", content_type);
 }
@@ -3003,13 +3230,6 @@ RESTARTABLE_SERVER_FN std::string_view response::get_header(std::string_view nam
     return {};
 }
 
-RESTARTABLE_SERVER_FN void response::clear() noexcept {
-    status = 200;
-    headers.clear();
-    body.clear();
-    provider_ = nullptr;
-    stream_sized_ = false;
-}
 
 RESTARTABLE_SERVER_FN std::string log_escape(std::string_view s) {
     std::string out;
@@ -3531,6 +3751,11 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //                            as it is decoded (a chunk-size line <= max_chunk_line bytes)
 //   pipelined requests       read only while no response is waiting to be written
 //   unsent response          the rest of one response (the handler's body, moved)
+//   push stream, WebSocket   what the program queued and the socket has not taken:
+//                            <= options::max_send_buffer (or one larger message);
+//                            idle: ~0.4 KiB more (its channel and stream state)
+//   pulled body, TLS file    one piece (16 KiB) not yet taken; a plain file: none
+//   WebSocket message        <= websocket_max_message, counted in max_buffered_bytes
 //   per serving thread       read_size (64 KiB) read buffer + a streaming buffer
 //   all request buffers      <= options::max_buffered_bytes per run (503 past it)
 //   A failed allocation answers that one connection 503 and closes it.
@@ -4019,6 +4244,7 @@ struct route {
     std::vector<std::string> segments;  // the pattern split at '/'; ":name" is a parameter, a last "*" the rest
     handler fn;
     body_mode mode;
+    std::shared_ptr<const websocket_handlers> ws;  // a WebSocket endpoint (GET): fn is empty
 
     /// match: whether path fits the pattern; fills params with the decoded parameters.
     bool match(std::string_view path, std::vector<std::pair<std::string_view, std::string>>& params) const {
@@ -4104,14 +4330,16 @@ RESTARTABLE_SERVER_FN bool wants_keep_alive(const request& req) noexcept {
 /// conn_state: where one connection is (Go's ConnState, finer). Only the thread that
 /// holds the connection changes it, through connection::set(), which checks this table:
 ///
-///   from \ to    idle  head  body  handling  writing  lingering  closed
+///   from \ to    idle  head  body  handling  writing  lingering  closed  streaming  websocket
 ///   (accepted)         x
 ///   idle               x                                           x
 ///   head                     x     x         x        x            x
 ///   body                           x         x                     x
-///   handling     x                           x        x            x
+///   handling     x                           x        x            x       x          x
 ///   writing      x                                    x            x
 ///   lingering                                                      x
+///   streaming                                x                     x
+///   websocket                                         x            x
 ///
 ///   idle: between requests, no byte of the next one yet (idle_timeout)
 ///   head: a request head is arriving (header_timeout, from accept or its first byte);
@@ -4122,7 +4350,11 @@ RESTARTABLE_SERVER_FN bool wants_keep_alive(const request& req) noexcept {
 ///   writing: a response waits for the socket (write_timeout between writes)
 ///   lingering: our side is shut down; the client's late bytes are dropped (linger_time),
 ///     so closing never resets a response the client has not read (RFC 9112 9.6)
-enum class conn_state : unsigned char { idle, head, body, handling, writing, lingering, closed };
+///   streaming: a push stream, pulled body or file flows, holding no thread: it waits for
+///     the socket, or (a push stream) for the program's next write (write_timeout while
+///     bytes wait for the socket; nothing while the stream is idle)
+///   websocket: after a 101, frames both ways (see "WebSocket" below)
+enum class conn_state : unsigned char { idle, head, body, handling, writing, lingering, closed, streaming, websocket };
 
 constexpr bool allowed(conn_state from, conn_state to) noexcept {
     using s = conn_state;
@@ -4132,7 +4364,10 @@ constexpr bool allowed(conn_state from, conn_state to) noexcept {
             return to == s::body || to == s::handling || to == s::writing || to == s::lingering || to == s::closed;
         case s::body: return to == s::handling || to == s::writing || to == s::closed;
         case s::handling:
-            return to == s::idle || to == s::writing || to == s::lingering || to == s::closed;
+            return to == s::idle || to == s::writing || to == s::lingering || to == s::closed || to == s::streaming ||
+                   to == s::websocket;
+        case s::streaming: return to == s::writing || to == s::closed;
+        case s::websocket: return to == s::lingering || to == s::closed;
         case s::writing: return to == s::idle || to == s::lingering || to == s::closed;
         case s::lingering: return to == s::closed;
         case s::closed:  // a pooled object taking a new connection, or one handed over
@@ -4140,6 +4375,78 @@ constexpr bool allowed(conn_state from, conn_state to) noexcept {
     }
     return false;
 }
+
+struct connection;
+
+/// channel: what a stream_handle or websocket handle shares with the connection it
+/// sends on. Senders (any thread) append framed bytes to queued under mutex and wake the
+/// connection's holder (poke: the connection is re-registered for output, so the set
+/// reports it writable); only the holder writes to the socket. When the connection ends,
+/// conn becomes null under mutex, so a handle outlives it safely: while conn is set, the
+/// connection and its run are alive (a run ends only when its last connection has).
+struct channel {
+    enum class kind_t : unsigned char { push, websocket };
+    explicit channel(kind_t k) noexcept : kind(k) {}
+    const kind_t kind;
+    std::mutex mutex;
+    // Under mutex.
+    run* owner = nullptr;        // conn's run; null before the stream starts and after it ended
+    connection* conn = nullptr;
+    std::string queued;          // bytes to send, framed (chunks, WebSocket frames)
+    bool poked = false;          // a wake-up is on its way to conn's holder
+    bool open = true;            // sends accepted
+    bool end_requested = false;  // push: close(); WebSocket: a close frame is queued
+    std::size_t limit = 0;       // options::max_send_buffer (0 until the stream starts: no bound yet)
+    bool chunked = false;        // push: each write is one chunk
+    std::size_t registry_index = 0;  // (under the run's channels_mutex_) where its run lists it
+    // Set once before the handle is shared, or atomic.
+    std::atomic<std::size_t> unsent{0};  // bytes the holder took from queued, not yet sent
+    std::atomic<bool> send_waiting{false};  // queued has bytes the holder has not taken
+    std::atomic<bool> stopping{false};
+    std::atomic<std::thread::id> serving{};  // the thread running one of its handlers (no poke needed)
+    std::uint64_t id = 0;
+    std::string subprotocol;
+    std::function<void()> on_close;  // push
+    std::shared_ptr<const websocket_handlers> handlers;  // websocket
+
+    std::size_t buffered() const noexcept { return queued.size() + unsent.load(); }
+    /// admits: whether n more bytes may be queued (under mutex).
+    bool admits(std::size_t n) const noexcept {
+        const std::size_t b = buffered();
+        return b == 0 || limit == 0 || (b <= limit && n <= limit - b);
+    }
+};
+
+/// next_channel_id: ids for websocket::id(), unique in the process.
+RESTARTABLE_SERVER_FN std::uint64_t next_channel_id() noexcept {
+    static std::atomic<std::uint64_t> last{0};
+    return last.fetch_add(1) + 1;
+}
+
+/// stream_state: what a connection in state streaming or websocket keeps (its holder's
+/// alone), allocated only for those.
+struct stream_state {
+    // streaming
+    enum class source_t : unsigned char { push, pull, file } source = source_t::push;
+    bool chunked = false;                  // chunk framing (pull; a push stream frames at write)
+    bool sized = false;                    // Content-Length: left counts down
+    std::uint64_t left = 0;
+    pull_provider pull;
+    unique_fd file;
+    std::uint64_t file_offset = 0;
+    std::size_t written = 0;               // body bytes sent, for the access log
+    bool ending = false;                   // the body is complete: the last chunk follows
+    bool blocked = false;                  // sendfile(2) found the socket full
+    std::string method, target;            // for the access log (only with one)
+    int status = 200;
+    // websocket
+    ws_decoder decoder{0};
+    websocket handle;
+    bool close_sent = false, close_received = false, failed = false, ping_outstanding = false;
+    std::uint16_t close_code = 1006;       // what on_close will be told
+    std::string close_reason;
+    clock::time_point last_in;             // when the client last sent anything
+};
 
 /// connection: one accepted connection, and what it keeps between events.
 struct connection {
@@ -4182,6 +4489,8 @@ struct connection {
     bool peer_closed = false;  // the client shut down its side: read until the EOF
     bool watch_output = false;  // registered for EPOLLOUT too (once a response had to wait)
     bool nodelay = false;       // TCP_NODELAY is set (see no_delay)
+    std::shared_ptr<channel> ch;        // a push stream's or WebSocket's (states streaming, websocket)
+    std::unique_ptr<stream_state> st;   // states streaming and websocket
 
     void set(conn_state to) noexcept {
         assert(allowed(state, to));
@@ -4189,7 +4498,7 @@ struct connection {
     }
     bool output_pending() const noexcept { return out_sent < out_head.size() + out_body.size(); }
     /// needs_output: whether c waits for its socket to be writable.
-    bool needs_output() const noexcept { return wants_write || output_pending(); }
+    bool needs_output() const noexcept { return wants_write || output_pending() || (st && st->blocked); }
     conn_io io() noexcept { return {fd.get(), tp.get()}; }
     void reset_request() noexcept {
         head_bytes = scanned = body_read = body_write = 0;
@@ -4571,6 +4880,33 @@ private:
     outcome after_response(connection& c);
     outcome linger(connection& c) noexcept;
     void no_delay(connection& c) noexcept;
+
+    // Streams that hold no thread, and WebSockets (see "streams and WebSocket").
+public:
+    /// poke: wakes the holder of c, or a worker for it, to send what its channel queued
+    /// (any thread, with the channel's mutex held: c is open).
+    void poke(connection& c) noexcept;
+
+private:
+    outcome start_stream(worker& w, connection& c, bool keep_alive);
+    outcome stream_step(worker& w, connection& c);
+    outcome produce(worker& w, connection& c, std::size_t& turn);
+    void log_stream(const connection& c) noexcept;
+    bool take_queued(connection& c);
+    void attach(connection& c, const std::shared_ptr<channel>& ch);
+    void end_channel(connection& c) noexcept;
+    void stop_channel(channel& ch, std::uint16_t code) noexcept;
+    void stop_channels(std::uint16_t code) noexcept;
+    outcome upgrade_websocket(worker& w, connection& c, std::size_t end);
+    int check_handshake(const request& req, const websocket_handlers& h) const noexcept;
+    outcome ws_step(worker& w, connection& c);
+    void ws_event(worker& w, connection& c, const ws_decoder::result& r);
+    void ws_queue(connection& c, unsigned opcode, std::string_view payload);
+    void ws_fail(connection& c, std::uint16_t code);
+    template <class F>
+    void ws_call(worker& w, connection& c, F&& f);
+    std::int64_t ws_deadline(const connection& c) const noexcept;
+    void ws_timeout(connection& c) noexcept;
     void on_timeout(worker& w, connection& c, clock::time_point now) noexcept;
     void call_handler(worker& w, const route* r, int route_status);
     void build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed);
@@ -4624,6 +4960,8 @@ private:
     std::atomic<std::size_t> buffered_{0};
     std::atomic<std::size_t> cut_{0};
     std::atomic<int> waiting_{0};  // workers waiting in conns_
+    std::mutex channels_mutex_;             // guards channels_ (and each channel's registry_index)
+    std::vector<channel*> channels_;        // the open push streams and WebSockets, for a stop
     bool cut_done_ = false;
     bool accept_paused_ = false;
     clock::time_point accept_resume_{};
@@ -4774,6 +5112,7 @@ RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
     drain_deadline_.store(error_ ? from : from + std::chrono::nanoseconds(opts_.drain_timeout).count());
     stop_signal_.raise();
     run_hooks(stop_reason::stop);
+    stop_channels(1001);  // push streams end, WebSockets get close 1001 (Going Away)
     std::vector<connection*> parked = take_parked();
     // After upgrade(): those waiting for a request go to the new process, all at once (the
     // rest are kept in place, at the front, and dealt with below).
@@ -4832,6 +5171,7 @@ RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
     drain_deadline_.store(to_ns(now) + std::chrono::nanoseconds(opts_.drain_timeout).count());
     stop_signal_.raise();
     run_hooks(stop_reason::restart);
+    stop_channels(1012);  // push streams end (their connections move), WebSockets get 1012
     for (connection* c : take_parked()) {
         if (c->state == conn_state::idle || c->state == conn_state::head)
             transfer(*c);
@@ -5133,6 +5473,7 @@ RESTARTABLE_SERVER_FN void run::sweep(clock::time_point now) noexcept {
 
 RESTARTABLE_SERVER_FN void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
     if (c.deadline.load() > to_ns(now)) return hand_back(c);  // re-armed meanwhile: not due
+    if (c.state == conn_state::websocket) return ws_timeout(c);
     const bool has_request = c.in.size() > c.start;
     if ((c.state == conn_state::head && has_request) || c.state == conn_state::body) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -5390,6 +5731,8 @@ RESTARTABLE_SERVER_FN run::outcome run::step(worker& w, connection& c) {
             if (c.read_short) return outcome::wait;  // the socket is most likely empty: park
             return read_input(w, c);
         }
+        case conn_state::streaming: return stream_step(w, c);
+        case conn_state::websocket: return ws_step(w, c);
         case conn_state::handling:
         case conn_state::closed: break;
     }
@@ -5410,7 +5753,11 @@ RESTARTABLE_SERVER_FN run::outcome run::read_input(worker& w, connection& c) {
         std::size_t want = std::max(c.in.capacity() * 2, c.in.size() + read_size);
         if (c.state == conn_state::body && c.framing.kind == request_framing::content_length)
             want = std::min(want, c.start + c.head_bytes + c.framing.length);
-        if (!grow_input(c, want)) return answer_error(w, c, 503);
+        if (!grow_input(c, want)) {
+            if (c.state != conn_state::websocket) return answer_error(w, c, 503);
+            ws_fail(c, 1013);  // over max_buffered_bytes: "try again later"
+            return outcome::progress;
+        }
     }
     const std::size_t room = c.in.capacity() - c.in.size();
     const io_result r = io_read(c.io(), c.in.data() + c.in.size(), room);
@@ -5559,6 +5906,7 @@ RESTARTABLE_SERVER_FN run::outcome run::collect_body(worker& w, connection& c, b
 }
 
 RESTARTABLE_SERVER_FN run::outcome run::handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end) {
+    if (c.matched && c.matched->ws) return upgrade_websocket(w, c, end);
     c.set(conn_state::handling);
     w.req.body = body;
     w.req.transport_ = c.tp.get();
@@ -5647,6 +5995,11 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     }
     response& res = w.res;
     const bool bodiless = res.status < 200 || res.status == 204 || res.status == 304;
+    if (res.kind_ == response::body_kind::push || res.kind_ == response::body_kind::pull ||
+        res.kind_ == response::body_kind::file) {
+        if (!bodiless) return start_stream(w, c, keep_alive);
+        res.release_body();
+    }
     if (res.provider_ && !bodiless) {
         no_delay(c);  // many writes: none may wait for the ACK of the one before
         const call_span span(*this, w);  // it may block on the client, as a handler may
@@ -5950,6 +6303,10 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
         case conn_state::body: limit = opts_.body_timeout; break;
         case conn_state::writing: limit = opts_.write_timeout; break;
         case conn_state::lingering: limit = linger_time; break;
+        case conn_state::streaming:  // an idle push stream waits for the program, unbounded
+            if (c.needs_output()) limit = opts_.write_timeout;
+            break;
+        case conn_state::websocket: break;  // ws_deadline()
         case conn_state::handling:
         case conn_state::closed: close(c); return false;
     }
@@ -5961,12 +6318,16 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
         }
     }
     conns_.rearm(c.fd.get(), &c, watched_events(c));  // poll(2): reported again from now on
-    const std::int64_t deadline = limit.count() > 0 ? to_ns(c.since + limit) : never;
+    const std::int64_t deadline =
+        s == conn_state::websocket ? ws_deadline(c) : limit.count() > 0 ? to_ns(c.since + limit) : never;
     c.deadline.store(deadline);
     if (deadline != never) lower_next_sweep(deadline);
     c.hold.store(connection::parked);  // from here on another thread may hold c
     RESTARTABLE_SERVER_SYNC_POINT(srv_, "park.parked", static_cast<int>(s));
     if (c.pending.load() != 0 && take(c)) return true;  // an event came while this thread held it
+    // A sender queued bytes as this thread parked c (its poke may have come before the
+    // registration above, which poll(2) would then have overwritten).
+    if (c.ch && !c.output_pending() && c.ch->send_waiting.load() && take(c)) return true;
     // A connection parked just as a stop or restart began may have been missed by its
     // sweep of parked connections.
     if (stopping_.load() &&
@@ -6010,6 +6371,7 @@ RESTARTABLE_SERVER_FN bool run::watch(connection* c, int fd, std::uint32_t event
 /// close: closes c for good (by its holder) and returns the object to the pool.
 RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
     if (c.tp && !c.handshaking && c.state != conn_state::lingering) c.tp->shutdown(c.fd.get());
+    end_channel(c);  // a stream's or WebSocket's on_close, on the thread that closes it
     clear(c);
     pool_.release(c, conns_);
     left();
@@ -6139,6 +6501,8 @@ RESTARTABLE_SERVER_FN void run::send_away(connection* const* cs, std::size_t n) 
 /// clear: what closing or handing over does to the connection object.
 RESTARTABLE_SERVER_FN void run::clear(connection& c) noexcept {
     c.state = conn_state::closed;
+    c.ch.reset();
+    c.st.reset();
     c.tp.reset();
     c.handshaking = c.wants_write = false;
     c.in_flight.store(false);
@@ -6180,6 +6544,898 @@ RESTARTABLE_SERVER_FN void run::lower_next_sweep(std::int64_t ns) noexcept {
         }
     }
 }
+
+// ------------------------------------------------- streams and WebSocket --
+//
+// A push stream, a pulled body, a file and a WebSocket are connections in the states
+// streaming and websocket: they hold no thread. Their holder - a worker that took the
+// connection for an event - sends what waits, reads what came, runs the WebSocket
+// handlers, and parks the connection again. A sender on another thread (stream_handle,
+// websocket) appends framed bytes to the connection's channel and pokes it:
+// re-registering it for output makes the set report it writable, so a worker takes it
+// (or, when a thread holds it, the event waits in pending for that holder, who also
+// looks at the channel's send flag after parking). A handler answering a message on the
+// holder's own thread needs no poke: the holder sends the queue before it parks.
+//
+// WebSocket (RFC 6455): frames are decoded in place in the connection's input buffer
+// (ws_decoder) and each message goes to on_message on the holder's thread, in order.
+// The engine answers control frames: a ping with a pong, a close with a close, after
+// which the server closes the TCP connection first (7.1.1), lingering as after an HTTP
+// response. A protocol error fails the connection (7.1.7): a close frame with the code
+// (1002, 1007, 1009), then the TCP close, without waiting for an answer. While a
+// connection's unsent bytes are at options::max_send_buffer none of its frames are read,
+// so a client that sends without reading is held at that bound.
+
+/// ws_opcode: the frame opcodes (RFC 6455 5.2).
+enum ws_opcode : unsigned { ws_continuation = 0, ws_text = 1, ws_binary = 2, ws_close = 8, ws_ping = 9, ws_pong = 10 };
+
+/// append_hex: appends n in lower-case hexadecimal (a chunk-size line).
+RESTARTABLE_SERVER_FN void append_hex(std::string& out, std::size_t n) {
+    char tmp[2 * sizeof n];
+    char* p = tmp + sizeof tmp;
+    do {
+        *--p = "0123456789abcdef"[n & 15];
+        n >>= 4;
+    } while (n != 0);
+    out.append(p, static_cast<std::size_t>(tmp + sizeof tmp - p));
+}
+
+/// stream_piece: what one pull of a body or one read of a file for a TLS connection
+/// asks for: what a slow reader of such a body holds.
+inline constexpr std::size_t stream_piece = 16 * 1024;
+/// stream_turn: bytes a stream sends in one turn before its worker serves others (the
+/// connection is then reported again at once).
+inline constexpr std::size_t stream_turn = 1024 * 1024;
+
+/// wake_channel: a sender queued bytes on ch (mutex held): its connection's holder must
+/// send them.
+RESTARTABLE_SERVER_FN void wake_channel(channel& ch) noexcept {
+    ch.send_waiting.store(true);
+    if (ch.conn == nullptr || ch.poked || ch.serving.load() == std::this_thread::get_id()) return;
+    ch.poked = true;
+    ch.owner->poke(*ch.conn);
+}
+
+/// append_ws_frame: a whole unmasked frame (server to client) at the end of out.
+RESTARTABLE_SERVER_FN void append_ws_frame(std::string& out, unsigned opcode, std::string_view payload) {
+    char head[10];
+    const std::size_t n = ws_frame_head(opcode, true, payload.size(), head);
+    out.append(head, n);
+    out.append(payload);
+}
+
+/// close_payload: the payload of a close frame: code, big-endian, then reason.
+RESTARTABLE_SERVER_FN std::string close_payload(std::uint16_t code, std::string_view reason) {
+    std::string p;
+    p.reserve(2 + reason.size());
+    p += static_cast<char>(code >> 8);
+    p += static_cast<char>(code & 0xff);
+    p.append(reason);
+    return p;
+}
+
+/// utf8_valid: whether text is whole, valid UTF-8.
+RESTARTABLE_SERVER_FN bool utf8_valid(std::string_view text) noexcept {
+    utf8_validator v;
+    return v.feed(text) && v.complete();
+}
+
+/// abandon: a push stream that will never start (the handler threw, the response has
+/// no body, HEAD): its handle reports closed, and its on_close runs.
+RESTARTABLE_SERVER_FN void abandon(channel& ch) noexcept {
+    {
+        std::lock_guard<std::mutex> lock(ch.mutex);
+        ch.open = false;
+        std::string().swap(ch.queued);
+    }
+    if (!ch.on_close) return;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        ch.on_close();
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (...) {  // nothing to tell: the stream never began
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+/// origin_allowed: whether a handshake's Origin may drive the endpoint: listed (or "*"),
+/// or the request's own - host[:port] equal to Host, a scheme's default port ignored.
+RESTARTABLE_SERVER_FN bool origin_allowed(std::string_view origin, std::string_view host,
+                                          const std::vector<std::string>& allowed) noexcept {
+    for (const std::string& a : allowed)
+        if (a == "*" || iequals(a, origin)) return true;
+    const std::size_t sep = origin.find("://");
+    if (sep == std::string_view::npos || host.empty()) return false;  // "null" (a file, a sandbox)
+    const std::string_view scheme = origin.substr(0, sep);
+    std::string_view authority = origin.substr(sep + 3);
+    if (authority.find('/') != std::string_view::npos) return false;
+    const bool secure = iequals(scheme, "https") || iequals(scheme, "wss");
+    const std::string_view default_port = secure ? ":443" : ":80";
+    auto strip = [default_port](std::string_view hp) {
+        if (hp.size() > default_port.size() && hp.substr(hp.size() - default_port.size()) == default_port &&
+            hp.back() != ']')
+            hp.remove_suffix(default_port.size());
+        return hp;
+    };
+    return iequals(strip(authority), strip(host));
+}
+
+RESTARTABLE_SERVER_FN void run::poke(connection& c) noexcept {
+    conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);
+}
+
+/// attach: makes ch the channel of c (held, about to stream or speak WebSocket) and lists
+/// it for a stop. A stop or restart that began already ends it at once.
+RESTARTABLE_SERVER_FN void run::attach(connection& c, const std::shared_ptr<channel>& ch) {
+    {
+        std::lock_guard<std::mutex> lock(channels_mutex_);
+        channels_.push_back(ch.get());
+        ch->registry_index = channels_.size() - 1;
+    }
+    {
+        std::lock_guard<std::mutex> lock(ch->mutex);
+        ch->owner = this;
+        ch->conn = &c;
+        ch->limit = opts_.max_send_buffer;
+    }
+    c.ch = ch;
+    if (!c.watch_output) {  // its senders' pokes ask for output: epoll keeps that registration
+        c.watch_output = true;
+        conns_.modify(c.fd.get(), &c, watched_events(c));
+    }
+    if (stopping_.load()) stop_channel(*ch, retiring_.load() ? 1012 : 1001);  // after it was listed
+}
+
+/// stop_channel: a stop (1001) or restart (1012) ends ch: a push stream after what is
+/// queued, a WebSocket with a close frame.
+RESTARTABLE_SERVER_FN void run::stop_channel(channel& ch, std::uint16_t code) noexcept {
+    std::lock_guard<std::mutex> lock(ch.mutex);
+    ch.stopping.store(true);
+    if (!ch.open) return;
+    ch.open = false;
+    ch.end_requested = true;
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        if (ch.kind == channel::kind_t::websocket)
+            append_ws_frame(ch.queued, ws_close, close_payload(code, code == 1012 ? "restarting" : "stopping"));
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::bad_alloc&) {  // no close frame: the TCP close says it
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    wake_channel(ch);
+}
+
+/// stop_channels: stop_channel() for every push stream and WebSocket of the run.
+RESTARTABLE_SERVER_FN void run::stop_channels(std::uint16_t code) noexcept {
+    std::lock_guard<std::mutex> lock(channels_mutex_);
+    for (channel* ch : channels_) stop_channel(*ch, code);
+}
+
+/// end_channel: c's stream or WebSocket is over: its handles report closed from now on,
+/// and its on_close runs (once: c.ch is gone after).
+RESTARTABLE_SERVER_FN void run::end_channel(connection& c) noexcept {
+    const std::shared_ptr<channel> ch = std::move(c.ch);
+    if (!ch) return;
+    {
+        std::lock_guard<std::mutex> lock(ch->mutex);
+        ch->owner = nullptr;
+        ch->conn = nullptr;
+        ch->open = false;
+        std::string().swap(ch->queued);
+        ch->unsent.store(0);
+    }
+    {
+        std::lock_guard<std::mutex> lock(channels_mutex_);
+        channel* const last = channels_.back();
+        channels_[ch->registry_index] = last;
+        last->registry_index = ch->registry_index;
+        channels_.pop_back();
+    }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        if (ch->kind == channel::kind_t::push) {
+            if (ch->on_close) ch->on_close();
+        } else if (ch->handlers->on_close && c.st) {
+            websocket ws(ch);
+            ch->handlers->on_close(ws, c.st->close_code, c.st->close_reason);
+        }
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::exception& e) {
+        log_error("an on_close handler threw: ", e.what());
+    } catch (...) {
+        log_error("an on_close handler threw", "");
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+/// take_queued: moves what c's channel queued into c's output (a push stream's bytes
+/// become one chunk), once c's output is all sent; notes a close the program queued.
+/// True when something was moved.
+RESTARTABLE_SERVER_FN bool run::take_queued(connection& c) {
+    channel& ch = *c.ch;
+    stream_state& st = *c.st;
+    std::lock_guard<std::mutex> lock(ch.mutex);
+    ch.poked = false;
+    if (c.output_pending()) return false;
+    if (ch.end_requested && ch.kind == channel::kind_t::websocket && !st.close_sent) {
+        st.close_sent = true;
+        c.since = clock::now();  // websocket_close_timeout counts from here
+    }
+    ch.send_waiting.store(false);
+    if (ch.queued.empty()) {
+        if (ch.end_requested && ch.kind == channel::kind_t::push) st.ending = true;
+        return false;
+    }
+    c.out_head.clear();
+    c.out_sent = 0;
+    std::swap(c.out_body, ch.queued);
+    ch.queued.clear();
+    if (ch.kind == channel::kind_t::push) {
+        st.written += c.out_body.size();
+        if (st.chunked) {
+            append_hex(c.out_head, c.out_body.size());
+            c.out_head += "\r\n";
+            c.out_body += "\r\n";
+        }
+    }
+    ch.unsent.store(c.out_head.size() + c.out_body.size());
+    c.since = clock::now();  // write_timeout counts from here
+    return true;
+}
+
+/// unsent: the bytes of c's output not yet taken by the socket.
+RESTARTABLE_SERVER_FN std::size_t unsent(const connection& c) noexcept {
+    return c.out_head.size() + c.out_body.size() - c.out_sent;
+}
+
+// ---- streams
+
+/// start_stream: a push stream, pulled body or file response: its head goes out, then
+/// the body as the socket takes it (stream_step), holding no thread.
+RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, bool keep_alive) {
+    response& res = w.res;
+    using kind = response::body_kind;
+    std::shared_ptr<channel> ch = std::move(res.push_);
+    auto st = std::make_unique<stream_state>();
+    st->status = res.status;
+    if (res.kind_ == kind::file) {
+        st->source = stream_state::source_t::file;
+        st->file = std::move(res.file_);
+        st->file_offset = res.file_offset_;
+    } else if (res.kind_ == kind::pull) {
+        st->source = stream_state::source_t::pull;
+        st->pull = std::move(res.pull_);
+    }
+    st->sized = res.stream_sized_;
+    st->left = res.stream_length_;
+    const bool chunked = !st->sized && c.version_minor == 1;
+    if (!st->sized && !chunked) keep_alive = false;  // HTTP/1.0 without a length: closing ends the body
+    st->chunked = chunked;
+    build_head(w, c, keep_alive, chunked, true);
+    c.out_head.assign(w.head);
+    c.out_body.clear();
+    c.out_sent = 0;
+    c.keep_alive = keep_alive;
+    c.since = clock::now();
+    no_delay(c);  // many writes: none may wait for the ACK of the one before
+    if (c.is_head) {  // the head alone
+        if (ch) abandon(*ch);
+        if (opts_.access_log) log_access(w, c, 0);
+        c.set(conn_state::writing);
+        return outcome::progress;
+    }
+    if (opts_.access_log) {
+        st->method.assign(w.req.method);
+        st->target.assign(w.req.target);
+    }
+    c.st = std::move(st);
+    c.set(conn_state::streaming);
+    if (ch) attach(c, ch);
+    return outcome::progress;
+}
+
+/// stream_step: sends what waits, then the next piece of the body, until the socket is
+/// full, a push stream has nothing more for now, or the body has ended.
+RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
+    stream_state& st = *c.st;
+    std::size_t turn = 0;
+    st.blocked = false;
+    for (;;) {
+        if (c.output_pending()) {
+            const std::size_t before = unsent(c);
+            const outcome o = flush(c);
+            turn += before - unsent(c);
+            if (c.ch) c.ch->unsent.store(unsent(c));
+            if (o == outcome::close) log_stream(c);  // the client went away
+            if (o != outcome::progress) return o;
+        }
+        if (c.peer_closed && st.source == stream_state::source_t::push) {  // the client left
+            log_stream(c);
+            return outcome::close;
+        }
+        if (turn >= stream_turn) {  // others wait for this worker: come back after them
+            st.blocked = true;      // (poll(2): watched for output when parked)
+            conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);  // (epoll: an edge now)
+            return outcome::wait;
+        }
+        if (!st.ending) {
+            const outcome o = produce(w, c, turn);
+            if (o != outcome::progress) return o;
+            if (!st.ending) continue;
+        }
+        // The body has ended: the last chunk, then as any response.
+        if (st.sized && st.left != 0) {  // the source ended short: the client must see it cut
+            log_stream(c);
+            return outcome::close;
+        }
+        if (st.chunked) {
+            c.out_head.assign("0\r\n\r\n");
+            c.out_body.clear();
+            c.out_sent = 0;
+        }
+        log_stream(c);
+        end_channel(c);
+        c.st.reset();
+        if (srv_.stop_requested_.load()) c.keep_alive = false;
+        c.set(conn_state::writing);
+        return outcome::progress;
+    }
+}
+
+/// produce: the next piece of c's body into its output (or, with sendfile, straight to
+/// the socket). progress: something moved, or the body ended (st.ending); wait: nothing
+/// now (a push stream with nothing queued, a full socket); close: the source failed.
+RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[maybe_unused]] std::size_t& turn) {
+    stream_state& st = *c.st;
+    switch (st.source) {
+        case stream_state::source_t::push:
+            if (take_queued(c) || st.ending) return outcome::progress;
+            return outcome::wait;
+        case stream_state::source_t::pull: {
+            const std::size_t room = st.sized ? static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left))
+                                              : stream_piece;
+            if (room == 0) {
+                st.ending = true;
+                return outcome::progress;
+            }
+            c.out_body.resize(room);
+            std::size_t n = pull_failed;
+            {
+                const call_span span(*this, w);  // it may block, as a handler may
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+                try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                    n = st.pull(&c.out_body[0], room);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+                } catch (const std::exception& e) {
+                    log_error("a pull provider threw: ", e.what());
+                } catch (...) {
+                    log_error("a pull provider threw", "");
+                }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            }
+            if (n == pull_failed || n > room) {
+                log_stream(c);
+                return outcome::close;
+            }
+            c.out_body.resize(n);
+            c.out_head.clear();
+            c.out_sent = 0;
+            if (n == 0) {
+                st.ending = true;
+                return outcome::progress;
+            }
+            if (st.chunked) {
+                append_hex(c.out_head, n);
+                c.out_head += "\r\n";
+                c.out_body += "\r\n";
+            }
+            st.left -= n;
+            st.written += n;
+            return outcome::progress;
+        }
+        case stream_state::source_t::file: {
+            if (st.left == 0) {
+                st.ending = true;
+                return outcome::progress;
+            }
+#ifdef __linux__
+            if (!c.tp) {
+                off_t offset = static_cast<off_t>(st.file_offset);
+                const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(st.left, stream_turn));
+                const ssize_t n = ::sendfile(c.fd.get(), st.file.get(), &offset, want);
+                st.blocked = false;
+                if (n > 0) {
+                    const auto sent = static_cast<std::size_t>(n);
+                    st.file_offset += sent;
+                    st.left -= sent;
+                    st.written += sent;
+                    turn += sent;
+                    c.since = clock::now();
+                    return outcome::progress;
+                }
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                    st.blocked = true;  // wait until writable
+                    return outcome::wait;
+                }
+                if (n < 0 && errno == EINTR) return outcome::progress;
+                log_stream(c);  // the file is shorter than said, or failed
+                return outcome::close;
+            }
+#endif  // __linux__
+            const std::size_t room = static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left));
+            c.out_body.resize(room);
+            ssize_t n;
+            do {
+                n = ::pread(st.file.get(), &c.out_body[0], room, static_cast<off_t>(st.file_offset));
+            } while (n < 0 && errno == EINTR);
+            if (n <= 0) {
+                log_stream(c);
+                return outcome::close;
+            }
+            const auto got = static_cast<std::size_t>(n);
+            c.out_body.resize(got);
+            c.out_head.clear();
+            c.out_sent = 0;
+            st.file_offset += got;
+            st.left -= got;
+            st.written += got;
+            return outcome::progress;
+        }
+    }
+    return outcome::close;
+}
+
+/// log_stream: the access log line of a stream, at its end.
+RESTARTABLE_SERVER_FN void run::log_stream(const connection& c) noexcept {
+    if (!opts_.access_log || !c.st) return;
+    const stream_state& st = *c.st;
+    const access_entry entry{st.method, st.target, st.status, st.written,
+                             std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - c.began)};
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+        opts_.access_log(entry);
+    } catch (...) {  // a failing log must not fail the response
+    }
+#else
+    opts_.access_log(entry);
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+// ---- WebSocket
+
+/// check_handshake: 0 when req is a WebSocket handshake this endpoint takes (RFC 6455
+/// 4.2.1, and the origin check); else the status that refuses it: 426 for a plain
+/// request or another version (the caller adds Upgrade and Sec-WebSocket-Version), 400
+/// for a malformed one, 403 for a foreign Origin.
+RESTARTABLE_SERVER_FN int run::check_handshake(const request& req, const websocket_handlers& h) const noexcept {
+    if (req.method != "GET" || req.version_minor != 1) return 400;
+    bool upgrade = false, connection_upgrade = false;
+    int keys = 0, versions = 0;
+    std::string_view key, version;
+    for (const header& f : req.headers) {
+        if (iequals(f.name, "Upgrade")) {
+            upgrade |= has_token(f.value, "websocket");
+        } else if (iequals(f.name, "Connection")) {
+            connection_upgrade |= has_token(f.value, "upgrade");
+        } else if (iequals(f.name, "Sec-WebSocket-Key")) {
+            ++keys;
+            key = f.value;
+        } else if (iequals(f.name, "Sec-WebSocket-Version")) {
+            ++versions;
+            version = f.value;
+        }
+    }
+    if (!upgrade) return 426;
+    if (!connection_upgrade) return 400;
+    if (versions != 1 || version != "13") return 426;
+    if (keys != 1 || !websocket_key_valid(key)) return 400;
+    const std::string_view origin = req.get_header("Origin");
+    if (req.has_header("Origin") && !origin_allowed(origin, req.get_header("Host"), h.allowed_origins)) return 403;
+    return 0;
+}
+
+/// upgrade_websocket: a request on a WebSocket route: checked, offered to on_upgrade,
+/// then answered 101 (the connection speaks WebSocket from the next byte) or refused.
+RESTARTABLE_SERVER_FN run::outcome run::upgrade_websocket(worker& w, connection& c, std::size_t end) {
+    const std::shared_ptr<const websocket_handlers> handlers = c.matched->ws;
+    const websocket_handlers& h = *handlers;
+    c.set(conn_state::handling);
+    w.req.transport_ = c.tp.get();
+    w.req.stop_ = &stop_signal_;
+    response& res = w.res;
+    res.clear();
+    int status = c.framing.kind != request_framing::none && !(c.framing.kind == request_framing::content_length &&
+                                                              c.framing.length == 0)
+                     ? 400  // a handshake has no body
+                     : check_handshake(w.req, h);
+    websocket_upgrade up;
+    if (status == 0) {
+        for (const header& f : w.req.headers) {
+            if (!iequals(f.name, "Sec-WebSocket-Protocol")) continue;
+            std::string_view list = f.value;
+            while (!list.empty()) {  // a comma-separated list; OWS around items
+                const std::size_t comma = std::min(list.find(','), list.size());
+                std::string_view item = list.substr(0, comma);
+                while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+                while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+                if (!item.empty()) up.offered.push_back(item);
+                list.remove_prefix(std::min(comma + 1, list.size()));
+            }
+        }
+        if (h.on_upgrade) {
+            const call_span span(*this, w);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+                h.on_upgrade(w.req, up);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+            } catch (const std::exception& e) {
+                log_error("an on_upgrade handler threw (answered 500): ", e.what());
+                status = 500;
+            } catch (...) {
+                log_error("an on_upgrade handler threw (answered 500)", "");
+                status = 500;
+            }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        }
+        if (status == 0 && up.refuse != 0) status = up.refuse >= 400 && up.refuse <= 599 ? up.refuse : 500;
+        if (status == 0 && !up.subprotocol.empty() &&
+            std::find(up.offered.begin(), up.offered.end(), up.subprotocol) == up.offered.end()) {
+            log_error("on_upgrade chose a subprotocol the client did not offer (answered 500)", "");
+            status = 500;
+        }
+    }
+    c.start = end;  // after a 101, what follows the request is frames
+    c.reset_request();
+    if (status != 0) {
+        error_response(res, status);
+        if (status == 426) {
+            res.set_header("Upgrade", "websocket");
+            res.set_header("Sec-WebSocket-Version", "13");
+        }
+        return respond(w, c, c.keep_alive);
+    }
+    res.status = 101;
+    std::string& head = w.head;
+    head.assign("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    head += websocket_accept(w.req.get_header("Sec-WebSocket-Key"));
+    if (!up.subprotocol.empty()) {
+        head += "\r\nSec-WebSocket-Protocol: ";
+        head += up.subprotocol;
+    }
+    head += "\r\n\r\n";
+    if (opts_.access_log) log_access(w, c, 0);
+    c.out_head.assign(head);
+    c.out_body.clear();
+    c.out_sent = 0;
+    auto ch = std::make_shared<channel>(channel::kind_t::websocket);
+    ch->id = next_channel_id();
+    ch->subprotocol = std::move(up.subprotocol);
+    ch->handlers = handlers;
+    auto st = std::make_unique<stream_state>();
+    st->decoder = ws_decoder(opts_.websocket_max_message);
+    st->handle = websocket(ch);
+    st->last_in = c.since = clock::now();
+    c.st = std::move(st);
+    c.in_flight.store(false);
+    if (stopping_.load()) finished_.fetch_add(1);
+    c.keep_alive = false;
+    c.set(conn_state::websocket);
+    no_delay(c);
+    attach(c, ch);
+    if (h.on_open) ws_call(w, c, [&] { h.on_open(c.st->handle, w.req); });
+    return outcome::progress;
+}
+
+/// ws_call: runs one of c's WebSocket handlers on this worker; sends it makes need no
+/// poke (this thread sends them before parking). One that throws fails c with 1011.
+template <class F>
+void run::ws_call(worker& w, connection& c, F&& f) {
+    c.ch->serving.store(std::this_thread::get_id());
+    {
+        const call_span span(*this, w);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            f();
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::exception& e) {
+            log_error("a WebSocket handler threw (closed with 1011): ", e.what());
+            ws_fail(c, 1011);
+        } catch (...) {
+            log_error("a WebSocket handler threw (closed with 1011)", "");
+            ws_fail(c, 1011);
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    c.ch->serving.store(std::thread::id());
+}
+
+/// ws_queue: a frame of the engine's own (pong, close, keep-alive ping) on c's queue,
+/// past max_send_buffer if need be. A close ends sending.
+RESTARTABLE_SERVER_FN void run::ws_queue(connection& c, unsigned opcode, std::string_view payload) {
+    channel& ch = *c.ch;
+    std::lock_guard<std::mutex> lock(ch.mutex);
+    append_ws_frame(ch.queued, opcode, payload);
+    ch.send_waiting.store(true);
+    if (opcode == ws_close) {
+        ch.open = false;
+        ch.end_requested = true;
+        c.st->close_sent = true;
+        c.since = clock::now();
+    }
+}
+
+/// ws_fail: fails c (RFC 6455 7.1.7): a close frame with code if none was sent, then the
+/// TCP close once it is out, without waiting for the client's.
+RESTARTABLE_SERVER_FN void run::ws_fail(connection& c, std::uint16_t code) {
+    stream_state& st = *c.st;
+    if (st.failed) return;
+    st.failed = true;
+    if (!st.close_received) {
+        st.close_code = code;
+        st.close_reason.clear();
+    }
+    if (!st.close_sent) ws_queue(c, ws_close, close_payload(code, ""));
+}
+
+/// ws_event: one decoded frame of c.
+RESTARTABLE_SERVER_FN void run::ws_event(worker& w, connection& c, const ws_decoder::result& r) {
+    stream_state& st = *c.st;
+    switch (r.what) {
+        case ws_decoder::kind::message: {
+            if (st.close_sent) return;  // after a close, data is dropped (RFC 6455 1.4)
+            const websocket_handlers& h = *c.ch->handlers;
+            if (h.on_message) ws_call(w, c, [&] { h.on_message(st.handle, r.data, r.text); });
+            return;
+        }
+        case ws_decoder::kind::ping:
+            if (!st.close_sent) ws_queue(c, ws_pong, r.data);
+            return;
+        case ws_decoder::kind::pong:
+        case ws_decoder::kind::need_more: return;
+        case ws_decoder::kind::close:
+            st.close_received = true;
+            st.close_code = r.code;
+            st.close_reason.assign(r.data);
+            if (!st.close_sent) ws_queue(c, ws_close, r.code == 1005 ? std::string() : close_payload(r.code, ""));
+            return;
+        case ws_decoder::kind::error: ws_fail(c, r.code); return;
+    }
+}
+
+/// ws_step: c speaks WebSocket: sends what waits, decodes and hands over what came, reads
+/// more - while its unsent bytes are under max_send_buffer - and closes once the closing
+/// handshake is over.
+RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
+    stream_state& st = *c.st;
+    for (;;) {
+        if (!c.output_pending()) take_queued(c);
+        if (c.output_pending()) {
+            const outcome o = flush(c);
+            c.ch->unsent.store(unsent(c));
+            if (o == outcome::close) return o;
+            if (o == outcome::progress) continue;
+            // The socket is full: frames are read on only while the socket's bytes waiting
+            // (taken and queued) are under max_send_buffer (the client must read first).
+            if (st.close_received || st.failed) return outcome::wait;
+            std::size_t waiting;
+            {
+                std::lock_guard<std::mutex> lock(c.ch->mutex);
+                waiting = c.ch->buffered();
+            }
+            if (waiting >= opts_.max_send_buffer) return outcome::wait;
+        } else if (st.close_sent && (st.close_received || st.failed)) {
+            // The closing handshake is over (or the connection failed): the server closes
+            // the TCP connection first (RFC 6455 7.1.1), lingering as after a response.
+            end_channel(c);
+            c.st.reset();
+            if (c.tp) c.tp->shutdown(c.fd.get());
+            ::shutdown(c.fd.get(), SHUT_WR);
+            c.set(conn_state::lingering);
+            c.in.clear();
+            c.start = 0;
+            return outcome::progress;
+        }
+        if (st.close_received || st.failed) return outcome::wait;  // (output waits)
+        char* const base = c.in.data() + c.start;
+        const std::size_t size = c.in.size() - c.start;
+        const ws_decoder::result r = st.decoder.decode(base, size);
+        if (r.what != ws_decoder::kind::need_more) ws_event(w, c, r);
+        c.in.truncate(c.start + st.decoder.compact(base, size));
+        if (r.what != ws_decoder::kind::need_more) continue;
+        if (c.read_short) return outcome::wait;
+        const outcome o = read_input(w, c);
+        if (o != outcome::progress) return o;
+        st.last_in = clock::now();
+        st.ping_outstanding = false;
+    }
+}
+
+/// ws_deadline: when c's timeout strikes: write_timeout while output waits, the close
+/// timeout after a close was sent, else the keep-alive ping (and a ping interval later,
+/// the close).
+RESTARTABLE_SERVER_FN std::int64_t run::ws_deadline(const connection& c) const noexcept {
+    const auto at = [](clock::time_point from, std::chrono::milliseconds limit) {
+        return limit.count() > 0 ? to_ns(from + limit) : never;
+    };
+    if (c.needs_output()) return at(c.since, opts_.write_timeout);
+    if (c.st->close_sent) return at(c.since, opts_.websocket_close_timeout);
+    const std::chrono::milliseconds interval = opts_.websocket_ping_interval;
+    return at(c.st->last_in, c.st->ping_outstanding ? interval * 2 : interval);
+}
+
+/// ws_timeout: c's timeout struck (control thread, c taken): a keep-alive ping, or the end.
+RESTARTABLE_SERVER_FN void run::ws_timeout(connection& c) noexcept {
+    stream_state& st = *c.st;
+    if (!c.needs_output() && !st.close_sent && !st.ping_outstanding) {
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            ws_queue(c, ws_ping, {});
+            take_queued(c);
+            st.ping_outstanding = true;
+            return hand_back(c);  // re-registered: a worker sends it
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::bad_alloc&) {
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    close(c);  // on_close sees what st says: 1006 unless a close came
+}
+
+// ---- the public handles
+
+}  // namespace detail
+
+RESTARTABLE_SERVER_FN std::error_code stream_handle::write(std::string_view data) {
+    if (!ch_) return errc::closed;
+    if (data.empty()) return {};
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    if (!ch_->open) return errc::closed;
+    if (!ch_->admits(data.size())) return errc::send_buffer_full;
+    ch_->queued.append(data);
+    detail::wake_channel(*ch_);
+    return {};
+}
+
+RESTARTABLE_SERVER_FN std::size_t stream_handle::buffered_amount() const noexcept {
+    if (!ch_) return 0;
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    return ch_->buffered();
+}
+
+RESTARTABLE_SERVER_FN void stream_handle::close() noexcept {
+    if (!ch_) return;
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    if (!ch_->open) return;
+    ch_->open = false;
+    ch_->end_requested = true;
+    detail::wake_channel(*ch_);
+}
+
+RESTARTABLE_SERVER_FN bool stream_handle::is_open() const noexcept {
+    if (!ch_) return false;
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    return ch_->open;
+}
+
+RESTARTABLE_SERVER_FN bool stream_handle::stopping() const noexcept { return ch_ && ch_->stopping.load(); }
+
+RESTARTABLE_SERVER_FN std::error_code websocket::send(unsigned opcode, std::string_view data) {
+    if (!ch_) return errc::closed;
+    if (opcode == detail::ws_text && !detail::utf8_valid(data)) return errc::invalid_utf8;
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    if (!ch_->open) return errc::closed;
+    if (!ch_->admits(data.size() + 10)) return errc::send_buffer_full;
+    detail::append_ws_frame(ch_->queued, opcode, data);
+    detail::wake_channel(*ch_);
+    return {};
+}
+
+RESTARTABLE_SERVER_FN std::error_code websocket::send_text(std::string_view text) { return send(detail::ws_text, text); }
+
+RESTARTABLE_SERVER_FN std::error_code websocket::send_binary(std::string_view data) {
+    return send(detail::ws_binary, data);
+}
+
+RESTARTABLE_SERVER_FN std::error_code websocket::ping(std::string_view payload) {
+    if (payload.size() > 125) return errc::too_long;
+    return send(detail::ws_ping, payload);
+}
+
+RESTARTABLE_SERVER_FN std::error_code websocket::close(std::uint16_t code, std::string_view reason) {
+    if (!ch_) return errc::closed;
+    if (reason.size() > 123) return errc::too_long;
+    if (!detail::utf8_valid(reason)) return errc::invalid_utf8;
+    if (!detail::ws_close_code_valid(code)) return std::make_error_code(std::errc::invalid_argument);
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    if (!ch_->open) return errc::closed;
+    detail::append_ws_frame(ch_->queued, detail::ws_close, detail::close_payload(code, reason));
+    ch_->open = false;
+    ch_->end_requested = true;
+    detail::wake_channel(*ch_);
+    return {};
+}
+
+RESTARTABLE_SERVER_FN std::size_t websocket::buffered_amount() const noexcept {
+    if (!ch_) return 0;
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    return ch_->buffered();
+}
+
+RESTARTABLE_SERVER_FN bool websocket::is_open() const noexcept {
+    if (!ch_) return false;
+    std::lock_guard<std::mutex> lock(ch_->mutex);
+    return ch_->open;
+}
+
+RESTARTABLE_SERVER_FN bool websocket::stopping() const noexcept { return ch_ && ch_->stopping.load(); }
+
+RESTARTABLE_SERVER_FN std::string websocket::subprotocol() const { return ch_ ? ch_->subprotocol : std::string(); }
+
+RESTARTABLE_SERVER_FN std::uint64_t websocket::id() const noexcept { return ch_ ? ch_->id : 0; }
+
+RESTARTABLE_SERVER_FN stream_handle response::push_stream(std::string_view content_type, std::function<void()> on_close) {
+    auto ch = std::make_shared<detail::channel>(detail::channel::kind_t::push);
+    ch->id = detail::next_channel_id();
+    ch->on_close = std::move(on_close);
+    release_body();
+    push_ = ch;
+    kind_ = body_kind::push;
+    set_header("Content-Type", content_type);
+    return stream_handle(std::move(ch));
+}
+
+RESTARTABLE_SERVER_FN void response::set_pull(std::string_view content_type, pull_provider provider) {
+    release_body();
+    pull_ = std::move(provider);
+    kind_ = body_kind::pull;
+    set_header("Content-Type", content_type);
+}
+
+RESTARTABLE_SERVER_FN void response::set_pull(std::string_view content_type, std::uint64_t length,
+                                              pull_provider provider) {
+    set_pull(content_type, std::move(provider));
+    stream_sized_ = true;
+    stream_length_ = length;
+}
+
+RESTARTABLE_SERVER_FN void response::set_file(std::string_view content_type, unique_fd file, std::uint64_t offset,
+                                              std::uint64_t length) {
+    release_body();
+    file_ = std::move(file);
+    file_offset_ = offset;
+    stream_sized_ = true;
+    stream_length_ = length;
+    kind_ = body_kind::file;
+    set_header("Content-Type", content_type);
+}
+
+/// release_body: drops whatever body was set (a push stream that never began is closed).
+RESTARTABLE_SERVER_FN void response::release_body() noexcept {
+    body.clear();
+    provider_ = nullptr;
+    pull_ = nullptr;
+    file_.reset();
+    if (push_) detail::abandon(*push_);
+    push_.reset();
+    kind_ = body_kind::plain;
+    stream_sized_ = false;
+    stream_length_ = 0;
+}
+
+RESTARTABLE_SERVER_FN void response::clear() noexcept {
+    status = 200;
+    headers.clear();
+    release_body();
+}
+
+namespace detail {
 
 /// notify_listener: a private datagram socket for a child's "READY=1", bound to a unique
 /// abstract name (so nothing is left on disk); name gets "@name" for NOTIFY_SOCKET.
@@ -6355,8 +7611,11 @@ RESTARTABLE_SERVER_FN server::server(options opts) : options_(std::move(opts)) {
 
 RESTARTABLE_SERVER_FN server::~server() { stop(); }
 
-RESTARTABLE_SERVER_FN server& server::route(std::string method, std::string pattern, handler h, body_mode mode) {
-    auto r = std::make_shared<detail::route>();
+namespace detail {
+/// make_route: a route for method and pattern (split into segments).
+RESTARTABLE_SERVER_FN std::shared_ptr<route> make_route(std::string method, std::string_view pattern, handler h,
+                                                        body_mode mode) {
+    auto r = std::make_shared<route>();
     r->method = std::move(method);
     r->mode = mode;
     std::string_view p = pattern;
@@ -6368,6 +7627,20 @@ RESTARTABLE_SERVER_FN server& server::route(std::string method, std::string patt
         p.remove_prefix(slash + 1);
     }
     r->fn = std::move(h);
+    return r;
+}
+}  // namespace detail
+
+RESTARTABLE_SERVER_FN server& server::route(std::string method, std::string pattern, handler h, body_mode mode) {
+    auto r = detail::make_route(std::move(method), pattern, std::move(h), mode);
+    std::lock_guard<std::mutex> lock(mutex_);
+    routes_.push_back(std::move(r));
+    return *this;
+}
+
+RESTARTABLE_SERVER_FN server& server::websocket(std::string pattern, websocket_handlers handlers) {
+    auto r = detail::make_route("GET", pattern, handler(), body_mode::buffered);
+    r->ws = std::make_shared<const websocket_handlers>(std::move(handlers));
     std::lock_guard<std::mutex> lock(mutex_);
     routes_.push_back(std::move(r));
     return *this;
@@ -6573,6 +7846,8 @@ RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_c
         if (o.max_request_line_bytes == 0) o.max_request_line_bytes = defaults.max_request_line_bytes;
         if (o.max_connections == 0) o.max_connections = defaults.max_connections;
         if (o.max_buffered_bytes == 0) o.max_buffered_bytes = defaults.max_buffered_bytes;
+        if (o.max_send_buffer == 0) o.max_send_buffer = defaults.max_send_buffer;
+        if (o.websocket_max_message == 0) o.websocket_max_message = defaults.websocket_max_message;
         if (!o.listener) o.listener = tcp_listener("127.0.0.1", 8080);
         unique_fd listener;
         if (!same_address) {
@@ -6905,12 +8180,10 @@ namespace detail {
 
 // --------------------------------------------------------- static files --
 
-/// static_buffer_limit: a file or range up to this size is read into the response body
-/// (a Content-Length response); a larger one is streamed, never wholly in memory.
-inline constexpr std::uint64_t static_buffer_limit = 1024 * 1024;
-/// static_chunk: bytes per pread() and per write of a streamed file: big enough for few
-/// system calls, small enough to hold per streaming thread.
-inline constexpr std::size_t static_chunk = 64 * 1024;
+/// static_buffer_limit: a file or range up to this size is read into the response body,
+/// to go out with its head in one write; a larger one is sent from the file as the socket
+/// takes it (response::set_file: sendfile(2)), never in memory.
+inline constexpr std::uint64_t static_buffer_limit = 32 * 1024;
 
 struct mime_entry {
     std::string_view extension;
@@ -7333,31 +8606,6 @@ RESTARTABLE_SERVER_FN bool read_at(int fd, std::uint64_t offset, std::size_t n, 
     return true;
 }
 
-/// file_slice: the part of an open file a streamed response sends; shared by the copies of
-/// its provider, closed when the last goes (after the response, or unsent after HEAD).
-struct file_slice {
-    unique_fd fd;
-    std::uint64_t offset = 0;
-    std::uint64_t length = 0;
-};
-
-/// stream_slice: the body provider of a large file: static_chunk bytes per pread() and write.
-/// A file that shrank or could not be read aborts the body: its connection ends short of
-/// Content-Length, so the client sees the truncation. (Where file bodies are sent: this and
-/// read_at; send_file chooses.)
-RESTARTABLE_SERVER_FN void stream_slice(const file_slice& f, body_writer& out) {
-    std::unique_ptr<char[]> buf(new char[static_chunk]);
-    std::uint64_t pos = f.offset;
-    const std::uint64_t end = f.offset + f.length;
-    while (pos < end) {
-        const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(static_chunk, end - pos));
-        const ssize_t n = retry_eintr([&] { return ::pread(f.fd.get(), buf.get(), want, static_cast<off_t>(pos)); });
-        if (n <= 0) return out.abort();
-        if (!out.write(std::string_view(buf.get(), static_cast<std::size_t>(n)))) return;
-        pos += static_cast<std::uint64_t>(n);
-    }
-}
-
 /// send_file: answers a GET or HEAD for the open regular file f: preconditions, range,
 /// then the body, read into the response or streamed.
 RESTARTABLE_SERVER_FN void send_file(const request& req, response& res, static_file& f, std::string_view type,
@@ -7406,11 +8654,11 @@ RESTARTABLE_SERVER_FN void send_file(const request& req, response& res, static_f
         }
         return;
     }
-    auto slice = std::make_shared<file_slice>();
-    slice->fd = std::move(f.fd);
-    slice->offset = offset;
-    slice->length = length;
-    res.set_stream(type, length, [slice](body_writer& out) { stream_slice(*slice, out); });
+    // Sent as the socket takes it (sendfile(2) without TLS), holding no thread: a client
+    // that reads slowly holds nothing but its socket. A file that shrank meanwhile ends
+    // the connection short of Content-Length, so the client sees the truncation.
+    const std::string content_type(type);
+    res.set_file(content_type, std::move(f.fd), offset, length);
 }
 
 /// redirect_to_slash: 301 to the directory's URL with a trailing slash, the query kept.
