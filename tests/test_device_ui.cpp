@@ -10,11 +10,14 @@
 //   clients  curl -F uploads the same way and gets the answer line; Python's websockets
 //            (Debian's /usr/bin/python3) sees status, progress, the stored hash, close 1012
 //            at a restart, and status of run 2 after it reconnects; a foreign Origin is
-//            refused 403, on the WebSocket and on POST /restart.
+//            refused 403, on the WebSocket and on POST /restart;
+//   restart  an upload sent by hand, half of it before a restart and half after: it
+//            finishes on the old run, and its progress reaches the reconnected socket.
 // Both compare the SHA-256 of the file stored with the one uploaded (sha256sum: not the
 // example's own code). Every wait is on output, a socket, a pipe or a promise resolved by
 // what the page sees: no sleeps. Times are bounded with a wide margin, never asserted as a
-// speed. Skipped without Chromium (browser), or without curl or python3-websockets (clients).
+// speed. Skipped without Chromium (browser), curl (clients) or python3-websockets (clients,
+// restart).
 
 #include "devtools.hpp"
 
@@ -165,13 +168,13 @@ bool have_python_websockets() {
 }
 
 /// The Python client: a handshake with a foreign Origin (must be refused), then socket 1
-/// until the server closes it, then socket 2 until two status updates came; one line per
-/// event, flushed.
+/// until the server closes it, then socket 2 until two status updates came (and, with a
+/// second argument "stored", a stored message); one line per event, flushed.
 const char* const python_client = R"PY(
 import asyncio, json, sys
 import websockets
 
-async def main(uri):
+async def main(uri, until_stored):
     try:
         async with websockets.connect(uri, origin='http://elsewhere.example'):
             print('foreign origin: accepted', flush=True)
@@ -180,26 +183,29 @@ async def main(uri):
     for n in (1, 2):
         async with websockets.connect(uri) as ws:
             print('open %d' % n, flush=True)
-            statuses = 0
+            statuses, stored = 0, False
             try:
                 async for text in ws:
                     m = json.loads(text)
                     if m['type'] == 'status':
                         statuses += 1
                         print('status %d run=%d uptime=%d' % (n, m['run'], m['uptime_s']), flush=True)
-                        if n == 2 and statuses == 2:
+                        if n == 2 and statuses >= 2 and (stored or not until_stored):
                             break
                     elif m['type'] == 'progress':
-                        print('progress %d %d' % (m['bytes'], m['total']), flush=True)
+                        print('progress %d %d %d' % (n, m['bytes'], m['total']), flush=True)
                     elif m['type'] == 'stored':
-                        print('stored %d %s' % (m['bytes'], m['sha256']), flush=True)
+                        print('stored %d %d %s' % (n, m['bytes'], m['sha256']), flush=True)
+                        stored = True
+                        if n == 2 and statuses >= 2:
+                            break
                     else:
                         print('other %s' % text, flush=True)
             except websockets.ConnectionClosed:
                 pass
         print('closed %d %s' % (n, ws.close_code), flush=True)
 
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(sys.argv[1], sys.argv[2:] == ['stored']))
 )PY";
 
 }  // namespace
@@ -325,14 +331,14 @@ TEST_CASE("device_ui with curl -F and Python's websockets: progress, the stored 
     for (;;) {
         line = next("");
         if (line.rfind("status ", 0) == 0) continue;
-        if (line.rfind("progress ", 0) != 0) break;
-        const unsigned long long bytes = std::strtoull(line.c_str() + 9, nullptr, 10);
+        if (line.rfind("progress 1 ", 0) != 0) break;
+        const unsigned long long bytes = std::strtoull(line.c_str() + 11, nullptr, 10);
         rising = rising && bytes > last;
         last = bytes;
         ++progress;
     }
     INFO("progress lines: " << progress << ", last " << last);
-    CHECK(line == "stored " + std::to_string(upload_size) + " " + uploaded_sha);
+    CHECK(line == "stored 1 " + std::to_string(upload_size) + " " + uploaded_sha);
     CHECK(progress >= 10);
     CHECK(rising);
     CHECK(last <= upload_size);
@@ -358,4 +364,60 @@ TEST_CASE("device_ui with curl -F and Python's websockets: progress, the stored 
     WARN("device_ui with curl and Python: " << progress << " progress updates, "
                                             << std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0).count()
                                             << " ms in all");
+}
+
+TEST_CASE("device_ui: an upload in flight goes on across a restart, and its progress reaches the "
+          "reconnected socket", "[examples][device_ui]") {
+    if (!have_python_websockets()) RS_SKIP("/usr/bin/python3 has no websockets module (python3-websockets)");
+    test::watchdog dog("device_ui: upload across a restart", 150s);
+    work_dir work;
+    const std::string uploaded_sha = sha256sum(work.upload());
+    REQUIRE(uploaded_sha.size() == 64);
+    device_ui ex(work.firmware_dir());
+
+    test::process ws(
+        {"/usr/bin/python3", "-c", python_client, "ws://127.0.0.1:" + std::to_string(ex.port) + "/ws", "stored"});
+    REQUIRE(ws.started());
+    std::string seen;
+    auto next = [&](const std::string& prefix) {
+        return ws.out.line_starting(prefix, 20s, seen).value_or("(nothing; saw: " + seen + ")");
+    };
+    CHECK(next("open") == "open 1");
+
+    // The form by hand, so the test says when its bytes go: the first half...
+    const std::string boundary = "rs-device-ui-test";
+    const std::string file = test::read_file(work.upload());
+    REQUIRE(file.size() == upload_size);
+    const std::string body = "--" + boundary +
+                             "\r\nContent-Disposition: form-data; name=\"firmware\"; filename=\"fw.bin\"\r\n"
+                             "Content-Type: application/octet-stream\r\n\r\n" +
+                             file + "\r\n--" + boundary + "--\r\n";
+    const std::size_t first = body.size() / 2;
+    test::client upload(ex.port, 30s);
+    REQUIRE(upload.ok());
+    REQUIRE(upload.send("POST /firmware HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=" +
+                        boundary + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n"));
+    REQUIRE(upload.send(std::string_view(body).substr(0, first)));
+    CHECK(next("progress 1 ").rfind("progress 1 ", 0) == 0);  // stored as it arrives
+
+    // ...then a restart, the upload half done: socket 1 gets 1012, socket 2 opens on run 2...
+    const test::http_response r = test::request(ex.port, "POST /restart HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                                         "Content-Length: 0\r\nConnection: close\r\n\r\n");
+    CHECK(r.status == 202);
+    CHECK(next("closed") == "closed 1 1012");
+    CHECK(next("open") == "open 2");
+    CHECK(next("status 2").rfind("status 2 run=2 ", 0) == 0);
+
+    // ...then the other half: the old run finishes the upload (a request in flight, under
+    // its drain_timeout), and reports to the new socket: the list of sockets is the program's.
+    REQUIRE(upload.send(std::string_view(body).substr(first)));
+    const test::http_response answer = upload.read();
+    CHECK(answer.status == 200);
+    CHECK(answer.body == "stored " + std::to_string(upload_size) + " bytes sha256 " + uploaded_sha + "\n");
+    CHECK(next("progress 2 ").rfind("progress 2 ", 0) == 0);
+    CHECK(next("stored") == "stored 2 " + std::to_string(upload_size) + " " + uploaded_sha);
+    CHECK(next("closed") == "closed 2 1000");
+    CHECK(test::exited_0(ws.wait_exit(20s)));
+    CHECK(sha256sum(work.stored()) == uploaded_sha);
+    ex.stop();
 }

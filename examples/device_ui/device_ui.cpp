@@ -242,7 +242,7 @@ int main(int argc, char** argv) {
     opts.max_send_buffer = 64 * 1024;
     opts.max_body_bytes = 64 * 1024 * 1024;  // the largest firmware image taken
     opts.drain_timeout = 30s;
-    opts.worker_threads = 4;
+    opts.worker_threads = 4;  // threads that serve at most (an upload holds one while it flows)
     // requests served: every response, whichever route (404s and WebSocket handshakes too).
     opts.access_log = [&requests](const rs::access_entry&) { requests.fetch_add(1); };
     rs::server srv(std::move(opts));
@@ -274,8 +274,9 @@ int main(int argc, char** argv) {
     //     ws.allowed_origins = {"https://ui.example:8443"};
     // Clients that send no Origin (curl, Python) are not browsers and are not checked.
     ws.on_open = [&](rs::websocket& sock, const rs::request&) {
-        clients.add(sock, run.load());
-        sock.send_text(status(run.load()));  // at once: the page has values before the next tick
+        const int this_run = run.load();  // the run serving this socket
+        clients.add(sock, this_run);
+        sock.send_text(status(this_run));  // at once: the page has values before the next tick
     };
     ws.on_close = [&](rs::websocket& sock, std::uint16_t, std::string_view) {
         clients.remove(sock.id());  // may run on the control thread: short
@@ -309,7 +310,7 @@ int main(int argc, char** argv) {
             examples::sha256 hash;
             unsigned long long stored = 0, reported = 0;
             auto last_report = std::chrono::steady_clock::now();
-            bool have_file = false, write_failed = false;
+            bool have_file = false, second_file = false, write_failed = false;
             auto failed = [&](int status_code, const std::string& why) {
                 res.status = status_code;
                 res.set_content(why + "\n", "text/plain");
@@ -321,8 +322,13 @@ int main(int argc, char** argv) {
             const std::error_code ec = rs::read_multipart(
                 req,
                 [&](const rs::form_part& part) {
-                    have_file = have_file || (part.name == "firmware" && part.has_filename);
-                    return true;  // other fields are read past
+                    if (part.name != "firmware" || !part.has_filename) return true;  // other fields: read past
+                    if (have_file) {  // one image per upload
+                        second_file = true;
+                        return false;  // stops reading: read_multipart() returns errc::canceled
+                    }
+                    have_file = true;
+                    return true;
                 },
                 [&](const rs::form_part& part, std::string_view data) {
                     if (part.name != "firmware" || !part.has_filename || data.empty()) return true;
@@ -345,7 +351,10 @@ int main(int argc, char** argv) {
                     }
                     return true;
                 });
+            // Our own reasons to stop first: error_status() answers errc::canceled (a
+            // handler returned false) with 400, which would blame the client for our disk.
             if (write_failed) return failed(500, "cannot write the file: " + file.error());
+            if (second_file) return failed(400, "more than one file in the form field \"firmware\"");
             if (ec) return failed(rs::error_status(ec), "upload failed: " + ec.message());
             if (!have_file) return failed(400, "no file in the form field \"firmware\"");
             if (!file.keep()) return failed(500, "cannot store the file: " + file.error());
