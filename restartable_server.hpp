@@ -1507,6 +1507,9 @@ std::optional<std::string_view> form_value(const form_fields& fields, std::strin
 /// read_form() or parse_form(): 413 for a limit (errc::body_too_large, too_many_parts,
 /// part_header_too_large, form_too_large), 415 for errc::wrong_content_type, 408 for
 /// std::errc::timed_out, 400 for the other errors of the request's body, 500 for any other.
+/// errc::canceled (a handler of yours returned false) is 400 too, as a handler refusing
+/// the content is the common case: when it stopped for a failure of its own (a full disk),
+/// answer 500 yourself.
 int error_status(const std::error_code& ec) noexcept;
 
 }  // namespace restartable_server
