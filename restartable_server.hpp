@@ -7247,7 +7247,10 @@ RESTARTABLE_SERVER_FN void run::ws_timeout(connection& c) noexcept {
             ws_queue(c, ws_ping, {});
             take_queued(c);
             st.ping_outstanding = true;
-            return hand_back(c);  // re-registered: a worker sends it
+            // The socket is writable already, so an edge-triggered set reports no new
+            // edge for the ping: poked, as a sender would, a worker sends it.
+            poke(c);
+            return hand_back(c);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         } catch (const std::bad_alloc&) {
         }

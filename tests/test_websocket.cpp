@@ -764,6 +764,49 @@ TEST_CASE("the closing handshake: a client that never answers the server's close
     CHECK(s.closes[0].code == 1006);
 }
 
+TEST_CASE("keep-alive: the server pings an idle WebSocket; one that answers stays, one that does not is closed",
+          "[websocket][keepalive]") {
+    test::watchdog dog("keep-alive", 60s);
+    ws_state s;
+    rs::options o = ws_options();
+    o.websocket_ping_interval = 300ms;
+    rs::server srv(o);
+    srv.websocket("/ws", echo_handlers(s));
+    const std::uint16_t port = test::start(srv);
+
+    ws_client answers(port), silent(port);
+    REQUIRE(answers.upgrade());
+    REQUIRE(s.wait_opens(1));
+    const std::uint64_t answers_id = s.handle(0).id();
+    REQUIRE(silent.upgrade());
+    REQUIRE(s.wait_opens(2));
+    const std::uint64_t silent_id = s.handle(1).id();
+
+    // The one that answers, on its own thread: three pings, each answered at once.
+    int pings = 0;
+    bool served = false;
+    std::thread answering([&] {
+        while (pings < 3) {
+            ws_message m = answers.read(5s);
+            if (m.opcode != 9 || !answers.send_frame(10, m.payload)) return;
+            ++pings;
+        }
+        served = answers.send_text("still here") && answers.read_data(5s).payload == "still here";
+    });
+    // The silent client gets a ping too, and is closed without a close frame (1006)
+    // within two intervals; 10x margin.
+    ws_message p = silent.read(6s);
+    INFO("silent client's first frame: opcode " << p.opcode);
+    CHECK(p.opcode == 9);
+    CHECK(silent.eof_within(10s));
+    answering.join();
+    CHECK(pings == 3);
+    CHECK(served);
+    REQUIRE(s.wait_closes(1));
+    CHECK(s.close_of(silent_id).code == 1006);
+    CHECK(s.close_of(answers_id).code == 0);  // not closed
+}
+
 // ------------------------------------------------------------- back-pressure --
 
 TEST_CASE("back-pressure: a thread broadcasting to a client that never reads is refused at max_send_buffer, "
