@@ -999,8 +999,9 @@ struct options {
     /// client that reads slowly; a send that would pass it is refused with
     /// errc::send_buffer_full (the caller decides), unless the buffer is empty (so any one
     /// message can be sent: the bound is then that message). While a WebSocket's buffer
-    /// is at the bound, no more of its frames are read (its client must read first).
-    /// Default 1 MiB. 0 means the default.
+    /// is at the bound - what is queued reaches it, or a send was refused since the socket
+    /// last took all there was - no more of its frames are read (its client must read
+    /// first). Default 1 MiB. 0 means the default.
     std::size_t max_send_buffer = 1024 * 1024;
     /// websocket_max_message: a WebSocket message (all its fragments) may not be larger;
     /// a longer one closes the connection with 1009, known from the frame's header alone.
@@ -4378,6 +4379,7 @@ struct channel {
     bool poked = false;          // a wake-up is on its way to conn's holder
     bool open = true;            // sends accepted
     bool end_requested = false;  // push: close(); WebSocket: a close frame is queued
+    bool refused = false;        // WebSocket: a send was refused since the holder last took queued
     std::size_t limit = 0;       // options::max_send_buffer (0 until the stream starts: no bound yet)
     bool chunked = false;        // push: each write is one chunk
     std::size_t registry_index = 0;  // (under the run's channels_mutex_) where its run lists it
@@ -4885,6 +4887,7 @@ private:
     void ws_event(worker& w, connection& c, const ws_decoder::result& r);
     void ws_queue(connection& c, unsigned opcode, std::string_view payload);
     void ws_fail(connection& c, std::uint16_t code);
+    bool ws_full(connection& c);
     template <class F>
     void ws_call(worker& w, connection& c, F&& f);
     std::int64_t ws_deadline(const connection& c) const noexcept;
@@ -6742,6 +6745,7 @@ RESTARTABLE_SERVER_FN bool run::take_queued(connection& c) {
     std::lock_guard<std::mutex> lock(ch.mutex);
     ch.poked = false;
     if (c.output_pending()) return false;
+    ch.refused = false;  // the socket took all there was: a sender may try again
     if (ch.end_requested && ch.kind == channel::kind_t::websocket && !st.close_sent) {
         st.close_sent = true;
         c.since = clock::now();  // websocket_close_timeout counts from here
@@ -7196,7 +7200,7 @@ RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
             c.ch->unsent.store(unsent(c));
             if (o == outcome::close) return o;
             if (o == outcome::progress) continue;
-            if (st.close_received || st.failed || unsent(c) >= opts_.max_send_buffer) return outcome::wait;
+            if (st.close_received || st.failed || ws_full(c)) return outcome::wait;
         } else if (st.close_sent && (st.close_received || st.failed)) {
             // The closing handshake is over (or the connection failed): the server closes
             // the TCP connection first (RFC 6455 7.1.1), lingering as after a response.
@@ -7222,6 +7226,16 @@ RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
         st.last_in = clock::now();
         st.ping_outstanding = false;
     }
+}
+
+/// ws_full: c's send buffer is at options::max_send_buffer: its bytes queued and unsent
+/// reach it, or a send was refused since the socket last took all there was. Then no more
+/// of c's frames are read: an echo that had to drop would read on for ever, and a client
+/// that sends without reading must be held at the bound.
+RESTARTABLE_SERVER_FN bool run::ws_full(connection& c) {
+    channel& ch = *c.ch;
+    std::lock_guard<std::mutex> lock(ch.mutex);
+    return ch.refused || ch.queued.size() + unsent(c) >= opts_.max_send_buffer;
 }
 
 /// ws_deadline: when c's timeout strikes: write_timeout while output waits, the close
@@ -7302,7 +7316,10 @@ RESTARTABLE_SERVER_FN std::error_code websocket::send(unsigned opcode, std::stri
     if (opcode == detail::ws_text && !detail::utf8_valid(data)) return errc::invalid_utf8;
     std::lock_guard<std::mutex> lock(ch_->mutex);
     if (!ch_->open) return errc::closed;
-    if (!ch_->admits(data.size() + 10)) return errc::send_buffer_full;
+    if (!ch_->admits(data.size() + 10)) {
+        ch_->refused = true;  // the buffer is at its bound: its frames are not read (ws_full)
+        return errc::send_buffer_full;
+    }
     detail::append_ws_frame(ch_->queued, opcode, data);
     detail::wake_channel(*ch_);
     return {};

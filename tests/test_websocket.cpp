@@ -894,6 +894,119 @@ TEST_CASE("back-pressure: a thread broadcasting to a client that never reads is 
     CHECK(srv.stop().drained);
 }
 
+TEST_CASE("back-pressure: a client that sends without reading is held - no frames are read while its buffer "
+          "is at max_send_buffer",
+          "[websocket][backpressure]") {
+    test::watchdog dog("read back-pressure", 120s);
+    ws_state s;
+    rs::options o = ws_options();
+    o.max_send_buffer = 64 * 1024;
+    rs::server srv(o);
+    srv.websocket("/ws", echo_handlers(s));
+    const std::uint16_t port = test::start(srv);
+
+    ws_client c(port, 4096);  // sends, never reads
+    REQUIRE(c.upgrade());
+    const int flags = ::fcntl(c.fd(), F_GETFL);
+    REQUIRE(::fcntl(c.fd(), F_SETFL, flags | O_NONBLOCK) == 0);
+    // 4 KiB messages, 64 MiB in all, for as long as the server takes them: once the
+    // server stops reading, the kernel's buffers fill (the server's receive buffer grows
+    // up to tcp_rmem's max, 32 MiB here) and the sends block (1 s without progress ends
+    // the attempt).
+    const std::string frame = ws_frame(2, std::string(4096, 'e'));
+    const std::size_t total = 64u * 1024 * 1024 / 4096;
+    std::size_t sent_frames = 0, offset = 0;
+    bool held = false;
+    while (sent_frames < total) {
+        const ssize_t n = ::send(c.fd(), frame.data() + offset, frame.size() - offset, MSG_NOSIGNAL);
+        if (n > 0) {
+            offset += static_cast<std::size_t>(n);
+            if (offset == frame.size()) {
+                offset = 0;
+                ++sent_frames;
+            }
+            continue;
+        }
+        REQUIRE((n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)));
+        pollfd p{c.fd(), POLLOUT, 0};
+        if (::poll(&p, 1, 1000) == 0) {
+            held = true;
+            break;
+        }
+    }
+    // The server read at most what the bound lets it echo: the queue (max_send_buffer),
+    // the kernel's send buffer (tcp_wmem's max) and the client's receive buffer, plus the
+    // message read before each refusal stopped the reading (the reading resumes when the
+    // socket took all there was, as the kernel's send buffer grows).
+    const long tcp_wmem_max = sysctl_number("/proc/sys/net/ipv4/tcp_wmem", 2);
+    long messages, refused;
+    {
+        std::lock_guard<std::mutex> lock(s.m);
+        messages = s.messages;
+        refused = s.refused;
+    }
+    INFO("frames sent " << sent_frames << " of " << total << ", held " << held << "; the server read " << messages
+                        << " messages and refused " << refused << " echoes; tcp_wmem max " << tcp_wmem_max);
+    CHECK(held);
+    CHECK(static_cast<std::size_t>(messages) * 4096 <=
+          o.max_send_buffer + static_cast<std::size_t>(tcp_wmem_max) + 1024 * 1024);
+    c.close();
+    REQUIRE(s.wait_closes(1));
+    CHECK(srv.stop().drained);
+}
+
+TEST_CASE("back-pressure: a ping flood from a client that never reads is held; the pongs stay within "
+          "max_send_buffer",
+          "[websocket][backpressure][hostile]") {
+    test::watchdog dog("ping flood", 120s);
+    ws_state s;
+    rs::options o = ws_options();
+    o.max_send_buffer = 64 * 1024;
+    rs::server srv(o);
+    srv.websocket("/ws", echo_handlers(s));
+    const std::uint16_t port = test::start(srv);
+    ws_client c(port, 4096);
+    REQUIRE(c.upgrade());
+    REQUIRE(s.wait_opens(1));
+    rs::websocket ws = s.handle(0);
+    const int flags = ::fcntl(c.fd(), F_GETFL);
+    REQUIRE(::fcntl(c.fd(), F_SETFL, flags | O_NONBLOCK) == 0);
+    // 125-byte pings, 64 MiB of them at most (each would be a 127-byte pong), sent for as
+    // long as the server reads them. The budget: the pongs the engine queues may pass
+    // max_send_buffer by what one read brings (64 KiB of pings), never grow with the flood.
+    std::string burst;
+    for (int i = 0; i < 256; ++i) burst += ws_frame(9, std::string(125, 'p'));
+    const long rss_before = status_kib("VmRSS");
+    std::size_t sent = 0, offset = 0, max_buffered = 0;
+    bool held = false;
+    while (sent < 64u * 1024 * 1024) {
+        const ssize_t n = ::send(c.fd(), burst.data() + offset, burst.size() - offset, MSG_NOSIGNAL);
+        if (n > 0) {
+            offset += static_cast<std::size_t>(n);
+            sent += static_cast<std::size_t>(n);
+            if (offset == burst.size()) offset = 0;
+            if (sent % (1024 * 1024) < static_cast<std::size_t>(n)) max_buffered = std::max(max_buffered, ws.buffered_amount());
+            continue;
+        }
+        REQUIRE((n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)));
+        pollfd p{c.fd(), POLLOUT, 0};
+        if (::poll(&p, 1, 1000) == 0) {
+            held = true;
+            break;
+        }
+    }
+    max_buffered = std::max(max_buffered, ws.buffered_amount());
+    const long rss_after = status_kib("VmRSS");
+    INFO("sent " << sent << " bytes of pings, held " << held << ", buffered up to " << max_buffered << ", VmRSS "
+                 << rss_before << " -> " << rss_after << " KiB");
+    CHECK(held);
+    CHECK(max_buffered <= o.max_send_buffer + 128 * 1024);
+    CHECK(rss_after - rss_before < 16 * 1024);
+    c.close();
+    REQUIRE(s.wait_closes(1));
+    CHECK(srv.stop().drained);
+}
+
 // ------------------------------------------------------------------- threads --
 
 TEST_CASE("handles used from 8 threads at once while the clients close and the server stops", "[websocket][threads]") {
