@@ -4888,6 +4888,7 @@ private:
     void ws_queue(connection& c, unsigned opcode, std::string_view payload);
     void ws_fail(connection& c, std::uint16_t code);
     bool ws_full(connection& c);
+    bool ws_closing(connection& c);
     template <class F>
     void ws_call(worker& w, connection& c, F&& f);
     std::int64_t ws_deadline(const connection& c) const noexcept;
@@ -7136,10 +7137,14 @@ void run::ws_call(worker& w, connection& c, F&& f) {
 }
 
 /// ws_queue: a frame of the engine's own (pong, close, keep-alive ping) on c's queue,
-/// past max_send_buffer if need be. A close ends sending.
+/// past max_send_buffer if need be. A close ends sending; after a close the program or a
+/// stop queued, nothing is added.
 RESTARTABLE_SERVER_FN void run::ws_queue(connection& c, unsigned opcode, std::string_view payload) {
     channel& ch = *c.ch;
     std::lock_guard<std::mutex> lock(ch.mutex);
+    // A close frame is queued already (the program's close(), a stop's), not yet taken:
+    // nothing goes after it, not a second close (take_queued() notes it as sent).
+    if (ch.end_requested) return;
     append_ws_frame(ch.queued, opcode, payload);
     ch.send_waiting.store(true);
     if (opcode == ws_close) {
@@ -7163,12 +7168,20 @@ RESTARTABLE_SERVER_FN void run::ws_fail(connection& c, std::uint16_t code) {
     if (!st.close_sent) ws_queue(c, ws_close, close_payload(code, ""));
 }
 
+/// ws_closing: a close frame was sent or queued (by the engine, the program's close() or
+/// a stop): no message is delivered from then on.
+RESTARTABLE_SERVER_FN bool run::ws_closing(connection& c) {
+    if (c.st->close_sent) return true;
+    std::lock_guard<std::mutex> lock(c.ch->mutex);
+    return c.ch->end_requested;
+}
+
 /// ws_event: one decoded frame of c.
 RESTARTABLE_SERVER_FN void run::ws_event(worker& w, connection& c, const ws_decoder::result& r) {
     stream_state& st = *c.st;
     switch (r.what) {
         case ws_decoder::kind::message: {
-            if (st.close_sent) return;  // after a close, data is dropped (RFC 6455 1.4)
+            if (ws_closing(c)) return;  // after a close, data is dropped (RFC 6455 1.4)
             const websocket_handlers& h = *c.ch->handlers;
             if (h.on_message) ws_call(w, c, [&] { h.on_message(st.handle, r.data, r.text); });
             return;

@@ -1007,6 +1007,44 @@ TEST_CASE("back-pressure: a ping flood from a client that never reads is held; t
     CHECK(srv.stop().drained);
 }
 
+// ------------------------------------------------------------------- closing --
+
+TEST_CASE("close(): one close frame only, and no message is delivered after it, while a large message is still "
+          "going out",
+          "[websocket][close]") {
+    test::watchdog dog("one close frame", 60s);
+    ws_state s;
+    rs::options o = ws_options();
+    o.max_send_buffer = 32 * 1024 * 1024;  // the reads go on under the large message
+    rs::server srv(o);
+    srv.websocket("/ws", echo_handlers(s));
+    const std::uint16_t port = test::start(srv);
+
+    ws_client c(port, 4096);
+    REQUIRE(c.upgrade());
+    // "big:" makes the server send 8 MiB that the socket cannot take at once; then
+    // close-me makes it call close() (queued behind the 8 MiB), "after" comes after that
+    // call, and the client's own close crosses the server's.
+    REQUIRE(c.send(ws_frame(1, "big:8388608") + ws_frame(1, "close-me") + ws_frame(1, "after") +
+                   ws_frame(8, test::ws_close_payload(4000, "bye"))));
+    REQUIRE(s.wait([&] { return s.close_called.size() == 1; }));
+    ws_message big = c.read(20s);
+    CHECK(big.opcode == 2);
+    CHECK(big.payload.size() == 8388608);
+    ws_message first = c.read();
+    CHECK(first.opcode == 8);
+    CHECK(first.close_code() == 4001);
+    ws_message next = c.read(5s);
+    INFO("after the close frame: opcode " << next.opcode << ", payload " << test::printable(next.payload));
+    CHECK(next.opcode == -1);  // nothing after the close frame: not a second close
+    CHECK(next.eof);
+    REQUIRE(s.wait_closes(1));
+    std::lock_guard<std::mutex> lock(s.m);
+    CHECK(s.after_close.empty());
+    CHECK(s.closes[0].code == 4000);
+    CHECK(s.closes[0].reason == "bye");
+}
+
 // ------------------------------------------------------------------- threads --
 
 TEST_CASE("handles used from 8 threads at once while the clients close and the server stops", "[websocket][threads]") {
