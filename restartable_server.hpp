@@ -6066,13 +6066,14 @@ RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool 
     h += ' ';
     h += status_text(res.status);
     h += "\r\n";
-    bool has_date = false;
+    bool has_date = false, has_upgrade = false;
     for (const auto& f : res.headers) {
         const std::string& name = f.first;
         if (iequals(name, "Content-Length") || iequals(name, "Connection") || iequals(name, "Transfer-Encoding") ||
             !is_token(name) || !is_field_value(f.second))
             continue;  // framing is the server's; CR/LF would split the response
         has_date |= iequals(name, "Date");
+        has_upgrade |= iequals(name, "Upgrade");
         h += name;
         h += ": ";
         h += f.second;
@@ -6090,10 +6091,15 @@ RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool 
         h += w.date.now();
         h += "\r\n";
     }
-    if (!keep_alive)
-        h += "Connection: close\r\n";
-    else if (c.version_minor == 0)
-        h += "Connection: keep-alive\r\n";
+    // Connection is the server's; with an Upgrade field (a 426) it names "upgrade" too
+    // (RFC 9110 7.8: a sender of Upgrade sends that connection option).
+    const char* const option = !keep_alive ? "close" : c.version_minor == 0 ? "keep-alive" : nullptr;
+    if (option || has_upgrade) {
+        h += "Connection: ";
+        if (has_upgrade) h += option ? "upgrade, " : "upgrade";
+        if (option) h += option;
+        h += "\r\n";
+    }
     h += "\r\n";
 }
 

@@ -150,6 +150,19 @@ bool iequals(std::string_view a, std::string_view b) {
     return true;
 }
 
+/// has_token: whether the comma-separated list holds token (case-insensitive).
+bool has_token(std::string_view list, std::string_view token) {
+    while (!list.empty()) {
+        const std::size_t comma = std::min(list.find(','), list.size());
+        std::string_view item = list.substr(0, comma);
+        while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+        while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+        if (iequals(item, token)) return true;
+        list.remove_prefix(std::min(comma + 1, list.size()));
+    }
+    return false;
+}
+
 /// status_kib: a field of /proc/self/status in KiB ("VmRSS"), or -1.
 long status_kib(const char* field) {
     std::ifstream f("/proc/self/status");
@@ -318,6 +331,8 @@ TEST_CASE("handshake: each rule of RFC 6455 4.2.1, one check each", "[websocket]
         INFO(r.head);
         CHECK(r.status == 426);
         CHECK(iequals(r.header("Upgrade"), "websocket"));
+        // RFC 9110 7.8: a sender of Upgrade also sends the "upgrade" connection option.
+        CHECK(has_token(r.header("Connection"), "upgrade"));
         // The other routes are plain HTTP.
         CHECK(test::get(port, "/plain").body == "plain");
     }
