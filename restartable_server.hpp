@@ -914,7 +914,7 @@ struct websocket_handlers {
     /// on_close: once per connection that opened, whatever ended it: the code and reason
     /// of the client's close frame (1005 when it had no code), the code the server failed
     /// the connection with (1002 protocol error, 1007 invalid UTF-8, 1009 too big, 1011 a
-    /// handler threw), or 1006 when the connection went without a close frame (the client
+    /// handler threw, 1013 the run's max_buffered_bytes reached), or 1006 when the connection went without a close frame (the client
     /// vanished, a timeout, the drain deadline). On a server thread - the control thread
     /// for a timeout or a cut at the drain deadline: keep it short.
     std::function<void(websocket& ws, std::uint16_t code, std::string_view reason)> on_close;
@@ -997,14 +997,16 @@ struct options {
     std::size_t max_connections = 20000;
     /// max_buffered_bytes: request heads and buffered request bodies held by all the
     /// connections of a run together may not exceed this; a request that would pass it is
-    /// answered 503 and its connection closed. Default 256 MiB. 0 means the default.
+    /// answered 503 and its connection closed (a WebSocket message: closed with 1013, Try
+    /// Again Later). Default 256 MiB. 0 means the default.
     std::size_t max_buffered_bytes = 256 * 1024 * 1024;
     /// max_send_buffer: the bytes one push stream or WebSocket may hold queued for a
     /// client that reads slowly; a send that would pass it is refused with
     /// errc::send_buffer_full (the caller decides), unless the buffer is empty (so any one
     /// message can be sent: the bound is then that message). While a WebSocket's buffer
-    /// is at the bound, no more of its frames are read (its client must read first).
-    /// Default 1 MiB. 0 means the default.
+    /// is at the bound - what is queued reaches it, or a send was refused since the socket
+    /// last took all there was - no more of its frames are read (its client must read
+    /// first). Default 1 MiB. 0 means the default.
     std::size_t max_send_buffer = 1024 * 1024;
     /// websocket_max_message: a WebSocket message (all its fragments) may not be larger;
     /// a longer one closes the connection with 1009, known from the frame's header alone.
@@ -4399,6 +4401,7 @@ struct channel {
     bool poked = false;          // a wake-up is on its way to conn's holder
     bool open = true;            // sends accepted
     bool end_requested = false;  // push: close(); WebSocket: a close frame is queued
+    bool refused = false;        // WebSocket: a send was refused since the holder last took queued
     std::size_t limit = 0;       // options::max_send_buffer (0 until the stream starts: no bound yet)
     bool chunked = false;        // push: each write is one chunk
     std::size_t registry_index = 0;  // (under the run's channels_mutex_) where its run lists it
@@ -4906,6 +4909,8 @@ private:
     void ws_event(worker& w, connection& c, const ws_decoder::result& r);
     void ws_queue(connection& c, unsigned opcode, std::string_view payload);
     void ws_fail(connection& c, std::uint16_t code);
+    bool ws_full(connection& c);
+    bool ws_closing(connection& c);
     template <class F>
     void ws_call(worker& w, connection& c, F&& f);
     std::int64_t ws_deadline(const connection& c) const noexcept;
@@ -6083,13 +6088,14 @@ RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool 
     h += ' ';
     h += status_text(res.status);
     h += "\r\n";
-    bool has_date = false;
+    bool has_date = false, has_upgrade = false;
     for (const auto& f : res.headers) {
         const std::string& name = f.first;
         if (iequals(name, "Content-Length") || iequals(name, "Connection") || iequals(name, "Transfer-Encoding") ||
             !is_token(name) || !is_field_value(f.second))
             continue;  // framing is the server's; CR/LF would split the response
         has_date |= iequals(name, "Date");
+        has_upgrade |= iequals(name, "Upgrade");
         h += name;
         h += ": ";
         h += f.second;
@@ -6107,10 +6113,15 @@ RESTARTABLE_SERVER_FN void run::build_head(worker& w, const connection& c, bool 
         h += w.date.now();
         h += "\r\n";
     }
-    if (!keep_alive)
-        h += "Connection: close\r\n";
-    else if (c.version_minor == 0)
-        h += "Connection: keep-alive\r\n";
+    // Connection is the server's; with an Upgrade field (a 426) it names "upgrade" too
+    // (RFC 9110 7.8: a sender of Upgrade sends that connection option).
+    const char* const option = !keep_alive ? "close" : c.version_minor == 0 ? "keep-alive" : nullptr;
+    if (option || has_upgrade) {
+        h += "Connection: ";
+        if (has_upgrade) h += option ? "upgrade, " : "upgrade";
+        if (option) h += option;
+        h += "\r\n";
+    }
     h += "\r\n";
 }
 
@@ -6325,12 +6336,16 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
         s == conn_state::websocket ? ws_deadline(c) : limit.count() > 0 ? to_ns(c.since + limit) : never;
     c.deadline.store(deadline);
     if (deadline != never) lower_next_sweep(deadline);
+    // Read now, while this thread holds c: once parked, another thread may take c and
+    // change it (a stop's sweep, a restart's transfer, a timeout), even close it. The copy
+    // keeps the channel alive for the look below.
+    const std::shared_ptr<channel> ch = c.ch && !c.output_pending() ? c.ch : nullptr;
     c.hold.store(connection::parked);  // from here on another thread may hold c
     RESTARTABLE_SERVER_SYNC_POINT(srv_, "park.parked", static_cast<int>(s));
     if (c.pending.load() != 0 && take(c)) return true;  // an event came while this thread held it
     // A sender queued bytes as this thread parked c (its poke may have come before the
     // registration above, which poll(2) would then have overwritten).
-    if (c.ch && !c.output_pending() && c.ch->send_waiting.load() && take(c)) return true;
+    if (ch && ch->send_waiting.load() && take(c)) return true;
     // A connection parked just as a stop or restart began may have been missed by its
     // sweep of parked connections.
     if (stopping_.load() &&
@@ -6763,6 +6778,7 @@ RESTARTABLE_SERVER_FN bool run::take_queued(connection& c) {
     std::lock_guard<std::mutex> lock(ch.mutex);
     ch.poked = false;
     if (c.output_pending()) return false;
+    ch.refused = false;  // the socket took all there was: a sender may try again
     if (ch.end_requested && ch.kind == channel::kind_t::websocket && !st.close_sent) {
         st.close_sent = true;
         c.since = clock::now();  // websocket_close_timeout counts from here
@@ -7159,10 +7175,14 @@ void run::ws_call(worker& w, connection& c, F&& f) {
 }
 
 /// ws_queue: a frame of the engine's own (pong, close, keep-alive ping) on c's queue,
-/// past max_send_buffer if need be. A close ends sending.
+/// past max_send_buffer if need be. A close ends sending; after a close the program or a
+/// stop queued, nothing is added.
 RESTARTABLE_SERVER_FN void run::ws_queue(connection& c, unsigned opcode, std::string_view payload) {
     channel& ch = *c.ch;
     std::lock_guard<std::mutex> lock(ch.mutex);
+    // A close frame is queued already (the program's close(), a stop's), not yet taken:
+    // nothing goes after it, not a second close (take_queued() notes it as sent).
+    if (ch.end_requested) return;
     append_ws_frame(ch.queued, opcode, payload);
     ch.send_waiting.store(true);
     if (opcode == ws_close) {
@@ -7186,12 +7206,20 @@ RESTARTABLE_SERVER_FN void run::ws_fail(connection& c, std::uint16_t code) {
     if (!st.close_sent) ws_queue(c, ws_close, close_payload(code, ""));
 }
 
+/// ws_closing: a close frame was sent or queued (by the engine, the program's close() or
+/// a stop): no message is delivered from then on.
+RESTARTABLE_SERVER_FN bool run::ws_closing(connection& c) {
+    if (c.st->close_sent) return true;
+    std::lock_guard<std::mutex> lock(c.ch->mutex);
+    return c.ch->end_requested;
+}
+
 /// ws_event: one decoded frame of c.
 RESTARTABLE_SERVER_FN void run::ws_event(worker& w, connection& c, const ws_decoder::result& r) {
     stream_state& st = *c.st;
     switch (r.what) {
         case ws_decoder::kind::message: {
-            if (st.close_sent) return;  // after a close, data is dropped (RFC 6455 1.4)
+            if (ws_closing(c)) return;  // after a close, data is dropped (RFC 6455 1.4)
             const websocket_handlers& h = *c.ch->handlers;
             if (h.on_message) ws_call(w, c, [&] { h.on_message(st.handle, r.data, r.text); });
             return;
@@ -7223,15 +7251,7 @@ RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
             c.ch->unsent.store(unsent(c));
             if (o == outcome::close) return o;
             if (o == outcome::progress) continue;
-            // The socket is full: frames are read on only while the socket's bytes waiting
-            // (taken and queued) are under max_send_buffer (the client must read first).
-            if (st.close_received || st.failed) return outcome::wait;
-            std::size_t waiting;
-            {
-                std::lock_guard<std::mutex> lock(c.ch->mutex);
-                waiting = c.ch->buffered();
-            }
-            if (waiting >= opts_.max_send_buffer) return outcome::wait;
+            if (st.close_received || st.failed || ws_full(c)) return outcome::wait;
         } else if (st.close_sent && (st.close_received || st.failed)) {
             // The closing handshake is over (or the connection failed): the server closes
             // the TCP connection first (RFC 6455 7.1.1), lingering as after a response.
@@ -7259,6 +7279,16 @@ RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
     }
 }
 
+/// ws_full: c's send buffer is at options::max_send_buffer: its bytes queued and unsent
+/// reach it, or a send was refused since the socket last took all there was. Then no more
+/// of c's frames are read: an echo that had to drop would read on for ever, and a client
+/// that sends without reading must be held at the bound.
+RESTARTABLE_SERVER_FN bool run::ws_full(connection& c) {
+    channel& ch = *c.ch;
+    std::lock_guard<std::mutex> lock(ch.mutex);
+    return ch.refused || ch.queued.size() + unsent(c) >= opts_.max_send_buffer;
+}
+
 /// ws_deadline: when c's timeout strikes: write_timeout while output waits, the close
 /// timeout after a close was sent, else the keep-alive ping (and a ping interval later,
 /// the close).
@@ -7282,7 +7312,10 @@ RESTARTABLE_SERVER_FN void run::ws_timeout(connection& c) noexcept {
             ws_queue(c, ws_ping, {});
             take_queued(c);
             st.ping_outstanding = true;
-            return hand_back(c);  // re-registered: a worker sends it
+            // The socket is writable already, so an edge-triggered set reports no new
+            // edge for the ping: poked, as a sender would, a worker sends it.
+            poke(c);
+            return hand_back(c);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         } catch (const std::bad_alloc&) {
         }
@@ -7334,7 +7367,10 @@ RESTARTABLE_SERVER_FN std::error_code websocket::send(unsigned opcode, std::stri
     if (opcode == detail::ws_text && !detail::utf8_valid(data)) return errc::invalid_utf8;
     std::lock_guard<std::mutex> lock(ch_->mutex);
     if (!ch_->open) return errc::closed;
-    if (!ch_->admits(data.size() + 10)) return errc::send_buffer_full;
+    if (!ch_->admits(data.size() + 10)) {
+        ch_->refused = true;  // the buffer is at its bound: its frames are not read (ws_full)
+        return errc::send_buffer_full;
+    }
     detail::append_ws_frame(ch_->queued, opcode, data);
     detail::wake_channel(*ch_);
     return {};

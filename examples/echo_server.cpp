@@ -20,6 +20,13 @@
 //   GET  /pid          this process's id
 //   GET  /events       server-sent events: "data: tick N" every 100 ms until a stop or
 //                      restart begins, then "event: bye" and the stream ends cleanly
+//   GET  /ws           a WebSocket (RFC 6455) that echoes every message back as it came:
+//                      text as text, binary as binary, whole (fragments joined), up to
+//                      16 MiB. No echo is dropped: a client that leaves more than 1 MiB
+//                      of echoes unread has its WebSocket closed with 1008. A stop
+//                      (SIGINT, SIGTERM) sends it close 1001 (Going Away), a restart
+//                      (SIGHUP, POST /restart) close 1012 (Service Restart), and the
+//                      server waits for the client's answer (within --drain-ms)
 //   POST /restart      an in-process restart (202): nothing refused, nothing dropped
 //   POST /upload       multipart/form-data, read streamed (never held whole): 200
 //                      text/plain, one line per part "NAME FILENAME BYTES SHA256HEX"
@@ -272,6 +279,15 @@ int main(int argc, char** argv) {
             out.write("event: bye\ndata: the server is stopping or restarting\n\n");
         });
     });
+
+    // Each message back as it came. The engine joins fragments, checks text is UTF-8,
+    // answers pings and closes, and sends 1001 at a stop and 1012 at a restart.
+    rs::websocket_handlers echo_ws;
+    echo_ws.on_message = [](rs::websocket& ws, std::string_view data, bool text) {
+        const std::error_code ec = text ? ws.send_text(data) : ws.send_binary(data);
+        if (ec == rs::errc::send_buffer_full) ws.close(1008, "echoes left unread");  // never a silent drop
+    };
+    srv.websocket("/ws", std::move(echo_ws));
 
     // The parts' lines; nothing of a part but its running hash is kept. A malformed body
     // is answered with the error (the connection then closes if the body was not read whole).

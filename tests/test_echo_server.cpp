@@ -5,7 +5,10 @@
 // SIGINT. Every wait is bounded (poll on a pipe or a pidfd, condition variables): no sleeps.
 
 #include "process.hpp"
+#include "ws_client.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -399,5 +402,189 @@ TEST_CASE("echo_server: a short wrk run", "[echo_server][wrk]") {
     // wrk prints "Socket errors: connect A, read B, write C, timeout D" only when one is not 0.
     CHECK(r.out.find("Socket errors") == std::string::npos);
 
+    srv.stop_with(SIGTERM);
+}
+
+// ------------------------------------------------------------------ WebSocket --
+
+namespace {
+
+/// ws_answer_close: reads until the server's close frame (answered with the same code),
+/// then the server's TCP close; the code (0 when none came).
+std::uint16_t ws_answer_close(test::ws_client& c) {
+    for (;;) {
+        test::ws_message m = c.read(10s);
+        if (!m.ok()) return 0;
+        if (m.opcode == 8) {
+            c.send_close(m.close_code());
+            CHECK(c.eof_within(10s));
+            return m.close_code();
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("echo_server: GET /ws echoes every message as it came, text as text, binary as binary",
+          "[echo_server][websocket]") {
+    echo_server srv;
+    test::ws_client c(srv.port);
+    REQUIRE(c.upgrade("/ws"));
+    CHECK(c.response.header("Sec-WebSocket-Accept") == test::ws_key_accept);
+
+    const std::string binary("\0\x01\xfe\xff", 4);
+    REQUIRE(c.send_text("h\xc3\xa9llo"));
+    test::ws_message m = c.read();
+    CHECK(m.opcode == 1);
+    CHECK(m.payload == "h\xc3\xa9llo");
+    REQUIRE(c.send_binary(binary));
+    m = c.read();
+    CHECK(m.opcode == 2);
+    CHECK(m.payload == binary);
+    // Fragments come back as one message; a ping between them is answered.
+    REQUIRE(c.send(test::ws_frame(1, "frag", false) + test::ws_frame(9, "p") + test::ws_frame(0, "ment")));
+    m = c.read();
+    CHECK(m.opcode == 10);
+    CHECK(m.payload == "p");
+    m = c.read();
+    CHECK(m.opcode == 1);
+    CHECK(m.fin);
+    CHECK(m.payload == "fragment");
+    REQUIRE(c.send_text(""));
+    m = c.read();
+    CHECK(m.opcode == 1);
+    CHECK(m.payload.empty());
+    const std::string big(3 * 1024 * 1024 + 7, 'B');
+    REQUIRE(c.send_binary(big));
+    m = c.read(20s);
+    CHECK(m.opcode == 2);
+    CHECK(m.payload == big);
+    // A protocol error is answered with its close code: invalid UTF-8 in text is 1007.
+    REQUIRE(c.send_text("\xff"));
+    m = c.read();
+    CHECK(m.opcode == 8);
+    CHECK(m.close_code() == 1007);
+    CHECK(c.eof_within(10s));
+
+    // The client closes: the server answers with the same code.
+    test::ws_client d(srv.port);
+    REQUIRE(d.upgrade("/ws"));
+    REQUIRE(d.send_close(4000, "bye"));
+    m = d.read();
+    CHECK(m.opcode == 8);
+    CHECK(m.close_code() == 4000);
+    CHECK(d.eof_within(10s));
+
+    // A plain GET of the endpoint is told to upgrade.
+    test::http_response r = test::get(srv.port, "/ws");
+    CHECK(r.status == 426);
+    CHECK(r.header("Upgrade") == "websocket");
+    srv.stop_with(SIGTERM);
+}
+
+TEST_CASE("echo_server: a client that leaves its echoes unread is closed with 1008, none dropped silently",
+          "[echo_server][websocket]") {
+    echo_server srv;
+    test::ws_client c(srv.port, 4096);  // a small window: the echoes pile up in the server
+    REQUIRE(c.upgrade("/ws"));
+    const int flags = ::fcntl(c.fd(), F_GETFL);
+    REQUIRE(::fcntl(c.fd(), F_SETFL, flags | O_NONBLOCK) == 0);
+    // 64 KiB messages, message i made of the byte i, sent without reading until the
+    // server stops taking them (1 s without progress), at most 64 MiB. (Once its close
+    // is out the server reads on, dropping what comes, until the client's answer.)
+    const std::size_t size = 64 * 1024;
+    std::size_t sent = 0, offset = 0;
+    std::string frame = test::ws_frame(2, std::string(size, '\0'));
+    bool held = false;
+    while (sent < 1024) {
+        if (offset == 0) frame = test::ws_frame(2, std::string(size, static_cast<char>(sent & 0xff)));
+        const ssize_t n = ::send(c.fd(), frame.data() + offset, frame.size() - offset, MSG_NOSIGNAL);
+        if (n > 0) {
+            offset += static_cast<std::size_t>(n);
+            if (offset == frame.size()) {
+                offset = 0;
+                ++sent;
+            }
+            continue;
+        }
+        REQUIRE((n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)));
+        pollfd p{c.fd(), POLLOUT, 0};
+        if (::poll(&p, 1, 1000) == 0) {
+            held = true;
+            break;
+        }
+    }
+    INFO("messages sent " << sent << (held ? ", then held" : ""));
+    REQUIRE(::fcntl(c.fd(), F_SETFL, flags) == 0);
+    // Echoes 0, 1, 2, ... whole and in order, then the close: none is missing.
+    std::size_t echoed = 0;
+    test::ws_message m;
+    for (;;) {
+        m = c.read(20s);
+        if (m.opcode != 2) break;
+        REQUIRE(m.payload == std::string(size, static_cast<char>(echoed & 0xff)));
+        ++echoed;
+    }
+    INFO("echoes " << echoed);
+    CHECK(m.opcode == 8);
+    CHECK(m.close_code() == 1008);
+    CHECK(echoed >= 1);
+    CHECK(echoed < sent);
+    // The rest of the frame under way, then the answer: the closing handshake ends.
+    if (offset != 0) REQUIRE(c.send(std::string_view(frame).substr(offset)));
+    REQUIRE(c.send_close(1008));
+    CHECK(c.eof_within(10s));
+    srv.stop_with(SIGTERM);
+}
+
+TEST_CASE("echo_server: a stop sends close 1001 to each WebSocket, and waits for its answer",
+          "[echo_server][websocket]") {
+    for (int sig : {SIGTERM, SIGINT}) {
+        INFO("signal " << sig);
+        echo_server srv;
+        test::ws_client a(srv.port), b(srv.port);
+        REQUIRE(a.upgrade("/ws"));
+        REQUIRE(b.upgrade("/ws"));
+        REQUIRE(a.send_text("before"));
+        CHECK(a.read().payload == "before");
+        REQUIRE(srv.proc.signal(sig));
+        CHECK(ws_answer_close(a) == 1001);
+        CHECK(ws_answer_close(b) == 1001);
+        a.close();
+        b.close();
+        std::optional<int> st = srv.proc.wait_exit(10s);
+        INFO("echo_server: " << describe_status(st));
+        CHECK(test::exited_0(st));
+    }
+}
+
+TEST_CASE("echo_server: a restart (SIGHUP, POST /restart) sends close 1012; the client reconnects at once",
+          "[echo_server][websocket][restart]") {
+    echo_server srv;
+    for (int round = 1; round <= 2; ++round) {
+        INFO("restart " << round << (round == 1 ? " (SIGHUP)" : " (POST /restart)"));
+        test::ws_client c(srv.port);
+        REQUIRE(c.upgrade("/ws"));
+        REQUIRE(c.send_text("ping " + std::to_string(round)));
+        CHECK(c.read().payload == "ping " + std::to_string(round));
+        if (round == 1) {
+            REQUIRE(srv.proc.signal(SIGHUP));
+        } else {
+            test::http_response r =
+                test::request(srv.port, "POST /restart HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+            CHECK(r.status == 202);
+        }
+        CHECK(ws_answer_close(c) == 1012);
+        c.close();
+        std::optional<std::string> line = srv.proc.read_line(10s);
+        CHECK(line == "restarted " + std::to_string(round));
+        test::ws_client again(srv.port);  // the same listener: never refused
+        REQUIRE(again.ok());
+        REQUIRE(again.upgrade("/ws"));
+        REQUIRE(again.send_binary("after"));
+        test::ws_message m = again.read();
+        CHECK(m.opcode == 2);
+        CHECK(m.payload == "after");
+    }
     srv.stop_with(SIGTERM);
 }
