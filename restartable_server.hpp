@@ -6775,6 +6775,31 @@ RESTARTABLE_SERVER_FN std::size_t unsent(const connection& c) noexcept {
 
 // ---- streams
 
+#ifdef __linux__
+/// send_file_piece: sendfile(2) from file at *offset to the socket, which has no
+/// MSG_NOSIGNAL: to a connection the client reset it raises SIGPIPE (also when it returns
+/// a short count), whose default action ends the process. SIGPIPE is blocked on this
+/// thread for the call, and one the call raised is taken back before the mask is restored
+/// (unless the program blocks SIGPIPE itself: then it stays pending, as it would have).
+/// Dispositions are left alone.
+RESTARTABLE_SERVER_FN ssize_t send_file_piece(int sock, int file, off_t* offset, std::size_t n) noexcept {
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    if (::pthread_sigmask(SIG_BLOCK, &pipe_only, &old) != 0) return ::sendfile(sock, file, offset, n);
+    const ssize_t r = ::sendfile(sock, file, offset, n);
+    const int e = errno;
+    if ((r < 0 || static_cast<std::size_t>(r) < n) && sigismember(&old, SIGPIPE) != 1) {
+        const timespec now{0, 0};
+        while (::sigtimedwait(&pipe_only, nullptr, &now) < 0 && errno == EINTR) {
+        }
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    errno = e;
+    return r;
+}
+#endif  // __linux__
+
 /// start_stream: a push stream, pulled body or file response: its head goes out, then
 /// the body as the socket takes it (stream_step), holding no thread.
 RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, bool keep_alive) {
@@ -6922,7 +6947,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
             if (!c.tp) {
                 off_t offset = static_cast<off_t>(st.file_offset);
                 const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(st.left, stream_turn));
-                const ssize_t n = ::sendfile(c.fd.get(), st.file.get(), &offset, want);
+                const ssize_t n = send_file_piece(c.fd.get(), st.file.get(), &offset, want);
                 st.blocked = false;
                 if (n > 0) {
                     const auto sent = static_cast<std::size_t>(n);

@@ -1180,6 +1180,37 @@ TEST_CASE("set_file: 20 MiB byte-exact, HEAD, a part; static_files ranges (206)"
     srv.stop();
 }
 
+TEST_CASE("set_file: clients that leave in the middle of a download raise no SIGPIPE", "[push_streams][file]") {
+    // sendfile(2) has no MSG_NOSIGNAL: to a socket the client reset it may raise SIGPIPE,
+    // whose default action ends the process. The library never touches signals: nothing
+    // here ignores SIGPIPE, so the test process dies (exit 141) if the server raises one.
+    test::watchdog dog("set_file SIGPIPE", 120s);
+    temp_dir dir;
+    const std::size_t size = 20 * 1024 * 1024;
+    const std::string path = dir / "big.bin";
+    random_file(path, size, 5);
+    rs::server srv(test::local_options());
+    srv.get("/file", [&](const rs::request&, rs::response& res) {
+        res.set_file("application/octet-stream", open_file(path), 0, size);
+    });
+    srv.get("/hello", [](const rs::request&, rs::response& res) { res.set_content("Hello, World!", "text/plain"); });
+    const std::uint16_t port = test::start(srv);
+    for (int round = 0; round < 64; ++round) {
+        std::vector<std::unique_ptr<test::client>> clients;
+        for (int i = 0; i < 32; ++i) {
+            clients.push_back(std::make_unique<test::client>(port));
+            REQUIRE(clients.back()->send("GET /file HTTP/1.1\r\nHost: x\r\n\r\n"));
+        }
+        for (auto& c : clients) {  // each download flows, then its client resets it
+            REQUIRE(c->read(true).status == 200);
+            while (c->rd.buf.size() < 256 * 1024) REQUIRE(c->rd.fill());
+            c->close();
+        }
+    }
+    CHECK(test::get(port, "/hello").body == "Hello, World!");
+    srv.stop();
+}
+
 TEST_CASE("set_file: a file truncated while it is sent ends the connection short of Content-Length",
           "[push_streams][file]") {
     test::watchdog dog("set_file truncated", 120s);
