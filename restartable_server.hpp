@@ -817,6 +817,7 @@ private:
     bool stream_sized_ = false;      // a stream or pull with a length: Content-Length, not chunked
     std::uint64_t stream_length_ = 0;
     std::shared_ptr<detail::channel> push_;  // push_stream()
+    std::size_t send_limit_ = 0;              // options::max_send_buffer of the run calling the handler
     pull_provider pull_;                      // set_pull()
     unique_fd file_;                          // set_file()
     std::uint64_t file_offset_ = 0;
@@ -4378,7 +4379,7 @@ struct channel {
     bool poked = false;          // a wake-up is on its way to conn's holder
     bool open = true;            // sends accepted
     bool end_requested = false;  // push: close(); WebSocket: a close frame is queued
-    std::size_t limit = 0;       // options::max_send_buffer (0 until the stream starts: no bound yet)
+    std::size_t limit = 0;       // options::max_send_buffer (0: no bound, a handle not made by a handler)
     bool chunked = false;        // push: each write is one chunk
     std::size_t registry_index = 0;  // (under the run's channels_mutex_) where its run lists it
     // Set once before the handle is shared, or atomic.
@@ -5930,6 +5931,7 @@ RESTARTABLE_SERVER_FN run::outcome run::handle_streamed(worker& w, connection& c
 RESTARTABLE_SERVER_FN void run::call_handler(worker& w, const route* r, int route_status) {
     response& res = w.res;
     res.clear();
+    res.send_limit_ = opts_.max_send_buffer;
     w.req.stop_ = &stop_signal_;
     if (!r) {
         error_response(res, route_status);
@@ -7377,6 +7379,7 @@ RESTARTABLE_SERVER_FN stream_handle response::push_stream(std::string_view conte
     auto ch = std::make_shared<detail::channel>(detail::channel::kind_t::push);
     ch->id = detail::next_channel_id();
     ch->on_close = std::move(on_close);
+    ch->limit = send_limit_;  // writes before the handler returns are bounded too
     release_body();
     push_ = ch;
     kind_ = body_kind::push;

@@ -626,6 +626,38 @@ TEST_CASE("push_stream: writes queued before the handler returns go out after th
     CHECK(failed.load() == 0);
 }
 
+TEST_CASE("push_stream: max_send_buffer holds even before the handler returns", "[push_streams][push][limits]") {
+    test::watchdog dog("push stream early limit", 60s);
+    hub h;
+    rs::options o = test::local_options();
+    o.max_send_buffer = 64 * 1024;
+    rs::server srv(o);
+    std::vector<std::error_code> results;  // the handler's, read after the stop joined it
+    std::size_t buffered = 0;
+    srv.get("/early", [&](const rs::request&, rs::response& res) {
+        rs::stream_handle s = h.open(res);
+        const std::string piece(40 * 1024, 'x');
+        results.push_back(s.write(piece));  // the buffer is empty: taken
+        results.push_back(s.write(piece));  // would pass 64 KiB
+        buffered = s.buffered_amount();
+        s.close();
+    });
+    const std::uint16_t port = test::start(srv);
+    test::client c(port);
+    REQUIRE(c.send("GET /early HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(c.read().status == 200);
+    std::string body;
+    bool last = false;
+    REQUIRE(read_chunked(c, body, last));
+    CHECK(last);
+    srv.stop();
+    REQUIRE(results.size() == 2);
+    CHECK_FALSE(results[0]);
+    CHECK(results[1] == rs::errc::send_buffer_full);
+    CHECK(buffered == 40 * 1024);  // the first write alone
+    CHECK(body.size() == 40 * 1024);
+}
+
 TEST_CASE("push_stream: a client that never reads: send_buffer_full at max_send_buffer, memory bounded, "
           "other clients unaffected; write_timeout then ends it", "[push_streams][push][limits]") {
     test::watchdog dog("push stream slow reader", 120s);
