@@ -7842,6 +7842,7 @@ RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_c
         if (o.max_request_line_bytes == 0) o.max_request_line_bytes = defaults.max_request_line_bytes;
         if (o.max_connections == 0) o.max_connections = defaults.max_connections;
         if (o.max_buffered_bytes == 0) o.max_buffered_bytes = defaults.max_buffered_bytes;
+        if (o.max_send_buffer == 0) o.max_send_buffer = defaults.max_send_buffer;
         if (!o.listener) o.listener = tcp_listener("127.0.0.1", 8080);
         unique_fd listener;
         if (!same_address) {

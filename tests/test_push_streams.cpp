@@ -658,6 +658,30 @@ TEST_CASE("push_stream: max_send_buffer holds even before the handler returns", 
     CHECK(body.size() == 40 * 1024);
 }
 
+TEST_CASE("push_stream: max_send_buffer 0 means the default (1 MiB), not unbounded", "[push_streams][push][limits]") {
+    test::watchdog dog("push stream default limit", 60s);
+    hub h;
+    rs::options o = test::local_options();
+    o.max_send_buffer = 0;
+    rs::server srv(o);
+    add_routes(srv, h);
+    const std::uint16_t port = test::start(srv);
+    const int c = test::connect_small_rcvbuf(port);
+    REQUIRE(c >= 0);
+    REQUIRE(test::send_all(c, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(h.wait_opened(1));
+    rs::stream_handle s = h.at(0);
+    const std::string piece(64 * 1024, 'x');
+    std::size_t accepted = 0;
+    std::error_code ec;
+    while (!(ec = s.write(piece)) && accepted < 64u * 1024 * 1024) accepted += piece.size();
+    CHECK(ec == rs::errc::send_buffer_full);
+    CHECK(s.buffered_amount() <= rs::options().max_send_buffer);
+    ::close(c);
+    REQUIRE(h.wait_closed(1));
+    srv.stop();
+}
+
 TEST_CASE("push_stream: a client that never reads: send_buffer_full at max_send_buffer, memory bounded, "
           "other clients unaffected; write_timeout then ends it", "[push_streams][push][limits]") {
     test::watchdog dog("push stream slow reader", 120s);
