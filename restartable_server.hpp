@@ -4867,8 +4867,9 @@ private:
     // Streams that hold no thread, and WebSockets (see "streams and WebSocket").
 public:
     /// poke: wakes the holder of c, or a worker for it, to send what its channel queued
-    /// (any thread, with the channel's mutex held: c is open).
-    void poke(connection& c) noexcept;
+    /// (any thread, with the channel's mutex held: c is open); timed: a push stream, whose
+    /// queued bytes are under write_timeout.
+    void poke(connection& c, bool timed) noexcept;
 
 private:
     outcome start_stream(worker& w, connection& c, bool keep_alive);
@@ -6577,7 +6578,7 @@ RESTARTABLE_SERVER_FN void wake_channel(channel& ch) noexcept {
     ch.send_waiting.store(true);
     if (ch.conn == nullptr || ch.poked || ch.serving.load() == std::this_thread::get_id()) return;
     ch.poked = true;
-    ch.owner->poke(*ch.conn);
+    ch.owner->poke(*ch.conn, ch.kind == channel::kind_t::push);
 }
 
 /// append_ws_frame: a whole unmasked frame (server to client) at the end of out.
@@ -6645,7 +6646,21 @@ RESTARTABLE_SERVER_FN bool origin_allowed(std::string_view origin, std::string_v
     return iequals(strip(authority), strip(host));
 }
 
-RESTARTABLE_SERVER_FN void run::poke(connection& c) noexcept {
+/// poke: a sender queued bytes for c: re-registered for output, the set reports c once
+/// its socket can take them. While it cannot, nothing is reported, so for a push stream
+/// (timed) write_timeout counts from now: c's deadline is lowered first, and its holder
+/// sets it anew whenever it parks c after this.
+RESTARTABLE_SERVER_FN void run::poke(connection& c, bool timed) noexcept {
+    if (timed && opts_.write_timeout.count() > 0) {
+        const std::int64_t d = to_ns(clock::now() + opts_.write_timeout);
+        std::int64_t current = c.deadline.load();
+        while (d < current) {
+            if (c.deadline.compare_exchange_weak(current, d)) {
+                lower_next_sweep(d);
+                break;
+            }
+        }
+    }
     conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);
 }
 

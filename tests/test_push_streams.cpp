@@ -755,6 +755,37 @@ TEST_CASE("push_stream: a client that never reads: send_buffer_full at max_send_
     srv.stop();
 }
 
+TEST_CASE("push_stream: write_timeout ends a stream whose client stopped reading", "[push_streams][push][limits]") {
+    test::watchdog dog("push stream write_timeout", 60s);
+    hub h;
+    rs::options o = test::local_options();
+    o.max_send_buffer = 64 * 1024;
+    o.write_timeout = 300ms;
+    rs::server srv(o);
+    add_routes(srv, h);
+    const std::uint16_t port = test::start(srv);
+    const int fd = test::connect_small_rcvbuf(port);
+    REQUIRE(fd >= 0);
+    REQUIRE(test::send_all(fd, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(h.wait_opened(1));
+    rs::stream_handle t = h.at(0);
+    // Written until the socket's buffers are full too (while the server holds nothing
+    // unsent, the stream is idle and has no timeout): from then on the server's bytes wait,
+    // and write_timeout closes the stream. Between refusals the loop waits for on_close.
+    const std::string piece(16 * 1024, 'e');
+    const auto give_up = steady::now() + 30s;  // the 300 ms write_timeout, with room
+    std::error_code ec;
+    while (ec != rs::errc::closed && steady::now() < give_up) {
+        ec = t.write(piece);
+        if (ec == rs::errc::send_buffer_full) h.wait_closed(1, 10ms);
+    }
+    REQUIRE(h.wait_closed(1, 0ms));
+    CHECK(t.write("x") == rs::errc::closed);
+    ::close(fd);
+    srv.stop();
+    CHECK(h.every_close_once());
+}
+
 TEST_CASE("push_stream: 8 threads write at once while the client disconnects and the server stops",
           "[push_streams][push][races]") {
     test::watchdog dog("push stream races", 120s);
