@@ -5976,6 +5976,7 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     if (srv_.stop_requested_.load()) keep_alive = false;
     if (past_deadline()) {  // the drain deadline passed while the handler ran
         if (!c.cut.exchange(true)) cut_.fetch_add(1);
+        w.res.release_body();  // a push stream that will not start: on_close, handle closed
         return outcome::close;
     }
     response& res = w.res;
@@ -6822,8 +6823,8 @@ RESTARTABLE_SERVER_FN ssize_t send_file_piece(int sock, int file, off_t* offset,
 RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, bool keep_alive) {
     response& res = w.res;
     using kind = response::body_kind;
+    auto st = std::make_unique<stream_state>();  // (if it throws, the response still owns the stream)
     std::shared_ptr<channel> ch = std::move(res.push_);
-    auto st = std::make_unique<stream_state>();
     st->status = res.status;
     if (res.kind_ == kind::file) {
         st->source = stream_state::source_t::file;

@@ -992,6 +992,43 @@ TEST_CASE("push_stream: restart() ends every stream; their connections move to t
     CHECK(h.every_close_once());
 }
 
+TEST_CASE("push_stream: a handler that returns after the drain deadline: on_close runs, the handle is closed",
+          "[push_streams][push][stop]") {
+    test::watchdog dog("push stream past the deadline", 60s);
+    hub h;
+    std::mutex m;
+    std::condition_variable cv;
+    bool stopping = false, in_handler = false;
+    rs::options o = test::local_options();
+    o.drain_timeout = 0ms;  // the deadline is the stop request itself
+    rs::server srv(o);
+    srv.on_stop([&](rs::stop_reason) {
+        std::lock_guard<std::mutex> lock(m);
+        stopping = true;
+        cv.notify_all();
+    });
+    srv.get("/late", [&](const rs::request&, rs::response& res) {
+        h.open(res);
+        std::unique_lock<std::mutex> lock(m);
+        in_handler = true;
+        cv.notify_all();
+        cv.wait(lock, [&] { return stopping; });  // returns once the stop (and its deadline) began
+    });
+    const std::uint16_t port = test::start(srv);
+    test::client c(port);
+    REQUIRE(c.send("GET /late HTTP/1.1\r\nHost: x\r\n\r\n"));
+    {
+        std::unique_lock<std::mutex> lock(m);
+        REQUIRE(cv.wait_for(lock, 20s, [&] { return in_handler; }));
+    }
+    const rs::stop_result r = srv.stop();
+    CHECK(r.cut == 1);
+    CHECK(h.closed_count() == 1);
+    rs::stream_handle s = h.at(0);
+    CHECK(s.write("data: into the void\n\n") == rs::errc::closed);
+    CHECK_FALSE(s.is_open());
+}
+
 // ------------------------------------------------------------------ pulled bodies --
 
 namespace {
