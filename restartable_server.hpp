@@ -6357,6 +6357,7 @@ RESTARTABLE_SERVER_FN bool run::watch(connection* c, int fd, std::uint32_t event
 /// close: closes c for good (by its holder) and returns the object to the pool.
 RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
     if (c.tp && !c.handshaking && c.state != conn_state::lingering) c.tp->shutdown(c.fd.get());
+    if (c.state == conn_state::streaming) log_stream(c);  // cut short, whatever cut it: its line
     end_channel(c);  // a stream's or WebSocket's on_close, on the thread that closes it
     clear(c);
     pool_.release(c, conns_);
@@ -6886,10 +6887,7 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
             if (!st.ending) continue;
         }
         // The body has ended: the last chunk, then as any response.
-        if (st.sized && st.left != 0) {  // the source ended short: the client must see it cut
-            log_stream(c);
-            return outcome::close;
-        }
+        if (st.sized && st.left != 0) return outcome::close;  // the source ended short: the client must see it cut
         if (st.chunked) {
             c.out_head.assign("0\r\n\r\n");
             c.out_body.clear();
@@ -6936,10 +6934,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                 }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
             }
-            if (n == pull_failed || n > room) {
-                log_stream(c);
-                return outcome::close;
-            }
+            if (n == pull_failed || n > room) return outcome::close;
             c.out_body.resize(n);
             c.out_head.clear();
             c.out_sent = 0;
@@ -6981,8 +6976,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                     return outcome::wait;
                 }
                 if (n < 0 && errno == EINTR) return outcome::progress;
-                log_stream(c);  // the file is shorter than said, or failed
-                return outcome::close;
+                return outcome::close;  // the file is shorter than said, or failed
             }
 #endif  // __linux__
             const std::size_t room = static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left));
@@ -6991,10 +6985,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
             do {
                 n = ::pread(st.file.get(), &c.out_body[0], room, static_cast<off_t>(st.file_offset));
             } while (n < 0 && errno == EINTR);
-            if (n <= 0) {
-                log_stream(c);
-                return outcome::close;
-            }
+            if (n <= 0) return outcome::close;
             const auto got = static_cast<std::size_t>(n);
             c.out_body.resize(got);
             c.out_head.clear();
@@ -7008,7 +6999,8 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
     return outcome::close;
 }
 
-/// log_stream: the access log line of a stream, at its end.
+/// log_stream: the access log line of a stream, at its end (stream_step) or when its
+/// connection closes before (close): once either way.
 RESTARTABLE_SERVER_FN void run::log_stream(const connection& c) noexcept {
     if (!opts_.access_log || !c.st) return;
     const stream_state& st = *c.st;

@@ -1029,6 +1029,73 @@ TEST_CASE("push_stream: a handler that returns after the drain deadline: on_clos
     CHECK_FALSE(s.is_open());
 }
 
+TEST_CASE("push_stream: the access log has one line per stream, however it ends", "[push_streams][push][log]") {
+    test::watchdog dog("push stream access log", 60s);
+    hub h;
+    std::mutex m;
+    std::condition_variable cv;
+    std::vector<std::string> lines;
+    rs::options o = test::local_options();
+    o.access_log = [&](const rs::access_entry& e) {
+        std::lock_guard<std::mutex> lock(m);
+        lines.push_back(std::string(e.method) + " " + std::string(e.target) + " " + std::to_string(e.status) + " " +
+                        std::to_string(e.bytes));
+        cv.notify_all();
+    };
+    rs::server srv(o);
+    add_routes(srv, h);
+    srv.get("/broken", [](const rs::request&, rs::response& res) {
+        res.set_pull("text/plain", [](char*, std::size_t) { return rs::pull_failed; });
+    });
+    const std::uint16_t port = test::start(srv);
+    auto wait_lines = [&](std::size_t n) {
+        std::unique_lock<std::mutex> lock(m);
+        return cv.wait_for(lock, 20s, [&] { return lines.size() >= n; });
+    };
+    {
+        test::client c(port);
+        REQUIRE(c.send("GET /events?closed-by-server HTTP/1.1\r\nHost: x\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        REQUIRE(h.wait_opened(1));
+        REQUIRE_FALSE(h.at(0).write("data: 1\n\n"));
+        h.at(0).close();
+        std::string body;
+        bool last = false;
+        REQUIRE(read_chunked(c, body, last));
+        REQUIRE(wait_lines(1));
+    }
+    {
+        test::client c(port);
+        REQUIRE(c.send("GET /events?client-left HTTP/1.1\r\nHost: x\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        REQUIRE(h.wait_opened(2));
+        REQUIRE_FALSE(h.at(1).write("data: 22\n\n"));
+        std::string body;
+        bool last = false;
+        REQUIRE(read_chunked(c, body, last, 10));
+    }  // the client leaves
+    REQUIRE(h.wait_closed(2));
+    CHECK(wait_lines(2));
+    {
+        test::client c(port);
+        REQUIRE(c.send("GET /broken HTTP/1.1\r\nHost: x\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        REQUIRE(c.closed());
+        CHECK(wait_lines(3));
+    }
+    srv.stop();
+    std::lock_guard<std::mutex> lock(m);
+    INFO("access log:\n" << [&] {
+        std::string all;
+        for (const std::string& l : lines) all += l + "\n";
+        return all;
+    }());
+    REQUIRE(lines.size() == 3);
+    CHECK(lines[0] == "GET /events?closed-by-server 200 9");
+    CHECK(lines[1] == "GET /events?client-left 200 10");
+    CHECK(lines[2] == "GET /broken 200 0");
+}
+
 // ------------------------------------------------------------------ pulled bodies --
 
 namespace {
