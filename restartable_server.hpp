@@ -821,6 +821,7 @@ private:
     bool stream_sized_ = false;      // a stream or pull with a length: Content-Length, not chunked
     std::uint64_t stream_length_ = 0;
     std::shared_ptr<detail::channel> push_;  // push_stream()
+    std::size_t send_limit_ = 0;              // options::max_send_buffer of the run calling the handler
     pull_provider pull_;                      // set_pull()
     unique_fd file_;                          // set_file()
     std::uint64_t file_offset_ = 0;
@@ -4402,7 +4403,7 @@ struct channel {
     bool open = true;            // sends accepted
     bool end_requested = false;  // push: close(); WebSocket: a close frame is queued
     bool refused = false;        // WebSocket: a send was refused since the holder last took queued
-    std::size_t limit = 0;       // options::max_send_buffer (0 until the stream starts: no bound yet)
+    std::size_t limit = 0;       // options::max_send_buffer (0: no bound, a handle not made by a handler)
     bool chunked = false;        // push: each write is one chunk
     std::size_t registry_index = 0;  // (under the run's channels_mutex_) where its run lists it
     // Set once before the handle is shared, or atomic.
@@ -4890,8 +4891,9 @@ private:
     // Streams that hold no thread, and WebSockets (see "streams and WebSocket").
 public:
     /// poke: wakes the holder of c, or a worker for it, to send what its channel queued
-    /// (any thread, with the channel's mutex held: c is open).
-    void poke(connection& c) noexcept;
+    /// (any thread, with the channel's mutex held: c is open); timed: a push stream, whose
+    /// queued bytes are under write_timeout.
+    void poke(connection& c, bool timed) noexcept;
 
 private:
     outcome start_stream(worker& w, connection& c, bool keep_alive);
@@ -5956,6 +5958,7 @@ RESTARTABLE_SERVER_FN run::outcome run::handle_streamed(worker& w, connection& c
 RESTARTABLE_SERVER_FN void run::call_handler(worker& w, const route* r, int route_status) {
     response& res = w.res;
     res.clear();
+    res.send_limit_ = opts_.max_send_buffer;
     w.req.stop_ = &stop_signal_;
     if (!r) {
         error_response(res, route_status);
@@ -5999,6 +6002,7 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
     if (srv_.stop_requested_.load()) keep_alive = false;
     if (past_deadline()) {  // the drain deadline passed while the handler ran
         if (!c.cut.exchange(true)) cut_.fetch_add(1);
+        w.res.release_body();  // a push stream that will not start: on_close, handle closed
         return outcome::close;
     }
     response& res = w.res;
@@ -6389,6 +6393,7 @@ RESTARTABLE_SERVER_FN bool run::watch(connection* c, int fd, std::uint32_t event
 /// close: closes c for good (by its holder) and returns the object to the pool.
 RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
     if (c.tp && !c.handshaking && c.state != conn_state::lingering) c.tp->shutdown(c.fd.get());
+    if (c.state == conn_state::streaming) log_stream(c);  // cut short, whatever cut it: its line
     end_channel(c);  // a stream's or WebSocket's on_close, on the thread that closes it
     clear(c);
     pool_.release(c, conns_);
@@ -6611,7 +6616,7 @@ RESTARTABLE_SERVER_FN void wake_channel(channel& ch) noexcept {
     ch.send_waiting.store(true);
     if (ch.conn == nullptr || ch.poked || ch.serving.load() == std::this_thread::get_id()) return;
     ch.poked = true;
-    ch.owner->poke(*ch.conn);
+    ch.owner->poke(*ch.conn, ch.kind == channel::kind_t::push);
 }
 
 /// append_ws_frame: a whole unmasked frame (server to client) at the end of out.
@@ -6679,7 +6684,21 @@ RESTARTABLE_SERVER_FN bool origin_allowed(std::string_view origin, std::string_v
     return iequals(strip(authority), strip(host));
 }
 
-RESTARTABLE_SERVER_FN void run::poke(connection& c) noexcept {
+/// poke: a sender queued bytes for c: re-registered for output, the set reports c once
+/// its socket can take them. While it cannot, nothing is reported, so for a push stream
+/// (timed) write_timeout counts from now: c's deadline is lowered first, and its holder
+/// sets it anew whenever it parks c after this.
+RESTARTABLE_SERVER_FN void run::poke(connection& c, bool timed) noexcept {
+    if (timed && opts_.write_timeout.count() > 0) {
+        const std::int64_t d = to_ns(clock::now() + opts_.write_timeout);
+        std::int64_t current = c.deadline.load();
+        while (d < current) {
+            if (c.deadline.compare_exchange_weak(current, d)) {
+                lower_next_sweep(d);
+                break;
+            }
+        }
+    }
     conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);
 }
 
@@ -6812,13 +6831,38 @@ RESTARTABLE_SERVER_FN std::size_t unsent(const connection& c) noexcept {
 
 // ---- streams
 
+#ifdef __linux__
+/// send_file_piece: sendfile(2) from file at *offset to the socket, which has no
+/// MSG_NOSIGNAL: to a connection the client reset it raises SIGPIPE (also when it returns
+/// a short count), whose default action ends the process. SIGPIPE is blocked on this
+/// thread for the call, and one the call raised is taken back before the mask is restored
+/// (unless the program blocks SIGPIPE itself: then it stays pending, as it would have).
+/// Dispositions are left alone.
+RESTARTABLE_SERVER_FN ssize_t send_file_piece(int sock, int file, off_t* offset, std::size_t n) noexcept {
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    if (::pthread_sigmask(SIG_BLOCK, &pipe_only, &old) != 0) return ::sendfile(sock, file, offset, n);
+    const ssize_t r = ::sendfile(sock, file, offset, n);
+    const int e = errno;
+    if ((r < 0 || static_cast<std::size_t>(r) < n) && sigismember(&old, SIGPIPE) != 1) {
+        const timespec now{0, 0};
+        while (::sigtimedwait(&pipe_only, nullptr, &now) < 0 && errno == EINTR) {
+        }
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    errno = e;
+    return r;
+}
+#endif  // __linux__
+
 /// start_stream: a push stream, pulled body or file response: its head goes out, then
 /// the body as the socket takes it (stream_step), holding no thread.
 RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, bool keep_alive) {
     response& res = w.res;
     using kind = response::body_kind;
+    auto st = std::make_unique<stream_state>();  // (if it throws, the response still owns the stream)
     std::shared_ptr<channel> ch = std::move(res.push_);
-    auto st = std::make_unique<stream_state>();
     st->status = res.status;
     if (res.kind_ == kind::file) {
         st->source = stream_state::source_t::file;
@@ -6886,10 +6930,7 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
             if (!st.ending) continue;
         }
         // The body has ended: the last chunk, then as any response.
-        if (st.sized && st.left != 0) {  // the source ended short: the client must see it cut
-            log_stream(c);
-            return outcome::close;
-        }
+        if (st.sized && st.left != 0) return outcome::close;  // the source ended short: the client must see it cut
         if (st.chunked) {
             c.out_head.assign("0\r\n\r\n");
             c.out_body.clear();
@@ -6936,10 +6977,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                 }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
             }
-            if (n == pull_failed || n > room) {
-                log_stream(c);
-                return outcome::close;
-            }
+            if (n == pull_failed || n > room) return outcome::close;
             c.out_body.resize(n);
             c.out_head.clear();
             c.out_sent = 0;
@@ -6965,7 +7003,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
             if (!c.tp) {
                 off_t offset = static_cast<off_t>(st.file_offset);
                 const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(st.left, stream_turn));
-                const ssize_t n = ::sendfile(c.fd.get(), st.file.get(), &offset, want);
+                const ssize_t n = send_file_piece(c.fd.get(), st.file.get(), &offset, want);
                 st.blocked = false;
                 if (n > 0) {
                     const auto sent = static_cast<std::size_t>(n);
@@ -6981,8 +7019,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                     return outcome::wait;
                 }
                 if (n < 0 && errno == EINTR) return outcome::progress;
-                log_stream(c);  // the file is shorter than said, or failed
-                return outcome::close;
+                return outcome::close;  // the file is shorter than said, or failed
             }
 #endif  // __linux__
             const std::size_t room = static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left));
@@ -6991,10 +7028,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
             do {
                 n = ::pread(st.file.get(), &c.out_body[0], room, static_cast<off_t>(st.file_offset));
             } while (n < 0 && errno == EINTR);
-            if (n <= 0) {
-                log_stream(c);
-                return outcome::close;
-            }
+            if (n <= 0) return outcome::close;
             const auto got = static_cast<std::size_t>(n);
             c.out_body.resize(got);
             c.out_head.clear();
@@ -7008,7 +7042,8 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
     return outcome::close;
 }
 
-/// log_stream: the access log line of a stream, at its end.
+/// log_stream: the access log line of a stream, at its end (stream_step) or when its
+/// connection closes before (close): once either way.
 RESTARTABLE_SERVER_FN void run::log_stream(const connection& c) noexcept {
     if (!opts_.access_log || !c.st) return;
     const stream_state& st = *c.st;
@@ -7423,6 +7458,7 @@ RESTARTABLE_SERVER_FN stream_handle response::push_stream(std::string_view conte
     auto ch = std::make_shared<detail::channel>(detail::channel::kind_t::push);
     ch->id = detail::next_channel_id();
     ch->on_close = std::move(on_close);
+    ch->limit = send_limit_;  // writes before the handler returns are bounded too
     release_body();
     push_ = ch;
     kind_ = body_kind::push;
