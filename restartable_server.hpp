@@ -7349,7 +7349,7 @@ RESTARTABLE_SERVER_FN void run::ws_timeout(connection& c) noexcept {
             st.ping_outstanding = true;
             // The socket is writable already, so an edge-triggered set reports no new
             // edge for the ping: poked, as a sender would, a worker sends it.
-            poke(c);
+            poke(c, false);
             return hand_back(c);
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         } catch (const std::bad_alloc&) {
