@@ -6912,13 +6912,9 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
             const outcome o = flush(c);
             turn += before - unsent(c);
             if (c.ch) c.ch->unsent.store(unsent(c));
-            if (o == outcome::close) log_stream(c);  // the client went away
             if (o != outcome::progress) return o;
         }
-        if (c.peer_closed && st.source == stream_state::source_t::push) {  // the client left
-            log_stream(c);
-            return outcome::close;
-        }
+        if (c.peer_closed && st.source == stream_state::source_t::push) return outcome::close;  // the client left
         if (turn >= stream_turn) {  // others wait for this worker: come back after them
             st.blocked = true;      // (poll(2): watched for output when parked)
             conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);  // (epoll: an edge now)
