@@ -910,7 +910,7 @@ struct websocket_handlers {
     /// on_close: once per connection that opened, whatever ended it: the code and reason
     /// of the client's close frame (1005 when it had no code), the code the server failed
     /// the connection with (1002 protocol error, 1007 invalid UTF-8, 1009 too big, 1011 a
-    /// handler threw), or 1006 when the connection went without a close frame (the client
+    /// handler threw, 1013 the run's max_buffered_bytes reached), or 1006 when the connection went without a close frame (the client
     /// vanished, a timeout, the drain deadline). On a server thread - the control thread
     /// for a timeout or a cut at the drain deadline: keep it short.
     std::function<void(websocket& ws, std::uint16_t code, std::string_view reason)> on_close;
@@ -993,7 +993,8 @@ struct options {
     std::size_t max_connections = 20000;
     /// max_buffered_bytes: request heads and buffered request bodies held by all the
     /// connections of a run together may not exceed this; a request that would pass it is
-    /// answered 503 and its connection closed. Default 256 MiB. 0 means the default.
+    /// answered 503 and its connection closed (a WebSocket message: closed with 1013, Try
+    /// Again Later). Default 256 MiB. 0 means the default.
     std::size_t max_buffered_bytes = 256 * 1024 * 1024;
     /// max_send_buffer: the bytes one push stream or WebSocket may hold queued for a
     /// client that reads slowly; a send that would pass it is refused with

@@ -756,6 +756,27 @@ TEST_CASE("hostile frames: each protocol error closes the connection with its co
     CHECK(srv.stop().drained);
 }
 
+TEST_CASE("a message that would pass the run's max_buffered_bytes closes its WebSocket with 1013",
+          "[websocket][hostile]") {
+    test::watchdog dog("max_buffered_bytes", 60s);
+    ws_state s;
+    rs::options o = ws_options();
+    o.max_buffered_bytes = 512 * 1024;
+    o.websocket_max_message = 4 * 1024 * 1024;
+    rs::server srv(o);
+    srv.websocket("/ws", echo_handlers(s));
+    const std::uint16_t port = test::start(srv);
+    ws_client c(port);
+    REQUIRE(c.upgrade());
+    REQUIRE(c.send_binary(std::string(100 * 1024, 'a')));  // within the budget
+    CHECK(c.read_data().payload.size() == 100 * 1024);
+    REQUIRE(c.send_binary(std::string(1024 * 1024, 'a')));  // not
+    expect_close(c, 1013);
+    REQUIRE(s.wait_closes(1));
+    CHECK(s.closes[0].code == 1013);
+    CHECK(srv.stop().drained);
+}
+
 TEST_CASE("the closing handshake: a client that never answers the server's close is closed at "
           "websocket_close_timeout",
           "[websocket][close]") {
