@@ -1449,3 +1449,83 @@ TEST_CASE("an idle WebSocket holds no thread: 1,000 open ones, the thread count 
     stopper.join();
     CHECK(s.wait_closes(1001));
 }
+
+// ----------------------------------------------------------------------- TLS --
+
+#ifdef RESTARTABLE_SERVER_OPENSSL
+TEST_CASE("wss: Python websockets over tls_listener: echo, 3 MiB, ping, keep-alive ping, close codes",
+          "[websocket][clients][python][tls]") {
+    test::watchdog dog("wss", 120s);
+    const std::string python = "/usr/bin/python3";
+    if (::access(python.c_str(), X_OK) != 0 ||
+        test::run_command({python, "-c", "import websockets"}, 30s).status != std::optional<int>(0)) {
+        RS_SKIP("/usr/bin/python3 with the websockets module is not installed (Debian: python3-websockets)");
+    }
+    if (!test::have_command("openssl")) {
+        RS_SKIP("the openssl command is not installed");
+    }
+    char dir_template[] = "/tmp/rs_wss_XXXXXX";
+    REQUIRE(::mkdtemp(dir_template) != nullptr);
+    const std::string dir = dir_template, cert = dir + "/cert.pem", key = dir + "/key.pem";
+    test::command_result made =
+        test::run_command({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                           "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                           "subjectAltName=IP:127.0.0.1"},
+                          60s, true);
+    INFO("openssl: " << test::describe_status(made.status) << " " << made.err);
+    REQUIRE(test::exited_0(made.status));
+
+    ws_state s;
+    rs::options o = ws_options();
+    o.websocket_ping_interval = 300ms;  // the server's own pings go over TLS too
+    rs::tls_options t;
+    t.cert_chain_file = cert;
+    t.key_file = key;
+    o.listener = rs::tls_listener(rs::tcp_listener("127.0.0.1", 0), std::move(t));
+    rs::server srv(o);
+    srv.websocket("/ws", echo_handlers(s));
+    const std::uint16_t port = test::start(srv);
+    const char* const script = R"PY(
+import asyncio, ssl, sys, websockets
+port, cafile = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+async def main():
+    uri = "wss://127.0.0.1:%d/ws" % port
+    async with websockets.connect(uri, ssl=ctx, max_size=None, compression=None, ping_interval=None) as ws:
+        await ws.send("over tls \u03bb")
+        assert await ws.recv() == "over tls \u03bb"
+        big = bytes(range(256)) * (3 * 1024 * 1024 // 256 + 1)
+        await ws.send(big)
+        assert await ws.recv() == big
+        await asyncio.sleep(1.0)  # idle for over three ping intervals: the server's pings are answered
+        await ws.send(["frag", "ment"])
+        assert await ws.recv() == "fragment"
+        pong = await ws.ping(b"tls")
+        await asyncio.wait_for(pong, 10)
+        await ws.close(4000, "bye")
+    assert ws.close_code == 4000, ws.close_code
+    async with websockets.connect(uri, ssl=ctx, compression=None) as ws:
+        await ws.send("close-me")
+        try:
+            await asyncio.wait_for(ws.recv(), 10)
+            raise AssertionError("a message instead of the close")
+        except websockets.ConnectionClosed:
+            pass
+        assert ws.close_code == 4001 and ws.close_reason == "x", (ws.close_code, ws.close_reason)
+    print("ok")
+asyncio.run(main())
+)PY";
+    script_file file(script, ".py");
+    test::command_result r = test::run_command({python, file.path, std::to_string(port), cert}, 60s, true);
+    INFO("python: " << test::describe_status(r.status) << "\n" << r.out << r.err);
+    CHECK(test::exited_0(r.status));
+    CHECK(r.out == "ok\n");
+    REQUIRE(s.wait_closes(2));
+    CHECK(s.closes[0].code == 4000);
+    CHECK(s.closes[1].code == 4001);
+    CHECK(srv.stop().drained);
+    std::remove(cert.c_str());
+    std::remove(key.c_str());
+    ::rmdir(dir.c_str());
+}
+#endif  // RESTARTABLE_SERVER_OPENSSL
