@@ -6315,12 +6315,16 @@ RESTARTABLE_SERVER_FN bool run::park(connection& c) noexcept {
         s == conn_state::websocket ? ws_deadline(c) : limit.count() > 0 ? to_ns(c.since + limit) : never;
     c.deadline.store(deadline);
     if (deadline != never) lower_next_sweep(deadline);
+    // Read now, while this thread holds c: once parked, another thread may take c and
+    // change it (a stop's sweep, a restart's transfer, a timeout), even close it. The copy
+    // keeps the channel alive for the look below.
+    const std::shared_ptr<channel> ch = c.ch && !c.output_pending() ? c.ch : nullptr;
     c.hold.store(connection::parked);  // from here on another thread may hold c
     RESTARTABLE_SERVER_SYNC_POINT(srv_, "park.parked", static_cast<int>(s));
     if (c.pending.load() != 0 && take(c)) return true;  // an event came while this thread held it
     // A sender queued bytes as this thread parked c (its poke may have come before the
     // registration above, which poll(2) would then have overwritten).
-    if (c.ch && !c.output_pending() && c.ch->send_waiting.load() && take(c)) return true;
+    if (ch && ch->send_waiting.load() && take(c)) return true;
     // A connection parked just as a stop or restart began may have been missed by its
     // sweep of parked connections.
     if (stopping_.load() &&
