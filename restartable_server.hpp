@@ -6376,7 +6376,9 @@ RESTARTABLE_SERVER_FN void run::hand_back(connection& c) noexcept {
     if (!park(c)) return;
     if (inline_) return serve(control_worker_, c);
     const int fd = c.fd.get();
-    const std::uint32_t events = watched_events(c);
+    // Bytes a sender (or a stop: its close frame) queued on c's channel need output too:
+    // poll(2) watches output only while c's own output waits (watched_events).
+    const std::uint32_t events = watched_events(c) | (c.ch && c.ch->send_waiting.load() ? ev_out : 0u);
     c.hold.store(connection::parked);
     pool_.locked([&] {  // no descriptor is closed meanwhile: if c is still open, fd is its
         if (c.hold.load() == connection::free_slot) return;
