@@ -4419,7 +4419,6 @@ struct stream_state {
     std::uint64_t file_offset = 0;
     std::size_t written = 0;               // body bytes sent, for the access log
     bool ending = false;                   // the body is complete: the last chunk follows
-    bool blocked = false;                  // sendfile(2) found the socket full
     std::string method, target;            // for the access log (only with one)
     int status = 200;
     // websocket
@@ -4481,7 +4480,14 @@ struct connection {
     }
     bool output_pending() const noexcept { return out_sent < out_head.size() + out_body.size(); }
     /// needs_output: whether c waits for its socket to be writable.
-    bool needs_output() const noexcept { return wants_write || output_pending() || (st && st->blocked); }
+    /// needs_output: whether c waits for its socket to be writable: output not all taken
+    /// (or a TLS record), a pulled body or file with more to send, a push stream with bytes
+    /// queued. (poll(2) watches output only then: a stream that must go on says so here.)
+    bool needs_output() const noexcept {
+        if (wants_write || output_pending()) return true;
+        if (!st || state != conn_state::streaming) return false;
+        return st->source != stream_state::source_t::push || (ch && ch->send_waiting.load());
+    }
     conn_io io() noexcept { return {fd.get(), tp.get()}; }
     void reset_request() noexcept {
         head_bytes = scanned = body_read = body_write = 0;
@@ -6961,7 +6967,6 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                 off_t offset = static_cast<off_t>(st.file_offset);
                 const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(st.left, stream_turn));
                 const ssize_t n = send_file_piece(c.fd.get(), st.file.get(), &offset, want);
-                st.blocked = false;
                 if (n > 0) {
                     const auto sent = static_cast<std::size_t>(n);
                     st.file_offset += sent;
@@ -6971,10 +6976,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                     c.since = clock::now();
                     return outcome::progress;
                 }
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                    st.blocked = true;  // wait until writable
-                    return outcome::wait;
-                }
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return outcome::wait;  // until writable
                 if (n < 0 && errno == EINTR) return outcome::progress;
                 return outcome::close;  // the file is shorter than said, or failed
             }
