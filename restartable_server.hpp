@@ -4443,7 +4443,6 @@ struct stream_state {
     std::uint64_t file_offset = 0;
     std::size_t written = 0;               // body bytes sent, for the access log
     bool ending = false;                   // the body is complete: the last chunk follows
-    bool blocked = false;                  // sendfile(2) found the socket full
     std::string method, target;            // for the access log (only with one)
     int status = 200;
     // websocket
@@ -4495,6 +4494,7 @@ struct connection {
     bool read_short = false;  // the last read did not fill the buffer: the socket is likely empty
     bool peer_closed = false;  // the client shut down its side: read until the EOF
     bool watch_output = false;  // registered for EPOLLOUT too (once a response had to wait)
+    bool input_waits = false;   // (poll(2)) a stream left input unread: input is not watched until it ends
     bool nodelay = false;       // TCP_NODELAY is set (see no_delay)
     std::shared_ptr<channel> ch;        // a push stream's or WebSocket's (states streaming, websocket)
     std::unique_ptr<stream_state> st;   // states streaming and websocket
@@ -4505,7 +4505,14 @@ struct connection {
     }
     bool output_pending() const noexcept { return out_sent < out_head.size() + out_body.size(); }
     /// needs_output: whether c waits for its socket to be writable.
-    bool needs_output() const noexcept { return wants_write || output_pending() || (st && st->blocked); }
+    /// needs_output: whether c waits for its socket to be writable: output not all taken
+    /// (or a TLS record), a pulled body or file with more to send, a push stream with bytes
+    /// queued. (poll(2) watches output only then: a stream that must go on says so here.)
+    bool needs_output() const noexcept {
+        if (wants_write || output_pending()) return true;
+        if (!st || state != conn_state::streaming) return false;
+        return st->source != stream_state::source_t::push || (ch && ch->send_waiting.load());
+    }
     conn_io io() noexcept { return {fd.get(), tp.get()}; }
     void reset_request() noexcept {
         head_bytes = scanned = body_read = body_write = 0;
@@ -4558,6 +4565,7 @@ public:
         c->pending.store(0);  // an event for the connection it was before means nothing now
         c->peer_closed = false;
         c->watch_output = false;
+        c->input_waits = false;
         c->nodelay = false;
         c->cut.store(false);
         c->deadline.store(never);
@@ -4657,10 +4665,12 @@ RESTARTABLE_SERVER_FN bool request_arriving(connection& c) noexcept {
 RESTARTABLE_SERVER_FN std::uint32_t watched_events(const connection& c) noexcept {
 #ifndef RESTARTABLE_SERVER_USE_POLL
     const bool output = c.watch_output;
+    const bool input = true;
 #else
     const bool output = c.needs_output();
+    const bool input = !c.input_waits;  // a level report of input nobody reads now would spin
 #endif  // RESTARTABLE_SERVER_USE_POLL
-    return ev_in | ev_hup | ev_edge | (output ? ev_out : 0u);
+    return (input ? ev_in : 0u) | ev_hup | ev_edge | (output ? ev_out : 0u);
 }
 
 // ------------------------------------------- hand-over to a new process --
@@ -6858,6 +6868,23 @@ RESTARTABLE_SERVER_FN ssize_t send_file_piece(int sock, int file, off_t* offset,
 }
 #endif  // __linux__
 
+#ifdef RESTARTABLE_SERVER_USE_POLL
+/// look_at_input: what came from the client of a streaming connection, which reads
+/// nothing until its body ends. poll(2) tells no half-close apart from input (epoll's
+/// EPOLLRDHUP does), and reports unread input at every re-arm: a stream whose client
+/// left would never end, and one whose client sent more (its next request) would spin a
+/// worker. So the holder looks (a peek): at EOF or an error the client has gone
+/// (peer_closed: a push stream ends); either way, or with bytes waiting, input is not
+/// watched until the stream ends (input_waits).
+RESTARTABLE_SERVER_FN void look_at_input(connection& c) noexcept {
+    char byte;
+    const ssize_t n = ::recv(c.fd.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) c.peer_closed = true;
+    c.input_waits = true;
+}
+#endif  // RESTARTABLE_SERVER_USE_POLL
+
 /// start_stream: a push stream, pulled body or file response: its head goes out, then
 /// the body as the socket takes it (stream_step), holding no thread.
 RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, bool keep_alive) {
@@ -6906,6 +6933,9 @@ RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, b
 /// full, a push stream has nothing more for now, or the body has ended.
 RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
     stream_state& st = *c.st;
+#ifdef RESTARTABLE_SERVER_USE_POLL
+    if (!c.input_waits) look_at_input(c);
+#endif  // RESTARTABLE_SERVER_USE_POLL
     std::size_t turn = 0;
     st.blocked = false;
     for (;;) {
@@ -6937,6 +6967,7 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
         log_stream(c);
         end_channel(c);
         c.st.reset();
+        c.input_waits = false;  // the next request is read as usual
         if (srv_.stop_requested_.load()) c.keep_alive = false;
         c.set(conn_state::writing);
         return outcome::progress;
@@ -7002,7 +7033,6 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                 off_t offset = static_cast<off_t>(st.file_offset);
                 const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(st.left, stream_turn));
                 const ssize_t n = send_file_piece(c.fd.get(), st.file.get(), &offset, want);
-                st.blocked = false;
                 if (n > 0) {
                     const auto sent = static_cast<std::size_t>(n);
                     st.file_offset += sent;
@@ -7012,10 +7042,7 @@ RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[mayb
                     c.since = clock::now();
                     return outcome::progress;
                 }
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                    st.blocked = true;  // wait until writable
-                    return outcome::wait;
-                }
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return outcome::wait;  // until writable
                 if (n < 0 && errno == EINTR) return outcome::progress;
                 return outcome::close;  // the file is shorter than said, or failed
             }

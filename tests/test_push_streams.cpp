@@ -24,6 +24,7 @@
 #include "support.hpp"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -519,9 +520,66 @@ TEST_CASE("push_stream: on_close runs exactly once when the client goes away, no
         CHECK(s.write("data: 3\n\n") == rs::errc::closed);
     }
     // Exactly once: nothing later (more writes, close(), the stop) calls it again.
-    h.at(0).close();
+    for (rs::stream_handle s : h.all()) s.close();
     srv.stop();
     CHECK(h.closed_count() == 1);
+    CHECK(h.every_close_once());
+}
+
+TEST_CASE("push_stream: a client that half-closes, or sends its next request while the stream is idle: the "
+          "stream ends, or goes on without a spinning worker and the request is answered after it",
+          "[push_streams][push][disconnect]") {
+    test::watchdog dog("push stream client input", 120s);
+    hub h;
+    rs::server srv(test::local_options(2));
+    add_routes(srv, h);
+    const std::uint16_t port = test::start(srv);
+
+    SECTION("a half-close (shutdown SHUT_WR) ends the stream, without a write") {
+        test::client c(port);
+        REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        REQUIRE(h.wait_opened(1));
+        REQUIRE(::shutdown(c.fd, SHUT_WR) == 0);
+        REQUIRE(h.wait_closed(1));
+        CHECK(h.at(0).write("data: too late\n\n") == rs::errc::closed);
+    }
+    SECTION("the next request, sent while the stream is idle, waits for it and is answered after close()") {
+        test::client c(port);
+        REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+        REQUIRE(c.read().status == 200);
+        REQUIRE(h.wait_opened(1));
+        rs::stream_handle s = h.at(0);
+        REQUIRE(c.send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+        // The unread request must not make a worker spin (poll(2) reports unread input at
+        // every re-arm): the process's CPU time while the stream idles for 2 s. Idle it is
+        // near 0; a spinning worker would take most of a CPU. (The wait is a bounded wait
+        // for an on_close that must not come.)
+        rusage before{}, after{};
+        ::getrusage(RUSAGE_SELF, &before);
+        CHECK_FALSE(h.wait_closed(1, 2s));
+        ::getrusage(RUSAGE_SELF, &after);
+        const auto cpu_us = [](const rusage& r) {
+            return (r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1000000L + r.ru_utime.tv_usec + r.ru_stime.tv_usec;
+        };
+        const long used = cpu_us(after) - cpu_us(before);
+        WARN("an idle push stream with an unread request: " << used / 1000 << " ms of CPU in 2 s");
+        CHECK(used < 700000);
+        REQUIRE_FALSE(s.write("data: still here\n\n"));
+        std::string body;
+        bool last = false;
+        REQUIRE(read_chunked(c, body, last, 18));
+        CHECK(body == "data: still here\n\n");
+        s.close();
+        body.clear();
+        REQUIRE(read_chunked(c, body, last));
+        CHECK(last);
+        const test::http_response hello = c.read();
+        CHECK(hello.status == 200);
+        CHECK(hello.body == "Hello, World!");
+        REQUIRE(h.wait_closed(1));
+    }
+    srv.stop();
     CHECK(h.every_close_once());
 }
 
