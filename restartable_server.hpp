@@ -6937,7 +6937,6 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
     if (!c.input_waits) look_at_input(c);
 #endif  // RESTARTABLE_SERVER_USE_POLL
     std::size_t turn = 0;
-    st.blocked = false;
     for (;;) {
         if (c.output_pending()) {
             const std::size_t before = unsent(c);
@@ -6948,7 +6947,6 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
         }
         if (c.peer_closed && st.source == stream_state::source_t::push) return outcome::close;  // the client left
         if (turn >= stream_turn) {  // others wait for this worker: come back after them
-            st.blocked = true;      // (poll(2): watched for output when parked)
             conns_.modify(c.fd.get(), &c, ev_in | ev_hup | ev_edge | ev_out);  // (epoll: an edge now)
             return outcome::wait;
         }
