@@ -1450,6 +1450,42 @@ TEST_CASE("an idle WebSocket holds no thread: 1,000 open ones, the thread count 
     CHECK(s.wait_closes(1001));
 }
 
+TEST_CASE("worker_threads = 0: the control thread serves WebSockets - echo, sends from another thread, "
+          "keep-alive ping, stop 1001",
+          "[websocket][inline]") {
+    test::watchdog dog("inline", 60s);
+    ws_state s;
+    rs::options o = ws_options(0);
+    o.websocket_ping_interval = 300ms;
+    rs::server srv(o);
+    srv.websocket("/ws", echo_handlers(s));
+    const std::uint16_t port = test::start(srv);
+    ws_client c(port);
+    REQUIRE(c.upgrade());
+    REQUIRE(s.wait_opens(1));
+    REQUIRE(c.send_text("inline"));
+    CHECK(c.read_data().payload == "inline");
+    rs::websocket ws = s.handle(0);
+    std::thread([&] { CHECK(!ws.send_binary("from a thread")); }).join();
+    ws_message m = c.read_data();
+    CHECK(m.opcode == 2);
+    CHECK(m.payload == "from a thread");
+    m = c.read(6s);  // idle: the keep-alive ping
+    CHECK(m.opcode == 9);
+    REQUIRE(c.send_frame(10, m.payload));
+    answering_client a(port);
+    REQUIRE(a.c.upgrade());
+    REQUIRE(s.wait_opens(2));
+    a.start();
+    c.close();
+    REQUIRE(s.wait_closes(1));
+    CHECK(s.closes[0].code == 1006);
+    const rs::stop_result r = srv.stop();
+    CHECK(r.drained);
+    REQUIRE(a.wait(10s));
+    CHECK(a.code == 1001);
+}
+
 // ----------------------------------------------------------------------- TLS --
 
 #ifdef RESTARTABLE_SERVER_OPENSSL
