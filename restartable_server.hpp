@@ -4419,6 +4419,7 @@ struct stream_state {
     std::uint64_t file_offset = 0;
     std::size_t written = 0;               // body bytes sent, for the access log
     bool ending = false;                   // the body is complete: the last chunk follows
+    std::size_t data_begin = 0, data_end = 0;  // push: where the program's bytes lie in the output (no framing)
     std::string method, target;            // for the access log (only with one)
     int status = 200;
     // websocket
@@ -6785,14 +6786,19 @@ RESTARTABLE_SERVER_FN bool run::take_queued(connection& c) {
     std::swap(c.out_body, ch.queued);
     ch.queued.clear();
     if (ch.kind == channel::kind_t::push) {
-        st.written += c.out_body.size();
+        const std::size_t data = c.out_body.size();
+        st.written += data;
         if (st.chunked) {
-            append_hex(c.out_head, c.out_body.size());
+            append_hex(c.out_head, data);
             c.out_head += "\r\n";
             c.out_body += "\r\n";
         }
+        st.data_begin = c.out_head.size();
+        st.data_end = st.data_begin + data;
+        ch.unsent.store(data);  // buffered_amount() counts written bytes, not the chunk framing
+    } else {
+        ch.unsent.store(c.out_head.size() + c.out_body.size());
     }
-    ch.unsent.store(c.out_head.size() + c.out_body.size());
     c.since = clock::now();  // write_timeout counts from here
     return true;
 }
@@ -6800,6 +6806,14 @@ RESTARTABLE_SERVER_FN bool run::take_queued(connection& c) {
 /// unsent: the bytes of c's output not yet taken by the socket.
 RESTARTABLE_SERVER_FN std::size_t unsent(const connection& c) noexcept {
     return c.out_head.size() + c.out_body.size() - c.out_sent;
+}
+
+/// unsent_data: of a push stream's output, the program's bytes not yet taken by the
+/// socket (without the response head and the chunk framing): its buffered_amount().
+RESTARTABLE_SERVER_FN std::size_t unsent_data(const connection& c) noexcept {
+    if (!c.output_pending()) return 0;
+    const std::size_t from = std::max(c.out_sent, c.st->data_begin);
+    return c.st->data_end > from ? c.st->data_end - from : 0;
 }
 
 // ---- streams
@@ -6903,7 +6917,7 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
             const std::size_t before = unsent(c);
             const outcome o = flush(c);
             turn += before - unsent(c);
-            if (c.ch) c.ch->unsent.store(unsent(c));
+            if (c.ch) c.ch->unsent.store(unsent_data(c));
             if (o != outcome::progress) return o;
         }
         if (c.peer_closed && st.source == stream_state::source_t::push) return outcome::close;  // the client left
