@@ -803,7 +803,9 @@ public:
     /// set_file: the body is length bytes of file from offset, sent with Content-Length by
     /// sendfile(2) (Linux, no transport) or read in pieces (TLS, elsewhere) as the socket
     /// takes them, holding no thread. The response owns file and closes it. A file that
-    /// turns out shorter ends the connection short. Replaces body.
+    /// turns out shorter ends the connection short. Replaces body. (sendfile(2) sends from
+    /// the page cache: bytes of a file changed while in flight may reach the client
+    /// changed - a truncated part as zeros - before the connection ends short.)
     void set_file(std::string_view content_type, unique_fd file, std::uint64_t offset, std::uint64_t length);
 
 private:
@@ -1341,10 +1343,11 @@ struct static_options {
 /// then read: whoever can rename entries under root while requests run (an upload
 /// directory, another service) cannot make it serve a file outside root, nor hold a thread
 /// with a FIFO. What it can do is serve, or replace, any regular file under root: that is
-/// the content. A file (or range) up to 1 MiB is read into the response; a larger one is
-/// streamed with response::set_stream of its length (so it has a Content-Length too), 64
-/// KiB per pread(), never held whole in memory; if the file shrinks meanwhile, the
-/// connection ends short of that length, so the client sees the download incomplete.
+/// the content. A file (or range) up to 32 KiB is read into the response; a larger one is
+/// sent with response::set_file (sendfile(2); over TLS 16 KiB per pread()), with its
+/// Content-Length, holding no thread and never held in memory; if the file shrinks
+/// meanwhile, the connection ends short of that length, so the client sees the download
+/// incomplete.
 /// Descriptors are O_CLOEXEC and closed once the response is sent. The handler keeps
 /// copies of root, opts.
 handler static_files(std::string root, static_options opts = {});
