@@ -24,6 +24,7 @@
 #include "support.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1782,4 +1783,123 @@ phase(0, function () { phase(4, function () { document.title = 'done'; }); });
         CHECK(dom.find(std::to_string(i) + ":go") != std::string::npos);
     }
     CHECK(h.every_close_once());
+}
+
+// ------------------------------------------------------------------ the examples --
+
+namespace {
+
+/// tick_numbers: the N of each "data: tick N" in body, in order; ok false when a line
+/// of body is neither that, an empty line, nor the bye event.
+std::vector<unsigned long> tick_numbers(const std::string& body, bool& ok) {
+    std::vector<unsigned long> ticks;
+    ok = true;
+    std::size_t p = 0;
+    while (p < body.size()) {
+        std::size_t e = body.find('\n', p);
+        if (e == std::string::npos) e = body.size();
+        const std::string line = body.substr(p, e - p);
+        if (line.rfind("data: tick ", 0) == 0)
+            ticks.push_back(std::stoul(line.substr(11)));
+        else if (!line.empty() && line != "event: bye" && line != "data: the server is stopping or restarting")
+            ok = false;
+        p = e + 1;
+    }
+    return ticks;
+}
+
+/// consecutive: 1, 2, 3, ... (each stream counts from 1; a slow reader may miss a tick,
+/// which is not sent at all, so the numbers it gets are still consecutive).
+bool consecutive(const std::vector<unsigned long>& ticks) {
+    for (std::size_t i = 0; i < ticks.size(); ++i)
+        if (ticks[i] != i + 1) return false;
+    return !ticks.empty();
+}
+
+}  // namespace
+
+TEST_CASE("echo_server's /events: push streams one ticker writes to; 64 listeners on 4 workers hold no thread; "
+          "\"event: bye\" then the last chunk at a restart (SIGHUP) and at SIGTERM",
+          "[push_streams][examples][echo_server]") {
+    test::watchdog dog("echo_server /events", 200s);
+    test::process server({RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--workers", "4", "--drain-ms", "5000"});
+    REQUIRE(server.started());
+    const std::optional<std::string> first = server.read_line(10s);
+    INFO("echo_server: " << first.value_or("(nothing)"));
+    const std::uint16_t port = test::listening_port(first);
+    REQUIRE(port != 0);
+    const std::string task_dir = "/proc/" + std::to_string(server.pid()) + "/task";
+    auto threads = [&] { return test::count_entries(task_dir.c_str()); };
+
+    constexpr int n = 64;
+    std::vector<std::unique_ptr<test::client>> listeners;
+    for (int i = 0; i < n; ++i) {
+        listeners.push_back(std::make_unique<test::client>(port));
+        REQUIRE(listeners.back()->send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    }
+    std::vector<std::string> bodies(n);
+    for (int i = 0; i < n; ++i) {  // every stream ticks: tick 1 at once, tick 2 from the ticker
+        INFO("listener " << i);
+        test::client& c = *listeners[static_cast<std::size_t>(i)];
+        const test::http_response head = c.read();
+        REQUIRE(head.status == 200);
+        CHECK(head.header("Content-Type") == "text/event-stream");
+        std::string& body = bodies[static_cast<std::size_t>(i)];
+        bool last = false;
+        while (body.find("data: tick 2\n\n") == std::string::npos) REQUIRE(read_chunked(c, body, last, body.size() + 1));
+    }
+    const auto t0 = steady::now();
+    const test::http_response hello = test::get(port, "/hello");
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0);
+    CHECK(hello.body == "Hello, World!");
+    CHECK(took < 10s);
+    const int with_listeners = threads();
+    // main, the run watcher, the ticker, the control thread and at most 4 workers.
+    CHECK(with_listeners <= 4 + 4);
+    WARN("echo_server, 64 /events listeners on 4 workers: " << with_listeners << " threads, GET /hello in "
+                                                             << took.count() << " ms");
+
+    // SIGHUP: a restart. Each stream: its ticks in order, "event: bye", the last chunk;
+    // then the connection, moved to the new run, serves the next request.
+    REQUIRE(server.signal(SIGHUP));
+    CHECK(server.read_line(20s) == std::optional<std::string>("restarted 1"));
+    for (int i = 0; i < n; ++i) {
+        INFO("listener " << i);
+        test::client& c = *listeners[static_cast<std::size_t>(i)];
+        std::string& body = bodies[static_cast<std::size_t>(i)];
+        bool last = false;
+        REQUIRE(read_chunked(c, body, last));
+        CHECK(last);
+        bool ok = false;
+        const std::vector<unsigned long> ticks = tick_numbers(body, ok);
+        INFO(body);
+        CHECK(ok);
+        CHECK(consecutive(ticks));
+        const std::string bye = "event: bye\ndata: the server is stopping or restarting\n\n";
+        CHECK(body.size() >= bye.size());
+        CHECK(body.compare(body.size() - std::min(bye.size(), body.size()), bye.size(), bye) == 0);
+        if (i % 8 == 0) {  // some of them ask again, on the same connection
+            REQUIRE(c.send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+            CHECK(c.read().body == "Hello, World!");
+        }
+    }
+    CHECK(threads() <= 4 + 4);
+
+    // SIGTERM with a stream open: "event: bye", the last chunk, exit 0.
+    test::client& c = *listeners[0];
+    REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(c.read().status == 200);
+    std::string body;
+    bool last = false;
+    while (body.find("data: tick 2\n\n") == std::string::npos) REQUIRE(read_chunked(c, body, last, body.size() + 1));
+    REQUIRE(server.signal(SIGTERM));
+    REQUIRE(read_chunked(c, body, last));
+    CHECK(last);
+    CHECK(body.find("event: bye\n") != std::string::npos);
+    bool ok = false;
+    CHECK(consecutive(tick_numbers(body, ok)));
+    CHECK(ok);
+    const std::optional<int> st = server.wait_exit(20s);
+    INFO("echo_server: " << test::describe_status(st));
+    CHECK(test::exited_0(st));
 }
