@@ -764,7 +764,8 @@ public:
 
     /// set_header: replaces the field called name (case-insensitive), or adds it.
     void set_header(std::string_view name, std::string_view value);
-    /// set_content: sets the body and its Content-Type.
+    /// set_content: sets the body and its Content-Type. A stream or file set before is
+    /// dropped (a push stream's handle closes and its on_close runs).
     void set_content(std::string_view content, std::string_view content_type);
     /// get_header: the value of the field called name (case-insensitive), or "".
     std::string_view get_header(std::string_view name) const noexcept;
@@ -3219,6 +3220,7 @@ RESTARTABLE_SERVER_FN void response::set_header(std::string_view name, std::stri
 }
 
 RESTARTABLE_SERVER_FN void response::set_content(std::string_view content, std::string_view content_type) {
+    if (kind_ != body_kind::plain) release_body();  // a stream or file set before: this replaces it
     body.assign(content);
     set_header("Content-Type", content_type);
 }

@@ -685,6 +685,61 @@ TEST_CASE("push_stream: writes queued before the handler returns go out after th
     CHECK(failed.load() == 0);
 }
 
+TEST_CASE("push_stream: a stream that never starts (the handler throws, replaces the body, answers 204) runs "
+          "on_close and reports closed; a request pipelined behind a stream waits for it",
+          "[push_streams][push]") {
+    test::watchdog dog("push stream never started", 60s);
+    hub h;
+    rs::server srv(test::local_options());
+    add_routes(srv, h);
+    srv.get("/throws", [&h](const rs::request&, rs::response& res) {
+        h.open(res);
+        throw std::runtime_error("after push_stream");
+    });
+    srv.get("/replaced", [&h](const rs::request&, rs::response& res) {
+        h.open(res);
+        res.set_content("plain after all", "text/plain");
+    });
+    srv.get("/no-content", [&h](const rs::request&, rs::response& res) {
+        h.open(res);
+        res.status = 204;
+    });
+    const std::uint16_t port = test::start(srv);
+    test::client c(port);
+    REQUIRE(c.send("GET /throws HTTP/1.1\r\nHost: x\r\n\r\n"));
+    CHECK(c.read().status == 500);
+    REQUIRE(c.send("GET /replaced HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response replaced = c.read();
+    CHECK(replaced.status == 200);
+    CHECK(replaced.body == "plain after all");
+    REQUIRE(c.send("GET /no-content HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response none = c.read();
+    CHECK(none.status == 204);
+    CHECK(none.header("Transfer-Encoding").empty());
+    REQUIRE(h.wait_closed(3));
+    for (std::size_t i = 0; i < 3; ++i) {
+        CHECK(h.at(i).write("x") == rs::errc::closed);
+        CHECK_FALSE(h.at(i).is_open());
+    }
+    // Pipelined in one send: the stream, then /hello, answered once the stream ended.
+    REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(c.read().status == 200);
+    REQUIRE(h.wait_opened(4));
+    REQUIRE_FALSE(h.at(3).write("data: one\n\n"));
+    std::string body;
+    bool last = false;
+    REQUIRE(read_chunked(c, body, last, 11));
+    CHECK_FALSE(c.readable_within(0ms));  // nothing but the stream so far
+    h.at(3).close();
+    body.clear();
+    REQUIRE(read_chunked(c, body, last));
+    CHECK(last);
+    CHECK(c.read().body == "Hello, World!");
+    srv.stop();
+    CHECK(h.closed_count() == 4);
+    CHECK(h.every_close_once());
+}
+
 TEST_CASE("push_stream: max_send_buffer holds even before the handler returns", "[push_streams][push][limits]") {
     test::watchdog dog("push stream early limit", 60s);
     hub h;
