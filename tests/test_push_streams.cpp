@@ -1675,6 +1675,90 @@ TEST_CASE("over TLS: set_file by pread (byte-exact, a file shorter than said is 
 
 #endif  // RESTARTABLE_SERVER_OPENSSL
 
+TEST_CASE("worker_threads 0 (the control thread serves): a push stream written from another thread, a pulled "
+          "body, a file", "[push_streams][inline]") {
+    test::watchdog dog("streams served inline", 120s);
+    temp_dir dir;
+    const std::string data = random_file(dir / "f.bin", 3 * 1024 * 1024, 6);
+    hub h;
+    pull_routes p;
+    rs::server srv(test::local_options(0));
+    add_routes(srv, h);
+    p.add(srv);
+    srv.get("/static/*", rs::static_files(dir.path));
+    const std::uint16_t port = test::start(srv);
+    test::client c(port);
+    REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(c.read().status == 200);
+    REQUIRE(h.wait_opened(1));
+    rs::stream_handle s = h.at(0);
+    std::error_code from_other;
+    std::thread other([&] { from_other = s.write("data: from another thread\n\n"); });
+    other.join();
+    REQUIRE_FALSE(from_other);
+    std::string body;
+    bool last = false;
+    REQUIRE(read_chunked(c, body, last, 27));
+    CHECK(body == "data: from another thread\n\n");
+    s.close();
+    REQUIRE(read_chunked(c, body, last));
+    CHECK(last);
+    REQUIRE(c.send("GET /pull?n=2000000&sized HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response pulled = c.read();
+    CHECK(pulled.status == 200);
+    CHECK(pulled.body == pattern(0, 2000000));
+    REQUIRE(c.send("GET /static/f.bin HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response file = c.read();
+    CHECK(file.status == 200);
+    CHECK(file.body.size() == data.size());
+    CHECK((file.body == data));
+    const rs::stop_result r = srv.stop();
+    CHECK(r.drained);
+    CHECK(h.every_close_once());
+}
+
+TEST_CASE("restart() while a file and a pulled body are being sent: both finish whole in the old run, then their "
+          "connections serve the next request in the new one", "[push_streams][restart]") {
+    test::watchdog dog("bodies across a restart", 120s);
+    temp_dir dir;
+    const std::size_t size = 20 * 1024 * 1024;
+    const std::string data = random_file(dir / "big.bin", size, 7);
+    pull_routes p;
+    rs::server srv(test::local_options(2));
+    p.add(srv);
+    srv.get("/static/*", rs::static_files(dir.path));
+    srv.get("/where", [](const rs::request& req, rs::response& res) {
+        res.set_content(req.stop_requested() ? "old run" : "this run", "text/plain");
+    });
+    const std::uint16_t port = test::start(srv);
+    test::client file(port), pulled(port);
+    REQUIRE(file.send("GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(pulled.send("GET /pull?n=8000000 HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(file.read(true).status == 200);
+    REQUIRE(pulled.read(true).status == 200);
+    std::error_code ec;
+    srv.restart(ec);  // both are in flight (their clients have read nothing of the bodies)
+    REQUIRE_FALSE(ec);
+    while (file.rd.buf.size() < size) REQUIRE(file.rd.fill());
+    CHECK(file.rd.buf.size() == size);
+    CHECK((file.rd.buf == data));
+    file.rd.buf.clear();
+    std::string body;
+    bool last = false;
+    REQUIRE(read_chunked(pulled, body, last));
+    CHECK(last);
+    CHECK(body.size() == 8000000);
+    CHECK((body == pattern(0, 8000000)));
+    for (test::client* c : {&file, &pulled}) {
+        REQUIRE(c->send("GET /where HTTP/1.1\r\nHost: x\r\n\r\n"));
+        CHECK(c->read().body == "this run");
+    }
+    const rs::stop_result r = srv.stop();
+    CHECK(r.drained);
+    CHECK(r.cut == 0);
+    CHECK(p.overlap.load() == 0);
+}
+
 // ------------------------------------------------------------------ the figure --
 
 TEST_CASE("the figure: 64 push streams and 64 stalled 20 MiB downloads hold no thread; a fresh GET /hello answers",
