@@ -768,7 +768,8 @@ public:
 
     /// set_header: replaces the field called name (case-insensitive), or adds it.
     void set_header(std::string_view name, std::string_view value);
-    /// set_content: sets the body and its Content-Type.
+    /// set_content: sets the body and its Content-Type. A stream or file set before is
+    /// dropped (a push stream's handle closes and its on_close runs).
     void set_content(std::string_view content, std::string_view content_type);
     /// get_header: the value of the field called name (case-insensitive), or "".
     std::string_view get_header(std::string_view name) const noexcept;
@@ -807,7 +808,9 @@ public:
     /// set_file: the body is length bytes of file from offset, sent with Content-Length by
     /// sendfile(2) (Linux, no transport) or read in pieces (TLS, elsewhere) as the socket
     /// takes them, holding no thread. The response owns file and closes it. A file that
-    /// turns out shorter ends the connection short. Replaces body.
+    /// turns out shorter ends the connection short. Replaces body. (sendfile(2) sends from
+    /// the page cache: bytes of a file changed while in flight may reach the client
+    /// changed - a truncated part as zeros - before the connection ends short.)
     void set_file(std::string_view content_type, unique_fd file, std::uint64_t offset, std::uint64_t length);
 
 private:
@@ -1347,10 +1350,11 @@ struct static_options {
 /// then read: whoever can rename entries under root while requests run (an upload
 /// directory, another service) cannot make it serve a file outside root, nor hold a thread
 /// with a FIFO. What it can do is serve, or replace, any regular file under root: that is
-/// the content. A file (or range) up to 1 MiB is read into the response; a larger one is
-/// streamed with response::set_stream of its length (so it has a Content-Length too), 64
-/// KiB per pread(), never held whole in memory; if the file shrinks meanwhile, the
-/// connection ends short of that length, so the client sees the download incomplete.
+/// the content. A file (or range) up to 32 KiB is read into the response; a larger one is
+/// sent with response::set_file (sendfile(2); over TLS 16 KiB per pread()), with its
+/// Content-Length, holding no thread and never held in memory; if the file shrinks
+/// meanwhile, the connection ends short of that length, so the client sees the download
+/// incomplete.
 /// Descriptors are O_CLOEXEC and closed once the response is sent. The handler keeps
 /// copies of root, opts.
 handler static_files(std::string root, static_options opts = {});
@@ -3225,7 +3229,7 @@ RESTARTABLE_SERVER_FN void response::set_header(std::string_view name, std::stri
 }
 
 RESTARTABLE_SERVER_FN void response::set_content(std::string_view content, std::string_view content_type) {
-    if (kind_ != body_kind::plain) release_body();  // (a push stream set before is closed)
+    if (kind_ != body_kind::plain) release_body();  // a stream or file set before: this replaces it
     body.assign(content);
     set_header("Content-Type", content_type);
 }
@@ -4443,6 +4447,7 @@ struct stream_state {
     std::uint64_t file_offset = 0;
     std::size_t written = 0;               // body bytes sent, for the access log
     bool ending = false;                   // the body is complete: the last chunk follows
+    std::size_t data_begin = 0, data_end = 0;  // push: where the program's bytes lie in the output (no framing)
     std::string method, target;            // for the access log (only with one)
     int status = 200;
     // websocket
@@ -6824,14 +6829,19 @@ RESTARTABLE_SERVER_FN bool run::take_queued(connection& c) {
     std::swap(c.out_body, ch.queued);
     ch.queued.clear();
     if (ch.kind == channel::kind_t::push) {
-        st.written += c.out_body.size();
+        const std::size_t data = c.out_body.size();
+        st.written += data;
         if (st.chunked) {
-            append_hex(c.out_head, c.out_body.size());
+            append_hex(c.out_head, data);
             c.out_head += "\r\n";
             c.out_body += "\r\n";
         }
+        st.data_begin = c.out_head.size();
+        st.data_end = st.data_begin + data;
+        ch.unsent.store(data);  // buffered_amount() counts written bytes, not the chunk framing
+    } else {
+        ch.unsent.store(c.out_head.size() + c.out_body.size());
     }
-    ch.unsent.store(c.out_head.size() + c.out_body.size());
     c.since = clock::now();  // write_timeout counts from here
     return true;
 }
@@ -6839,6 +6849,14 @@ RESTARTABLE_SERVER_FN bool run::take_queued(connection& c) {
 /// unsent: the bytes of c's output not yet taken by the socket.
 RESTARTABLE_SERVER_FN std::size_t unsent(const connection& c) noexcept {
     return c.out_head.size() + c.out_body.size() - c.out_sent;
+}
+
+/// unsent_data: of a push stream's output, the program's bytes not yet taken by the
+/// socket (without the response head and the chunk framing): its buffered_amount().
+RESTARTABLE_SERVER_FN std::size_t unsent_data(const connection& c) noexcept {
+    if (!c.output_pending()) return 0;
+    const std::size_t from = std::max(c.out_sent, c.st->data_begin);
+    return c.st->data_end > from ? c.st->data_end - from : 0;
 }
 
 // ---- streams
@@ -6942,7 +6960,7 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
             const std::size_t before = unsent(c);
             const outcome o = flush(c);
             turn += before - unsent(c);
-            if (c.ch) c.ch->unsent.store(unsent(c));
+            if (c.ch) c.ch->unsent.store(unsent_data(c));
             if (o != outcome::progress) return o;
         }
         if (c.peer_closed && st.source == stream_state::source_t::push) return outcome::close;  // the client left

@@ -18,8 +18,11 @@
 //                      200 with the request body and its Content-Type
 //   GET  /slow?ms=N    waits N ms (capped at 10000), then 200
 //   GET  /pid          this process's id
-//   GET  /events       server-sent events: "data: tick N" every 100 ms until a stop or
-//                      restart begins, then "event: bye" and the stream ends cleanly
+//   GET  /events       server-sent events: "data: tick N" (N = 1, 2, ...) every 100 ms until a
+//                      stop or restart begins, then "event: bye" and the stream ends cleanly
+//                      (the last chunk). The streams hold no thread (push_stream): one
+//                      ticker thread writes to all of them, skipping a tick for a client
+//                      that reads too slowly (send_buffer_full)
 //   GET  /ws           a WebSocket (RFC 6455) that echoes every message back as it came:
 //                      text as text, binary as binary, whole (fragments joined), up to
 //                      16 MiB. No echo is dropped: a client that leaves more than 1 MiB
@@ -53,6 +56,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -270,14 +275,28 @@ int main(int argc, char** argv) {
         res.set_content(std::to_string(::getpid()) + "\n", "text/plain");
     });
 
-    srv.get("/events", [](const rs::request&, rs::response& res) {
-        res.set_stream("text/event-stream", [](rs::body_writer& out) {
-            for (unsigned long n = 1;; ++n) {
-                if (!out.write("data: tick " + std::to_string(n) + "\n\n")) return;  // the client left
-                if (out.wait_for_stop(std::chrono::milliseconds(100))) break;
-            }
-            out.write("event: bye\ndata: the server is stopping or restarting\n\n");
-        });
+    // /events: push streams (no thread each) that one ticker thread writes to. A stop or
+    // restart ends every stream after what is queued: the on_stop hook, which runs first,
+    // queues "event: bye" on each.
+    struct listener {
+        rs::stream_handle stream;
+        unsigned long ticks = 0;
+    };
+    std::mutex events_mutex;
+    std::condition_variable events_cv;
+    std::vector<listener> listeners;  // under events_mutex
+    bool quit = false;                // under events_mutex: the ticker ends
+    srv.get("/events", [&](const rs::request&, rs::response& res) {
+        res.set_header("Cache-Control", "no-cache");
+        listener l{res.push_stream("text/event-stream"), 1};
+        l.stream.write("data: tick 1\n\n");  // the first at once; it goes out after the head
+        std::lock_guard<std::mutex> lock(events_mutex);
+        listeners.push_back(std::move(l));
+    });
+    srv.on_stop([&](rs::stop_reason) {
+        std::lock_guard<std::mutex> lock(events_mutex);
+        for (listener& l : listeners) l.stream.write("event: bye\ndata: the server is stopping or restarting\n\n");
+        listeners.clear();  // their streams end now; new ones come to the next run
     });
 
     // Each message back as it came. The engine joins fragments, checks text is UTF-8,
@@ -362,6 +381,20 @@ int main(int argc, char** argv) {
                          ec.message().c_str());
         return 1;
     }
+    std::thread ticker([&] {  // the /events ticks (see the route)
+        std::unique_lock<std::mutex> lock(events_mutex);
+        while (!events_cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return quit; })) {
+            for (auto it = listeners.begin(); it != listeners.end();) {
+                const std::error_code e = it->stream.write("data: tick " + std::to_string(it->ticks + 1) + "\n\n");
+                if (e == rs::errc::closed) {  // the client left (or its run ended)
+                    it = listeners.erase(it);
+                    continue;
+                }
+                if (!e) ++it->ticks;  // send_buffer_full: this client misses the tick
+                ++it;
+            }
+        }
+    });
     if (!inherited.empty())
         std::printf("listening on %s\n", inherited.c_str());
     else
@@ -404,6 +437,12 @@ int main(int argc, char** argv) {
     }
     srv.stop();  // graceful: requests in flight finish (up to --drain-ms)
     watcher.join();
+    {
+        std::lock_guard<std::mutex> lock(events_mutex);
+        quit = true;
+    }
+    events_cv.notify_all();
+    ticker.join();
     if (failed.load()) {
         std::fprintf(stderr, "echo_server: the run failed\n");
         return 1;

@@ -11,9 +11,12 @@
 //
 // What to watch: the values tick every second. Press "restart": the run number goes up
 // while the uptime does not start over - the server restarted, the process did not. The
-// stream of the old run ends at once (body_writer::wait_for_stop wakes it) and the page's
-// EventSource reconnects by itself, to the new run. `curl -N http://127.0.0.1:8080/events`
-// shows the raw stream. Ctrl-C stops the server.
+// streams of the old run end at once (a restart ends every push stream, after what is
+// queued) and the page's EventSource reconnects by itself, to the new run.
+// `curl -N http://127.0.0.1:8080/events` shows the raw stream. Ctrl-C stops the server.
+//
+// The streams hold no thread: each is a push stream (response::push_stream) that one
+// ticker thread writes to, so a hundred open pages cost what one does.
 
 #include "restartable_server.hpp"
 
@@ -21,9 +24,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
@@ -96,22 +103,30 @@ int main(int argc, char** argv) {
         res.set_content(page, "text/html; charset=utf-8");
     });
 
+    // /events: the values as server-sent events, now and then every second (the ticker
+    // below writes to every open stream).
+    auto status_event = [&](int this_run) {
+        auto uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
+        return "data: {\"run\":" + std::to_string(this_run) + ",\"uptime_s\":" + std::to_string(uptime.count()) +
+               ",\"requests\":" + std::to_string(requests.load()) + "}\n\n";
+    };
+    struct subscriber {
+        rs::stream_handle stream;
+        int run;  // the run serving this stream
+    };
+    std::mutex subscribers_mutex;
+    std::condition_variable ticker_cv;
+    std::vector<subscriber> subscribers;  // under subscribers_mutex
+    bool quit = false;                    // under subscribers_mutex: the ticker ends
     srv.get("/events", [&](const rs::request&, rs::response& res) {
         requests.fetch_add(1);
-        const int this_run = run.load();  // the run serving this stream
+        const int this_run = run.load();
         res.set_header("Cache-Control", "no-cache");
-        res.set_stream("text/event-stream", [&, this_run](rs::body_writer& out) {
-            // "retry": reconnect 1 s after the stream ends (the browser's default is ~3 s).
-            if (!out.write("retry: 1000\n\n")) return;
-            do {
-                auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
-                    std::chrono::steady_clock::now() - started);
-                std::string event = "data: {\"run\":" + std::to_string(this_run) +
-                                    ",\"uptime_s\":" + std::to_string(uptime.count()) +
-                                    ",\"requests\":" + std::to_string(requests.load()) + "}\n\n";
-                if (!out.write(event)) return;  // the browser went away
-            } while (!out.wait_for_stop(1s));   // a tick, cut short by a stop or restart
-        });
+        rs::stream_handle stream = res.push_stream("text/event-stream");
+        // "retry": reconnect 1 s after the stream ends (the browser's default is ~3 s).
+        stream.write("retry: 1000\n\n" + status_event(this_run));
+        std::lock_guard<std::mutex> lock(subscribers_mutex);
+        subscribers.push_back({stream, this_run});
     });
 
     srv.post("/restart", [&](const rs::request&, rs::response& res) {
@@ -138,9 +153,27 @@ int main(int argc, char** argv) {
     std::printf("listening on http://127.0.0.1:%u\n", static_cast<unsigned>(srv.port()));
     std::fflush(stdout);
 
+    std::thread ticker([&] {  // one tick a second for every open stream
+        std::unique_lock<std::mutex> lock(subscribers_mutex);
+        while (!ticker_cv.wait_for(lock, 1s, [&] { return quit; })) {
+            for (auto it = subscribers.begin(); it != subscribers.end();) {
+                if (it->stream.write(status_event(it->run)) == rs::errc::closed)  // the page went away, or its run ended
+                    it = subscribers.erase(it);
+                else
+                    ++it;  // (or send_buffer_full: that page misses a tick)
+            }
+        }
+    });
+
     int sig = 0;
     sigwait(&signals, &sig);
     srv.stop();
+    {
+        std::lock_guard<std::mutex> lock(subscribers_mutex);
+        quit = true;
+    }
+    ticker_cv.notify_all();
+    ticker.join();
     std::printf("stopped\n");
     return 0;
 }

@@ -24,6 +24,7 @@
 #include "support.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -682,6 +683,61 @@ TEST_CASE("push_stream: writes queued before the handler returns go out after th
     CHECK(h.closed_count() == 2);
     CHECK(h.every_close_once());
     CHECK(failed.load() == 0);
+}
+
+TEST_CASE("push_stream: a stream that never starts (the handler throws, replaces the body, answers 204) runs "
+          "on_close and reports closed; a request pipelined behind a stream waits for it",
+          "[push_streams][push]") {
+    test::watchdog dog("push stream never started", 60s);
+    hub h;
+    rs::server srv(test::local_options());
+    add_routes(srv, h);
+    srv.get("/throws", [&h](const rs::request&, rs::response& res) {
+        h.open(res);
+        throw std::runtime_error("after push_stream");
+    });
+    srv.get("/replaced", [&h](const rs::request&, rs::response& res) {
+        h.open(res);
+        res.set_content("plain after all", "text/plain");
+    });
+    srv.get("/no-content", [&h](const rs::request&, rs::response& res) {
+        h.open(res);
+        res.status = 204;
+    });
+    const std::uint16_t port = test::start(srv);
+    test::client c(port);
+    REQUIRE(c.send("GET /throws HTTP/1.1\r\nHost: x\r\n\r\n"));
+    CHECK(c.read().status == 500);
+    REQUIRE(c.send("GET /replaced HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response replaced = c.read();
+    CHECK(replaced.status == 200);
+    CHECK(replaced.body == "plain after all");
+    REQUIRE(c.send("GET /no-content HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response none = c.read();
+    CHECK(none.status == 204);
+    CHECK(none.header("Transfer-Encoding").empty());
+    REQUIRE(h.wait_closed(3));
+    for (std::size_t i = 0; i < 3; ++i) {
+        CHECK(h.at(i).write("x") == rs::errc::closed);
+        CHECK_FALSE(h.at(i).is_open());
+    }
+    // Pipelined in one send: the stream, then /hello, answered once the stream ended.
+    REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(c.read().status == 200);
+    REQUIRE(h.wait_opened(4));
+    REQUIRE_FALSE(h.at(3).write("data: one\n\n"));
+    std::string body;
+    bool last = false;
+    REQUIRE(read_chunked(c, body, last, 11));
+    CHECK_FALSE(c.readable_within(0ms));  // nothing but the stream so far
+    h.at(3).close();
+    body.clear();
+    REQUIRE(read_chunked(c, body, last));
+    CHECK(last);
+    CHECK(c.read().body == "Hello, World!");
+    srv.stop();
+    CHECK(h.closed_count() == 4);
+    CHECK(h.every_close_once());
 }
 
 TEST_CASE("push_stream: max_send_buffer holds even before the handler returns", "[push_streams][push][limits]") {
@@ -1619,6 +1675,90 @@ TEST_CASE("over TLS: set_file by pread (byte-exact, a file shorter than said is 
 
 #endif  // RESTARTABLE_SERVER_OPENSSL
 
+TEST_CASE("worker_threads 0 (the control thread serves): a push stream written from another thread, a pulled "
+          "body, a file", "[push_streams][inline]") {
+    test::watchdog dog("streams served inline", 120s);
+    temp_dir dir;
+    const std::string data = random_file(dir / "f.bin", 3 * 1024 * 1024, 6);
+    hub h;
+    pull_routes p;
+    rs::server srv(test::local_options(0));
+    add_routes(srv, h);
+    p.add(srv);
+    srv.get("/static/*", rs::static_files(dir.path));
+    const std::uint16_t port = test::start(srv);
+    test::client c(port);
+    REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(c.read().status == 200);
+    REQUIRE(h.wait_opened(1));
+    rs::stream_handle s = h.at(0);
+    std::error_code from_other;
+    std::thread other([&] { from_other = s.write("data: from another thread\n\n"); });
+    other.join();
+    REQUIRE_FALSE(from_other);
+    std::string body;
+    bool last = false;
+    REQUIRE(read_chunked(c, body, last, 27));
+    CHECK(body == "data: from another thread\n\n");
+    s.close();
+    REQUIRE(read_chunked(c, body, last));
+    CHECK(last);
+    REQUIRE(c.send("GET /pull?n=2000000&sized HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response pulled = c.read();
+    CHECK(pulled.status == 200);
+    CHECK(pulled.body == pattern(0, 2000000));
+    REQUIRE(c.send("GET /static/f.bin HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response file = c.read();
+    CHECK(file.status == 200);
+    CHECK(file.body.size() == data.size());
+    CHECK((file.body == data));
+    const rs::stop_result r = srv.stop();
+    CHECK(r.drained);
+    CHECK(h.every_close_once());
+}
+
+TEST_CASE("restart() while a file and a pulled body are being sent: both finish whole in the old run, then their "
+          "connections serve the next request in the new one", "[push_streams][restart]") {
+    test::watchdog dog("bodies across a restart", 120s);
+    temp_dir dir;
+    const std::size_t size = 20 * 1024 * 1024;
+    const std::string data = random_file(dir / "big.bin", size, 7);
+    pull_routes p;
+    rs::server srv(test::local_options(2));
+    p.add(srv);
+    srv.get("/static/*", rs::static_files(dir.path));
+    srv.get("/where", [](const rs::request& req, rs::response& res) {
+        res.set_content(req.stop_requested() ? "old run" : "this run", "text/plain");
+    });
+    const std::uint16_t port = test::start(srv);
+    test::client file(port), pulled(port);
+    REQUIRE(file.send("GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(pulled.send("GET /pull?n=8000000 HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(file.read(true).status == 200);
+    REQUIRE(pulled.read(true).status == 200);
+    std::error_code ec;
+    srv.restart(ec);  // both are in flight (their clients have read nothing of the bodies)
+    REQUIRE_FALSE(ec);
+    while (file.rd.buf.size() < size) REQUIRE(file.rd.fill());
+    CHECK(file.rd.buf.size() == size);
+    CHECK((file.rd.buf == data));
+    file.rd.buf.clear();
+    std::string body;
+    bool last = false;
+    REQUIRE(read_chunked(pulled, body, last));
+    CHECK(last);
+    CHECK(body.size() == 8000000);
+    CHECK((body == pattern(0, 8000000)));
+    for (test::client* c : {&file, &pulled}) {
+        REQUIRE(c->send("GET /where HTTP/1.1\r\nHost: x\r\n\r\n"));
+        CHECK(c->read().body == "this run");
+    }
+    const rs::stop_result r = srv.stop();
+    CHECK(r.drained);
+    CHECK(r.cut == 0);
+    CHECK(p.overlap.load() == 0);
+}
+
 // ------------------------------------------------------------------ the figure --
 
 TEST_CASE("the figure: 64 push streams and 64 stalled 20 MiB downloads hold no thread; a fresh GET /hello answers",
@@ -1782,4 +1922,123 @@ phase(0, function () { phase(4, function () { document.title = 'done'; }); });
         CHECK(dom.find(std::to_string(i) + ":go") != std::string::npos);
     }
     CHECK(h.every_close_once());
+}
+
+// ------------------------------------------------------------------ the examples --
+
+namespace {
+
+/// tick_numbers: the N of each "data: tick N" in body, in order; ok false when a line
+/// of body is neither that, an empty line, nor the bye event.
+std::vector<unsigned long> tick_numbers(const std::string& body, bool& ok) {
+    std::vector<unsigned long> ticks;
+    ok = true;
+    std::size_t p = 0;
+    while (p < body.size()) {
+        std::size_t e = body.find('\n', p);
+        if (e == std::string::npos) e = body.size();
+        const std::string line = body.substr(p, e - p);
+        if (line.rfind("data: tick ", 0) == 0)
+            ticks.push_back(std::stoul(line.substr(11)));
+        else if (!line.empty() && line != "event: bye" && line != "data: the server is stopping or restarting")
+            ok = false;
+        p = e + 1;
+    }
+    return ticks;
+}
+
+/// consecutive: 1, 2, 3, ... (each stream counts from 1; a slow reader may miss a tick,
+/// which is not sent at all, so the numbers it gets are still consecutive).
+bool consecutive(const std::vector<unsigned long>& ticks) {
+    for (std::size_t i = 0; i < ticks.size(); ++i)
+        if (ticks[i] != i + 1) return false;
+    return !ticks.empty();
+}
+
+}  // namespace
+
+TEST_CASE("echo_server's /events: push streams one ticker writes to; 64 listeners on 4 workers hold no thread; "
+          "\"event: bye\" then the last chunk at a restart (SIGHUP) and at SIGTERM",
+          "[push_streams][examples][echo_server]") {
+    test::watchdog dog("echo_server /events", 200s);
+    test::process server({RS_ECHO_SERVER, "--host", "127.0.0.1", "--port", "0", "--workers", "4", "--drain-ms", "5000"});
+    REQUIRE(server.started());
+    const std::optional<std::string> first = server.read_line(10s);
+    INFO("echo_server: " << first.value_or("(nothing)"));
+    const std::uint16_t port = test::listening_port(first);
+    REQUIRE(port != 0);
+    const std::string task_dir = "/proc/" + std::to_string(server.pid()) + "/task";
+    auto threads = [&] { return test::count_entries(task_dir.c_str()); };
+
+    constexpr int n = 64;
+    std::vector<std::unique_ptr<test::client>> listeners;
+    for (int i = 0; i < n; ++i) {
+        listeners.push_back(std::make_unique<test::client>(port));
+        REQUIRE(listeners.back()->send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    }
+    std::vector<std::string> bodies(n);
+    for (int i = 0; i < n; ++i) {  // every stream ticks: tick 1 at once, tick 2 from the ticker
+        INFO("listener " << i);
+        test::client& c = *listeners[static_cast<std::size_t>(i)];
+        const test::http_response head = c.read();
+        REQUIRE(head.status == 200);
+        CHECK(head.header("Content-Type") == "text/event-stream");
+        std::string& body = bodies[static_cast<std::size_t>(i)];
+        bool last = false;
+        while (body.find("data: tick 2\n\n") == std::string::npos) REQUIRE(read_chunked(c, body, last, body.size() + 1));
+    }
+    const auto t0 = steady::now();
+    const test::http_response hello = test::get(port, "/hello");
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0);
+    CHECK(hello.body == "Hello, World!");
+    CHECK(took < 10s);
+    const int with_listeners = threads();
+    // main, the run watcher, the ticker, the control thread and at most 4 workers.
+    CHECK(with_listeners <= 4 + 4);
+    WARN("echo_server, 64 /events listeners on 4 workers: " << with_listeners << " threads, GET /hello in "
+                                                             << took.count() << " ms");
+
+    // SIGHUP: a restart. Each stream: its ticks in order, "event: bye", the last chunk;
+    // then the connection, moved to the new run, serves the next request.
+    REQUIRE(server.signal(SIGHUP));
+    CHECK(server.read_line(20s) == std::optional<std::string>("restarted 1"));
+    for (int i = 0; i < n; ++i) {
+        INFO("listener " << i);
+        test::client& c = *listeners[static_cast<std::size_t>(i)];
+        std::string& body = bodies[static_cast<std::size_t>(i)];
+        bool last = false;
+        REQUIRE(read_chunked(c, body, last));
+        CHECK(last);
+        bool ok = false;
+        const std::vector<unsigned long> ticks = tick_numbers(body, ok);
+        INFO(body);
+        CHECK(ok);
+        CHECK(consecutive(ticks));
+        const std::string bye = "event: bye\ndata: the server is stopping or restarting\n\n";
+        CHECK(body.size() >= bye.size());
+        CHECK(body.compare(body.size() - std::min(bye.size(), body.size()), bye.size(), bye) == 0);
+        if (i % 8 == 0) {  // some of them ask again, on the same connection
+            REQUIRE(c.send("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"));
+            CHECK(c.read().body == "Hello, World!");
+        }
+    }
+    CHECK(threads() <= 4 + 4);
+
+    // SIGTERM with a stream open: "event: bye", the last chunk, exit 0.
+    test::client& c = *listeners[0];
+    REQUIRE(c.send("GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    REQUIRE(c.read().status == 200);
+    std::string body;
+    bool last = false;
+    while (body.find("data: tick 2\n\n") == std::string::npos) REQUIRE(read_chunked(c, body, last, body.size() + 1));
+    REQUIRE(server.signal(SIGTERM));
+    REQUIRE(read_chunked(c, body, last));
+    CHECK(last);
+    CHECK(body.find("event: bye\n") != std::string::npos);
+    bool ok = false;
+    CHECK(consecutive(tick_numbers(body, ok)));
+    CHECK(ok);
+    const std::optional<int> st = server.wait_exit(20s);
+    INFO("echo_server: " << test::describe_status(st));
+    CHECK(test::exited_0(st));
 }
