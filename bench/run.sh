@@ -83,7 +83,9 @@
 # Environment: CXX (default g++), BENCH_CACHE, BENCH_RUNS (full mode, default 3),
 # BENCH_WRK_SECONDS (full mode, default 4), BENCH_KA_ROUNDS and BENCH_KA_SECONDS (figure 8,
 # full mode, default 5 and 5), BENCH_RS_DIR (the directory whose restartable_server.hpp is
-# measured, default the repository root: point it at another checkout to compare engines).
+# measured, default the repository root: point it at another checkout to compare engines),
+# BENCH_ONLY=ws (figures 16-20 alone, in a few minutes: everything is still built, the
+# other figures are not measured and the table has only these rows).
 set -euo pipefail
 
 QUICK=0 SOAK_MINUTES=""
@@ -95,6 +97,11 @@ case "${1:-}" in
   *) usage ;;
 esac
 
+case "${BENCH_ONLY:-}" in
+  "") ONLY_WS=0 ;;
+  ws) ONLY_WS=1 ;;
+  *) echo "run.sh: BENCH_ONLY is ws or unset" >&2; exit 2 ;;
+esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 RS_DIR=$(cd "${BENCH_RS_DIR:-$ROOT}" && pwd)
@@ -798,6 +805,7 @@ order() { local r=$1 i; for ((i = 0; i < 3; i++)); do printf '%s ' "${ALL[$(((i 
 LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 
+if [ "$ONLY_WS" = 0 ]; then  # BENCH_ONLY=ws skips figures 8, 14 and 15 (not indented: the figures below are long)
 # Figure 8: restartable_server with default options and with worker_threads = 0, and
 # nginx, all three up at once, wrk alternating between them load by load and round by
 # round (the order of the servers changes every round). Per-round ratios of the same load:
@@ -962,6 +970,7 @@ for ((run = 0; run < RUNS; run++)); do
   done
 done
 log "  TLS took $(($(date +%s) - TLS_T0)) s"
+fi  # BENCH_ONLY
 
 # Figures 16-20: WebSocket, streams that hold no thread, a streamed upload (see the top of
 # this file). bench/ws_server.cpp serves them; GET /files/* serves $WS_FILES.
@@ -1140,6 +1149,7 @@ for ((run = 0; run < RUNS; run++)); do
 done
 log "  WebSocket and streams took $(($(date +%s) - WS_T0)) s"
 
+if [ "$ONLY_WS" = 0 ]; then  # BENCH_ONLY=ws skips figures 1-7 and 9-13
 for ((run = 0; run < RUNS; run++)); do
   log "run $((run + 1))/$RUNS"
   # Figures 1, 2 and 6 (idle RSS): one hello server process per server.
@@ -1265,6 +1275,7 @@ for ((run = 0; run < RUNS; run++)); do
   restart_cost_run 0 cost0_us
   restart_cost_run "$COST_IDLE" costN_us
 done
+fi  # BENCH_ONLY
 T_END=$(date +%s)
 
 # -------------------------------------------------------------------- table --
@@ -1435,6 +1446,10 @@ ssr_hwm${tab}20. server VmHWM after it (MiB)${tab}lo${tab}1${tab}r
 ssr_events${tab}20. events the ${ATTACKERS} /events readers read meanwhile${tab}info${tab}0${tab}r
 EOF2
 
+# BENCH_ONLY=ws: the rows of figures 16-20 alone.
+if [ "$ONLY_WS" = 1 ]; then
+  awk -F'\t' '$2 ~ /^(1[6-9]|20)\. /' "$ROWS" >"$ROWS.ws" && mv "$ROWS.ws" "$ROWS"
+fi
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_GIB=$(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
 OS=$(. /etc/os-release && echo "${PRETTY_NAME:-Linux}")
@@ -1442,11 +1457,13 @@ CXX_VERSION=$("$CXX" --version | head -n 1)
 MODE=$([ "$QUICK" = 1 ] && echo "smoke run: 1 run, ${WRK_SECONDS}s per wrk figure, $IDLE_N idle conns, $ATTACK_PROBES fresh requests under attack; not a measurement" || echo "median of $RUNS runs; figure 8: median of $KA_ROUNDS rounds")
 TABLE=$TMP/table.md
 # The chart: bench/results.svg from a full run; a smoke run's stays in the cache.
-if [ "$QUICK" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
+# (BENCH_ONLY=ws: a partial chart, also to the cache.)
+if [ "$QUICK" = 1 ] || [ "$ONLY_WS" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
+CMD="$([ "$ONLY_WS" = 1 ] && printf 'BENCH_ONLY=ws ')bench/run.sh${1:+ $1}"
 set +e
 "$BUILD/report" "$ROWS" "$RESULTS" --svg "$SVG" \
   --title "restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION" \
-  --subtitle "bench/run.sh${1:+ $1} ($MODE), $(date -u +%Y-%m-%d)" \
+  --subtitle "$CMD ($MODE), $(date -u +%Y-%m-%d)" \
   --subtitle "$CPU_MODEL, $NPROC CPUs, $OS, kernel $(uname -r); $PINNING; load average before: $LOAD_BEFORE" \
   --subtitle "bench/RESULTS.md says how each figure is measured" >"$TABLE"
 report_status=$?
@@ -1454,7 +1471,7 @@ set -e
 {
   echo "### restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION"
   echo
-  echo "- command: \`bench/run.sh${1:+ $1}\` ($MODE; took $((T_END - T_START)) s after the builds)"
+  echo "- command: \`$CMD\` ($MODE; took $((T_END - T_START)) s after the builds)"
   echo "- machine: $CPU_MODEL, $NPROC CPUs, $MEM_GIB GiB, $OS, kernel $(uname -r); $CXX_VERSION"
   echo "- load average before the run: $LOAD_BEFORE (anything else running on the machine skews the figures)"
   echo "- pinning: $PINNING; wrk $(wrk -v 2>&1 | sed -n 's/^wrk \([^ ]*\).*/\1/p' | head -n 1) -t$CLI_CPUS, ${WRK_SECONDS}s per figure"
@@ -1515,7 +1532,7 @@ set -e
        "read_multipart(); 20: $ATTACKERS clients reading GET /events (a tick every 50 ms each) and $ATTACKERS" \
        "that never read GET a ${WS_FILE_MIB} MiB static file (set_file), then $ATTACK_PROBES fresh GET /hello as" \
        "in figure 9; the same probes on the same server idle just before; median of $RUNS"
-  echo "- chart: $([ "$QUICK" = 1 ] && echo "${SVG#"$ROOT"/}" || echo bench/results.svg)"
+  echo "- chart: ${SVG#"$ROOT"/}"
   echo
   cat "$TABLE"
 } | tee "$CACHE/last-table.md"

@@ -178,6 +178,7 @@ struct conn {
     response_parser http;          // http idle connections
     clock::time_point got_at;      // broadcast: when this round's message came
     bool got = false;
+    std::size_t echoes = 0;        // echo: echoes counted in the window
 };
 
 struct client {
@@ -517,6 +518,7 @@ int run_echo(std::uint16_t port, const std::string& path, std::size_t n, double 
                 }
                 c.waiting = false;
                 if (got <= end) {  // an echo that came after the window is not counted
+                    ++c.echoes;
                     lat_ns.push_back(static_cast<std::uint32_t>(
                         std::min<long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(got - c.sent_at).count(),
                                             UINT32_MAX)));
@@ -531,7 +533,13 @@ int run_echo(std::uint16_t port, const std::string& path, std::size_t n, double 
     std::vector<double> lat(lat_ns.begin(), lat_ns.end());
     const std::size_t msgs = lat.size();
     std::printf("seconds %.3f\nmessages %zu\nmsgs_per_s %.0f\n", window_s, msgs, static_cast<double>(msgs) / window_s);
-    std::printf("p50_us %.1f\np99_us %.1f\n", percentile(lat, 0.5) / 1000, percentile(lat, 0.99) / 1000);
+    std::printf("p50_us %.1f\np90_us %.1f\np99_us %.1f\np999_us %.1f\nmax_us %.1f\n", percentile(lat, 0.5) / 1000,
+                percentile(lat, 0.9) / 1000, percentile(lat, 0.99) / 1000, percentile(lat, 0.999) / 1000,
+                percentile(lat, 1.0) / 1000);
+    // Fairness: the fewest and the most echoes one connection had in the window.
+    std::size_t fewest = SIZE_MAX, most = 0;
+    for (const conn& c : cl.cs) fewest = std::min(fewest, c.echoes), most = std::max(most, c.echoes);
+    std::printf("conn_messages_min %zu\nconn_messages_max %zu\n", fewest, most);
     const std::size_t errors = cl.n_failed + wrong + cl.frame_errors;
     std::printf("errors %zu\n", errors);
     if (cpu0 >= 0 && cpu1 >= 0 && msgs > 0)

@@ -2,7 +2,7 @@
 // a streamed multipart upload, on restartable_server with default options except
 // max_body_bytes (1 GiB, for figure 19's 100 MiB upload).
 //
-//   ws_server [PORT] [FILES_DIR]
+//   ws_server [PORT] [FILES_DIR] [WORKER_THREADS]
 //
 //   GET /hello        200 "Hello, World!" (text/plain)
 //   WS  /echo         each message back as it came (text or binary): figures 16, 17
@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
     rs::options opts;
     opts.listener = rs::tcp_listener("127.0.0.1", static_cast<std::uint16_t>(port));
     opts.max_body_bytes = std::size_t{1} << 30;
+    if (argc > 3) opts.worker_threads = static_cast<std::size_t>(std::atoi(argv[3]));  // (by hand: default options)
     rs::server srv(std::move(opts));
     srv.get("/hello", [](const rs::request&, rs::response& res) { res.set_content("Hello, World!", "text/plain"); });
 
