@@ -988,7 +988,7 @@ ws_round() {
          "$WS_MSG_BYTES" >"$out" 2>&1; then
     cat "$out" >&2
     log "    $name: ws_load echo failed"
-    for k in rps p50 p99 cpu_us cli_cpu; do record "wse_$k" "$name" fail; done
+    for k in rps p50 p99 cpu_us cli_cpu runq; do record "wse_$k" "$name" fail; done
     return
   fi
   local rps p50 p99 cpu
@@ -1002,6 +1002,7 @@ ws_round() {
   record wse_p99 "$name" "$p99"
   record wse_cpu_us "$name" "${cpu:-fail}"
   record wse_cli_cpu "$name" "$(kv "$out" client_cpu_pct)"
+  record wse_runq "$name" "$(kv "$out" server_runq_wait_ms_per_s)"
 }
 log "WebSocket echo: $KA_ROUNDS x ${KA_SECONDS}s per server (restartable_server, Node ws $NODE_WS_VERSION, Go gorilla/websocket $GORILLA_VERSION), $WS_CONNS conns, $WS_MSG_BYTES B messages"
 declare -A WS_PID=() WS_PORT=()
@@ -1023,7 +1024,7 @@ for ((round = 0; round < KA_ROUNDS; round++)); do
       ws_round "$s" "${WS_PID[$s]}" "${WS_PORT[$s]}"
       last[$s]=$KA_LAST
     else
-      for k in rps p50 p99 cpu_us cli_cpu; do record "wse_$k" "$s" fail; done
+      for k in rps p50 p99 cpu_us cli_cpu runq; do record "wse_$k" "$s" fail; done
     fi
   done
   read -r o_rps o_p99 o_cpu <<<"${last[rs]:-fail fail fail}"
@@ -1421,6 +1422,9 @@ wse_p99_ratio_go@rs${tab}16. WebSocket echo: p99 ours ÷ Go gorilla, median of p
 wse_cpu_ratio_node@rs${tab}16. WebSocket echo: CPU per message ours ÷ Node ws, median of per-round ratios${tab}lo${tab}2${tab}r
 wse_cpu_ratio_go@rs${tab}16. WebSocket echo: CPU per message ours ÷ Go gorilla, median of per-round ratios${tab}lo${tab}2${tab}r
 wse_cli_cpu${tab}16. WebSocket echo: load generator (ws_load) busy, % of its CPU, our runs${tab}info${tab}0${tab}r
+wse_runq${tab}16. WebSocket echo: our server's threads runnable but waiting for a CPU (ms per s; ~0 on a quiet machine)${tab}info${tab}0${tab}r
+wse_runq@node${tab}16. the same, Node ws (this column)${tab}info${tab}0${tab}r
+wse_runq@go${tab}16. the same, Go gorilla (this column)${tab}info${tab}0${tab}r
 wsi_ws_kib${tab}17. RSS per idle WebSocket (KiB), (VmRSS after − before) ÷ $WS_IDLE_N${tab}lo${tab}3${tab}r${tab}v<=4.0
 wsi_http_kib${tab}17. RSS per idle keep-alive HTTP conn, same server binary (KiB), ÷ $WS_IDLE_N${tab}lo${tab}3${tab}r
 wsi_ws_threads${tab}17. server threads with $WS_IDLE_N idle WebSockets${tab}info${tab}0${tab}r

@@ -27,6 +27,9 @@
 //       last_ms = the last socket's arrival - that time, first_ms likewise. Prints per
 //       round, then the medians over rounds (last_ms_p50, first_ms_p50) and received_min
 //       (the fewest sockets that had a round's message).
+// server_runq_wait_ms_per_s (echo, with SERVER_PID): how long the server's threads were
+// runnable but waited for a CPU, per second of the window (/proc/PID/task/*/schedstat; not
+// every kernel has it): near 0 when the server's CPU is its own.
 // Output: "key value" lines. Exit status 0 when the figure was measured (see each mode).
 #include "client.hpp"
 
@@ -37,6 +40,7 @@
 #include <climits>
 #include <csignal>
 #include <iterator>
+#include <map>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -440,6 +444,23 @@ long long cpu_ticks(long pid) {
     return ut + st;
 }
 
+/// runq_wait_ns: the time the threads of a process spent runnable but not running (waiting
+/// for a CPU), by thread id, from /proc/PID/task/*/schedstat (its second field).
+std::map<long, long long> runq_wait_ns(long pid) {
+    std::map<long, long long> out;
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return out;
+    while (dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::ifstream f(dir + "/" + e->d_name + "/schedstat");
+        long long run = 0, wait = 0;
+        if (f >> run >> wait) out[std::atol(e->d_name)] = wait;
+    }
+    ::closedir(d);
+    return out;
+}
+
 double self_cpu_s() {
     rusage ru{};
     ::getrusage(RUSAGE_SELF, &ru);
@@ -472,6 +493,7 @@ int run_echo(std::uint16_t port, const std::string& path, std::size_t n, double 
     std::uint64_t seq = 0, wrong = 0;
     const long hz = ::sysconf(_SC_CLK_TCK);
     const long long cpu0 = pid > 0 ? cpu_ticks(pid) : -1;
+    const auto wait0 = pid > 0 ? runq_wait_ns(pid) : std::map<long, long long>{};
     const double self0 = self_cpu_s();
     const auto t0 = clock::now();
     const auto end = t0 + std::chrono::microseconds(static_cast<long long>(seconds * 1e6));
@@ -529,7 +551,13 @@ int run_echo(std::uint16_t port, const std::string& path, std::size_t n, double 
     }
     const double window_s = std::chrono::duration<double>(t_end - t0).count();
     const long long cpu1 = pid > 0 ? cpu_ticks(pid) : -1;
+    const auto wait1 = pid > 0 ? runq_wait_ns(pid) : std::map<long, long long>{};
     const double self1 = self_cpu_s();
+    long long waited = 0;  // threads that ended meanwhile are not counted
+    for (const auto& [tid, w] : wait1) {
+        const auto it = wait0.find(tid);
+        waited += w - (it == wait0.end() ? 0 : it->second);
+    }
     std::vector<double> lat(lat_ns.begin(), lat_ns.end());
     const std::size_t msgs = lat.size();
     std::printf("seconds %.3f\nmessages %zu\nmsgs_per_s %.0f\n", window_s, msgs, static_cast<double>(msgs) / window_s);
@@ -546,6 +574,9 @@ int run_echo(std::uint16_t port, const std::string& path, std::size_t n, double 
         std::printf("server_cpu_us %.2f\n", static_cast<double>(cpu1 - cpu0) * 1e6 / static_cast<double>(hz) /
                                                 static_cast<double>(msgs));
     std::printf("client_cpu_pct %.0f\n", (self1 - self0) * 100 / window_s);
+    // How long the server's threads waited for a CPU while runnable, per second: near 0 on
+    // a CPU of its own; on a shared one it says how much the others took.
+    if (!wait1.empty()) std::printf("server_runq_wait_ms_per_s %.1f\n", static_cast<double>(waited) / 1e6 / window_s);
     return errors == 0 && msgs > 0 ? 0 : 1;
 }
 
