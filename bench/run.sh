@@ -1463,7 +1463,8 @@ TABLE=$TMP/table.md
 # The chart: bench/results.svg from a full run; a smoke run's stays in the cache.
 # (BENCH_ONLY=ws: a partial chart, also to the cache.)
 if [ "$QUICK" = 1 ] || [ "$ONLY_WS" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
-CMD="$([ "$ONLY_WS" = 1 ] && printf 'BENCH_ONLY=ws ')bench/run.sh${1:+ $1}"
+CMD="bench/run.sh${1:+ $1}"
+[ "$ONLY_WS" = 0 ] || CMD="BENCH_ONLY=ws $CMD"
 set +e
 "$BUILD/report" "$ROWS" "$RESULTS" --svg "$SVG" \
   --title "restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION" \
