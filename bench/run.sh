@@ -1480,6 +1480,7 @@ set -e
   echo "- machine: $CPU_MODEL, $NPROC CPUs, $MEM_GIB GiB, $OS, kernel $(uname -r); $CXX_VERSION"
   echo "- load average before the run: $LOAD_BEFORE (anything else running on the machine skews the figures)"
   echo "- pinning: $PINNING; wrk $(wrk -v 2>&1 | sed -n 's/^wrk \([^ ]*\).*/\1/p' | head -n 1) -t$CLI_CPUS, ${WRK_SECONDS}s per figure"
+  if [ "$ONLY_WS" = 0 ]; then  # (BENCH_ONLY=ws: these figures were not measured)
   echo "- servers: restartable_server with default options (worker_threads ${RS_WORKERS:-?}); cpp-httplib built with" \
        "-DCPPHTTPLIB_TCP_NODELAY=true -DCPPHTTPLIB_USE_POLL, default options; nginx: 1 worker, master_process off," \
        "access_log off, \`return 200\`; all on 127.0.0.1"
@@ -1523,6 +1524,7 @@ set -e
        "bench/idle_tls.cpp, which offers no session; idle: $TLS_IDLE_N connections, each a full handshake and one" \
        "keep-alive GET, against a fresh server, (VmRSS after − before) ÷ $TLS_IDLE_N, nginx's one process" \
        "(master_process off); median of $RUNS"
+  fi
   echo "- figures 16-20: bench/ws_server.cpp (restartable_server, default options but max_body_bytes 1 GiB;" \
        "pinned as the others); 16: bench/ws_load.cpp echo (one thread on the load generator's CPU, epoll, masked" \
        "frames) with $WS_CONNS WebSockets, each one $WS_MSG_BYTES-byte text message in flight, against Node" \
