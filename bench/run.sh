@@ -62,11 +62,30 @@
 # TLS connection: bench/idle_tls.cpp opens TLS_IDLE_N (2,000; --quick 200) connections, each
 # a full handshake and one keep-alive GET /hello, against a fresh server, and divides the
 # growth of its VmRSS by N (nginx: master_process off, so the one process is the worker).
+# Figures 16-20: WebSocket and the bodies that hold no thread, on bench/ws_server.cpp
+# (restartable_server, default options but max_body_bytes 1 GiB). 16: a WebSocket echo of
+# 32-byte text messages over 64 connections, one message in flight each, from
+# bench/ws_load.cpp (one thread, epoll, masked frames, its own handshake), against Node's ws
+# (npm, bench/peers/ws_echo_node.js) and Go's gorilla/websocket (Debian's package,
+# bench/peers/ws_echo_go), all three up and pinned alike, ws_load alternating between them
+# for KA_ROUNDS rounds of KA_SECONDS: messages/s, p50/p99, server CPU per message (its
+# /proc/PID/stat over the timed window), per-round ratios. 17: WS_IDLE_N (IDLE_N) idle
+# WebSockets against a fresh server, and as many idle keep-alive HTTP connections against
+# another: (VmRSS after - before) / N and the server's threads, then a message (a request)
+# on each. 18: WS_BCAST_N (1,000; --quick 200) WebSockets on /bcast; a thread of the server
+# calls send_text() on each; from the first send until the last client has it,
+# WS_BCAST_ROUNDS rounds (20; --quick 3), the median. 19: a multipart/form-data upload of 10
+# and of 100 MiB (bench/upload.cpp) to a read_multipart() route, each to a fresh server:
+# MB/s and the server's VmHWM. 20: 64 clients read GET /events (push streams) and 64 GET a
+# 20 MiB static file (static_files: set_file) and never read; ATTACK_PROBES fresh GET /hello
+# as in figure 9, against the same server idle just before; the server's threads.
 #
 # Environment: CXX (default g++), BENCH_CACHE, BENCH_RUNS (full mode, default 3),
 # BENCH_WRK_SECONDS (full mode, default 4), BENCH_KA_ROUNDS and BENCH_KA_SECONDS (figure 8,
 # full mode, default 5 and 5), BENCH_RS_DIR (the directory whose restartable_server.hpp is
-# measured, default the repository root: point it at another checkout to compare engines).
+# measured, default the repository root: point it at another checkout to compare engines),
+# BENCH_ONLY=ws (figures 16-20 alone, in a few minutes: everything is still built, the
+# other figures are not measured and the table has only these rows).
 set -euo pipefail
 
 QUICK=0 SOAK_MINUTES=""
@@ -78,6 +97,11 @@ case "${1:-}" in
   *) usage ;;
 esac
 
+case "${BENCH_ONLY:-}" in
+  "") ONLY_WS=0 ;;
+  ws) ONLY_WS=1 ;;
+  *) echo "run.sh: BENCH_ONLY is ws or unset" >&2; exit 2 ;;
+esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 RS_DIR=$(cd "${BENCH_RS_DIR:-$ROOT}" && pwd)
@@ -94,6 +118,7 @@ if [ "$QUICK" = 1 ]; then
   ATTACK_PROBES=20 ATTACK_TIMEOUT_MS=1000 ATTACK_SETUP_MS=3000
   STORM_SECONDS=1 STORM_TIMEOUT_MS=2000 COST_IDLE=100 COST_REPEATS=10
   TLS_IDLE_N=200
+  WS_BCAST_N=200 WS_BCAST_ROUNDS=3
 else
   RUNS=${BENCH_RUNS:-3} WRK_SECONDS=${BENCH_WRK_SECONDS:-4} WARMUP_SECONDS=1 COMPILE_RUNS=3
   IDLE_N=10000 IDLE_OPEN_MS=8000 FRESH_TIMEOUT_MS=3000 SECOND_BUDGET_MS=25000
@@ -102,7 +127,9 @@ else
   ATTACK_PROBES=200 ATTACK_TIMEOUT_MS=2000 ATTACK_SETUP_MS=5000
   STORM_SECONDS=10 STORM_TIMEOUT_MS=5000 COST_IDLE=1000 COST_REPEATS=50
   TLS_IDLE_N=2000
+  WS_BCAST_N=1000 WS_BCAST_ROUNDS=20
 fi
+WS_CONNS=64 WS_MSG_BYTES=32 UPLOAD_MIBS=(10 100) WS_FILE_MIB=20
 STORM_INTERVAL_MS=100 STORM_CLIENTS=8
 ECHO_MIB=10
 # Figures 9 and 10: ATTACKERS connections that never read (SO_RCVBUF 4 KiB), each POSTing
@@ -138,9 +165,12 @@ trap 'exit 130' INT TERM HUP
 
 # ------------------------------------------------------------------ packages --
 need=()
-for pkg in wrk nginx libnginx-mod-http-echo g++ build-essential dpkg-dev xz-utils openssl libssl-dev; do
+for pkg in wrk nginx libnginx-mod-http-echo g++ build-essential dpkg-dev xz-utils openssl libssl-dev \
+           golang-go golang-github-gorilla-websocket-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Figure 16's Node peer: node and npm (Debian's nodejs and npm, unless a node is there already).
+{ command -v node >/dev/null && command -v npm >/dev/null; } || need+=(nodejs npm)
 if [ "${#need[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "missing packages (${need[*]}); run as root or install them"
   log "installing ${need[*]}"
@@ -408,12 +438,47 @@ if grep -q '^listener_factory tls_listener(listener_factory inner, tls_options o
 else
   log "no tls_listener() in $RS_DIR/restartable_server.hpp: figure 15 will fail"
 fi
+# Figures 16-20 need server::websocket() (and push_stream, set_file); a checkout from
+# before it gets FAIL there.
+HAVE_WS=0
+if grep -q '    server& websocket(std::string pattern, websocket_handlers handlers);' "$RS_DIR/restartable_server.hpp"; then
+  HAVE_WS=1
+  bg_build ws_server "${RS_FLAGS[@]}" "$HERE/ws_server.cpp"
+else
+  log "no server::websocket() in $RS_DIR/restartable_server.hpp: figures 16-20 will fail"
+fi
 bg_build idle_tls -std=c++17 -O2 -pthread "$HERE/idle_tls.cpp" -lssl -lcrypto
-for tool in idle_clients post_echo probe report slow_readers slow_neighbour; do
+for tool in idle_clients post_echo probe report slow_readers slow_neighbour ws_load upload; do
   bg_build "$tool" -std=c++17 -O2 -pthread "$HERE/$tool.cpp"
 done
 while [ "$jobs_waited" -lt "${#jobs_pids[@]}" ]; do wait_build; done
 PIDS=()  # all waited for
+# Figure 16's peers. A peer that cannot be built or installed fails the run here, --quick
+# too: its figure would otherwise have nothing to compare with.
+# Go: gorilla/websocket from Debian's package, in GOPATH mode (no module download).
+GO_ENV=(env GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE="$CACHE/go-build" GOTOOLCHAIN=local)
+if ! (cd "$HERE/peers/ws_echo_go" && "${GO_ENV[@]}" go build -o "$BUILD/ws_echo_go" .) >"$BUILD/ws_echo_go.log" 2>&1; then
+  cat "$BUILD/ws_echo_go.log" >&2
+  log "building the Go peer (bench/peers/ws_echo_go, gorilla/websocket) failed"
+  build_failed=1
+fi
+GO_VERSION=$(go version 2>/dev/null | awk '{print $3}' | sed 's/^go//')
+GORILLA_VERSION=$(dpkg-query -W -f='${Version}' golang-github-gorilla-websocket-dev 2>/dev/null | sed 's/-[^-]*$//')
+# Node: the npm package ws (8.x), installed once into the cache (the npm registry).
+NODE_DIR=$CACHE/node
+if [ ! -f "$NODE_DIR/node_modules/ws/package.json" ]; then
+  log "npm install ws@8 (into $NODE_DIR)"
+  mkdir -p "$NODE_DIR"
+  npm install --prefix "$NODE_DIR" --no-audit --no-fund --no-save ws@8 >"$BUILD/npm.log" 2>&1 ||
+    { cat "$BUILD/npm.log" >&2; log "npm install ws failed"; build_failed=1; }
+fi
+if ! NODE_PATH=$NODE_DIR/node_modules node -e 'require("ws")' >"$BUILD/node_ws.log" 2>&1; then
+  cat "$BUILD/node_ws.log" >&2
+  log "node cannot load ws from $NODE_DIR"
+  build_failed=1
+fi
+NODE_VERSION=$(node --version 2>/dev/null | sed 's/^v//')
+NODE_WS_VERSION=$(sed -n 's/^ *"version": "\(.*\)",$/\1/p' "$NODE_DIR/node_modules/ws/package.json" 2>/dev/null | head -n 1)
 [ "$build_failed" = 0 ] || die "a build failed"
 # Figure 15's certificate: as the README's HTTPS section makes one, valid for 127.0.0.1.
 TLS_CERT=$TMP/tls/cert.pem TLS_KEY=$TMP/tls/key.pem
@@ -513,6 +578,20 @@ http {
 EOF
       "${SRV_PIN[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" >"$out" 2>&1 &
       SPID=$!
+    elif [ "$kind" = ws ]; then  # figures 16-20: bench/ws_server.cpp, or figure 16's peers
+      case $name in
+        rs) "${SRV_PIN[@]}" "$BUILD/ws_server" 0 "$WS_FILES" >"$out" 2>&1 & ;;
+        node) "${SRV_PIN[@]}" env NODE_PATH="$NODE_DIR/node_modules" node "$HERE/peers/ws_echo_node.js" 0 >"$out" 2>&1 & ;;
+        go) "${SRV_PIN[@]}" "$BUILD/ws_echo_go" 0 >"$out" 2>&1 & ;;
+      esac
+      SPID=$!
+      local i
+      for ((i = 0; i < 500; i++)); do
+        SPORT=$(sed -n 's/^port \([0-9]*\)$/\1/p' "$out")
+        [ -n "$SPORT" ] && break
+        kill -0 "$SPID" 2>/dev/null || break
+        sleep 0.01
+      done
     else
       if [ "$name" = rs0 ]; then  # the rs build with worker_threads = 0
         "${SRV_PIN[@]}" "$BUILD/${kind}_rs" 0 0 >"$out" 2>&1 &
@@ -530,6 +609,7 @@ EOF
     fi
     PIDS+=("$SPID")
     if [ -n "$SPORT" ] && if [ "$kind" = tls ]; then "$BUILD/idle_tls" wait "$SPORT" 5000 "$TLS_CERT"
+                          elif [ "$kind" = ws ]; then "$BUILD/ws_load" wait "$SPORT" 5000
                           else "$BUILD/probe" wait "$SPORT" 5000; fi; then
       return 0
     fi
@@ -725,6 +805,7 @@ order() { local r=$1 i; for ((i = 0; i < 3; i++)); do printf '%s ' "${ALL[$(((i 
 LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 
+if [ "$ONLY_WS" = 0 ]; then  # BENCH_ONLY=ws skips figures 8, 14 and 15 (not indented: the figures below are long)
 # Figure 8: restartable_server with default options and with worker_threads = 0, and
 # nginx, all three up at once, wrk alternating between them load by load and round by
 # round (the order of the servers changes every round). Per-round ratios of the same load:
@@ -889,7 +970,187 @@ for ((run = 0; run < RUNS; run++)); do
   done
 done
 log "  TLS took $(($(date +%s) - TLS_T0)) s"
+fi  # BENCH_ONLY
 
+# Figures 16-20: WebSocket, streams that hold no thread, a streamed upload (see the top of
+# this file). bench/ws_server.cpp serves them; GET /files/* serves $WS_FILES.
+WS_FILES=$TMP/wsfiles
+mkdir -p "$WS_FILES"
+head -c $((WS_FILE_MIB << 20)) /dev/zero >"$WS_FILES/big.bin"
+WS_T0=$(date +%s)
+# ws_round NAME PID PORT: one ws_load echo run of KA_SECONDS against a server; records under
+# wse_ its messages/s, p50 and p99 (ms), the server's CPU per message (µs) and how busy
+# ws_load was (% of one CPU). Sets KA_LAST (msgs/s p99 cpu_us).
+ws_round() {
+  local name=$1 pid=$2 port=$3 out=$TMP/ws_echo.out k
+  KA_LAST=""
+  if ! "${CLI_PIN[@]}" timeout $((KA_SECONDS + 60)) "$BUILD/ws_load" echo "$port" /echo "$WS_CONNS" "$KA_SECONDS" "$pid" \
+         "$WS_MSG_BYTES" >"$out" 2>&1; then
+    cat "$out" >&2
+    log "    $name: ws_load echo failed"
+    for k in rps p50 p99 cpu_us cli_cpu runq; do record "wse_$k" "$name" fail; done
+    return
+  fi
+  local rps p50 p99 cpu
+  rps=$(kv "$out" msgs_per_s)
+  p50=$(awk -v u="$(kv "$out" p50_us)" 'BEGIN {printf "%.3f", u / 1000}')
+  p99=$(awk -v u="$(kv "$out" p99_us)" 'BEGIN {printf "%.3f", u / 1000}')
+  cpu=$(kv "$out" server_cpu_us)
+  KA_LAST="${rps:-fail} $p99 ${cpu:-fail}"
+  record wse_rps "$name" "${rps:-fail}"
+  record wse_p50 "$name" "$p50"
+  record wse_p99 "$name" "$p99"
+  record wse_cpu_us "$name" "${cpu:-fail}"
+  record wse_cli_cpu "$name" "$(kv "$out" client_cpu_pct)"
+  record wse_runq "$name" "$(kv "$out" server_runq_wait_ms_per_s)"
+}
+log "WebSocket echo: $KA_ROUNDS x ${KA_SECONDS}s per server (restartable_server, Node ws $NODE_WS_VERSION, Go gorilla/websocket $GORILLA_VERSION), $WS_CONNS conns, $WS_MSG_BYTES B messages"
+declare -A WS_PID=() WS_PORT=()
+for s in rs node go; do
+  if { [ "$HAVE_WS" = 1 ] || [ "$s" != rs ]; } && start_server ws "$s"; then
+    WS_PID[$s]=$SPID WS_PORT[$s]=$SPORT
+    if [ "$WARMUP_SECONDS" != 0 ]; then
+      "${CLI_PIN[@]}" timeout 30 "$BUILD/ws_load" echo "$SPORT" /echo "$WS_CONNS" "$WARMUP_SECONDS" >/dev/null 2>&1 || true
+    fi
+  else
+    log "  $s: the WebSocket server did not start"
+  fi
+done
+WS_ORDERS=("rs node go" "go rs node" "node go rs")
+for ((round = 0; round < KA_ROUNDS; round++)); do
+  declare -A last=([rs]="" [node]="" [go]="")
+  for s in ${WS_ORDERS[$((round % 3))]}; do
+    if [ -n "${WS_PID[$s]:-}" ] && kill -0 "${WS_PID[$s]}" 2>/dev/null; then
+      ws_round "$s" "${WS_PID[$s]}" "${WS_PORT[$s]}"
+      last[$s]=$KA_LAST
+    else
+      for k in rps p50 p99 cpu_us cli_cpu runq; do record "wse_$k" "$s" fail; done
+    fi
+  done
+  read -r o_rps o_p99 o_cpu <<<"${last[rs]:-fail fail fail}"
+  for peer in node go; do
+    read -r p_rps p_p99 p_cpu <<<"${last[$peer]:-fail fail fail}"
+    record "wse_rps_ratio_$peer" rs "$(ratio "$o_rps" "$p_rps")"
+    record "wse_p99_ratio_$peer" rs "$(ratio "$o_p99" "$p_p99")"
+    record "wse_cpu_ratio_$peer" rs "$(ratio "$o_cpu" "$p_cpu")"
+  done
+  log "  round $((round + 1))/$KA_ROUNDS: msgs/s rs ${last[rs]%% *}, node ${last[node]%% *}, go ${last[go]%% *};" \
+      "CPU µs/msg rs ${o_cpu}, node $(echo "${last[node]:-- - -}" | cut -d' ' -f3), go $(echo "${last[go]:-- - -}" | cut -d' ' -f3)"
+done
+for s in rs node go; do
+  [ -n "${WS_PID[$s]:-}" ] || continue
+  SPID=${WS_PID[$s]}
+  stop_server
+done
+
+# Figures 17-20: a fresh bench/ws_server each time, RUNS times.
+WS_IDLE_N=$IDLE_N
+for ((run = 0; run < RUNS; run++)); do
+  # 17: idle keep-alive HTTP connections, then (another server) idle WebSockets.
+  declare -A idle_threads=()
+  for k in http ws; do
+    out=$TMP/ws_idle.out
+    : >"$out"
+    if [ "$HAVE_WS" = 1 ] && start_server ws rs &&
+       "${CLI_PIN[@]}" timeout 180 "$BUILD/ws_load" idle "$k" "$SPORT" "$WS_IDLE_N" "$SPID" >"$out"; then
+      record "wsi_${k}_kib" rs "$(kv "$out" kib_per_conn)"
+      record "wsi_${k}_threads" rs "$(kv "$out" threads)"
+      idle_threads[$k]=$(kv "$out" threads)
+      record "wsi_${k}_again" rs "$(kv "$out" answered_again)"
+      log "  $WS_IDLE_N idle $k: VmRSS $(kv "$out" rss_before_kb) -> $(kv "$out" rss_after_kb) KiB" \
+          "($(kv "$out" kib_per_conn) KiB each, opened in $(kv "$out" open_ms) ms), threads $(kv "$out" threads_before) ->" \
+          "$(kv "$out" threads); $(kv "$out" answered_again) answered again"
+    else
+      cat "$out" >&2
+      log "  $WS_IDLE_N idle $k connections failed"
+      for f in kib threads again; do record "wsi_${k}_$f" rs fail; done
+    fi
+    stop_server
+  done
+  record wsi_threads_extra rs "$(awk -v w="${idle_threads[ws]:-}" -v h="${idle_threads[http]:-}" \
+    'BEGIN {if (w ~ /^[0-9]+$/ && h ~ /^[0-9]+$/) print w - h; else print "fail"}')"
+  # 18: a broadcast to WS_BCAST_N WebSockets, each round a value.
+  out=$TMP/ws_bcast.out
+  : >"$out"
+  if [ "$HAVE_WS" = 1 ] && start_server ws rs &&
+     "${CLI_PIN[@]}" timeout 120 "$BUILD/ws_load" broadcast "$SPORT" "$WS_BCAST_N" "$WS_BCAST_ROUNDS" >"$out"; then
+    while read -r _ _ _ _ _ first _ last_ms; do
+      record wsb_last_ms rs "$last_ms"
+      record wsb_first_ms rs "$first"
+    done < <(grep '^round ' "$out")
+    log "  broadcast to $WS_BCAST_N: last client after $(kv "$out" last_ms_p50) ms (median of $WS_BCAST_ROUNDS rounds," \
+        "max $(kv "$out" last_ms_max)), first after $(kv "$out" first_ms_p50) ms; send_text loop:" \
+        "$(awk '$1 == "sent" {printf "%s%s", s, $5; s = "/"}' "$TMP/server.out") µs"
+  else
+    cat "$out" >&2
+    log "  broadcast failed"
+    record wsb_last_ms rs fail
+    record wsb_first_ms rs fail
+  fi
+  stop_server
+  # 19: multipart uploads, a fresh server per size.
+  declare -A upl_hwm=()
+  for mib in "${UPLOAD_MIBS[@]}"; do
+    out=$TMP/upload.out
+    : >"$out"
+    if [ "$HAVE_WS" = 1 ] && start_server ws rs && hwm0=$(status_kb "$SPID" VmHWM) &&
+       "${CLI_PIN[@]}" timeout 300 "$BUILD/upload" "$SPORT" "$mib" "$SPID" >"$out"; then
+      record "upl${mib}_mbps" rs "$(kv "$out" mb_per_s)"
+      record "upl${mib}_hwm" rs "$(kb_to_mb "$(kv "$out" server_hwm_kb)")"
+      upl_hwm[$mib]=$(kv "$out" server_hwm_kb)
+      record "upl${mib}_hwm0" rs "$(kb_to_mb "$hwm0")"
+      log "  upload $mib MiB: $(kv "$out" mb_per_s) MB/s; server VmHWM $(kb_to_mb "$hwm0") MiB at start," \
+          "$(kb_to_mb "$(kv "$out" server_hwm_kb)") MiB after"
+    else
+      cat "$out" >&2
+      log "  upload $mib MiB failed"
+      for f in mbps hwm hwm0; do record "upl${mib}_$f" rs fail; done
+    fi
+    stop_server
+  done
+  # The peak's growth from the smallest upload to the largest (0 when it does not depend on size).
+  record upl_hwm_growth rs "$(awk -v a="${upl_hwm[${UPLOAD_MIBS[0]}]:-}" -v b="${upl_hwm[${UPLOAD_MIBS[-1]}]:-}" \
+    'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) printf "%.2f", (b - a) / 1024; else print "fail"}')"
+  # 20: fresh GET /hello on the server idle, then beside 64 /events readers and 64 clients
+  # that never read a 20 MiB static file.
+  ok=0
+  if [ "$HAVE_WS" = 1 ] && start_server ws rs; then
+    limit=$(((ATTACK_SETUP_MS + ATTACK_PROBES * ATTACK_INTERVAL_MS + ATTACK_TIMEOUT_MS) / 1000 + 60))
+    base=$TMP/ssr_idle.out out=$TMP/ssr.out
+    if "${CLI_PIN[@]}" timeout "$limit" "$BUILD/slow_readers" "$SPORT" download 0 "$ATTACK_PROBES" "$ATTACK_TIMEOUT_MS" \
+         "$ATTACK_SETUP_MS" "$ATTACK_INTERVAL_MS" 4 "$SPID" /files/big.bin 0 >"$base" &&
+       "${CLI_PIN[@]}" timeout "$limit" "$BUILD/slow_readers" "$SPORT" download "$ATTACKERS" "$ATTACK_PROBES" \
+         "$ATTACK_TIMEOUT_MS" "$ATTACK_SETUP_MS" "$ATTACK_INTERVAL_MS" 4 "$SPID" /files/big.bin "$ATTACKERS" >"$out" &&
+       [ "$(kv "$out" events_connected)" = "$ATTACKERS" ] && [ "$(kv "$out" attack_connected)" = "$ATTACKERS" ]; then
+      ok=1
+      record ssr_idle_p50 rs "$(kv "$base" p50_ms)"
+      record ssr_idle_p99 rs "$(kv "$base" p99_ms)"
+      record ssr_idle_threads rs "$(kv "$base" server_threads)"
+      record ssr_p50 rs "$(kv "$out" p50_ms)"
+      record ssr_p99 rs "$(kv "$out" p99_ms)"
+      record ssr_unans rs "$(kv "$out" unanswered)"
+      record ssr_threads rs "$(kv "$out" server_threads)"
+      record ssr_hwm rs "$(kb_to_mb "$(status_kb "$SPID" VmHWM)")"
+      record ssr_events rs "$(kv "$out" events_received)"
+      log "  $ATTACKERS /events readers + $ATTACKERS never-reading ${WS_FILE_MIB} MiB downloads: fresh GET p50 $(kv "$out" p50_ms) ms," \
+          "p99 $(kv "$out" p99_ms) ms ($(kv "$out" unanswered) of $ATTACK_PROBES unanswered; idle: p50 $(kv "$base" p50_ms)," \
+          "p99 $(kv "$base" p99_ms)); threads $(kv "$base" server_threads) idle, $(kv "$out" server_threads) under it;" \
+          "$(kv "$out" events_received) events read; VmHWM $(kb_to_mb "$(status_kb "$SPID" VmHWM)") MiB"
+    else
+      cat "$base" "$out" >&2 2>/dev/null || true
+    fi
+  fi
+  if [ "$ok" = 0 ]; then
+    log "  slow readers of streams failed"
+    for k in ssr_idle_p50 ssr_idle_p99 ssr_idle_threads ssr_p50 ssr_p99 ssr_unans ssr_threads ssr_hwm ssr_events; do
+      record "$k" rs fail
+    done
+  fi
+  stop_server
+done
+log "  WebSocket and streams took $(($(date +%s) - WS_T0)) s"
+
+if [ "$ONLY_WS" = 0 ]; then  # BENCH_ONLY=ws skips figures 1-7 and 9-13
 for ((run = 0; run < RUNS; run++)); do
   log "run $((run + 1))/$RUNS"
   # Figures 1, 2 and 6 (idle RSS): one hello server process per server.
@@ -1015,6 +1276,7 @@ for ((run = 0; run < RUNS; run++)); do
   restart_cost_run 0 cost0_us
   restart_cost_run "$COST_IDLE" costN_us
 done
+fi  # BENCH_ONLY
 T_END=$(date +%s)
 
 # -------------------------------------------------------------------- table --
@@ -1137,7 +1399,61 @@ tls_idle_rss_mb${tab}15. server RSS with $TLS_IDLE_N idle TLS conns (MiB)${tab}l
 tls_resumes${tab}15. a client's TLS session resumes by ticket (1 = yes)${tab}info${tab}0${tab}rn
 tls_wrk_resumed${tab}15. wrk's \`Connection: close\` handshakes that resumed (%, nginx's \$ssl_session_reused)${tab}info${tab}1${tab}n
 EOF
+# Figures 16-20's rows. Figure 16's peers (Node's ws, Go's gorilla/websocket) are shown in
+# the restartable_server column of their own rows (key@node, key@go), as figure 8 shows rs0.
+WSE="WebSocket echo, $WS_CONNS conns × 1 message of $WS_MSG_BYTES B in flight"
+cat >>"$ROWS" <<EOF2
+wse_rps${tab}16. $WSE: messages/s${tab}hi${tab}0${tab}r
+wse_rps@node${tab}16. the same, Node ${NODE_VERSION:-?} + ws ${NODE_WS_VERSION:-?} (this column): messages/s${tab}hi${tab}0${tab}r
+wse_rps@go${tab}16. the same, Go ${GO_VERSION:-?} + gorilla/websocket ${GORILLA_VERSION:-?} (this column): messages/s${tab}hi${tab}0${tab}r
+wse_p50${tab}16. $WSE: p50 latency (ms)${tab}lo${tab}3${tab}r
+wse_p50@node${tab}16. the same, Node ws (this column): p50 latency (ms)${tab}lo${tab}3${tab}r
+wse_p50@go${tab}16. the same, Go gorilla (this column): p50 latency (ms)${tab}lo${tab}3${tab}r
+wse_p99${tab}16. $WSE: p99 latency (ms)${tab}lo${tab}3${tab}r
+wse_p99@node${tab}16. the same, Node ws (this column): p99 latency (ms)${tab}lo${tab}3${tab}r
+wse_p99@go${tab}16. the same, Go gorilla (this column): p99 latency (ms)${tab}lo${tab}3${tab}r
+wse_cpu_us${tab}16. $WSE: server CPU per message (µs)${tab}lo${tab}2${tab}r
+wse_cpu_us@node${tab}16. the same, Node ws (this column): server CPU per message (µs)${tab}lo${tab}2${tab}r
+wse_cpu_us@go${tab}16. the same, Go gorilla (this column): server CPU per message (µs)${tab}lo${tab}2${tab}r
+wse_rps_ratio_node@rs${tab}16. WebSocket echo: messages/s ours ÷ Node ws, median of per-round ratios${tab}hi${tab}2${tab}r${tab}v>=1.0
+wse_rps_ratio_go@rs${tab}16. WebSocket echo: messages/s ours ÷ Go gorilla, median of per-round ratios${tab}hi${tab}2${tab}r${tab}v>=1.0
+wse_p99_ratio_node@rs${tab}16. WebSocket echo: p99 ours ÷ Node ws, median of per-round ratios${tab}lo${tab}2${tab}r
+wse_p99_ratio_go@rs${tab}16. WebSocket echo: p99 ours ÷ Go gorilla, median of per-round ratios${tab}lo${tab}2${tab}r
+wse_cpu_ratio_node@rs${tab}16. WebSocket echo: CPU per message ours ÷ Node ws, median of per-round ratios${tab}lo${tab}2${tab}r
+wse_cpu_ratio_go@rs${tab}16. WebSocket echo: CPU per message ours ÷ Go gorilla, median of per-round ratios${tab}lo${tab}2${tab}r
+wse_cli_cpu${tab}16. WebSocket echo: load generator (ws_load) busy, % of its CPU, our runs${tab}info${tab}0${tab}r
+wse_runq${tab}16. WebSocket echo: our server's threads runnable but waiting for a CPU (ms per s; ~0 on a quiet machine)${tab}info${tab}0${tab}r
+wse_runq@node${tab}16. the same, Node ws (this column)${tab}info${tab}0${tab}r
+wse_runq@go${tab}16. the same, Go gorilla (this column)${tab}info${tab}0${tab}r
+wsi_ws_kib${tab}17. RSS per idle WebSocket (KiB), (VmRSS after − before) ÷ $WS_IDLE_N${tab}lo${tab}3${tab}r${tab}v<=4.0
+wsi_http_kib${tab}17. RSS per idle keep-alive HTTP conn, same server binary (KiB), ÷ $WS_IDLE_N${tab}lo${tab}3${tab}r
+wsi_ws_threads${tab}17. server threads with $WS_IDLE_N idle WebSockets${tab}info${tab}0${tab}r
+wsi_http_threads${tab}17. server threads with $WS_IDLE_N idle HTTP conns${tab}info${tab}0${tab}r
+wsi_threads_extra${tab}17. server threads with idle WebSockets − with idle HTTP conns${tab}lo${tab}0${tab}r${tab}v<=0
+wsi_ws_again${tab}17. idle WebSockets that echo a message afterwards (of $WS_IDLE_N)${tab}hi${tab}0${tab}r${tab}v>=$WS_IDLE_N
+wsb_last_ms${tab}18. broadcast to $WS_BCAST_N WebSockets (send_text on each, one thread): first send → last client has it (ms), median of $WS_BCAST_ROUNDS rounds${tab}lo${tab}3${tab}r
+wsb_first_ms${tab}18. the same: first send → first client has it (ms)${tab}lo${tab}3${tab}r
+upl10_mbps${tab}19. multipart/form-data upload, 10 MiB, read_multipart (MB/s)${tab}hi${tab}0${tab}r
+upl100_mbps${tab}19. multipart/form-data upload, 100 MiB (MB/s)${tab}hi${tab}0${tab}r
+upl10_hwm0${tab}19. server VmHWM before an upload (MiB)${tab}lo${tab}1${tab}r
+upl10_hwm${tab}19. server VmHWM after the 10 MiB upload (MiB)${tab}lo${tab}1${tab}r
+upl100_hwm${tab}19. server VmHWM after the 100 MiB upload (MiB)${tab}lo${tab}1${tab}r
+upl_hwm_growth${tab}19. VmHWM after 100 MiB − after 10 MiB (MiB): what the size costs${tab}lo${tab}2${tab}r${tab}v<=1.0
+ssr_idle_p50${tab}20. fresh GET /hello p50 (ms), server idle${tab}lo${tab}3${tab}r
+ssr_idle_p99${tab}20. fresh GET /hello p99 (ms), server idle${tab}lo${tab}3${tab}r
+ssr_p50${tab}20. fresh GET p50 (ms), ${ATTACKERS} /events readers + ${ATTACKERS} clients that never read a ${WS_FILE_MIB} MiB static file${tab}lo${tab}3${tab}r
+ssr_p99${tab}20. fresh GET p99 (ms), the same${tab}lo${tab}3${tab}r
+ssr_unans${tab}20. fresh GETs unanswered within $((ATTACK_TIMEOUT_MS / 1000)) s (of $ATTACK_PROBES), the same${tab}lo${tab}0${tab}r${tab}v<=0
+ssr_idle_threads${tab}20. server threads, idle${tab}info${tab}0${tab}r
+ssr_threads${tab}20. server threads with the ${ATTACKERS} + ${ATTACKERS} streams${tab}info${tab}0${tab}r
+ssr_hwm${tab}20. server VmHWM after it (MiB)${tab}lo${tab}1${tab}r
+ssr_events${tab}20. events the ${ATTACKERS} /events readers read meanwhile${tab}info${tab}0${tab}r
+EOF2
 
+# BENCH_ONLY=ws: the rows of figures 16-20 alone.
+if [ "$ONLY_WS" = 1 ]; then
+  awk -F'\t' '$2 ~ /^(1[6-9]|20)\. /' "$ROWS" >"$ROWS.ws" && mv "$ROWS.ws" "$ROWS"
+fi
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_GIB=$(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
 OS=$(. /etc/os-release && echo "${PRETTY_NAME:-Linux}")
@@ -1145,11 +1461,14 @@ CXX_VERSION=$("$CXX" --version | head -n 1)
 MODE=$([ "$QUICK" = 1 ] && echo "smoke run: 1 run, ${WRK_SECONDS}s per wrk figure, $IDLE_N idle conns, $ATTACK_PROBES fresh requests under attack; not a measurement" || echo "median of $RUNS runs; figure 8: median of $KA_ROUNDS rounds")
 TABLE=$TMP/table.md
 # The chart: bench/results.svg from a full run; a smoke run's stays in the cache.
-if [ "$QUICK" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
+# (BENCH_ONLY=ws: a partial chart, also to the cache.)
+if [ "$QUICK" = 1 ] || [ "$ONLY_WS" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
+CMD="bench/run.sh${1:+ $1}"
+[ "$ONLY_WS" = 0 ] || CMD="BENCH_ONLY=ws $CMD"
 set +e
 "$BUILD/report" "$ROWS" "$RESULTS" --svg "$SVG" \
   --title "restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION" \
-  --subtitle "bench/run.sh${1:+ $1} ($MODE), $(date -u +%Y-%m-%d)" \
+  --subtitle "$CMD ($MODE), $(date -u +%Y-%m-%d)" \
   --subtitle "$CPU_MODEL, $NPROC CPUs, $OS, kernel $(uname -r); $PINNING; load average before: $LOAD_BEFORE" \
   --subtitle "bench/RESULTS.md says how each figure is measured" >"$TABLE"
 report_status=$?
@@ -1157,10 +1476,11 @@ set -e
 {
   echo "### restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION"
   echo
-  echo "- command: \`bench/run.sh${1:+ $1}\` ($MODE; took $((T_END - T_START)) s after the builds)"
+  echo "- command: \`$CMD\` ($MODE; took $((T_END - T_START)) s after the builds)"
   echo "- machine: $CPU_MODEL, $NPROC CPUs, $MEM_GIB GiB, $OS, kernel $(uname -r); $CXX_VERSION"
   echo "- load average before the run: $LOAD_BEFORE (anything else running on the machine skews the figures)"
   echo "- pinning: $PINNING; wrk $(wrk -v 2>&1 | sed -n 's/^wrk \([^ ]*\).*/\1/p' | head -n 1) -t$CLI_CPUS, ${WRK_SECONDS}s per figure"
+  if [ "$ONLY_WS" = 0 ]; then  # (BENCH_ONLY=ws: these figures were not measured)
   echo "- servers: restartable_server with default options (worker_threads ${RS_WORKERS:-?}); cpp-httplib built with" \
        "-DCPPHTTPLIB_TCP_NODELAY=true -DCPPHTTPLIB_USE_POLL, default options; nginx: 1 worker, master_process off," \
        "access_log off, \`return 200\`; all on 127.0.0.1"
@@ -1204,7 +1524,22 @@ set -e
        "bench/idle_tls.cpp, which offers no session; idle: $TLS_IDLE_N connections, each a full handshake and one" \
        "keep-alive GET, against a fresh server, (VmRSS after − before) ÷ $TLS_IDLE_N, nginx's one process" \
        "(master_process off); median of $RUNS"
-  echo "- chart: $([ "$QUICK" = 1 ] && echo "${SVG#"$ROOT"/}" || echo bench/results.svg)"
+  fi
+  echo "- figures 16-20: bench/ws_server.cpp (restartable_server, default options but max_body_bytes 1 GiB;" \
+       "pinned as the others); 16: bench/ws_load.cpp echo (one thread on the load generator's CPU, epoll, masked" \
+       "frames) with $WS_CONNS WebSockets, each one $WS_MSG_BYTES-byte text message in flight, against Node" \
+       "${NODE_VERSION:-?} with ws ${NODE_WS_VERSION:-?} (npm, bench/peers/ws_echo_node.js) and Go ${GO_VERSION:-?}" \
+       "with gorilla/websocket ${GORILLA_VERSION:-?} (Debian, bench/peers/ws_echo_go), all three up and on the" \
+       "server's CPU, alternating $KA_ROUNDS round(s) of ${KA_SECONDS}s; server CPU per message from /proc/PID/stat" \
+       "over the timed window; ratios per round, then the median; 17: $WS_IDLE_N idle WebSockets (or keep-alive" \
+       "HTTP connections) against a fresh server, (VmRSS after − before) ÷ $WS_IDLE_N, then a message on each;" \
+       "18: $WS_BCAST_N WebSockets, a server thread calls send_text() on each, the time from just before the" \
+       "first call (put in the message) to the last arrival, $WS_BCAST_ROUNDS rounds; 19: one" \
+       "multipart/form-data POST (bench/upload.cpp) per fresh server, the file part summed and discarded by" \
+       "read_multipart(); 20: $ATTACKERS clients reading GET /events (a tick every 50 ms each) and $ATTACKERS" \
+       "that never read GET a ${WS_FILE_MIB} MiB static file (set_file), then $ATTACK_PROBES fresh GET /hello as" \
+       "in figure 9; the same probes on the same server idle just before; median of $RUNS"
+  echo "- chart: ${SVG#"$ROOT"/}"
   echo
   cat "$TABLE"
 } | tee "$CACHE/last-table.md"

@@ -1,14 +1,15 @@
 // slow_readers.cpp - figure 9 (and 10), fresh requests while clients refuse to read.
 //
 //   slow_readers PORT MODE ATTACKERS PROBES PROBE_TIMEOUT_MS [SETUP_MS] [INTERVAL_MS]
-//                [BODY_MIB] [SERVER_PID]
+//                [BODY_MIB] [SERVER_PID] [PATH] [EVENTS]
 //
 // 1. The attack (a thread of its own): ATTACKERS connections to 127.0.0.1:PORT, each with
 //    SO_RCVBUF 4 KiB (set before connect, so the advertised window stays small), that never
 //    read a byte:
 //      echo      each sends one POST /echo with a BODY_MIB MiB body (default 4), so the
 //                server has a BODY_MIB MiB response to write to a client that takes none
-//      download  each sends one GET /big (the bench servers answer 4 MiB), and takes none
+//      download  each sends one GET PATH (default /big: the bench servers answer 4 MiB;
+//                figure 20: a 20 MiB static file), and takes none
 //      pipeline  each sends GET /hello requests back to back, without end, as fast as the
 //                server takes them (a flood: the server has as much work as it accepts)
 //    No attacker reconnects: a connection the server closes or resets stays closed (counted
@@ -22,6 +23,10 @@
 // PROBES), p50_ms and p99_ms over all probes (one not answered counts as slower than any,
 // printed "timeout:PROBE_TIMEOUT_MS" when it decides the percentile), max_answered_ms.
 // With SERVER_PID: the server's VmRSS, VmHWM and thread count while the attack holds.
+// With EVENTS (figure 20): before the attack, EVENTS clients GET /events (a push stream of
+// bench/ws_server.cpp) and read it all along, as live subscribers do; events_connected and
+// events_received (the "data:" lines all of them read until the probes ended) say they
+// were served. ATTACKERS 0 and EVENTS 0 measure the same server idle.
 #include "client.hpp"
 
 #include <dirent.h>
@@ -46,7 +51,8 @@ struct attack_stats {
 };
 
 /// attack: runs in its own thread until stats.stop.
-void attack(std::uint16_t port, mode m, std::size_t n, std::size_t body_bytes, double setup_ms, attack_stats& st) {
+void attack(std::uint16_t port, mode m, std::size_t n, std::size_t body_bytes, double setup_ms, const std::string& path,
+            attack_stats& st) {
     struct conn {
         int fd = -1;
         bool connecting = true;
@@ -60,7 +66,7 @@ void attack(std::uint16_t port, mode m, std::size_t n, std::size_t body_bytes, d
         payload = head;
         payload.resize(head.size() + body_bytes, 'x');
     } else if (m == mode::download) {
-        payload = get_request(true, "/big");
+        payload = get_request(true, path);
     } else {
         const std::string req = get_request(true);
         while (payload.size() < 64 * 1024) payload += req;
@@ -155,6 +161,76 @@ void attack(std::uint16_t port, mode m, std::size_t n, std::size_t body_bytes, d
     }
     for (conn& c : cs)
         if (c.fd >= 0) ::close(c.fd);
+    ::close(ep);
+}
+
+struct events_stats {
+    std::atomic<bool> ready{false};
+    std::atomic<bool> stop{false};
+    std::atomic<std::size_t> connected{0};     // answered 200 with the stream's head
+    std::atomic<unsigned long long> events{0};  // "data:" lines read
+};
+
+/// events_readers: n clients of GET /events that read everything, until stats.stop; ready
+/// once every one has its response head (or 5 s passed).
+void events_readers(std::uint16_t port, std::size_t n, events_stats& st) {
+    struct reader {
+        int fd = -1;
+        bool head = false;
+        std::string buf;
+    };
+    const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+    std::vector<reader> rs(n);
+    const std::string req = get_request(true, "/events");
+    for (std::size_t i = 0; i < n; ++i) {
+        rs[i].fd = connect_to(port);  // blocking: a connect on loopback is immediate
+        if (rs[i].fd < 0 || ::send(rs[i].fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+            if (rs[i].fd >= 0) ::close(rs[i].fd);
+            rs[i].fd = -1;
+            continue;
+        }
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = i;
+        ::epoll_ctl(ep, EPOLL_CTL_ADD, rs[i].fd, &ev);
+    }
+    const auto t0 = clock::now();
+    std::vector<epoll_event> events(n + 1);
+    char tmp[65536];
+    while (!st.stop.load(std::memory_order_relaxed)) {
+        if (!st.ready.load(std::memory_order_relaxed) && (st.connected.load() == n || ms_since(t0) > 5000))
+            st.ready.store(true);
+        const int r = ::epoll_wait(ep, events.data(), static_cast<int>(events.size()), 20);
+        for (int k = 0; k < r; ++k) {
+            reader& rd = rs[events[k].data.u64];
+            if (rd.fd < 0) continue;
+            const ssize_t got = ::recv(rd.fd, tmp, sizeof tmp, MSG_DONTWAIT);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            if (got <= 0) {
+                ::epoll_ctl(ep, EPOLL_CTL_DEL, rd.fd, nullptr);
+                ::close(rd.fd);
+                rd.fd = -1;
+                continue;
+            }
+            rd.buf.append(tmp, static_cast<std::size_t>(got));
+            if (!rd.head) {
+                const std::size_t end = rd.buf.find("\r\n\r\n");
+                if (end == std::string::npos) continue;
+                rd.head = true;
+                if (rd.buf.compare(0, 12, "HTTP/1.1 200") == 0) ++st.connected;
+                rd.buf.erase(0, end + 4);
+            }
+            std::size_t pos = 0, at;
+            while ((at = rd.buf.find("data:", pos)) != std::string::npos) {
+                ++st.events;
+                pos = at + 5;
+            }
+            // Keep at most 4 bytes not yet searched: a "data:" split between two reads.
+            rd.buf.erase(0, std::max(pos, rd.buf.size() > 4 ? rd.buf.size() - 4 : 0));
+        }
+    }
+    for (reader& rd : rs)
+        if (rd.fd >= 0) ::close(rd.fd);
     ::close(ep);
 }
 
@@ -267,7 +343,7 @@ int main(int argc, char** argv) {
     if (argc < 6) {
         std::fprintf(stderr,
                      "usage: slow_readers PORT echo|download|pipeline ATTACKERS PROBES PROBE_TIMEOUT_MS [SETUP_MS] "
-                     "[INTERVAL_MS] [BODY_MIB] [SERVER_PID]\n");
+                     "[INTERVAL_MS] [BODY_MIB] [SERVER_PID] [PATH] [EVENTS]\n");
         return 2;
     }
     std::signal(SIGPIPE, SIG_IGN);
@@ -285,12 +361,20 @@ int main(int argc, char** argv) {
     const double interval_ms = argc > 7 ? std::atof(argv[7]) : 10;
     const std::size_t body_bytes = (argc > 8 ? std::strtoul(argv[8], nullptr, 10) : 4) << 20;
     const long pid = argc > 9 ? std::atol(argv[9]) : 0;
+    const std::string path = argc > 10 ? argv[10] : "/big";
+    const std::size_t n_events = argc > 11 ? std::strtoul(argv[11], nullptr, 10) : 0;
     raise_nofile();
     // Whatever happens, the process ends: the bound above plus a margin.
     ::alarm(static_cast<unsigned>((setup_ms + static_cast<double>(probes) * interval_ms + timeout_ms) / 1000) + 30);
 
+    events_stats ev;
+    std::thread subscribers;
+    if (n_events > 0) {
+        subscribers = std::thread([&] { events_readers(port, n_events, ev); });
+        while (!ev.ready.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     attack_stats st;
-    std::thread attacker([&] { attack(port, m, attackers, body_bytes, setup_ms, st); });
+    std::thread attacker([&] { attack(port, m, attackers, body_bytes, setup_ms, path, st); });
     while (!st.ready.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     std::printf("mode %s\nattackers %zu\nattack_connected %zu\nattack_ready_ms %.0f\nattack_stalled %d\n",
                 mode_name.c_str(), attackers, st.connected.load(), st.ready_ms, st.stalled ? 1 : 0);
@@ -306,6 +390,10 @@ int main(int argc, char** argv) {
     const double probe_ms = ms_since(t_probe);
     st.stop.store(true);
     attacker.join();
+    ev.stop.store(true);
+    if (subscribers.joinable()) subscribers.join();
+    if (n_events > 0) std::printf("events_clients %zu\nevents_connected %zu\nevents_received %llu\n", n_events,
+                                  ev.connected.load(), ev.events.load());
 
     std::size_t answered = 0, timeouts = 0, errors = 0;
     std::vector<double> all, ok;
