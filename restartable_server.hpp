@@ -3763,7 +3763,8 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //   unsent response          the rest of one response (the handler's body, moved)
 //   push stream, WebSocket   what the program queued and the socket has not taken:
 //                            <= options::max_send_buffer (or one larger message);
-//                            idle: ~0.4 KiB more (its channel and stream state)
+//                            idle WebSocket: ~1.0 KiB in all (figure 17: 0.34 KiB for an
+//                            idle HTTP connection; the channel and stream state)
 //   pulled body, TLS file    one piece (16 KiB) not yet taken; a plain file: none
 //   WebSocket message        <= websocket_max_message, counted in max_buffered_bytes
 //   per serving thread       read_size (64 KiB) read buffer + a streaming buffer
