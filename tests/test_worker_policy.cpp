@@ -296,6 +296,53 @@ TEST_CASE("on one CPU a handler that blocks holds its own connection, not the ot
     srv.stop();
 }
 
+TEST_CASE("on one CPU a handler that blocks holds no request that became ready with its own", "[policy]") {
+    // One worker takes the events of one wait together (worker_batch) and serves them in
+    // turn. The worker is held before its wait while /block and then 7 /hello requests
+    // arrive, so one wait reports all 8, /block first. Its handler blocks: the worker is
+    // counted out, and the 7 events it took but has not served must go back to the
+    // connection set for the worker that stands in. Kept, they would wait for /block's
+    // handler (here: until the latch opens, after the reads, which time out at 10 s).
+    one_cpu pin;
+    REQUIRE(pin.ok());
+    latch blocker;
+    rs::server srv(test::local_options(8));
+    add_routes(srv, blocker);
+    counter counted_out(srv, "worker.counted_out");
+    const std::uint16_t port = test::start(srv);
+    test::client a(port);
+    std::vector<std::unique_ptr<test::client>> others;
+    for (int i = 0; i < 7; ++i) others.push_back(std::make_unique<test::client>(port));
+    for (auto& c : others) {  // each accepted, registered and served once
+        REQUIRE(c->send(hello_request));
+        REQUIRE(c->read().status == 200);
+    }
+    test::client probe(port);
+    for (test::client* c : {&a, &probe}) {
+        REQUIRE(c->send(hello_request));
+        REQUIRE(c->read().status == 200);
+    }
+    {
+        // The worker comes to the gate when it has served the probe (or at once, if it
+        // had not gone back to its wait yet: then the probe's event is reported first).
+        test::gate before_wait(srv, "worker.wait", [](int batch) { return batch > 1; });
+        REQUIRE(probe.send(hello_request));
+        REQUIRE(before_wait.reached());
+        REQUIRE(a.send("GET /block HTTP/1.1\r\nHost: t\r\n\r\n"));  // (loopback: in the socket on return)
+        for (auto& c : others) REQUIRE(c->send(hello_request));
+    }  // the gate opens: one wait reports /block and the 7 (after the probe, if it is there)
+    REQUIRE(blocker.entered(1));
+    CHECK(probe.read().status == 200);
+    int answered = 0;
+    for (auto& c : others)
+        if (c->read().status == 200) ++answered;
+    INFO("counted out " << counted_out.count());
+    CHECK(answered == 7);
+    blocker.release();
+    CHECK(a.read().body == "unblocked");
+    srv.stop();
+}
+
 TEST_CASE("a worker counted out is counted out once, whatever it serves before it rejoins", "[policy]") {
     // Two pipelined /block requests on one connection: the worker that takes them is
     // counted out in the first, and serves the second (which blocks too) before it goes
