@@ -85,7 +85,9 @@
 # full mode, default 5 and 5), BENCH_RS_DIR (the directory whose restartable_server.hpp is
 # measured, default the repository root: point it at another checkout to compare engines),
 # BENCH_ONLY=ws (figures 16-20 alone, in a few minutes: everything is still built, the
-# other figures are not measured and the table has only these rows).
+# other figures are not measured and the table has only these rows), BENCH_ONLY=ka (figures
+# 8 and 14 alone, the same way: default options, worker_threads = 0 and nginx side by side,
+# and the slow handler; about 7 minutes with the default rounds).
 set -euo pipefail
 
 QUICK=0 SOAK_MINUTES=""
@@ -98,10 +100,12 @@ case "${1:-}" in
 esac
 
 case "${BENCH_ONLY:-}" in
-  "") ONLY_WS=0 ;;
-  ws) ONLY_WS=1 ;;
-  *) echo "run.sh: BENCH_ONLY is ws or unset" >&2; exit 2 ;;
+  "") ONLY_WS=0 ONLY_KA=0 ;;
+  ws) ONLY_WS=1 ONLY_KA=0 ;;
+  ka) ONLY_WS=0 ONLY_KA=1 ;;
+  *) echo "run.sh: BENCH_ONLY is ws, ka or unset" >&2; exit 2 ;;
 esac
+ONLY=$((ONLY_WS + ONLY_KA))  # 1 when only some figures are measured
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 RS_DIR=$(cd "${BENCH_RS_DIR:-$ROOT}" && pwd)
@@ -880,6 +884,7 @@ else
   for k in slow_alone_rps slow_beside_rps slow_ratio slow_done; do record "$k" rs fail; done
 fi
 
+if [ "$ONLY_KA" = 0 ]; then  # BENCH_ONLY=ka: figures 8 and 14 only
 # Figure 15: TLS (see the top of this file). restartable_server (default options, the tls_rs
 # build) and nginx, both up, wrk alternating load by load and round by round as in figure 8;
 # then RSS per idle TLS connection, RUNS times, a fresh server each.
@@ -970,8 +975,10 @@ for ((run = 0; run < RUNS; run++)); do
   done
 done
 log "  TLS took $(($(date +%s) - TLS_T0)) s"
-fi  # BENCH_ONLY
+fi  # BENCH_ONLY=ka
+fi  # BENCH_ONLY=ws
 
+if [ "$ONLY_KA" = 0 ]; then  # BENCH_ONLY=ka skips figures 16-20
 # Figures 16-20: WebSocket, streams that hold no thread, a streamed upload (see the top of
 # this file). bench/ws_server.cpp serves them; GET /files/* serves $WS_FILES.
 WS_FILES=$TMP/wsfiles
@@ -1149,8 +1156,9 @@ for ((run = 0; run < RUNS; run++)); do
   stop_server
 done
 log "  WebSocket and streams took $(($(date +%s) - WS_T0)) s"
+fi  # BENCH_ONLY=ka
 
-if [ "$ONLY_WS" = 0 ]; then  # BENCH_ONLY=ws skips figures 1-7 and 9-13
+if [ "$ONLY" = 0 ]; then  # BENCH_ONLY=ws and =ka skip figures 1-7 and 9-13
 for ((run = 0; run < RUNS; run++)); do
   log "run $((run + 1))/$RUNS"
   # Figures 1, 2 and 6 (idle RSS): one hello server process per server.
@@ -1454,6 +1462,10 @@ EOF2
 if [ "$ONLY_WS" = 1 ]; then
   awk -F'\t' '$2 ~ /^(1[6-9]|20)\. /' "$ROWS" >"$ROWS.ws" && mv "$ROWS.ws" "$ROWS"
 fi
+# BENCH_ONLY=ka: the rows of figures 8 and 14 alone.
+if [ "$ONLY_KA" = 1 ]; then
+  awk -F'\t' '$2 ~ /^(8|14)\. /' "$ROWS" >"$ROWS.ka" && mv "$ROWS.ka" "$ROWS"
+fi
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_GIB=$(awk '/^MemTotal:/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
 OS=$(. /etc/os-release && echo "${PRETTY_NAME:-Linux}")
@@ -1461,10 +1473,11 @@ CXX_VERSION=$("$CXX" --version | head -n 1)
 MODE=$([ "$QUICK" = 1 ] && echo "smoke run: 1 run, ${WRK_SECONDS}s per wrk figure, $IDLE_N idle conns, $ATTACK_PROBES fresh requests under attack; not a measurement" || echo "median of $RUNS runs; figure 8: median of $KA_ROUNDS rounds")
 TABLE=$TMP/table.md
 # The chart: bench/results.svg from a full run; a smoke run's stays in the cache.
-# (BENCH_ONLY=ws: a partial chart, also to the cache.)
-if [ "$QUICK" = 1 ] || [ "$ONLY_WS" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
+# (BENCH_ONLY: a partial chart, also to the cache.)
+if [ "$QUICK" = 1 ] || [ "$ONLY" = 1 ]; then SVG=$CACHE/results.svg; else SVG=$HERE/results.svg; fi
 CMD="bench/run.sh${1:+ $1}"
 [ "$ONLY_WS" = 0 ] || CMD="BENCH_ONLY=ws $CMD"
+[ "$ONLY_KA" = 0 ] || CMD="BENCH_ONLY=ka $CMD"
 set +e
 "$BUILD/report" "$ROWS" "$RESULTS" --svg "$SVG" \
   --title "restartable_server $RS_VERSION vs cpp-httplib $HTTPLIB_VERSION vs nginx $NGINX_VERSION" \
