@@ -504,6 +504,7 @@ if [ "$nofile" != unlimited ] && [ "$nofile" -lt "$want_fds" ]; then
   IDLE_N=$((nofile - 2048 > 100 ? nofile - 2048 : 100))
   log "RLIMIT_NOFILE is $nofile: idle capacity uses $IDLE_N connections"
 fi
+WS_IDLE_N=$IDLE_N  # figure 17 (the row titles name it, whichever figures ran)
 
 # ------------------------------------------------------------------ servers --
 SPID="" SPORT=""
@@ -1051,7 +1052,6 @@ for s in rs node go; do
 done
 
 # Figures 17-20: a fresh bench/ws_server each time, RUNS times.
-WS_IDLE_N=$IDLE_N
 for ((run = 0; run < RUNS; run++)); do
   # 17: idle keep-alive HTTP connections, then (another server) idle WebSockets.
   declare -A idle_threads=()
