@@ -2100,24 +2100,36 @@ RESTARTABLE_SERVER_FN std::size_t quota_cpus(std::string_view quota, std::string
     return static_cast<std::size_t>(std::max<std::uint64_t>(1, (q + p - 1) / p));
 }
 
-/// read_text: a small file's first bytes ("" when it cannot be read).
-RESTARTABLE_SERVER_FN std::string read_text(const std::string& path) {
-    std::string text;
-    const unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return text;
-    char buf[4096];
-    const ssize_t n = retry_eintr([&] { return ::read(fd.get(), buf, sizeof buf); });
-    if (n > 0) text.assign(buf, static_cast<std::size_t>(n));
-    return text;
+/// read_text: a small file's first bytes, into buf ("" when it cannot be read).
+RESTARTABLE_SERVER_FN std::string_view read_text(const char* path, char* buf, std::size_t size) noexcept {
+    const unique_fd fd(::open(path, O_RDONLY | O_CLOEXEC));
+    if (!fd) return {};
+    const ssize_t n = retry_eintr([&] { return ::read(fd.get(), buf, size); });
+    return n > 0 ? std::string_view(buf, static_cast<std::size_t>(n)) : std::string_view();
+}
+
+/// read_cgroup_file: read_text of mount + dir + name ("" when the path is too long).
+RESTARTABLE_SERVER_FN std::string_view read_cgroup_file(std::string_view mount, std::string_view dir,
+                                                        std::string_view name, char* buf, std::size_t size) noexcept {
+    char path[4352];
+    if (mount.size() + dir.size() + name.size() >= sizeof path) return {};
+    char* p = path;
+    for (const std::string_view part : {mount, dir, name}) {
+        std::memcpy(p, part.data(), part.size());
+        p += part.size();
+    }
+    *p = '\0';
+    return read_text(path, buf, size);
 }
 
 /// cgroup_cpus: the tightest CPU quota on this process's cgroup or any parent (0: none).
 /// cgroup v2 at /sys/fs/cgroup, or v1's cpu controller at /sys/fs/cgroup/cpu,cpuacct or
-/// /sys/fs/cgroup/cpu (where Debian, systemd and Docker mount them).
-RESTARTABLE_SERVER_FN std::size_t cgroup_cpus() {
+/// /sys/fs/cgroup/cpu (where Debian, systemd and Docker mount them). Read once per run,
+/// in fixed buffers (no allocation).
+RESTARTABLE_SERVER_FN std::size_t cgroup_cpus() noexcept {
     std::size_t tightest = 0;
-    const std::string cgroups = read_text("/proc/self/cgroup");
-    std::string_view rest = cgroups;
+    char cgroups[4096];
+    std::string_view rest = read_text("/proc/self/cgroup", cgroups, sizeof cgroups);
     while (!rest.empty()) {
         const std::size_t eol = std::min(rest.find('\n'), rest.size());
         const std::string_view line = rest.substr(0, eol);
@@ -2130,21 +2142,21 @@ RESTARTABLE_SERVER_FN std::size_t cgroup_cpus() {
         if (!v2 && !has_token(controllers, "cpu")) continue;
         const char* const mounts[] = {"/sys/fs/cgroup", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"};
         for (std::size_t m = v2 ? 0 : 1; m < (v2 ? 1 : 3); ++m) {  // v2's, or v1's two usual places
-            const std::string mount = mounts[m];
-            for (std::string dir(path);;) {  // this cgroup, then each parent up to the root
+            for (std::string_view dir = path;;) {  // this cgroup, then each parent up to the root
+                char quota[64], period[64];
                 std::size_t cpus = 0;
                 if (v2) {
-                    const std::string max = read_text(mount + dir + "/cpu.max");
+                    const std::string_view max = read_cgroup_file(mounts[m], dir, "/cpu.max", quota, sizeof quota);
                     const std::size_t space = max.find(' ');
-                    if (space != std::string::npos)
-                        cpus = quota_cpus(std::string_view(max).substr(0, space), std::string_view(max).substr(space + 1));
+                    if (space != std::string_view::npos) cpus = quota_cpus(max.substr(0, space), max.substr(space + 1));
                 } else {
-                    cpus = quota_cpus(read_text(mount + dir + "/cpu.cfs_quota_us"),
-                                      read_text(mount + dir + "/cpu.cfs_period_us"));
+                    cpus = quota_cpus(read_cgroup_file(mounts[m], dir, "/cpu.cfs_quota_us", quota, sizeof quota),
+                                      read_cgroup_file(mounts[m], dir, "/cpu.cfs_period_us", period, sizeof period));
                 }
                 if (cpus != 0 && (tightest == 0 || cpus < tightest)) tightest = cpus;
-                if (dir.empty() || dir == "/") break;
-                dir.erase(dir.rfind('/'));
+                const std::size_t slash = dir.rfind('/');
+                if (dir.empty() || dir == "/" || slash == std::string_view::npos) break;
+                dir = dir.substr(0, slash);
             }
         }
     }
@@ -3312,15 +3324,8 @@ RESTARTABLE_SERVER_FN std::size_t usable_cpus() noexcept {
 #endif  // Linux
     if (n <= 0) n = ::sysconf(_SC_NPROCESSORS_ONLN);
     std::size_t cpus = n > 0 ? static_cast<std::size_t>(n) : 1;
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    try {
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        const std::size_t quota = detail::cgroup_cpus();
-        if (quota != 0) cpus = std::min(cpus, quota);
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } catch (const std::bad_alloc&) {  // no memory to read the quota: the CPU count stands
-    }
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    const std::size_t quota = detail::cgroup_cpus();
+    if (quota != 0) cpus = std::min(cpus, quota);
     return cpus;
 }
 
