@@ -1607,6 +1607,13 @@ private:
 
 namespace detail {
 
+// The calls that bring a feature's code into the program (see "feature entries" under
+// engine), made by the public functions that need the feature.
+void use_streams() noexcept;
+void use_websocket() noexcept;
+void use_restart() noexcept;
+void use_handover() noexcept;
+
 // ---------------------------------------------------------------- tuning --
 // The engine's fixed sizes and times, with why each is what it is.
 
@@ -2757,7 +2764,10 @@ RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
         return dup;
     };
     listener_factory factory(std::move(make), std::move(address));
-    if (handover >= 0) detail::factory_access::handover(factory) = std::make_shared<detail::handover_inbox>(handover);
+    if (handover >= 0) {
+        detail::use_handover();  // a run's receive_handover() is in it
+        detail::factory_access::handover(factory) = std::make_shared<detail::handover_inbox>(handover);
+    }
     return factory;
 }
 
@@ -3215,6 +3225,7 @@ RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
 }
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, body_provider provider) {
+    detail::use_streams();
     release_body();
     provider_ = std::move(provider);
     kind_ = body_kind::blocking_stream;
@@ -3223,6 +3234,7 @@ RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, b
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, std::uint64_t length,
                                                 body_provider provider) {
+    detail::use_streams();
     release_body();
     provider_ = std::move(provider);
     kind_ = body_kind::blocking_stream;
@@ -3753,6 +3765,20 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //   checks right after parking it, so an edge is never lost.
 //   Connection objects live until the run ends (a pool), so a late event never
 //   points at freed memory; it is checked against hold and ignored when stale.
+//
+//   Feature entries. The engine reaches the code of the features a program may not use
+//   through tables of member function pointers (run::features_), one per feature, null
+//   until the public call that brings the feature in sets it: response::push_stream,
+//   set_pull, set_file and set_stream (streams: start_stream, stream_step, send_streamed),
+//   server::websocket (upgrade_websocket, ws_step, ws_fail, ws_deadline, ws_timeout),
+//   server::restart (hand_over, transfer) and server::upgrade, or systemd_listener() in
+//   the process it started (send_away, receive_handover). The engine calls an entry only in
+//   a state that call leads to (a push body, a WebSocket route or connection, a restart
+//   request, a hand-over socket), so it is never null there. An inline function nobody
+//   odr-uses is not compiled: a program that never makes those calls (a hello server)
+//   compiles and carries none of that code (about a quarter of its text). The dispatchers
+//   keep the old names (run::stream_step calls stream_step_impl through the table); an
+//   indirect call costs nothing on the paths of a plain request, which never take them.
 //
 // MEMORY BUDGET (per connection, and per run)
 //
@@ -4858,12 +4884,14 @@ private:
     int wait_timeout(clock::time_point now) const noexcept;
     void serve_inline() noexcept;
     void begin_stop(clock::time_point now) noexcept;
-    bool hand_over(clock::time_point now) noexcept;
+    bool hand_over(clock::time_point now) noexcept { return (this->*entry(features_.restart).hand_over)(now); }
     void move_backlog(run& to, clock::time_point now) noexcept;
     void tend_retirees(clock::time_point now) noexcept;
     void run_hooks(stop_reason why) noexcept;
     std::vector<connection*> take_parked() noexcept;
-    void receive_handover(clock::time_point now) noexcept;
+    void receive_handover(clock::time_point now) noexcept {
+        (this->*entry(features_.handover).receive)(now);
+    }
     void close_handover() noexcept;
     void accept_ready(clock::time_point now) noexcept;
     void register_connection(connection* c, int fd) noexcept;
@@ -4902,7 +4930,9 @@ private:
     outcome handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end);
     outcome handle_streamed(worker& w, connection& c);
     outcome respond(worker& w, connection& c, bool keep_alive);
-    outcome send_streamed(worker& w, connection& c, bool keep_alive);
+    outcome send_streamed(worker& w, connection& c, bool keep_alive) {
+        return (this->*entry(features_.streams).send_blocking)(w, c, keep_alive);
+    }
     outcome answer_error(worker& w, connection& c, int status);
     outcome flush(connection& c) noexcept;
     outcome after_response(connection& c);
@@ -4917,8 +4947,10 @@ public:
     void poke(connection& c, bool timed) noexcept;
 
 private:
-    outcome start_stream(worker& w, connection& c, bool keep_alive);
-    outcome stream_step(worker& w, connection& c);
+    outcome start_stream(worker& w, connection& c, bool keep_alive) {
+        return (this->*entry(features_.streams).start)(w, c, keep_alive);
+    }
+    outcome stream_step(worker& w, connection& c) { return (this->*entry(features_.streams).step)(w, c); }
     outcome produce(worker& w, connection& c, std::size_t& turn);
     void log_stream(const connection& c) noexcept;
     bool take_queued(connection& c);
@@ -4926,18 +4958,22 @@ private:
     void end_channel(connection& c) noexcept;
     void stop_channel(channel& ch, std::uint16_t code) noexcept;
     void stop_channels(std::uint16_t code) noexcept;
-    outcome upgrade_websocket(worker& w, connection& c, std::size_t end);
+    outcome upgrade_websocket(worker& w, connection& c, std::size_t end) {
+        return (this->*entry(features_.websocket).upgrade)(w, c, end);
+    }
     int check_handshake(const request& req, const websocket_handlers& h) const noexcept;
-    outcome ws_step(worker& w, connection& c);
+    outcome ws_step(worker& w, connection& c) { return (this->*entry(features_.websocket).step)(w, c); }
     void ws_event(worker& w, connection& c, const ws_decoder::result& r);
     void ws_queue(connection& c, unsigned opcode, std::string_view payload);
-    void ws_fail(connection& c, std::uint16_t code);
+    void ws_fail(connection& c, std::uint16_t code) { (this->*entry(features_.websocket).fail)(c, code); }
     bool ws_full(connection& c);
     bool ws_closing(connection& c);
     template <class F>
     void ws_call(worker& w, connection& c, F&& f);
-    std::int64_t ws_deadline(const connection& c) const noexcept;
-    void ws_timeout(connection& c) noexcept;
+    std::int64_t ws_deadline(const connection& c) const noexcept {
+        return (this->*entry(features_.websocket).deadline)(c);
+    }
+    void ws_timeout(connection& c) noexcept { (this->*entry(features_.websocket).timeout)(c); }
     void on_timeout(worker& w, connection& c, clock::time_point now) noexcept;
     void call_handler(worker& w, const route* r, int route_status);
     void build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed);
@@ -4952,15 +4988,90 @@ private:
     bool watch(connection* c, int fd, std::uint32_t events) noexcept;
     void hand_back(connection& c) noexcept;
     void close(connection& c) noexcept;
-    void transfer(connection& c) noexcept;
+    void transfer(connection& c) noexcept { (this->*entry(features_.restart).transfer)(c); }
     bool leaves_by_upgrade(const connection& c) const noexcept;
-    void send_away(connection* const* cs, std::size_t n) noexcept;
+    void send_away(connection* const* cs, std::size_t n) noexcept {
+        if (n != 0) (this->*entry(features_.handover).send_away)(cs, n);  // n == 0 unless upgrade() ran
+    }
     void clear(connection& c) noexcept;
     void left() noexcept;
     std::int64_t drain_deadline() const noexcept;
     bool past_deadline() const noexcept;
     void lower_next_sweep(std::int64_t ns) noexcept;
 
+    // Feature entries (see "feature entries" under engine): each feature's code, reached
+    // from the engine only through its table (the dispatchers above).
+    outcome start_stream_impl(worker& w, connection& c, bool keep_alive);
+    outcome stream_step_impl(worker& w, connection& c);
+    outcome send_streamed_impl(worker& w, connection& c, bool keep_alive);
+    outcome upgrade_websocket_impl(worker& w, connection& c, std::size_t end);
+    outcome ws_step_impl(worker& w, connection& c);
+    void ws_fail_impl(connection& c, std::uint16_t code);
+    std::int64_t ws_deadline_impl(const connection& c) const noexcept;
+    void ws_timeout_impl(connection& c) noexcept;
+    bool hand_over_impl(clock::time_point now) noexcept;
+    void transfer_impl(connection& c) noexcept;
+    void send_away_impl(connection* const* cs, std::size_t n) noexcept;
+    void receive_handover_impl(clock::time_point now) noexcept;
+    struct stream_code {  // response::push_stream, set_pull, set_file, set_stream
+        outcome (run::*start)(worker&, connection&, bool);
+        outcome (run::*step)(worker&, connection&);
+        outcome (run::*send_blocking)(worker&, connection&, bool);
+    };
+    struct websocket_code {  // server::websocket
+        outcome (run::*upgrade)(worker&, connection&, std::size_t);
+        outcome (run::*step)(worker&, connection&);
+        void (run::*fail)(connection&, std::uint16_t);
+        std::int64_t (run::*deadline)(const connection&) const noexcept;
+        void (run::*timeout)(connection&) noexcept;
+    };
+    struct restart_code {  // server::restart
+        bool (run::*hand_over)(clock::time_point) noexcept;
+        void (run::*transfer)(connection&) noexcept;
+    };
+    struct handover_code {  // server::upgrade, and systemd_listener() in the process it started
+        void (run::*send_away)(connection* const*, std::size_t) noexcept;
+        void (run::*receive)(clock::time_point) noexcept;
+    };
+    /// feature_entries: the tables set so far in this process (null: never brought in).
+    struct feature_entries {
+        std::atomic<const stream_code*> streams;
+        std::atomic<const websocket_code*> websocket;
+        std::atomic<const restart_code*> restart;
+        std::atomic<const handover_code*> handover;
+    };
+    static inline feature_entries features_{};  // all null until a use_*() call
+    /// entry: a table the engine reaches only after the call that sets it (see above).
+    template <class T>
+    static const T& entry(const std::atomic<const T*>& table) noexcept {
+        return *table.load(std::memory_order_acquire);
+    }
+    template <class T>
+    static void bring_in(std::atomic<const T*>& table, const T& code) noexcept {
+        if (table.load(std::memory_order_relaxed) != &code) table.store(&code, std::memory_order_release);
+    }
+
+public:
+    /// use_streams ... use_handover: bring a feature's code in (see "feature entries").
+    static void use_streams() noexcept {
+        static constexpr stream_code code{&run::start_stream_impl, &run::stream_step_impl, &run::send_streamed_impl};
+        bring_in(features_.streams, code);
+    }
+    static void use_websocket() noexcept {
+        static constexpr websocket_code code{&run::upgrade_websocket_impl, &run::ws_step_impl, &run::ws_fail_impl,
+                                             &run::ws_deadline_impl, &run::ws_timeout_impl};
+        bring_in(features_.websocket, code);
+    }
+    static void use_restart() noexcept {
+        static constexpr restart_code code{&run::hand_over_impl, &run::transfer_impl};
+        bring_in(features_.restart, code);
+    }
+    static void use_handover() noexcept {
+        static constexpr handover_code code{&run::send_away_impl, &run::receive_handover_impl};
+        bring_in(features_.handover, code);
+    }
+
+private:
     server& srv_;
     options opts_;
     parse_limits limits_;
@@ -5012,6 +5123,11 @@ private:
     std::atomic<std::int64_t> monitor_due_{never};  // the control thread's next look (never: asleep)
     clock::time_point last_call_{};        // control thread: the last time it saw a handler call
 };
+
+RESTARTABLE_SERVER_FN void use_streams() noexcept { run::use_streams(); }
+RESTARTABLE_SERVER_FN void use_websocket() noexcept { run::use_websocket(); }
+RESTARTABLE_SERVER_FN void use_restart() noexcept { run::use_restart(); }
+RESTARTABLE_SERVER_FN void use_handover() noexcept { run::use_handover(); }
 
 RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
                 std::shared_ptr<transport_layer> layer, std::uint64_t generation)
@@ -5172,7 +5288,7 @@ RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
 /// connection waiting for a request; this run becomes a retiree that finishes what is in
 /// flight, its connections moving on as their responses end. False when the next run
 /// is not for this run (the request came from an earlier start).
-RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN bool run::hand_over_impl(clock::time_point now) noexcept {
     std::unique_ptr<run> next = srv_.take_next_run(generation_);
     if (!next) return false;
     run& to = *next;
@@ -5440,7 +5556,7 @@ RESTARTABLE_SERVER_FN void run::adopt(int fd, conn_state state, std::string byte
 /// connections waiting for a request (see "hand-over to a new process"); each is adopted
 /// as a restart's would be, with the bytes read ahead. At the other end's EOF (that
 /// process is done), or an error, the socket is closed.
-RESTARTABLE_SERVER_FN void run::receive_handover(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::receive_handover_impl(clock::time_point now) noexcept {
     for (int m = 0; m < 16 && handover_in_; ++m) {  // registered level-triggered: more wake the loop again
         int fds[handover_max_fds];
         std::size_t n = 0;
@@ -6063,7 +6179,7 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
 /// sent before write() returns (blocking this thread up to write_timeout per write). A body
 /// that did not end as promised (the provider threw or aborted, or a known length was not
 /// reached) ends the connection without the last chunk or short of Content-Length.
-RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive) {
+RESTARTABLE_SERVER_FN run::outcome run::send_streamed_impl(worker& w, connection& c, bool keep_alive) {
     const bool sized = w.res.stream_sized_;
     const bool chunked = !sized && c.version_minor == 1;
     if (!sized && !chunked) keep_alive = false;  // HTTP/1.0 without a length: closing ends the body
@@ -6425,7 +6541,7 @@ RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
 
 /// transfer: moves c (held, waiting for a request) to the run that replaced this one:
 /// its socket, never closed, and the bytes of a request that began to arrive.
-RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::transfer_impl(connection& c) noexcept {
     // The run named current_ may retire and, once empty, be destroyed by the control
     // thread: holding current_mutex_ from the read to the adoption keeps it (a hand-over
     // changes current_ under it, and the connection adopted is counted before).
@@ -6465,7 +6581,7 @@ RESTARTABLE_SERVER_FN bool run::leaves_by_upgrade(const connection& c) const noe
 /// process"). What a message cannot take stays in this run and fares as it would have
 /// without a hand-over (an idle connection is closed, a request arriving is answered);
 /// then no more are sent.
-RESTARTABLE_SERVER_FN void run::send_away(connection* const* cs, std::size_t n) noexcept {
+RESTARTABLE_SERVER_FN void run::send_away_impl(connection* const* cs, std::size_t n) noexcept {
     std::size_t i = 0;
     while (i < n) {
         const int channel = srv_.handover_fd_.load();
@@ -6911,7 +7027,7 @@ RESTARTABLE_SERVER_FN void look_at_input(connection& c) noexcept {
 
 /// start_stream: a push stream, pulled body or file response: its head goes out, then
 /// the body as the socket takes it (stream_step), holding no thread.
-RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, bool keep_alive) {
+RESTARTABLE_SERVER_FN run::outcome run::start_stream_impl(worker& w, connection& c, bool keep_alive) {
     response& res = w.res;
     using kind = response::body_kind;
     auto st = std::make_unique<stream_state>();  // (if it throws, the response still owns the stream)
@@ -6955,7 +7071,7 @@ RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, b
 
 /// stream_step: sends what waits, then the next piece of the body, until the socket is
 /// full, a push stream has nothing more for now, or the body has ended.
-RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::stream_step_impl(worker& w, connection& c) {
     stream_state& st = *c.st;
 #ifdef RESTARTABLE_SERVER_USE_POLL
     if (!c.input_waits) look_at_input(c);
@@ -7141,7 +7257,7 @@ RESTARTABLE_SERVER_FN int run::check_handshake(const request& req, const websock
 
 /// upgrade_websocket: a request on a WebSocket route: checked, offered to on_upgrade,
 /// then answered 101 (the connection speaks WebSocket from the next byte) or refused.
-RESTARTABLE_SERVER_FN run::outcome run::upgrade_websocket(worker& w, connection& c, std::size_t end) {
+RESTARTABLE_SERVER_FN run::outcome run::upgrade_websocket_impl(worker& w, connection& c, std::size_t end) {
     const std::shared_ptr<const websocket_handlers> handlers = c.matched->ws;
     const websocket_handlers& h = *handlers;
     c.set(conn_state::handling);
@@ -7277,7 +7393,7 @@ RESTARTABLE_SERVER_FN void run::ws_queue(connection& c, unsigned opcode, std::st
 
 /// ws_fail: fails c (RFC 6455 7.1.7): a close frame with code if none was sent, then the
 /// TCP close once it is out, without waiting for the client's.
-RESTARTABLE_SERVER_FN void run::ws_fail(connection& c, std::uint16_t code) {
+RESTARTABLE_SERVER_FN void run::ws_fail_impl(connection& c, std::uint16_t code) {
     stream_state& st = *c.st;
     if (st.failed) return;
     st.failed = true;
@@ -7324,7 +7440,7 @@ RESTARTABLE_SERVER_FN void run::ws_event(worker& w, connection& c, const ws_deco
 /// ws_step: c speaks WebSocket: sends what waits, decodes and hands over what came, reads
 /// more - while its unsent bytes are under max_send_buffer - and closes once the closing
 /// handshake is over.
-RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::ws_step_impl(worker& w, connection& c) {
     stream_state& st = *c.st;
     for (;;) {
         if (!c.output_pending()) take_queued(c);
@@ -7374,7 +7490,7 @@ RESTARTABLE_SERVER_FN bool run::ws_full(connection& c) {
 /// ws_deadline: when c's timeout strikes: write_timeout while output waits, the close
 /// timeout after a close was sent, else the keep-alive ping (and a ping interval later,
 /// the close).
-RESTARTABLE_SERVER_FN std::int64_t run::ws_deadline(const connection& c) const noexcept {
+RESTARTABLE_SERVER_FN std::int64_t run::ws_deadline_impl(const connection& c) const noexcept {
     const auto at = [](clock::time_point from, std::chrono::milliseconds limit) {
         return limit.count() > 0 ? to_ns(from + limit) : never;
     };
@@ -7385,7 +7501,7 @@ RESTARTABLE_SERVER_FN std::int64_t run::ws_deadline(const connection& c) const n
 }
 
 /// ws_timeout: c's timeout struck (control thread, c taken): a keep-alive ping, or the end.
-RESTARTABLE_SERVER_FN void run::ws_timeout(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::ws_timeout_impl(connection& c) noexcept {
     stream_state& st = *c.st;
     if (!c.needs_output() && !st.close_sent && !st.ping_outstanding) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -7502,6 +7618,7 @@ RESTARTABLE_SERVER_FN std::string websocket::subprotocol() const { return ch_ ? 
 RESTARTABLE_SERVER_FN std::uint64_t websocket::id() const noexcept { return ch_ ? ch_->id : 0; }
 
 RESTARTABLE_SERVER_FN stream_handle response::push_stream(std::string_view content_type, std::function<void()> on_close) {
+    detail::use_streams();
     auto ch = std::make_shared<detail::channel>(detail::channel::kind_t::push);
     ch->id = detail::next_channel_id();
     ch->on_close = std::move(on_close);
@@ -7514,6 +7631,7 @@ RESTARTABLE_SERVER_FN stream_handle response::push_stream(std::string_view conte
 }
 
 RESTARTABLE_SERVER_FN void response::set_pull(std::string_view content_type, pull_provider provider) {
+    detail::use_streams();
     release_body();
     pull_ = std::move(provider);
     kind_ = body_kind::pull;
@@ -7529,6 +7647,7 @@ RESTARTABLE_SERVER_FN void response::set_pull(std::string_view content_type, std
 
 RESTARTABLE_SERVER_FN void response::set_file(std::string_view content_type, unique_fd file, std::uint64_t offset,
                                               std::uint64_t length) {
+    detail::use_streams();
     release_body();
     file_ = std::move(file);
     file_offset_ = offset;
@@ -7761,6 +7880,7 @@ RESTARTABLE_SERVER_FN server& server::route(std::string method, std::string patt
 }
 
 RESTARTABLE_SERVER_FN server& server::websocket(std::string pattern, websocket_handlers handlers) {
+    detail::use_websocket();
     auto r = detail::make_route("GET", pattern, handler(), body_mode::buffered);
     r->ws = std::make_shared<const websocket_handlers>(std::move(handlers));
     std::lock_guard<std::mutex> lock(mutex_);
@@ -8140,6 +8260,7 @@ RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
     }
     next_run_ = std::move(next);  // empty before: replaced above, and a handler's restart() fails while this holds serial
     restart_outcome_ = 0;
+    detail::use_restart();  // before the request: the control thread's hand_over() is in it
     restart_requested_.store(true);
     wake();
     if (on_control_thread) return;
@@ -8222,6 +8343,7 @@ RESTARTABLE_SERVER_FN pid_t server::upgrade(const std::vector<std::string>& argv
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (greeted && state_.load() == server_state::running) {  // a stop under way has closed its idle ones
+            detail::use_handover();  // before handover_fd_: the engine's send_away() is in it
             handover_fd_.store(ours.get());  // before the stop request: the stop sees it
             handover_out_ = std::move(ours);
         }
