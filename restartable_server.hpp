@@ -1537,6 +1537,15 @@ int error_status(const std::error_code& ec) noexcept;
 #define RESTARTABLE_SERVER_FN inline
 #endif  // RESTARTABLE_SERVER_SPLIT
 
+// RESTARTABLE_SERVER_COLD: on a function that runs once per run, or on an error only:
+// optimised for size, and the paths that call it taken as unlikely (less code to compile,
+// and none of it in the way of the request path).
+#if defined(__GNUC__) || defined(__clang__)
+#define RESTARTABLE_SERVER_COLD __attribute__((cold))
+#else
+#define RESTARTABLE_SERVER_COLD
+#endif  // GCC, clang
+
 // RESTARTABLE_SERVER_SYNC_POINT(srv, name, arg): a TEST HOOKS point; nothing without them.
 #ifdef RESTARTABLE_SERVER_TEST_HOOKS
 #define RESTARTABLE_SERVER_SYNC_POINT(srv, name, arg) (srv).sync_point(name, arg)
@@ -1963,7 +1972,7 @@ RESTARTABLE_SERVER_FN bool send_all(conn_io c, iovec* iov, std::size_t count, st
 
 /// send_unavailable: a 503 for a connection about to be closed, without waiting or
 /// allocating (too many connections, or out of memory).
-RESTARTABLE_SERVER_FN void send_unavailable(int fd) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void send_unavailable(int fd) noexcept {
     static constexpr std::string_view text =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     (void)::send(fd, text.data(), text.size(), no_sigpipe | MSG_DONTWAIT);
@@ -2133,7 +2142,7 @@ RESTARTABLE_SERVER_FN std::string_view read_cgroup_file(std::string_view mount, 
 /// cgroup v2 at /sys/fs/cgroup, or v1's cpu controller at /sys/fs/cgroup/cpu,cpuacct or
 /// /sys/fs/cgroup/cpu (where Debian, systemd and Docker mount them). Read once per run,
 /// in fixed buffers (no allocation).
-RESTARTABLE_SERVER_FN std::size_t cgroup_cpus() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::size_t cgroup_cpus() noexcept {
     std::size_t tightest = 0;
     char cgroups[4096];
     std::string_view rest = read_text("/proc/self/cgroup", cgroups, sizeof cgroups);
@@ -2567,7 +2576,7 @@ RESTARTABLE_SERVER_FN void unique_fd::reset(int fd) noexcept {
     fd_ = fd;
 }
 
-RESTARTABLE_SERVER_FN listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
     std::string address = "tcp:" + host + ":";
     detail::append_number(address, port);
     auto make = [host = std::move(host), port, backlog](std::error_code& ec) -> unique_fd {
@@ -3327,7 +3336,7 @@ RESTARTABLE_SERVER_FN std::string_view status_text(int status) noexcept {
     }
 }
 
-RESTARTABLE_SERVER_FN std::size_t usable_cpus() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::size_t usable_cpus() noexcept {
     long n = 0;
 #ifdef __linux__
     cpu_set_t set;
@@ -4336,7 +4345,7 @@ RESTARTABLE_SERVER_FN const route* match_route(const route_list& routes, std::st
 }
 
 /// allowed_methods: the Allow value of a 405: the methods whose routes match path.
-RESTARTABLE_SERVER_FN std::string allowed_methods(const route_list& routes, std::string_view path, params_t& scratch) {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::string allowed_methods(const route_list& routes, std::string_view path, params_t& scratch) {
     std::vector<std::string_view> methods;
     for (const auto& r : routes)
         if (std::find(methods.begin(), methods.end(), r->method) == methods.end() && r->match(path, scratch))
@@ -5129,7 +5138,7 @@ RESTARTABLE_SERVER_FN void use_websocket() noexcept { run::use_websocket(); }
 RESTARTABLE_SERVER_FN void use_restart() noexcept { run::use_restart(); }
 RESTARTABLE_SERVER_FN void use_handover() noexcept { run::use_handover(); }
 
-RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
                 std::shared_ptr<transport_layer> layer, std::uint64_t generation)
     : srv_(srv),
       opts_(std::move(opts)),
@@ -5145,7 +5154,7 @@ RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std
 
 RESTARTABLE_SERVER_FN run::~run() = default;
 
-RESTARTABLE_SERVER_FN std::error_code run::init() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::error_code run::init() noexcept {
     // The self-pipe is marked by a null pointer, the listener by its own address, a
     // connection set served inline by its run's address. A run made by restart() to take
     // the current listener over gets it at the hand-over.
@@ -5244,7 +5253,7 @@ RESTARTABLE_SERVER_FN void run::serve_inline() noexcept {
 /// begin_stop: the listener closes (a new client is refused at once, so a load balancer
 /// moves on), idle connections close - or, after an upgrade(), go to the new process with
 /// those whose request is arriving - and requests in flight go on until the drain deadline.
-RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::begin_stop(clock::time_point now) noexcept {
     stopping_.store(true);
     close_handover();  // a process that upgrade() started takes no connection once it stops
     if (listener_) {  // before the state says "stopping": from then on a connect is refused
@@ -5423,7 +5432,7 @@ RESTARTABLE_SERVER_FN std::vector<connection*> run::take_parked() noexcept {
 }
 
 /// run_hooks: the server's on_stop hooks, as this run was started with them.
-RESTARTABLE_SERVER_FN void run::run_hooks(stop_reason why) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::run_hooks(stop_reason why) noexcept {
     for (const stop_hook& hook : hooks_) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
@@ -5618,7 +5627,7 @@ RESTARTABLE_SERVER_FN void run::sweep(clock::time_point now) noexcept {
     for (connection* c : due) on_timeout(control_worker_, *c, now);
 }
 
-RESTARTABLE_SERVER_FN void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
     if (c.deadline.load() > to_ns(now)) return hand_back(c);  // re-armed meanwhile: not due
     if (c.state == conn_state::websocket) return ws_timeout(c);
     const bool has_request = c.in.size() > c.start;
@@ -5638,7 +5647,7 @@ RESTARTABLE_SERVER_FN void run::on_timeout(worker& w, connection& c, clock::time
 
 /// cut_at_deadline: the drain deadline passed: every connection still open is shut down;
 /// those with a request in flight are counted in stop_result::cut.
-RESTARTABLE_SERVER_FN void run::cut_at_deadline() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::cut_at_deadline() noexcept {
     cut_done_ = true;
     std::vector<connection*> taken;
     pool_.for_each_live([&](connection& c) {
@@ -5656,14 +5665,14 @@ RESTARTABLE_SERVER_FN void run::cut_at_deadline() noexcept {
 }
 
 /// fail: the run cannot go on (its listener or event set failed): stop it at once, and say why.
-RESTARTABLE_SERVER_FN void run::fail(std::error_code ec) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::fail(std::error_code ec) noexcept {
     if (!error_) error_ = ec;
     if (!stopping_.load()) begin_stop(clock::now());
 }
 
 /// teardown: every worker learns the run is over through the self-pipe, which is now
 /// added to their event set with a byte in it; then they are joined.
-RESTARTABLE_SERVER_FN void run::teardown() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::teardown() noexcept {
     std::vector<std::thread> joining;
     {
         std::lock_guard<std::mutex> lock(workers_mutex_);
@@ -6348,7 +6357,7 @@ RESTARTABLE_SERVER_FN void run::log_access(const worker& w, const connection& c,
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 
-RESTARTABLE_SERVER_FN void run::log_error(const char* what, const char* detail) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::log_error(const char* what, const char* detail) noexcept {
     if (!opts_.error_log) return;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -7840,7 +7849,7 @@ RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& arg
 }  // namespace detail
 
 // --------------------------------------------------------------- server --
-RESTARTABLE_SERVER_FN server::server(options opts) : options_(std::move(opts)) {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD server::server(options opts) : options_(std::move(opts)) {
     int fds[2];
     if (detail::make_pipe(fds)) {
         wake_read_.reset(fds[0]);
@@ -7997,7 +8006,7 @@ RESTARTABLE_SERVER_FN void server::run() {
     if (ec) detail::throw_error(ec, "restartable_server: run");
 }
 
-RESTARTABLE_SERVER_FN void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
     ec.clear();
     if (wake_error_) {
         ec = wake_error_;
@@ -8064,7 +8073,7 @@ RESTARTABLE_SERVER_FN void server::start_impl(std::error_code& ec, bool in_calle
 /// make_run: a run built from a snapshot of the options, routes and hooks, and a fresh
 /// listener from the factory - or, for a restart to the same address, none: it takes the
 /// current one at the hand-over. Null with ec set when that fails (nothing is left open).
-RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool for_restart) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool for_restart) noexcept {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -8134,7 +8143,7 @@ RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_c
 }
 
 /// make_listener: a listening socket from o's factory, non-blocking and close-on-exec.
-RESTARTABLE_SERVER_FN unique_fd server::make_listener(const options& o, std::error_code& ec) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD unique_fd server::make_listener(const options& o, std::error_code& ec) noexcept {
     unique_fd listener;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -8165,7 +8174,7 @@ RESTARTABLE_SERVER_FN unique_fd server::make_listener(const options& o, std::err
 /// says "stopped". Touches nothing of the server after that: it may be destroyed at once.
 /// A restart makes the loop return with a next run, which takes over the old one's drain
 /// and this thread.
-RESTARTABLE_SERVER_FN stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
     control_thread_.store(std::this_thread::get_id());
     current_.store(run.get());
     for (;;) {
