@@ -3777,17 +3777,19 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //
 //   Feature entries. The engine reaches the code of the features a program may not use
 //   through tables of member function pointers (run::features_), one per feature, null
-//   until the public call that brings the feature in sets it: response::push_stream,
-//   set_pull, set_file and set_stream (streams: start_stream, stream_step, send_streamed),
-//   server::websocket (upgrade_websocket, ws_step, ws_fail, ws_deadline, ws_timeout),
-//   server::restart (hand_over, transfer) and server::upgrade, or systemd_listener() in
-//   the process it started (send_away, receive_handover). The engine calls an entry only in
-//   a state that call leads to (a push body, a WebSocket route or connection, a restart
-//   request, a hand-over socket), so it is never null there. An inline function nobody
-//   odr-uses is not compiled: a program that never makes those calls (a hello server)
-//   compiles and carries none of that code (about a quarter of its text). The dispatchers
-//   keep the old names (run::stream_step calls stream_step_impl through the table); an
-//   indirect call costs nothing on the paths of a plain request, which never take them.
+//   until the public call that brings the feature in sets it (run::use_streams() and the
+//   others): response::push_stream, set_pull, set_file and set_stream (streams:
+//   start_stream, stream_step, send_streamed), server::websocket (upgrade_websocket,
+//   ws_step, ws_fail, ws_deadline, ws_timeout), either of those (channels: end_channel,
+//   stop_channels), server::restart (hand_over, transfer) and server::upgrade, or
+//   systemd_listener() in the process it started (send_away, receive_handover). The engine
+//   calls an entry only in a state that call leads to (a push body, a WebSocket route or
+//   connection, a channel, a restart request, a hand-over socket), so it is never null
+//   there; stop_channels and send_away have nothing to do before (no channel, n == 0).
+//   An inline function nobody odr-uses is not compiled: a program that never makes those
+//   calls (a hello server) compiles and carries none of that code (about a quarter of its
+//   text). The dispatchers keep the old names (run::stream_step calls stream_step_impl
+//   through the table); a plain request's path takes none of them.
 //
 // MEMORY BUDGET (per connection, and per run)
 //
@@ -4964,9 +4966,13 @@ private:
     void log_stream(const connection& c) noexcept;
     bool take_queued(connection& c);
     void attach(connection& c, const std::shared_ptr<channel>& ch);
-    void end_channel(connection& c) noexcept;
+    void end_channel(connection& c) noexcept {
+        if (c.ch) (this->*entry(features_.channels).end)(c);  // a channel: streams or WebSocket in use
+    }
     void stop_channel(channel& ch, std::uint16_t code) noexcept;
-    void stop_channels(std::uint16_t code) noexcept;
+    void stop_channels(std::uint16_t code) noexcept {
+        if (const channel_code* t = features_.channels.load(std::memory_order_acquire)) (this->*t->stop_all)(code);
+    }
     outcome upgrade_websocket(worker& w, connection& c, std::size_t end) {
         return (this->*entry(features_.websocket).upgrade)(w, c, end);
     }
@@ -5022,10 +5028,16 @@ private:
     void transfer_impl(connection& c) noexcept;
     void send_away_impl(connection* const* cs, std::size_t n) noexcept;
     void receive_handover_impl(clock::time_point now) noexcept;
+    void end_channel_impl(connection& c) noexcept;
+    void stop_channels_impl(std::uint16_t code) noexcept;
     struct stream_code {  // response::push_stream, set_pull, set_file, set_stream
         outcome (run::*start)(worker&, connection&, bool);
         outcome (run::*step)(worker&, connection&);
         outcome (run::*send_blocking)(worker&, connection&, bool);
+    };
+    struct channel_code {  // the channels of both (see "streams and WebSocket")
+        void (run::*end)(connection&) noexcept;
+        void (run::*stop_all)(std::uint16_t) noexcept;
     };
     struct websocket_code {  // server::websocket
         outcome (run::*upgrade)(worker&, connection&, std::size_t);
@@ -5045,6 +5057,7 @@ private:
     /// feature_entries: the tables set so far in this process (null: never brought in).
     struct feature_entries {
         std::atomic<const stream_code*> streams;
+        std::atomic<const channel_code*> channels;  // set with streams or websocket
         std::atomic<const websocket_code*> websocket;
         std::atomic<const restart_code*> restart;
         std::atomic<const handover_code*> handover;
@@ -5065,11 +5078,17 @@ public:
     static void use_streams() noexcept {
         static constexpr stream_code code{&run::start_stream_impl, &run::stream_step_impl, &run::send_streamed_impl};
         bring_in(features_.streams, code);
+        use_channels();
     }
     static void use_websocket() noexcept {
         static constexpr websocket_code code{&run::upgrade_websocket_impl, &run::ws_step_impl, &run::ws_fail_impl,
                                              &run::ws_deadline_impl, &run::ws_timeout_impl};
         bring_in(features_.websocket, code);
+        use_channels();
+    }
+    static void use_channels() noexcept {
+        static constexpr channel_code code{&run::end_channel_impl, &run::stop_channels_impl};
+        bring_in(features_.channels, code);
     }
     static void use_restart() noexcept {
         static constexpr restart_code code{&run::hand_over_impl, &run::transfer_impl};
@@ -6893,14 +6912,14 @@ RESTARTABLE_SERVER_FN void run::stop_channel(channel& ch, std::uint16_t code) no
 }
 
 /// stop_channels: stop_channel() for every push stream and WebSocket of the run.
-RESTARTABLE_SERVER_FN void run::stop_channels(std::uint16_t code) noexcept {
+RESTARTABLE_SERVER_FN void run::stop_channels_impl(std::uint16_t code) noexcept {
     std::lock_guard<std::mutex> lock(channels_mutex_);
     for (channel* ch : channels_) stop_channel(*ch, code);
 }
 
 /// end_channel: c's stream or WebSocket is over: its handles report closed from now on,
 /// and its on_close runs (once: c.ch is gone after).
-RESTARTABLE_SERVER_FN void run::end_channel(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::end_channel_impl(connection& c) noexcept {
     const std::shared_ptr<channel> ch = std::move(c.ch);
     if (!ch) return;
     {
