@@ -4971,7 +4971,9 @@ private:
     }
     void stop_channel(channel& ch, std::uint16_t code) noexcept;
     void stop_channels(std::uint16_t code) noexcept {
-        if (const channel_code* t = features_.channels.load(std::memory_order_acquire)) (this->*t->stop_all)(code);
+        // Sequentially consistent, as is bring_in()'s store: a stream attached as a stop begins
+        // is listed here, or its attach() sees stopping_ (set before this) and stops it.
+        if (const channel_code* t = features_.channels.load()) (this->*t->stop_all)(code);
     }
     outcome upgrade_websocket(worker& w, connection& c, std::size_t end) {
         return (this->*entry(features_.websocket).upgrade)(w, c, end);
@@ -5068,9 +5070,11 @@ private:
     static const T& entry(const std::atomic<const T*>& table) noexcept {
         return *table.load(std::memory_order_acquire);
     }
+    /// bring_in: sets table to code (once: later calls only read it). Sequentially
+    /// consistent: stop_channels() relies on it.
     template <class T>
     static void bring_in(std::atomic<const T*>& table, const T& code) noexcept {
-        if (table.load(std::memory_order_relaxed) != &code) table.store(&code, std::memory_order_release);
+        if (table.load() != &code) table.store(&code);
     }
 
 public:
