@@ -1544,6 +1544,15 @@ int error_status(const std::error_code& ec) noexcept;
 #define RESTARTABLE_SERVER_FN inline
 #endif  // RESTARTABLE_SERVER_SPLIT
 
+// RESTARTABLE_SERVER_COLD: on a function that runs once per run, or on an error only:
+// optimised for size, and the paths that call it taken as unlikely (less code to compile,
+// and none of it in the way of the request path).
+#if defined(__GNUC__) || defined(__clang__)
+#define RESTARTABLE_SERVER_COLD __attribute__((cold))
+#else
+#define RESTARTABLE_SERVER_COLD
+#endif  // GCC, clang
+
 // RESTARTABLE_SERVER_SYNC_POINT(srv, name, arg): a TEST HOOKS point; nothing without them.
 #ifdef RESTARTABLE_SERVER_TEST_HOOKS
 #define RESTARTABLE_SERVER_SYNC_POINT(srv, name, arg) (srv).sync_point(name, arg)
@@ -1613,6 +1622,13 @@ private:
 }  // namespace detail
 
 namespace detail {
+
+// The calls that bring a feature's code into the program (see "feature entries" under
+// engine), made by the public functions that need the feature.
+void use_streams() noexcept;
+void use_websocket() noexcept;
+void use_restart() noexcept;
+void use_handover() noexcept;
 
 // ---------------------------------------------------------------- tuning --
 // The engine's fixed sizes and times, with why each is what it is.
@@ -1969,7 +1985,7 @@ RESTARTABLE_SERVER_FN bool send_all(conn_io c, iovec* iov, std::size_t count, st
 
 /// send_unavailable: a 503 for a connection about to be closed, without waiting or
 /// allocating (too many connections, or out of memory).
-RESTARTABLE_SERVER_FN void send_unavailable(int fd) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void send_unavailable(int fd) noexcept {
     static constexpr std::string_view text =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     (void)::send(fd, text.data(), text.size(), no_sigpipe | MSG_DONTWAIT);
@@ -2113,24 +2129,36 @@ RESTARTABLE_SERVER_FN std::size_t quota_cpus(std::string_view quota, std::string
     return static_cast<std::size_t>(std::max<std::uint64_t>(1, (q + p - 1) / p));
 }
 
-/// read_text: a small file's first bytes ("" when it cannot be read).
-RESTARTABLE_SERVER_FN std::string read_text(const std::string& path) {
-    std::string text;
-    const unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return text;
-    char buf[4096];
-    const ssize_t n = retry_eintr([&] { return ::read(fd.get(), buf, sizeof buf); });
-    if (n > 0) text.assign(buf, static_cast<std::size_t>(n));
-    return text;
+/// read_text: a small file's first bytes, into buf ("" when it cannot be read).
+RESTARTABLE_SERVER_FN std::string_view read_text(const char* path, char* buf, std::size_t size) noexcept {
+    const unique_fd fd(::open(path, O_RDONLY | O_CLOEXEC));
+    if (!fd) return {};
+    const ssize_t n = retry_eintr([&] { return ::read(fd.get(), buf, size); });
+    return n > 0 ? std::string_view(buf, static_cast<std::size_t>(n)) : std::string_view();
+}
+
+/// read_cgroup_file: read_text of mount + dir + name ("" when the path is too long).
+RESTARTABLE_SERVER_FN std::string_view read_cgroup_file(std::string_view mount, std::string_view dir,
+                                                        std::string_view name, char* buf, std::size_t size) noexcept {
+    char path[4352];
+    if (mount.size() + dir.size() + name.size() >= sizeof path) return {};
+    char* p = path;
+    for (const std::string_view part : {mount, dir, name}) {
+        std::memcpy(p, part.data(), part.size());
+        p += part.size();
+    }
+    *p = '\0';
+    return read_text(path, buf, size);
 }
 
 /// cgroup_cpus: the tightest CPU quota on this process's cgroup or any parent (0: none).
 /// cgroup v2 at /sys/fs/cgroup, or v1's cpu controller at /sys/fs/cgroup/cpu,cpuacct or
-/// /sys/fs/cgroup/cpu (where Debian, systemd and Docker mount them).
-RESTARTABLE_SERVER_FN std::size_t cgroup_cpus() {
+/// /sys/fs/cgroup/cpu (where Debian, systemd and Docker mount them). Read once per run,
+/// in fixed buffers (no allocation).
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::size_t cgroup_cpus() noexcept {
     std::size_t tightest = 0;
-    const std::string cgroups = read_text("/proc/self/cgroup");
-    std::string_view rest = cgroups;
+    char cgroups[4096];
+    std::string_view rest = read_text("/proc/self/cgroup", cgroups, sizeof cgroups);
     while (!rest.empty()) {
         const std::size_t eol = std::min(rest.find('\n'), rest.size());
         const std::string_view line = rest.substr(0, eol);
@@ -2143,21 +2171,21 @@ RESTARTABLE_SERVER_FN std::size_t cgroup_cpus() {
         if (!v2 && !has_token(controllers, "cpu")) continue;
         const char* const mounts[] = {"/sys/fs/cgroup", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"};
         for (std::size_t m = v2 ? 0 : 1; m < (v2 ? 1 : 3); ++m) {  // v2's, or v1's two usual places
-            const std::string mount = mounts[m];
-            for (std::string dir(path);;) {  // this cgroup, then each parent up to the root
+            for (std::string_view dir = path;;) {  // this cgroup, then each parent up to the root
+                char quota[64], period[64];
                 std::size_t cpus = 0;
                 if (v2) {
-                    const std::string max = read_text(mount + dir + "/cpu.max");
+                    const std::string_view max = read_cgroup_file(mounts[m], dir, "/cpu.max", quota, sizeof quota);
                     const std::size_t space = max.find(' ');
-                    if (space != std::string::npos)
-                        cpus = quota_cpus(std::string_view(max).substr(0, space), std::string_view(max).substr(space + 1));
+                    if (space != std::string_view::npos) cpus = quota_cpus(max.substr(0, space), max.substr(space + 1));
                 } else {
-                    cpus = quota_cpus(read_text(mount + dir + "/cpu.cfs_quota_us"),
-                                      read_text(mount + dir + "/cpu.cfs_period_us"));
+                    cpus = quota_cpus(read_cgroup_file(mounts[m], dir, "/cpu.cfs_quota_us", quota, sizeof quota),
+                                      read_cgroup_file(mounts[m], dir, "/cpu.cfs_period_us", period, sizeof period));
                 }
                 if (cpus != 0 && (tightest == 0 || cpus < tightest)) tightest = cpus;
-                if (dir.empty() || dir == "/") break;
-                dir.erase(dir.rfind('/'));
+                const std::size_t slash = dir.rfind('/');
+                if (dir.empty() || dir == "/" || slash == std::string_view::npos) break;
+                dir = dir.substr(0, slash);
             }
         }
     }
@@ -2561,7 +2589,7 @@ RESTARTABLE_SERVER_FN void unique_fd::reset(int fd) noexcept {
     fd_ = fd;
 }
 
-RESTARTABLE_SERVER_FN listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD listener_factory tcp_listener(std::string host, std::uint16_t port, int backlog) {
     std::string address = "tcp:" + host + ":";
     detail::append_number(address, port);
     auto make = [host = std::move(host), port, backlog](std::error_code& ec) -> unique_fd {
@@ -2758,7 +2786,10 @@ RESTARTABLE_SERVER_FN listener_factory systemd_listener(std::string name) {
         return dup;
     };
     listener_factory factory(std::move(make), std::move(address));
-    if (handover >= 0) detail::factory_access::handover(factory) = std::make_shared<detail::handover_inbox>(handover);
+    if (handover >= 0) {
+        detail::use_handover();  // a run's receive_handover() is in it
+        detail::factory_access::handover(factory) = std::make_shared<detail::handover_inbox>(handover);
+    }
     return factory;
 }
 
@@ -3216,6 +3247,7 @@ RESTARTABLE_SERVER_FN bool body_writer::write(std::string_view data) {
 }
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, body_provider provider) {
+    detail::use_streams();
     release_body();
     provider_ = std::move(provider);
     kind_ = body_kind::blocking_stream;
@@ -3224,6 +3256,7 @@ RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, b
 
 RESTARTABLE_SERVER_FN void response::set_stream(std::string_view content_type, std::uint64_t length,
                                                 body_provider provider) {
+    detail::use_streams();
     release_body();
     provider_ = std::move(provider);
     kind_ = body_kind::blocking_stream;
@@ -3316,7 +3349,7 @@ RESTARTABLE_SERVER_FN std::string_view status_text(int status) noexcept {
     }
 }
 
-RESTARTABLE_SERVER_FN std::size_t usable_cpus() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::size_t usable_cpus() noexcept {
     long n = 0;
 #ifdef __linux__
     cpu_set_t set;
@@ -3325,15 +3358,8 @@ RESTARTABLE_SERVER_FN std::size_t usable_cpus() noexcept {
 #endif  // Linux
     if (n <= 0) n = ::sysconf(_SC_NPROCESSORS_ONLN);
     std::size_t cpus = n > 0 ? static_cast<std::size_t>(n) : 1;
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    try {
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        const std::size_t quota = detail::cgroup_cpus();
-        if (quota != 0) cpus = std::min(cpus, quota);
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-    } catch (const std::bad_alloc&) {  // no memory to read the quota: the CPU count stands
-    }
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    const std::size_t quota = detail::cgroup_cpus();
+    if (quota != 0) cpus = std::min(cpus, quota);
     return cpus;
 }
 
@@ -3765,6 +3791,22 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //   checks right after parking it, so an edge is never lost.
 //   Connection objects live until the run ends (a pool), so a late event never
 //   points at freed memory; it is checked against hold and ignored when stale.
+//
+//   Feature entries. The engine reaches the code of the features a program may not use
+//   through tables of member function pointers (run::features_), one per feature, null
+//   until the public call that brings the feature in sets it (run::use_streams() and the
+//   others): response::push_stream, set_pull, set_file and set_stream (streams:
+//   start_stream, stream_step, send_streamed), server::websocket (upgrade_websocket,
+//   ws_step, ws_fail, ws_deadline, ws_timeout), either of those (channels: end_channel,
+//   stop_channels), server::restart (hand_over, transfer) and server::upgrade, or
+//   systemd_listener() in the process it started (send_away, receive_handover). The engine
+//   calls an entry only in a state that call leads to (a push body, a WebSocket route or
+//   connection, a channel, a restart request, a hand-over socket), so it is never null
+//   there; stop_channels and send_away have nothing to do before (no channel, n == 0).
+//   An inline function nobody odr-uses is not compiled: a program that never makes those
+//   calls (a hello server) compiles and carries none of that code (about a quarter of its
+//   text). The dispatchers keep the old names (run::stream_step calls stream_step_impl
+//   through the table); a plain request's path takes none of them.
 //
 // MEMORY BUDGET (per connection, and per run)
 //
@@ -4350,7 +4392,7 @@ RESTARTABLE_SERVER_FN const route* match_route(const route_list& routes, std::st
 }
 
 /// allowed_methods: the Allow value of a 405: the methods whose routes match path.
-RESTARTABLE_SERVER_FN std::string allowed_methods(const route_list& routes, std::string_view path, params_t& scratch) {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::string allowed_methods(const route_list& routes, std::string_view path, params_t& scratch) {
     std::vector<std::string_view> methods;
     for (const auto& r : routes)
         if (std::find(methods.begin(), methods.end(), r->method) == methods.end() && r->match(path, scratch))
@@ -4905,12 +4947,14 @@ private:
     int wait_timeout(clock::time_point now) const noexcept;
     void serve_inline() noexcept;
     void begin_stop(clock::time_point now) noexcept;
-    bool hand_over(clock::time_point now) noexcept;
+    bool hand_over(clock::time_point now) noexcept { return (this->*entry(features_.restart).hand_over)(now); }
     void move_backlog(run& to, clock::time_point now) noexcept;
     void tend_retirees(clock::time_point now) noexcept;
     void run_hooks(stop_reason why) noexcept;
     std::vector<connection*> take_parked() noexcept;
-    void receive_handover(clock::time_point now) noexcept;
+    void receive_handover(clock::time_point now) noexcept {
+        (this->*entry(features_.handover).receive)(now);
+    }
     void close_handover() noexcept;
     bool watch_listener() noexcept;
     void unwatch_listener() noexcept;
@@ -4954,7 +4998,9 @@ private:
     outcome handle_buffered(worker& w, connection& c, std::string_view body, std::size_t end);
     outcome handle_streamed(worker& w, connection& c);
     outcome respond(worker& w, connection& c, bool keep_alive);
-    outcome send_streamed(worker& w, connection& c, bool keep_alive);
+    outcome send_streamed(worker& w, connection& c, bool keep_alive) {
+        return (this->*entry(features_.streams).send_blocking)(w, c, keep_alive);
+    }
     outcome answer_error(worker& w, connection& c, int status);
     outcome flush(connection& c) noexcept;
     outcome after_response(connection& c);
@@ -4969,27 +5015,39 @@ public:
     void poke(connection& c, bool timed) noexcept;
 
 private:
-    outcome start_stream(worker& w, connection& c, bool keep_alive);
-    outcome stream_step(worker& w, connection& c);
+    outcome start_stream(worker& w, connection& c, bool keep_alive) {
+        return (this->*entry(features_.streams).start)(w, c, keep_alive);
+    }
+    outcome stream_step(worker& w, connection& c) { return (this->*entry(features_.streams).step)(w, c); }
     outcome produce(worker& w, connection& c, std::size_t& turn);
     void log_stream(const connection& c) noexcept;
     bool take_queued(connection& c);
     void attach(connection& c, const std::shared_ptr<channel>& ch);
-    void end_channel(connection& c) noexcept;
+    void end_channel(connection& c) noexcept {
+        if (c.ch) (this->*entry(features_.channels).end)(c);  // a channel: streams or WebSocket in use
+    }
     void stop_channel(channel& ch, std::uint16_t code) noexcept;
-    void stop_channels(std::uint16_t code) noexcept;
-    outcome upgrade_websocket(worker& w, connection& c, std::size_t end);
+    void stop_channels(std::uint16_t code) noexcept {
+        // Sequentially consistent, as is bring_in()'s store: a stream attached as a stop begins
+        // is listed here, or its attach() sees stopping_ (set before this) and stops it.
+        if (const channel_code* t = features_.channels.load()) (this->*t->stop_all)(code);
+    }
+    outcome upgrade_websocket(worker& w, connection& c, std::size_t end) {
+        return (this->*entry(features_.websocket).upgrade)(w, c, end);
+    }
     int check_handshake(const request& req, const websocket_handlers& h) const noexcept;
-    outcome ws_step(worker& w, connection& c);
+    outcome ws_step(worker& w, connection& c) { return (this->*entry(features_.websocket).step)(w, c); }
     void ws_event(worker& w, connection& c, const ws_decoder::result& r);
     void ws_queue(connection& c, unsigned opcode, std::string_view payload);
-    void ws_fail(connection& c, std::uint16_t code);
+    void ws_fail(connection& c, std::uint16_t code) { (this->*entry(features_.websocket).fail)(c, code); }
     bool ws_full(connection& c);
     bool ws_closing(connection& c);
     template <class F>
     void ws_call(worker& w, connection& c, F&& f);
-    std::int64_t ws_deadline(const connection& c) const noexcept;
-    void ws_timeout(connection& c) noexcept;
+    std::int64_t ws_deadline(const connection& c) const noexcept {
+        return (this->*entry(features_.websocket).deadline)(c);
+    }
+    void ws_timeout(connection& c) noexcept { (this->*entry(features_.websocket).timeout)(c); }
     void on_timeout(worker& w, connection& c, clock::time_point now) noexcept;
     void call_handler(worker& w, const route* r, int route_status);
     void build_head(worker& w, const connection& c, bool keep_alive, bool chunked, bool streamed);
@@ -5004,15 +5062,105 @@ private:
     bool watch(connection* c, int fd, std::uint32_t events) noexcept;
     void hand_back(connection& c) noexcept;
     void close(connection& c) noexcept;
-    void transfer(connection& c) noexcept;
+    void transfer(connection& c) noexcept { (this->*entry(features_.restart).transfer)(c); }
     bool leaves_by_upgrade(const connection& c) const noexcept;
-    void send_away(connection* const* cs, std::size_t n) noexcept;
+    void send_away(connection* const* cs, std::size_t n) noexcept {
+        if (n != 0) (this->*entry(features_.handover).send_away)(cs, n);  // n == 0 unless upgrade() ran
+    }
     void clear(connection& c) noexcept;
     void left() noexcept;
     std::int64_t drain_deadline() const noexcept;
     bool past_deadline() const noexcept;
     void lower_next_sweep(std::int64_t ns) noexcept;
 
+    // Feature entries (see "feature entries" under engine): each feature's code, reached
+    // from the engine only through its table (the dispatchers above).
+    outcome start_stream_impl(worker& w, connection& c, bool keep_alive);
+    outcome stream_step_impl(worker& w, connection& c);
+    outcome send_streamed_impl(worker& w, connection& c, bool keep_alive);
+    outcome upgrade_websocket_impl(worker& w, connection& c, std::size_t end);
+    outcome ws_step_impl(worker& w, connection& c);
+    void ws_fail_impl(connection& c, std::uint16_t code);
+    std::int64_t ws_deadline_impl(const connection& c) const noexcept;
+    void ws_timeout_impl(connection& c) noexcept;
+    bool hand_over_impl(clock::time_point now) noexcept;
+    void transfer_impl(connection& c) noexcept;
+    void send_away_impl(connection* const* cs, std::size_t n) noexcept;
+    void receive_handover_impl(clock::time_point now) noexcept;
+    void end_channel_impl(connection& c) noexcept;
+    void stop_channels_impl(std::uint16_t code) noexcept;
+    struct stream_code {  // response::push_stream, set_pull, set_file, set_stream
+        outcome (run::*start)(worker&, connection&, bool);
+        outcome (run::*step)(worker&, connection&);
+        outcome (run::*send_blocking)(worker&, connection&, bool);
+    };
+    struct channel_code {  // the channels of both (see "streams and WebSocket")
+        void (run::*end)(connection&) noexcept;
+        void (run::*stop_all)(std::uint16_t) noexcept;
+    };
+    struct websocket_code {  // server::websocket
+        outcome (run::*upgrade)(worker&, connection&, std::size_t);
+        outcome (run::*step)(worker&, connection&);
+        void (run::*fail)(connection&, std::uint16_t);
+        std::int64_t (run::*deadline)(const connection&) const noexcept;
+        void (run::*timeout)(connection&) noexcept;
+    };
+    struct restart_code {  // server::restart
+        bool (run::*hand_over)(clock::time_point) noexcept;
+        void (run::*transfer)(connection&) noexcept;
+    };
+    struct handover_code {  // server::upgrade, and systemd_listener() in the process it started
+        void (run::*send_away)(connection* const*, std::size_t) noexcept;
+        void (run::*receive)(clock::time_point) noexcept;
+    };
+    /// feature_entries: the tables set so far in this process (null: never brought in).
+    struct feature_entries {
+        std::atomic<const stream_code*> streams;
+        std::atomic<const channel_code*> channels;  // set with streams or websocket
+        std::atomic<const websocket_code*> websocket;
+        std::atomic<const restart_code*> restart;
+        std::atomic<const handover_code*> handover;
+    };
+    static inline feature_entries features_{};  // all null until a use_*() call
+    /// entry: a table the engine reaches only after the call that sets it (see above).
+    template <class T>
+    static const T& entry(const std::atomic<const T*>& table) noexcept {
+        return *table.load(std::memory_order_acquire);
+    }
+    /// bring_in: sets table to code (once: later calls only read it). Sequentially
+    /// consistent: stop_channels() relies on it.
+    template <class T>
+    static void bring_in(std::atomic<const T*>& table, const T& code) noexcept {
+        if (table.load() != &code) table.store(&code);
+    }
+
+public:
+    /// use_streams ... use_handover: bring a feature's code in (see "feature entries").
+    static void use_streams() noexcept {
+        static constexpr stream_code code{&run::start_stream_impl, &run::stream_step_impl, &run::send_streamed_impl};
+        bring_in(features_.streams, code);
+        use_channels();
+    }
+    static void use_websocket() noexcept {
+        static constexpr websocket_code code{&run::upgrade_websocket_impl, &run::ws_step_impl, &run::ws_fail_impl,
+                                             &run::ws_deadline_impl, &run::ws_timeout_impl};
+        bring_in(features_.websocket, code);
+        use_channels();
+    }
+    static void use_channels() noexcept {
+        static constexpr channel_code code{&run::end_channel_impl, &run::stop_channels_impl};
+        bring_in(features_.channels, code);
+    }
+    static void use_restart() noexcept {
+        static constexpr restart_code code{&run::hand_over_impl, &run::transfer_impl};
+        bring_in(features_.restart, code);
+    }
+    static void use_handover() noexcept {
+        static constexpr handover_code code{&run::send_away_impl, &run::receive_handover_impl};
+        bring_in(features_.handover, code);
+    }
+
+private:
     server& srv_;
     options opts_;
     parse_limits limits_;
@@ -5069,7 +5217,12 @@ private:
     clock::time_point last_call_{};        // control thread: the last time it saw a handler call
 };
 
-RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
+RESTARTABLE_SERVER_FN void use_streams() noexcept { run::use_streams(); }
+RESTARTABLE_SERVER_FN void use_websocket() noexcept { run::use_websocket(); }
+RESTARTABLE_SERVER_FN void use_restart() noexcept { run::use_restart(); }
+RESTARTABLE_SERVER_FN void use_handover() noexcept { run::use_handover(); }
+
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD run::run(server& srv, options opts, route_list routes, std::vector<stop_hook> hooks, unique_fd listener,
                 std::shared_ptr<transport_layer> layer, std::uint64_t generation)
     : srv_(srv),
       opts_(std::move(opts)),
@@ -5085,7 +5238,7 @@ RESTARTABLE_SERVER_FN run::run(server& srv, options opts, route_list routes, std
 
 RESTARTABLE_SERVER_FN run::~run() = default;
 
-RESTARTABLE_SERVER_FN std::error_code run::init() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::error_code run::init() noexcept {
     // The self-pipe is marked by a null pointer, a connection set served inline by its
     // run's address (the listener, by its own address, joins conns_ as the loop begins:
     // watch_listener). A run made by restart() to take the current listener over gets it
@@ -5189,7 +5342,7 @@ RESTARTABLE_SERVER_FN void run::serve_inline() noexcept {
 /// begin_stop: the listener closes (a new client is refused at once, so a load balancer
 /// moves on), idle connections close - or, after an upgrade(), go to the new process with
 /// those whose request is arriving - and requests in flight go on until the drain deadline.
-RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::begin_stop(clock::time_point now) noexcept {
     stopping_.store(true);
     close_handover();  // a process that upgrade() started takes no connection once it stops
     if (listener_) {  // before the state says "stopping": from then on a connect is refused
@@ -5233,7 +5386,7 @@ RESTARTABLE_SERVER_FN void run::begin_stop(clock::time_point now) noexcept {
 /// connection waiting for a request; this run becomes a retiree that finishes what is in
 /// flight, its connections moving on as their responses end. False when the next run
 /// is not for this run (the request came from an earlier start).
-RESTARTABLE_SERVER_FN bool run::hand_over(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN bool run::hand_over_impl(clock::time_point now) noexcept {
     std::unique_ptr<run> next = srv_.take_next_run(generation_);
     if (!next) return false;
     run& to = *next;
@@ -5367,7 +5520,7 @@ RESTARTABLE_SERVER_FN std::vector<connection*> run::take_parked() noexcept {
 }
 
 /// run_hooks: the server's on_stop hooks, as this run was started with them.
-RESTARTABLE_SERVER_FN void run::run_hooks(stop_reason why) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::run_hooks(stop_reason why) noexcept {
     for (const stop_hook& hook : hooks_) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
         try {
@@ -5539,7 +5692,7 @@ RESTARTABLE_SERVER_FN void run::adopt(int fd, conn_state state, std::string byte
 /// connections waiting for a request (see "hand-over to a new process"); each is adopted
 /// as a restart's would be, with the bytes read ahead. At the other end's EOF (that
 /// process is done), or an error, the socket is closed.
-RESTARTABLE_SERVER_FN void run::receive_handover(clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN void run::receive_handover_impl(clock::time_point now) noexcept {
     for (int m = 0; m < 16 && handover_in_; ++m) {  // registered level-triggered: more wake the loop again
         int fds[handover_max_fds];
         std::size_t n = 0;
@@ -5601,7 +5754,7 @@ RESTARTABLE_SERVER_FN void run::sweep(clock::time_point now) noexcept {
     for (connection* c : due) on_timeout(control_worker_, *c, now);
 }
 
-RESTARTABLE_SERVER_FN void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::on_timeout(worker& w, connection& c, clock::time_point now) noexcept {
     if (c.deadline.load() > to_ns(now)) return hand_back(c);  // re-armed meanwhile: not due
     if (c.state == conn_state::websocket) return ws_timeout(c);
     const bool has_request = c.in.size() > c.start;
@@ -5621,7 +5774,7 @@ RESTARTABLE_SERVER_FN void run::on_timeout(worker& w, connection& c, clock::time
 
 /// cut_at_deadline: the drain deadline passed: every connection still open is shut down;
 /// those with a request in flight are counted in stop_result::cut.
-RESTARTABLE_SERVER_FN void run::cut_at_deadline() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::cut_at_deadline() noexcept {
     cut_done_ = true;
     std::vector<connection*> taken;
     pool_.for_each_live([&](connection& c) {
@@ -5639,14 +5792,14 @@ RESTARTABLE_SERVER_FN void run::cut_at_deadline() noexcept {
 }
 
 /// fail: the run cannot go on (its listener or event set failed): stop it at once, and say why.
-RESTARTABLE_SERVER_FN void run::fail(std::error_code ec) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::fail(std::error_code ec) noexcept {
     if (!error_) error_ = ec;
     if (!stopping_.load()) begin_stop(clock::now());
 }
 
 /// teardown: every worker learns the run is over through the self-pipe, which is now
 /// added to their event set with a byte in it; then they are joined.
-RESTARTABLE_SERVER_FN void run::teardown() noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::teardown() noexcept {
     std::vector<std::thread> joining;
     {
         std::lock_guard<std::mutex> lock(workers_mutex_);
@@ -6220,7 +6373,7 @@ RESTARTABLE_SERVER_FN run::outcome run::respond(worker& w, connection& c, bool k
 /// sent before write() returns (blocking this thread up to write_timeout per write). A body
 /// that did not end as promised (the provider threw or aborted, or a known length was not
 /// reached) ends the connection without the last chunk or short of Content-Length.
-RESTARTABLE_SERVER_FN run::outcome run::send_streamed(worker& w, connection& c, bool keep_alive) {
+RESTARTABLE_SERVER_FN run::outcome run::send_streamed_impl(worker& w, connection& c, bool keep_alive) {
     const bool sized = w.res.stream_sized_;
     const bool chunked = !sized && c.version_minor == 1;
     if (!sized && !chunked) keep_alive = false;  // HTTP/1.0 without a length: closing ends the body
@@ -6389,7 +6542,7 @@ RESTARTABLE_SERVER_FN void run::log_access(const worker& w, const connection& c,
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
 }
 
-RESTARTABLE_SERVER_FN void run::log_error(const char* what, const char* detail) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::log_error(const char* what, const char* detail) noexcept {
     if (!opts_.error_log) return;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -6582,7 +6735,7 @@ RESTARTABLE_SERVER_FN void run::close(connection& c) noexcept {
 
 /// transfer: moves c (held, waiting for a request) to the run that replaced this one:
 /// its socket, never closed, and the bytes of a request that began to arrive.
-RESTARTABLE_SERVER_FN void run::transfer(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::transfer_impl(connection& c) noexcept {
     // The run named current_ may retire and, once empty, be destroyed by the control
     // thread: holding current_mutex_ from the read to the adoption keeps it (a hand-over
     // changes current_ under it, and the connection adopted is counted before).
@@ -6622,7 +6775,7 @@ RESTARTABLE_SERVER_FN bool run::leaves_by_upgrade(const connection& c) const noe
 /// process"). What a message cannot take stays in this run and fares as it would have
 /// without a hand-over (an idle connection is closed, a request arriving is answered);
 /// then no more are sent.
-RESTARTABLE_SERVER_FN void run::send_away(connection* const* cs, std::size_t n) noexcept {
+RESTARTABLE_SERVER_FN void run::send_away_impl(connection* const* cs, std::size_t n) noexcept {
     std::size_t i = 0;
     while (i < n) {
         const int channel = srv_.handover_fd_.load();
@@ -6925,14 +7078,14 @@ RESTARTABLE_SERVER_FN void run::stop_channel(channel& ch, std::uint16_t code) no
 }
 
 /// stop_channels: stop_channel() for every push stream and WebSocket of the run.
-RESTARTABLE_SERVER_FN void run::stop_channels(std::uint16_t code) noexcept {
+RESTARTABLE_SERVER_FN void run::stop_channels_impl(std::uint16_t code) noexcept {
     std::lock_guard<std::mutex> lock(channels_mutex_);
     for (channel* ch : channels_) stop_channel(*ch, code);
 }
 
 /// end_channel: c's stream or WebSocket is over: its handles report closed from now on,
 /// and its on_close runs (once: c.ch is gone after).
-RESTARTABLE_SERVER_FN void run::end_channel(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::end_channel_impl(connection& c) noexcept {
     const std::shared_ptr<channel> ch = std::move(c.ch);
     if (!ch) return;
     {
@@ -7068,7 +7221,7 @@ RESTARTABLE_SERVER_FN void look_at_input(connection& c) noexcept {
 
 /// start_stream: a push stream, pulled body or file response: its head goes out, then
 /// the body as the socket takes it (stream_step), holding no thread.
-RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, bool keep_alive) {
+RESTARTABLE_SERVER_FN run::outcome run::start_stream_impl(worker& w, connection& c, bool keep_alive) {
     response& res = w.res;
     using kind = response::body_kind;
     auto st = std::make_unique<stream_state>();  // (if it throws, the response still owns the stream)
@@ -7112,7 +7265,7 @@ RESTARTABLE_SERVER_FN run::outcome run::start_stream(worker& w, connection& c, b
 
 /// stream_step: sends what waits, then the next piece of the body, until the socket is
 /// full, a push stream has nothing more for now, or the body has ended.
-RESTARTABLE_SERVER_FN run::outcome run::stream_step(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::stream_step_impl(worker& w, connection& c) {
     stream_state& st = *c.st;
 #ifdef RESTARTABLE_SERVER_USE_POLL
     if (!c.input_waits) look_at_input(c);
@@ -7298,7 +7451,7 @@ RESTARTABLE_SERVER_FN int run::check_handshake(const request& req, const websock
 
 /// upgrade_websocket: a request on a WebSocket route: checked, offered to on_upgrade,
 /// then answered 101 (the connection speaks WebSocket from the next byte) or refused.
-RESTARTABLE_SERVER_FN run::outcome run::upgrade_websocket(worker& w, connection& c, std::size_t end) {
+RESTARTABLE_SERVER_FN run::outcome run::upgrade_websocket_impl(worker& w, connection& c, std::size_t end) {
     const std::shared_ptr<const websocket_handlers> handlers = c.matched->ws;
     const websocket_handlers& h = *handlers;
     c.set(conn_state::handling);
@@ -7434,7 +7587,7 @@ RESTARTABLE_SERVER_FN void run::ws_queue(connection& c, unsigned opcode, std::st
 
 /// ws_fail: fails c (RFC 6455 7.1.7): a close frame with code if none was sent, then the
 /// TCP close once it is out, without waiting for the client's.
-RESTARTABLE_SERVER_FN void run::ws_fail(connection& c, std::uint16_t code) {
+RESTARTABLE_SERVER_FN void run::ws_fail_impl(connection& c, std::uint16_t code) {
     stream_state& st = *c.st;
     if (st.failed) return;
     st.failed = true;
@@ -7481,7 +7634,7 @@ RESTARTABLE_SERVER_FN void run::ws_event(worker& w, connection& c, const ws_deco
 /// ws_step: c speaks WebSocket: sends what waits, decodes and hands over what came, reads
 /// more - while its unsent bytes are under max_send_buffer - and closes once the closing
 /// handshake is over.
-RESTARTABLE_SERVER_FN run::outcome run::ws_step(worker& w, connection& c) {
+RESTARTABLE_SERVER_FN run::outcome run::ws_step_impl(worker& w, connection& c) {
     stream_state& st = *c.st;
     for (;;) {
         if (!c.output_pending()) take_queued(c);
@@ -7531,7 +7684,7 @@ RESTARTABLE_SERVER_FN bool run::ws_full(connection& c) {
 /// ws_deadline: when c's timeout strikes: write_timeout while output waits, the close
 /// timeout after a close was sent, else the keep-alive ping (and a ping interval later,
 /// the close).
-RESTARTABLE_SERVER_FN std::int64_t run::ws_deadline(const connection& c) const noexcept {
+RESTARTABLE_SERVER_FN std::int64_t run::ws_deadline_impl(const connection& c) const noexcept {
     const auto at = [](clock::time_point from, std::chrono::milliseconds limit) {
         return limit.count() > 0 ? to_ns(from + limit) : never;
     };
@@ -7542,7 +7695,7 @@ RESTARTABLE_SERVER_FN std::int64_t run::ws_deadline(const connection& c) const n
 }
 
 /// ws_timeout: c's timeout struck (control thread, c taken): a keep-alive ping, or the end.
-RESTARTABLE_SERVER_FN void run::ws_timeout(connection& c) noexcept {
+RESTARTABLE_SERVER_FN void run::ws_timeout_impl(connection& c) noexcept {
     stream_state& st = *c.st;
     if (!c.needs_output() && !st.close_sent && !st.ping_outstanding) {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -7659,6 +7812,7 @@ RESTARTABLE_SERVER_FN std::string websocket::subprotocol() const { return ch_ ? 
 RESTARTABLE_SERVER_FN std::uint64_t websocket::id() const noexcept { return ch_ ? ch_->id : 0; }
 
 RESTARTABLE_SERVER_FN stream_handle response::push_stream(std::string_view content_type, std::function<void()> on_close) {
+    detail::use_streams();
     auto ch = std::make_shared<detail::channel>(detail::channel::kind_t::push);
     ch->id = detail::next_channel_id();
     ch->on_close = std::move(on_close);
@@ -7671,6 +7825,7 @@ RESTARTABLE_SERVER_FN stream_handle response::push_stream(std::string_view conte
 }
 
 RESTARTABLE_SERVER_FN void response::set_pull(std::string_view content_type, pull_provider provider) {
+    detail::use_streams();
     release_body();
     pull_ = std::move(provider);
     kind_ = body_kind::pull;
@@ -7686,6 +7841,7 @@ RESTARTABLE_SERVER_FN void response::set_pull(std::string_view content_type, std
 
 RESTARTABLE_SERVER_FN void response::set_file(std::string_view content_type, unique_fd file, std::uint64_t offset,
                                               std::uint64_t length) {
+    detail::use_streams();
     release_body();
     file_ = std::move(file);
     file_offset_ = offset;
@@ -7878,7 +8034,7 @@ RESTARTABLE_SERVER_FN pid_t spawn_inheriting(const std::vector<std::string>& arg
 }  // namespace detail
 
 // --------------------------------------------------------------- server --
-RESTARTABLE_SERVER_FN server::server(options opts) : options_(std::move(opts)) {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD server::server(options opts) : options_(std::move(opts)) {
     int fds[2];
     if (detail::make_pipe(fds)) {
         wake_read_.reset(fds[0]);
@@ -7918,6 +8074,7 @@ RESTARTABLE_SERVER_FN server& server::route(std::string method, std::string patt
 }
 
 RESTARTABLE_SERVER_FN server& server::websocket(std::string pattern, websocket_handlers handlers) {
+    detail::use_websocket();
     auto r = detail::make_route("GET", pattern, handler(), body_mode::buffered);
     r->ws = std::make_shared<const websocket_handlers>(std::move(handlers));
     std::lock_guard<std::mutex> lock(mutex_);
@@ -8034,7 +8191,7 @@ RESTARTABLE_SERVER_FN void server::run() {
     if (ec) detail::throw_error(ec, "restartable_server: run");
 }
 
-RESTARTABLE_SERVER_FN void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error_code& ec, bool in_caller_thread) noexcept {
     ec.clear();
     if (wake_error_) {
         ec = wake_error_;
@@ -8101,7 +8258,7 @@ RESTARTABLE_SERVER_FN void server::start_impl(std::error_code& ec, bool in_calle
 /// make_run: a run built from a snapshot of the options, routes and hooks, and a fresh
 /// listener from the factory - or, for a restart to the same address, none: it takes the
 /// current one at the hand-over. Null with ec set when that fails (nothing is left open).
-RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool for_restart) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::unique_ptr<detail::run> server::make_run(std::error_code& ec, bool for_restart) noexcept {
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
@@ -8171,7 +8328,7 @@ RESTARTABLE_SERVER_FN std::unique_ptr<detail::run> server::make_run(std::error_c
 }
 
 /// make_listener: a listening socket from o's factory, non-blocking and close-on-exec.
-RESTARTABLE_SERVER_FN unique_fd server::make_listener(const options& o, std::error_code& ec) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD unique_fd server::make_listener(const options& o, std::error_code& ec) noexcept {
     unique_fd listener;
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     try {
@@ -8202,7 +8359,7 @@ RESTARTABLE_SERVER_FN unique_fd server::make_listener(const options& o, std::err
 /// says "stopped". Touches nothing of the server after that: it may be destroyed at once.
 /// A restart makes the loop return with a next run, which takes over the old one's drain
 /// and this thread.
-RESTARTABLE_SERVER_FN stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD stop_result server::run_to_end(std::unique_ptr<detail::run> run) noexcept {
     control_thread_.store(std::this_thread::get_id());
     current_.store(run.get());
     for (;;) {
@@ -8297,6 +8454,7 @@ RESTARTABLE_SERVER_FN void server::restart(std::error_code& ec) noexcept {
     }
     next_run_ = std::move(next);  // empty before: replaced above, and a handler's restart() fails while this holds serial
     restart_outcome_ = 0;
+    detail::use_restart();  // before the request: the control thread's hand_over() is in it
     restart_requested_.store(true);
     wake();
     if (on_control_thread) return;
@@ -8379,6 +8537,7 @@ RESTARTABLE_SERVER_FN pid_t server::upgrade(const std::vector<std::string>& argv
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (greeted && state_.load() == server_state::running) {  // a stop under way has closed its idle ones
+            detail::use_handover();  // before handover_fd_: the engine's send_away() is in it
             handover_fd_.store(ours.get());  // before the stop request: the stop sees it
             handover_out_ = std::move(ours);
         }
