@@ -4917,6 +4917,13 @@ public:
 
     /// init: makes the event sets. Before loop(), in the starting thread.
     std::error_code init() noexcept;
+    /// begin_accepting: the listener joins the workers' event set and the first worker
+    /// starts, so that the run accepts before start() returns. In the starting thread,
+    /// after init(); false (errno) when it cannot. loop() does it for a restart's run.
+    bool begin_accepting() noexcept { return watch_listener(); }
+    /// abandon_run: a run that began accepting but whose control thread could not start: its
+    /// workers are joined (its connections close with it).
+    void abandon_run() noexcept { teardown(); }
     /// loop: the control thread's loop; returns when the run is over and every worker is
     /// joined, or right after a restart handed it over (then take_next() has the next
     /// run). Steps: wait, serve_inline, begin_stop, hand_over, accept, sweep, tend the
@@ -8224,6 +8231,11 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error
     }
     RESTARTABLE_SERVER_SYNC_POINT(*this, "start.starting", 0);
     std::unique_ptr<detail::run> run = make_run(ec, false);
+    if (run && !run->begin_accepting()) {
+        ec = detail::last_error();
+        run->abandon_run();
+        run.reset();
+    }
     if (!run) {
         transition(server_state::starting, server_state::stopped);
         return;
@@ -8246,6 +8258,7 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     } catch (const std::system_error& e) {  // no thread: the run (and its listener) goes
         ec = e.code();
+        run->abandon_run();
         run.reset();
         std::lock_guard<std::mutex> lock(mutex_);
         port_.store(0);
