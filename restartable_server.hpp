@@ -4926,8 +4926,8 @@ public:
     void abandon_run() noexcept { teardown(); }
     /// loop: the control thread's loop; returns when the run is over and every worker is
     /// joined, or right after a restart handed it over (then take_next() has the next
-    /// run). Steps: wait, serve_inline, begin_stop, hand_over, accept, sweep, tend the
-    /// retirees, cut, teardown.
+    /// run). Steps: watch the listener (a restart's run), wait, serve_inline, begin_stop,
+    /// hand_over, accept again after a pause, sweep, tend the retirees, cut, teardown.
     void loop() noexcept;
     /// take_next: the run this one handed over to, once; null when it ended instead.
     std::unique_ptr<run> take_next() noexcept { return std::move(next_); }
