@@ -5547,9 +5547,13 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::run_hooks(stop_reason wh
 /// inline). On the control thread, as its loop begins. False (errno) if it cannot join.
 RESTARTABLE_SERVER_FN bool run::watch_listener() noexcept {
     if (!listener_) return true;
+    {
+        std::lock_guard<std::mutex> lock(accept_mutex_);
+        if (listener_watched_) return true;  // by start() already: its worker may not wait yet
+    }
     if (!inline_.load() && waiting_.load() == 0 && !add_follower()) inline_ = control_set_.add_set(conns_, this);
     std::lock_guard<std::mutex> lock(accept_mutex_);
-    if (!listener_watched_) listener_watched_ = conns_.add(listener_.get(), &listener_, ev_in | ev_edge);
+    listener_watched_ = conns_.add(listener_.get(), &listener_, ev_in | ev_edge);
     return listener_watched_;
 }
 
