@@ -1711,19 +1711,26 @@ RESTARTABLE_SERVER_FN bool iequals(std::string_view a, std::string_view b) noexc
     return true;
 }
 
-/// has_token: whether the comma-separated list (a Connection or Expect value) contains
-/// token, case-insensitively.
-RESTARTABLE_SERVER_FN bool has_token(std::string_view list, std::string_view token) noexcept {
+/// for_each_item: f(item) for each item of a comma-separated field value, spaces and tabs
+/// around it trimmed, until f returns true (then true).
+template <class F>
+bool for_each_item(std::string_view list, F f) {
     while (!list.empty()) {
-        std::size_t comma = list.find(',');
+        const std::size_t comma = list.find(',');
         std::string_view item = list.substr(0, comma);
         while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
         while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
-        if (iequals(item, token)) return true;
+        if (f(item)) return true;
         if (comma == std::string_view::npos) break;
         list.remove_prefix(comma + 1);
     }
     return false;
+}
+
+/// has_token: whether the comma-separated list (a Connection or Expect value) contains
+/// token, case-insensitively.
+RESTARTABLE_SERVER_FN bool has_token(std::string_view list, std::string_view token) noexcept {
+    return for_each_item(list, [token](std::string_view item) { return iequals(item, token); });
 }
 
 /// is_tchar: whether c may appear in an RFC 9110 token (methods, field names).
@@ -4980,6 +4987,8 @@ private:
     }
     outcome stream_step(worker& w, connection& c) { return (this->*entry(features_.streams).step)(w, c); }
     outcome produce(worker& w, connection& c, std::size_t& turn);
+    outcome produce_pulled(worker& w, connection& c);
+    outcome produce_file(connection& c, std::size_t& turn);
     void log_stream(const connection& c) noexcept;
     bool take_queued(connection& c);
     void attach(connection& c, const std::shared_ptr<channel>& ch);
@@ -5039,6 +5048,7 @@ private:
     outcome stream_step_impl(worker& w, connection& c);
     outcome send_streamed_impl(worker& w, connection& c, bool keep_alive);
     outcome upgrade_websocket_impl(worker& w, connection& c, std::size_t end);
+    int call_on_upgrade(worker& w, const websocket_handlers& h, websocket_upgrade& up);
     outcome ws_step_impl(worker& w, connection& c);
     void ws_fail_impl(connection& c, std::uint16_t code);
     std::int64_t ws_deadline_impl(const connection& c) const noexcept;
@@ -7216,94 +7226,102 @@ RESTARTABLE_SERVER_FN run::outcome run::stream_step_impl(worker& w, connection& 
 /// produce: the next piece of c's body into its output (or, with sendfile, straight to
 /// the socket). progress: something moved, or the body ended (st.ending); wait: nothing
 /// now (a push stream with nothing queued, a full socket); close: the source failed.
-RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, [[maybe_unused]] std::size_t& turn) {
-    stream_state& st = *c.st;
-    switch (st.source) {
+RESTARTABLE_SERVER_FN run::outcome run::produce(worker& w, connection& c, std::size_t& turn) {
+    switch (c.st->source) {
         case stream_state::source_t::push:
-            if (take_queued(c) || st.ending) return outcome::progress;
+            if (take_queued(c) || c.st->ending) return outcome::progress;
             return outcome::wait;
-        case stream_state::source_t::pull: {
-            const std::size_t room = st.sized ? static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left))
-                                              : stream_piece;
-            if (room == 0) {
-                st.ending = true;
-                return outcome::progress;
-            }
-            c.out_body.resize(room);
-            std::size_t n = pull_failed;
-            {
-                const call_span span(*this, w);  // it may block, as a handler may
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-                try {
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-                    n = st.pull(&c.out_body[0], room);
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-                } catch (const std::exception& e) {
-                    log_error("a pull provider threw: ", e.what());
-                } catch (...) {
-                    log_error("a pull provider threw", "");
-                }
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-            }
-            if (n == pull_failed || n > room) return outcome::close;
-            c.out_body.resize(n);
-            c.out_head.clear();
-            c.out_sent = 0;
-            if (n == 0) {
-                st.ending = true;
-                return outcome::progress;
-            }
-            if (st.chunked) {
-                append_hex(c.out_head, n);
-                c.out_head += "\r\n";
-                c.out_body += "\r\n";
-            }
-            st.left -= n;
-            st.written += n;
-            return outcome::progress;
-        }
-        case stream_state::source_t::file: {
-            if (st.left == 0) {
-                st.ending = true;
-                return outcome::progress;
-            }
-#ifdef __linux__
-            if (!c.tp) {
-                off_t offset = static_cast<off_t>(st.file_offset);
-                const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(st.left, stream_turn));
-                const ssize_t n = send_file_piece(c.fd.get(), st.file.get(), &offset, want);
-                if (n > 0) {
-                    const auto sent = static_cast<std::size_t>(n);
-                    st.file_offset += sent;
-                    st.left -= sent;
-                    st.written += sent;
-                    turn += sent;
-                    c.since = clock::now();
-                    return outcome::progress;
-                }
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return outcome::wait;  // until writable
-                if (n < 0 && errno == EINTR) return outcome::progress;
-                return outcome::close;  // the file is shorter than said, or failed
-            }
-#endif  // __linux__
-            const std::size_t room = static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left));
-            c.out_body.resize(room);
-            ssize_t n;
-            do {
-                n = ::pread(st.file.get(), &c.out_body[0], room, static_cast<off_t>(st.file_offset));
-            } while (n < 0 && errno == EINTR);
-            if (n <= 0) return outcome::close;
-            const auto got = static_cast<std::size_t>(n);
-            c.out_body.resize(got);
-            c.out_head.clear();
-            c.out_sent = 0;
-            st.file_offset += got;
-            st.left -= got;
-            st.written += got;
-            return outcome::progress;
-        }
+        case stream_state::source_t::pull: return produce_pulled(w, c);
+        case stream_state::source_t::file: return produce_file(c, turn);
     }
     return outcome::close;
+}
+
+/// produce_pulled: the next piece of a pulled body (set_pull), from its provider.
+RESTARTABLE_SERVER_FN run::outcome run::produce_pulled(worker& w, connection& c) {
+    stream_state& st = *c.st;
+    const std::size_t room = st.sized ? static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left))
+                                      : stream_piece;
+    if (room == 0) {
+        st.ending = true;
+        return outcome::progress;
+    }
+    c.out_body.resize(room);
+    std::size_t n = pull_failed;
+    {
+        const call_span span(*this, w);  // it may block, as a handler may
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+            n = st.pull(&c.out_body[0], room);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+        } catch (const std::exception& e) {
+            log_error("a pull provider threw: ", e.what());
+        } catch (...) {
+            log_error("a pull provider threw", "");
+        }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    }
+    if (n == pull_failed || n > room) return outcome::close;
+    c.out_body.resize(n);
+    c.out_head.clear();
+    c.out_sent = 0;
+    if (n == 0) {
+        st.ending = true;
+        return outcome::progress;
+    }
+    if (st.chunked) {
+        append_hex(c.out_head, n);
+        c.out_head += "\r\n";
+        c.out_body += "\r\n";
+    }
+    st.left -= n;
+    st.written += n;
+    return outcome::progress;
+}
+
+/// produce_file: the next piece of a file (set_file): sendfile(2) on a plain socket,
+/// else read into the connection's output (a transport encrypts it).
+RESTARTABLE_SERVER_FN run::outcome run::produce_file(connection& c, [[maybe_unused]] std::size_t& turn) {
+    stream_state& st = *c.st;
+    if (st.left == 0) {
+        st.ending = true;
+        return outcome::progress;
+    }
+#ifdef __linux__
+    if (!c.tp) {
+        off_t offset = static_cast<off_t>(st.file_offset);
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(st.left, stream_turn));
+        const ssize_t n = send_file_piece(c.fd.get(), st.file.get(), &offset, want);
+        if (n > 0) {
+            const auto sent = static_cast<std::size_t>(n);
+            st.file_offset += sent;
+            st.left -= sent;
+            st.written += sent;
+            turn += sent;
+            c.since = clock::now();
+            return outcome::progress;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return outcome::wait;  // until writable
+        if (n < 0 && errno == EINTR) return outcome::progress;
+        return outcome::close;  // the file is shorter than said, or failed
+    }
+#endif  // __linux__
+    const std::size_t room = static_cast<std::size_t>(std::min<std::uint64_t>(stream_piece, st.left));
+    c.out_body.resize(room);
+    ssize_t n;
+    do {
+        n = ::pread(st.file.get(), &c.out_body[0], room, static_cast<off_t>(st.file_offset));
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return outcome::close;
+    const auto got = static_cast<std::size_t>(n);
+    c.out_body.resize(got);
+    c.out_head.clear();
+    c.out_sent = 0;
+    st.file_offset += got;
+    st.left -= got;
+    st.written += got;
+    return outcome::progress;
 }
 
 /// log_stream: the access log line of a stream, at its end (stream_step) or when its
@@ -7356,6 +7374,25 @@ RESTARTABLE_SERVER_FN int run::check_handshake(const request& req, const websock
     return 0;
 }
 
+/// call_on_upgrade: the endpoint's on_upgrade on this worker; 0, or 500 if it threw.
+RESTARTABLE_SERVER_FN int run::call_on_upgrade(worker& w, const websocket_handlers& h, websocket_upgrade& up) {
+    const call_span span(*this, w);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    try {
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        h.on_upgrade(w.req, up);
+#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
+    } catch (const std::exception& e) {
+        log_error("an on_upgrade handler threw (answered 500): ", e.what());
+        return 500;
+    } catch (...) {
+        log_error("an on_upgrade handler threw (answered 500)", "");
+        return 500;
+    }
+#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+    return 0;
+}
+
 /// upgrade_websocket: a request on a WebSocket route: checked, offered to on_upgrade,
 /// then answered 101 (the connection speaks WebSocket from the next byte) or refused.
 RESTARTABLE_SERVER_FN run::outcome run::upgrade_websocket_impl(worker& w, connection& c, std::size_t end) {
@@ -7374,32 +7411,12 @@ RESTARTABLE_SERVER_FN run::outcome run::upgrade_websocket_impl(worker& w, connec
     if (status == 0) {
         for (const header& f : w.req.headers) {
             if (!iequals(f.name, "Sec-WebSocket-Protocol")) continue;
-            std::string_view list = f.value;
-            while (!list.empty()) {  // a comma-separated list; OWS around items
-                const std::size_t comma = std::min(list.find(','), list.size());
-                std::string_view item = list.substr(0, comma);
-                while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-                while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+            for_each_item(f.value, [&up](std::string_view item) {
                 if (!item.empty()) up.offered.push_back(item);
-                list.remove_prefix(std::min(comma + 1, list.size()));
-            }
+                return false;
+            });
         }
-        if (h.on_upgrade) {
-            const call_span span(*this, w);
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-            try {
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-                h.on_upgrade(w.req, up);
-#ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
-            } catch (const std::exception& e) {
-                log_error("an on_upgrade handler threw (answered 500): ", e.what());
-                status = 500;
-            } catch (...) {
-                log_error("an on_upgrade handler threw (answered 500)", "");
-                status = 500;
-            }
-#endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
-        }
+        if (h.on_upgrade) status = call_on_upgrade(w, h, up);
         if (status == 0 && up.refuse != 0) status = up.refuse >= 400 && up.refuse <= 599 ? up.refuse : 500;
         if (status == 0 && !up.subprotocol.empty() &&
             std::find(up.offered.begin(), up.offered.end(), up.subprotocol) == up.offered.end()) {

@@ -1,5 +1,5 @@
 // sha256.hpp - SHA-256 (FIPS 180-4) for the examples, fed in pieces: the library has no
-// crypto of its own. A copy of the one in echo_server.cpp (which may include this later).
+// crypto of its own. echo_server and device_ui use it.
 //
 //     examples::sha256 h;
 //     h.update("abc");
