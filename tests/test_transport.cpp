@@ -179,11 +179,13 @@ TEST_CASE("a transport carries every byte: keep-alive, pipelining, large and str
     CHECK(r.body.size() == 100000u);
     received += raw_size(r);
 
-    CHECK(c.read.load() == sent);
-    CHECK(c.written.load() == received);
+    CHECK(c.read.load() == sent);  // the server read each request before it answered
     CHECK(c.layers.load() == 1);
     CHECK(c.transports.load() == 1);
     srv.stop();
+    // After stop(), which joined every thread: a worker counts its last write after the
+    // client may already have read it (CI's ASan run once saw 1,000 bytes not yet counted).
+    CHECK(c.written.load() == received);
     CHECK(c.alive.load() == 0);        // every transport was destroyed with its connection
     CHECK(c.shutdowns.load() == 1);  // the idle connection's stream was ended before it closed
 }
