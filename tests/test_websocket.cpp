@@ -915,7 +915,7 @@ TEST_CASE("back-pressure: a thread broadcasting to a client that never reads is 
     // What was accepted went to the queue or the kernel's buffers (the server's send
     // buffer, at most tcp_wmem's max, and the client's small receive buffer).
     CHECK(accepted * (piece + 4) <= o.max_send_buffer + static_cast<std::size_t>(tcp_wmem_max) + 1024 * 1024);
-    CHECK(max_rss.load() - rss_before < static_cast<long>(o.max_send_buffer / 1024) + 16 * 1024);
+    if (!test::sanitized) CHECK(max_rss.load() - rss_before < static_cast<long>(o.max_send_buffer / 1024) + 16 * 1024);
 
     // The slow client leaves without reading: its WebSocket ends (1006), the other's does not.
     const std::uint64_t slow_id = target.id();
@@ -1037,7 +1037,7 @@ TEST_CASE("back-pressure: a ping flood from a client that never reads is held; t
                  << rss_before << " -> " << rss_after << " KiB");
     CHECK(held);
     CHECK(max_buffered <= o.max_send_buffer + 128 * 1024);
-    CHECK(rss_after - rss_before < 16 * 1024);
+    if (!test::sanitized) CHECK(rss_after - rss_before < 16 * 1024);  // (CI's ASan run: +22 MiB of quarantine)
     c.close();
     REQUIRE(s.wait_closes(1));
     CHECK(srv.stop().drained);
