@@ -43,16 +43,6 @@
 #include <malloc.h>
 #endif
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define RS_ATTACKS_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define RS_ATTACKS_SANITIZED 1
-#endif
-#endif
-#ifndef RS_ATTACKS_SANITIZED
-#define RS_ATTACKS_SANITIZED 0
-#endif
 
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
@@ -65,7 +55,7 @@ using test::start;
 using test::connect_small_rcvbuf;
 using test::socket_timeout;
 
-constexpr bool sanitized = RS_ATTACKS_SANITIZED != 0;
+using test::sanitized;
 
 long long ms_between(clk::time_point from, clk::time_point to) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(to - from).count();

@@ -345,16 +345,6 @@ std::string client_hello() {
     return hello;
 }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define RS_TLS_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define RS_TLS_SANITIZED 1
-#endif
-#endif
-#ifndef RS_TLS_SANITIZED
-#define RS_TLS_SANITIZED 0
-#endif
 
 /// rss_kib: VmRSS of process pid in KiB, or -1.
 long rss_kib(pid_t pid) {
@@ -796,7 +786,7 @@ TEST_CASE("echo_server over HTTPS: --tls-cert and --tls-key, rotation by SIGHUP 
     const double per_connection = static_cast<double>(after - before) / n;
     INFO("server RSS " << before << " KiB -> " << after << " KiB with " << n << " idle TLS connections: "
                        << per_connection << " KiB each (budget " << idle_tls_budget_kib << " KiB)");
-    if (RS_TLS_SANITIZED)
+    if (test::sanitized)
         WARN("not asserted under a sanitizer (its allocator keeps memory resident): " << per_connection << " KiB");
     else
         CHECK(per_connection < idle_tls_budget_kib);
