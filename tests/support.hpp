@@ -109,6 +109,8 @@ inline int count_entries(const char* dir) {
 }
 inline int open_fds() { return count_entries("/proc/self/fd"); }
 
+inline int thread_count() { return count_entries("/proc/self/task"); }
+
 /// sanitized: built with ASan or TSan, whose allocators keep freed memory (ASan's
 /// quarantine holds up to 256 MiB of it by default): a bound on a process's RSS measures
 /// them, not the server, and is checked only without them. The engine's own counts
