@@ -34,9 +34,9 @@
 //
 //   A server object holds options and routes. Each start() or run() asks the listener
 //   factory for a fresh listening socket and begins a run: a control thread (run()'s
-//   caller, or one start() makes) that accepts and keeps time, and up to
-//   options::worker_threads workers that wait for ready connections and serve them
-//   (see ENGINE below). stop() ends the run gracefully; the same object can then be
+//   caller, or one start() makes) that keeps time and begins the stop, and up to
+//   options::worker_threads workers that accept, wait for ready connections and serve
+//   them (see ENGINE below). stop() ends the run gracefully; the same object can then be
 //   started again, any number of times, with changed options or routes.
 //
 //   restart() replaces the run without stopping: the next run, built from the current
@@ -104,7 +104,9 @@
 //   serves, it starts another worker if none is left waiting). A response the socket does
 //   not take at once waits in its connection until the socket is writable, under
 //   write_timeout; a client that pipelines without reading gets no more of its requests
-//   read until it reads. Workers start as load needs them and last until the run ends.
+//   read until it reads. New connections are accepted by the worker the listener's event
+//   reaches, in the same event set, so a connection costs no thread switch either. One
+//   worker starts with the run, the others as load needs them; all last until it ends.
 //   Each thread learns of a stop through the stop flag and the self-pipe.
 //
 //   Worker policy: as many workers serve at once as the process may use CPUs
@@ -539,8 +541,9 @@ public:
 class transport_layer {
 public:
     virtual ~transport_layer() = default;
-    /// accept: the transport of a connection just accepted on fd (control thread), or
-    /// null with ec set, which closes it.
+    /// accept: the transport of a connection just accepted on fd, or null with ec set,
+    /// which closes it. Called on the thread that accepted (a worker, or the control
+    /// thread), one call at a time per run.
     virtual std::unique_ptr<transport> accept(int fd, std::error_code& ec) = 0;
 };
 
@@ -966,7 +969,8 @@ struct options {
     /// worker_threads: at most this many threads serve connections (read, run handlers,
     /// write). As many as usable_cpus() serve at once; the others up to this bound start
     /// only to stand in for workers held by a handler or a stream that blocks (see ENGINE:
-    /// worker policy). Workers start as load needs them and last until the run ends.
+    /// worker policy). One worker starts with the run (it accepts), the others as load
+    /// needs them; all last until the run ends.
     /// Default 8. 0 serves everything in the run's control thread, for tiny targets: then
     /// one slow handler delays all, and a stop's drain deadline is checked when it returns.
     std::size_t worker_threads = 8;
@@ -1642,7 +1646,8 @@ inline constexpr std::size_t keep_capacity = 16 * 1024;
 inline constexpr std::size_t max_chunk_line = 1024;
 /// max_trailer_bytes: all trailer fields of a chunked body together.
 inline constexpr std::size_t max_trailer_bytes = 4096;
-/// accept_batch: accepts per wake-up, so a connection flood cannot hold the control thread.
+/// accept_batch: accepts per event of the listener, so a connection flood cannot hold the
+/// worker that accepts (the listener is then reported again, for the next one).
 inline constexpr int accept_batch = 64;
 /// accept_backoff: out of descriptors (EMFILE): accept again after this, not in a spin.
 inline constexpr std::chrono::milliseconds accept_backoff{100};
@@ -3765,14 +3770,18 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //   connection of its loop, while here it holds one worker and the others go on.
 //
 //   One control thread (run() or start()'s thread) waits in its own event set on the
-//   listener, the self-pipe and a timer: it accepts, enforces timeouts, watches for
-//   workers that block (see "Worker policy" under workers), begins the stop, cuts at the
-//   drain deadline and ends the run. Up to options::worker_threads workers
-//   wait together in a second event set that holds every connection, registered once,
-//   edge-triggered (for output too once a response had to wait): the worker that sees a
-//   connection ready reads, parses, runs the handler and writes the response itself, with
-//   no hand-off (leader/follower: before it serves, a worker starts another when none is
-//   left waiting); parking it again costs no system call. Sockets are non-blocking: a
+//   self-pipe and a timer: it enforces timeouts, watches for workers that block (see
+//   "Worker policy" under workers), begins the stop, cuts at the drain deadline and ends
+//   the run. Up to options::worker_threads workers wait together in a second event set
+//   that holds the listener and every connection, registered once, edge-triggered (for
+//   output too once a response had to wait): the worker that sees the listener ready
+//   accepts (accept_ready), the one that sees a connection ready reads, parses, runs the
+//   handler and writes the response itself, with no hand-off (leader/follower: before it
+//   serves, a worker starts another when none is left waiting); parking it again costs no
+//   system call. Accepting in the control thread instead, as before 2026-12-07, cost a
+//   thread switch per connection on one CPU (52 against 38 us of CPU per Connection:
+//   close request; nginx 30). The listener leaves the set under accept_mutex_ before it
+//   closes or moves to the next run, so no worker accepts on a socket that is gone. Sockets are non-blocking: a
 //   response that does not fit the socket buffer waits in the connection until the socket
 //   is writable, so a client that does not read holds no thread. With worker_threads == 0
 //   the control thread serves connections itself (the connection set is nested in its own).
@@ -3873,6 +3882,9 @@ public:
     }
     void rearm(int, void*, std::uint32_t) noexcept {}
     void remove(int fd) noexcept { ::epoll_ctl(fd_.get(), EPOLL_CTL_DEL, fd, nullptr); }
+    /// remove_now: remove(), and no wait under way holds fd after it returns (a waiting
+    /// epoll_wait never does), so closing fd then closes its socket at once.
+    void remove_now(int fd) noexcept { remove(fd); }
     /// forget: fd is about to be closed. Closing it takes it out of the set (epoll drops a
     /// registration with the last descriptor of its file; the engine never duplicates a
     /// connection's), so no system call: one epoll_ctl less per connection. (A fork's
@@ -3991,6 +4003,19 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         if (entry* e = find(fd)) *e = entry();
         wake_watchers();
+    }
+    /// remove_now: remove(), then waits until no poll(2) that began before holds fd (it
+    /// is woken and polls again without it), so closing fd then closes its socket at once:
+    /// a listener that a stop closes refuses the next connect. Not from a thread that waits
+    /// in this set (or one it is nested in).
+    void remove_now(int fd) noexcept {
+        std::unique_lock<std::mutex> lock(mutex_);
+        if (entry* e = find(fd)) *e = entry();
+        const std::uint64_t before = polls_begun_;
+        wake_watchers();
+        released_.wait(lock, [&] {
+            return (leader_poll_ == 0 || leader_poll_ > before) && (sub_poll_ == 0 || sub_poll_ > before);
+        });
     }
     /// forget: fd is about to be closed: its entry goes.
     void forget(int fd) noexcept { remove(fd); }
@@ -4120,11 +4145,14 @@ private:
         }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
         const int timeout = inner_ready ? 0 : poll_timeout(until);
+        leader_poll_ = ++polls_begun_;
         lock.unlock();
         const int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout);
         const int poll_errno = errno;
         lock.lock();
         polling_.store(false);
+        leader_poll_ = 0;
+        released_.notify_all();
         if (followers_ > 0) {
             cv_.notify_one();  // a follower leads now
         } else if (sub_polling_) {
@@ -4187,11 +4215,14 @@ private:
             return false;
         }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+        sub_poll_ = ++polls_begun_;
         lock.unlock();
         const int n = ::poll(sub_fds_.data(), static_cast<nfds_t>(sub_fds_.size()), poll_timeout(until));
         const int poll_errno = errno;
         lock.lock();
         sub_polling_ = false;
+        sub_poll_ = 0;
+        released_.notify_all();
         cv_.notify_one();  // another follower may poll the list now
         if (n < 0 && poll_errno != EINTR) return errno = poll_errno, false;
         if (sub_fds_[0].revents != 0) {
@@ -4303,6 +4334,12 @@ private:
     bool sub_polling_ = false;
     bool sub_wake_sent_ = false;
     int followers_ = 0;  // threads waiting on cv_
+    // For remove_now(): polls begun so far, and which of them the leader's and the
+    // sub-leader's poll(2) under way are (0: none); released_ is told when one ends.
+    std::uint64_t polls_begun_ = 0;
+    std::uint64_t leader_poll_ = 0;
+    std::uint64_t sub_poll_ = 0;
+    std::condition_variable released_;
     unique_fd sub_wake_read_, sub_wake_write_;
 };
 #endif  // RESTARTABLE_SERVER_USE_POLL
@@ -4887,10 +4924,17 @@ public:
 
     /// init: makes the event sets. Before loop(), in the starting thread.
     std::error_code init() noexcept;
+    /// begin_accepting: the listener joins the workers' event set and the first worker
+    /// starts, so that the run accepts before start() returns. In the starting thread,
+    /// after init(); false (errno) when it cannot. loop() does it for a restart's run.
+    bool begin_accepting() noexcept { return watch_listener(); }
+    /// abandon_run: a run that began accepting but whose control thread could not start: its
+    /// workers are joined (its connections close with it).
+    void abandon_run() noexcept { teardown(); }
     /// loop: the control thread's loop; returns when the run is over and every worker is
     /// joined, or right after a restart handed it over (then take_next() has the next
-    /// run). Steps: wait, serve_inline, begin_stop, hand_over, accept, sweep, tend the
-    /// retirees, cut, teardown.
+    /// run). Steps: watch the listener (a restart's run), wait, serve_inline, begin_stop,
+    /// hand_over, accept again after a pause, sweep, tend the retirees, cut, teardown.
     void loop() noexcept;
     /// take_next: the run this one handed over to, once; null when it ended instead.
     std::unique_ptr<run> take_next() noexcept { return std::move(next_); }
@@ -4926,7 +4970,10 @@ private:
         (this->*entry(features_.handover).receive)(now);
     }
     void close_handover() noexcept;
-    void accept_ready(clock::time_point now) noexcept;
+    bool watch_listener() noexcept;
+    void unwatch_listener() noexcept;
+    void raise_listener() noexcept;
+    void accept_ready() noexcept;
     void register_connection(connection* c, int fd) noexcept;
     std::unique_ptr<transport> make_transport(int fd) noexcept;
     void sweep(clock::time_point now) noexcept;
@@ -5164,9 +5211,13 @@ private:
     std::mutex channels_mutex_;             // guards channels_ (and each channel's registry_index)
     std::vector<channel*> channels_;        // the open push streams and WebSockets, for a stop
     bool cut_done_ = false;
-    bool accept_paused_ = false;
-    clock::time_point accept_resume_{};
     std::error_code error_;
+
+    // The listener, watched in conns_: the worker its event reaches accepts (accept_ready).
+    std::mutex accept_mutex_;        // held while accepting, and to stop watching the listener
+    bool listener_watched_ = false;  // under accept_mutex_
+    std::atomic<std::int64_t> accept_resume_{never};  // out of descriptors: not watched until then
+    std::atomic<int> accept_error_{0};  // an accept failed for good (errno): the control thread ends the run
 
     // Workers (see "worker policy" above). Under workers_mutex_ but where atomic.
     std::mutex workers_mutex_;
@@ -5205,11 +5256,11 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD run::run(server& srv, options opts
 RESTARTABLE_SERVER_FN run::~run() = default;
 
 RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::error_code run::init() noexcept {
-    // The self-pipe is marked by a null pointer, the listener by its own address, a
-    // connection set served inline by its run's address. A run made by restart() to take
-    // the current listener over gets it at the hand-over.
+    // The self-pipe is marked by a null pointer, a connection set served inline by its
+    // run's address (the listener, by its own address, joins conns_ as the loop begins:
+    // watch_listener). A run made by restart() to take the current listener over gets it
+    // at the hand-over.
     if (!control_set_.open() || !conns_.open() || !control_set_.add(srv_.wake_read_.get(), nullptr, ev_in) ||
-        (listener_ && !control_set_.add(listener_.get(), &listener_, ev_in)) ||
         (inline_ && !control_set_.add_set(conns_, this)))
         return last_error();
     // Started by upgrade(): the old process's waiting connections come through this socket
@@ -5238,18 +5289,16 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD std::error_code run::init() noexce
 
 RESTARTABLE_SERVER_FN void run::loop() noexcept {
     ready_event events[control_events];
+    if (!stopping_.load() && !watch_listener()) fail(last_error());
     for (;;) {
         clock::time_point now = clock::now();
         const int ready = control_set_.wait(events, control_events, wait_timeout(now));
         if (ready < 0 && errno != EINTR) fail(last_error());
         now = clock::now();
-        bool acceptable = false;
         for (int i = 0; i < ready; ++i) {
             void* const p = events[i].ptr;
             if (p == nullptr)
                 srv_.drain_wake();
-            else if (p == &listener_)
-                acceptable = true;
             else if (p == &handover_in_)
                 receive_handover(now);
             else  // a connection set served inline: this run's, or a retiree's
@@ -5258,11 +5307,14 @@ RESTARTABLE_SERVER_FN void run::loop() noexcept {
         RESTARTABLE_SERVER_SYNC_POINT(srv_, "control.woken", 0);
         if (!stopping_.load() && srv_.stop_requested_.load()) begin_stop(now);
         if (!stopping_.load() && srv_.restart_requested_.load() && hand_over(now)) return;
-        if (accept_paused_ && now >= accept_resume_) {
-            accept_paused_ = false;
-            control_set_.modify(listener_.get(), &listener_, ev_in);
+        if (const int e = accept_error_.exchange(0); e != 0) {
+            log_error("accept failed, the run ends: ", std::strerror(e));
+            fail({e, std::system_category()});  // the listener itself is broken
         }
-        if (acceptable && !stopping_.load()) accept_ready(now);
+        if (to_ns(now) >= accept_resume_.load()) {  // out of descriptors a while ago: accept again
+            accept_resume_.store(never);
+            raise_listener();
+        }
         if (to_ns(now) >= next_sweep_.load()) sweep(now);
         if (to_ns(now) >= monitor_due_.load()) watch_workers(now);
         tend_retirees(now);  // before live_ is read: a retiree's last hand-over counts here first
@@ -5277,7 +5329,7 @@ RESTARTABLE_SERVER_FN void run::loop() noexcept {
 RESTARTABLE_SERVER_FN int run::wait_timeout(clock::time_point now) const noexcept {
     std::int64_t until = std::min(next_sweep_.load(), monitor_due_.load());
     if (stopping_.load() && !cut_done_) until = std::min(until, drain_deadline());
-    if (accept_paused_) until = std::min(until, to_ns(accept_resume_));
+    until = std::min(until, accept_resume_.load());
     for (const auto& r : retirees_) {
         if (r->live_.load() == 0) return 0;  // it went (perhaps before it retired): join it now
         until = std::min({until, r->next_sweep_.load(), r->monitor_due_.load()});
@@ -5295,6 +5347,10 @@ RESTARTABLE_SERVER_FN void run::serve_inline() noexcept {
     ready_event events[control_events];
     const int ready = conns_.wait(events, control_events, 0);
     for (int i = 0; i < ready; ++i) {
+        if (events[i].ptr == &listener_) {
+            accept_ready();
+            continue;
+        }
         auto* c = static_cast<connection*>(events[i].ptr);
         if (take_for_event(*c, events[i].events)) serve(control_worker_, *c);
     }
@@ -5307,7 +5363,7 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::begin_stop(clock::time_p
     stopping_.store(true);
     close_handover();  // a process that upgrade() started takes no connection once it stops
     if (listener_) {  // before the state says "stopping": from then on a connect is refused
-        control_set_.remove(listener_.get());
+        unwatch_listener();
         srv_.set_listener_fd(-1);  // upgrade() dups it under the same lock
         listener_.reset();
     }
@@ -5351,13 +5407,12 @@ RESTARTABLE_SERVER_FN bool run::hand_over_impl(clock::time_point now) noexcept {
     std::unique_ptr<run> next = srv_.take_next_run(generation_);
     if (!next) return false;
     run& to = *next;
-    control_set_.remove(listener_.get());
+    unwatch_listener();  // the next run watches it when its loop begins, on this thread
     if (!to.listener_) {
         to.listener_ = std::move(listener_);  // the same socket: never closed, nothing refused
     } else {
         move_backlog(to, now);  // the new address listens already; the old one's queue moves
     }
-    to.control_set_.add(to.listener_.get(), &to.listener_, ev_in);
     if (handover_in_ && !to.handover_in_) {  // an upgrade's connections may still come: to the next run
         control_set_.remove(handover_in_.get());
         to.handover_in_ = std::move(handover_in_);
@@ -5496,21 +5551,66 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::run_hooks(stop_reason wh
     }
 }
 
-RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
+/// watch_listener: the listener joins the connection set, where the workers wait: the
+/// one its event reaches accepts (accept_ready), with no hand-off to another thread. A
+/// first worker starts to wait there (none can: the control thread serves the set
+/// inline). On the control thread, as its loop begins. False (errno) if it cannot join.
+RESTARTABLE_SERVER_FN bool run::watch_listener() noexcept {
+    if (!listener_) return true;
+    {
+        std::lock_guard<std::mutex> lock(accept_mutex_);
+        if (listener_watched_) return true;  // by start() already: its worker may not wait yet
+    }
+    if (!inline_.load() && waiting_.load() == 0 && !add_follower()) inline_ = control_set_.add_set(conns_, this);
+    std::lock_guard<std::mutex> lock(accept_mutex_);
+    listener_watched_ = conns_.add(listener_.get(), &listener_, ev_in | ev_edge);
+    return listener_watched_;
+}
+
+/// unwatch_listener: the listener leaves the connection set, before it closes or moves to
+/// the next run. Under accept_mutex_: once it returns no worker accepts on it, and a
+/// report of it that a worker still holds finds it unwatched.
+RESTARTABLE_SERVER_FN void run::unwatch_listener() noexcept {
+    std::lock_guard<std::mutex> lock(accept_mutex_);
+    if (listener_watched_) conns_.remove_now(listener_.get());
+    listener_watched_ = false;
+}
+
+/// raise_listener: the listener is reported again if connections wait (a modify gives
+/// epoll a new edge): for a report a counted-out worker handed back, or after a pause.
+RESTARTABLE_SERVER_FN void run::raise_listener() noexcept {
+    std::lock_guard<std::mutex> lock(accept_mutex_);
+    if (listener_watched_ && accept_resume_.load() == never)
+        conns_.modify(listener_.get(), &listener_, ev_in | ev_edge);
+}
+
+/// accept_ready: accepts what the listener has queued, on the worker its event reached (or
+/// the control thread serving inline), under accept_mutex_: up to accept_batch, then the
+/// listener is raised again for the next worker. Out of descriptors (EMFILE), the listener
+/// is not watched for accept_backoff, which the control thread keeps; an accept that fails
+/// for good ends the run through the control thread.
+RESTARTABLE_SERVER_FN void run::accept_ready() noexcept {
+    std::lock_guard<std::mutex> lock(accept_mutex_);
+    if (!listener_watched_ || stopping_.load()) return;  // (a stop or hand-over unwatches it next)
+    const int listening = listener_.get();
+    const clock::time_point now = clock::now();
     for (int i = 0; i < accept_batch; ++i) {
-        const int fd = accept_connection(listener_.get());
+        const int fd = accept_connection(listening);
         if (fd < 0) {
             const int e = errno;
             if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
-            if (e == EAGAIN || e == EWOULDBLOCK) return;
-            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
-                accept_paused_ = true;  // out of descriptors or memory: back off, don't spin
-                accept_resume_ = now + accept_backoff;
-                control_set_.modify(listener_.get(), &listener_, 0);
+            if (e == EAGAIN || e == EWOULDBLOCK) {
+                conns_.rearm(listening, &listener_, ev_in | ev_edge);  // poll(2): one-shot until now
                 return;
             }
-            log_error("accept failed, the run ends: ", std::strerror(e));
-            return fail({e, std::system_category()});  // the listener itself is broken
+            conns_.modify(listening, &listener_, 0);  // not reported until the control thread says
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                accept_resume_.store(to_ns(now + accept_backoff));  // back off, don't spin
+            } else {
+                accept_error_.store(e);
+            }
+            srv_.wake();
+            return;
         }
         if (live_.load() >= opts_.max_connections) {
             send_unavailable(fd);
@@ -5540,11 +5640,9 @@ RESTARTABLE_SERVER_FN void run::accept_ready(clock::time_point now) noexcept {
             }
             c->handshaking = true;
         }
-        if (!inline_.load() && waiting_.load() == 0 && !add_follower()) {  // no thread at all: serve here
-            inline_ = control_set_.add_set(conns_, this);
-        }
         register_connection(c, fd);
     }
+    conns_.modify(listening, &listener_, ev_in | ev_edge);  // more may wait: reported again
 }
 
 /// register_connection: parks a new (or handed-over) connection, then adds it to the
@@ -5827,7 +5925,9 @@ RESTARTABLE_SERVER_FN void run::worker_main(worker_slot* slot) noexcept {
         }
         ready_event ev = events[0];
         do {
-            if (ev.ptr != nullptr) {  // (null: the wake-up of the run's end)
+            if (ev.ptr == &listener_) {
+                accept_ready();
+            } else if (ev.ptr != nullptr) {  // (null: the wake-up of the run's end)
                 auto* c = static_cast<connection*>(ev.ptr);
                 if (take_for_event(*c, ev.events)) serve(w, *c);
             }
@@ -5861,6 +5961,10 @@ RESTARTABLE_SERVER_FN void run::hand_back_batch(worker_slot& slot) noexcept {
     }
     for (int i = 0; i < n; ++i) {
         if (rest[i].ptr == nullptr) continue;
+        if (rest[i].ptr == &listener_) {  // edge-triggered: raised again for another worker
+            raise_listener();
+            continue;
+        }
         auto* c = static_cast<connection*>(rest[i].ptr);
         if (!take_for_event(*c, rest[i].events)) continue;
         c->pending.fetch_or(rest[i].events | ev_in);  // so hand_back() raises it again
@@ -8148,6 +8252,11 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error
     }
     RESTARTABLE_SERVER_SYNC_POINT(*this, "start.starting", 0);
     std::unique_ptr<detail::run> run = make_run(ec, false);
+    if (run && !run->begin_accepting()) {
+        ec = detail::last_error();
+        run->abandon_run();
+        run.reset();
+    }
     if (!run) {
         transition(server_state::starting, server_state::stopped);
         return;
@@ -8170,6 +8279,7 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     } catch (const std::system_error& e) {  // no thread: the run (and its listener) goes
         ec = e.code();
+        run->abandon_run();
         run.reset();
         std::lock_guard<std::mutex> lock(mutex_);
         port_.store(0);

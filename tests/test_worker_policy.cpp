@@ -343,6 +343,29 @@ TEST_CASE("on one CPU a handler that blocks holds no request that became ready w
     srv.stop();
 }
 
+TEST_CASE("the workers accept: a new connection is served while the control thread is held", "[policy]") {
+    // The listener waits in the workers' event set: the worker its event reaches accepts
+    // and serves, with no thread switch per connection. Accepted by the control thread
+    // (as before), the new connection here would wait until the control thread is let go
+    // (its read times out at 10 s).
+    latch never_used;
+    rs::server srv(test::local_options(8));
+    add_routes(srv, never_used);
+    const std::uint16_t port = test::start(srv);
+    test::gate control(srv, "control.woken");
+    test::client a(port);
+    REQUIRE(a.send(hello_request));  // the first handler call after a quiet spell wakes it
+    REQUIRE(control.reached());
+    CHECK(a.read().status == 200);
+    for (int i = 0; i < 3; ++i) {
+        test::client fresh(port);
+        REQUIRE(fresh.send(hello_request));
+        CHECK(fresh.read().body == "hello");
+    }
+    control.release();
+    srv.stop();
+}
+
 TEST_CASE("a worker counted out is counted out once, whatever it serves before it rejoins", "[policy]") {
     // Two pipelined /block requests on one connection: the worker that takes them is
     // counted out in the first, and serves the second (which blocks too) before it goes
