@@ -1255,6 +1255,7 @@ private:
 
     void start_impl(std::error_code& ec, bool in_caller_thread) noexcept;
     std::unique_ptr<detail::run> make_run(std::error_code& ec, bool for_restart) noexcept;
+    void abandon(std::unique_ptr<detail::run> run) noexcept;
     unique_fd make_listener(const options& o, std::error_code& ec) noexcept;
     stop_result run_to_end(std::unique_ptr<detail::run> run) noexcept;
     std::unique_ptr<detail::run> take_next_run(std::uint64_t generation) noexcept;
@@ -4928,8 +4929,8 @@ public:
     /// starts, so that the run accepts before start() returns. In the starting thread,
     /// after init(); false (errno) when it cannot. loop() does it for a restart's run.
     bool begin_accepting() noexcept { return watch_listener(); }
-    /// abandon_run: a run that began accepting but whose control thread could not start: its
-    /// workers are joined (its connections close with it).
+    /// abandon_run: a run that could not begin accepting, or whose control thread could not
+    /// start: its workers are joined (its connections close with it).
     void abandon_run() noexcept { teardown(); }
     /// loop: the control thread's loop; returns when the run is over and every worker is
     /// joined, or right after a restart handed it over (then take_next() has the next
@@ -8252,16 +8253,18 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error
     }
     RESTARTABLE_SERVER_SYNC_POINT(*this, "start.starting", 0);
     std::unique_ptr<detail::run> run = make_run(ec, false);
-    if (run && !run->begin_accepting()) {
-        ec = detail::last_error();
-        run->abandon_run();
-        run.reset();
-    }
     if (!run) {
         transition(server_state::starting, server_state::stopped);
         return;
     }
+    // Running, then accepting: no request is answered before the state says running.
     transition(server_state::starting, server_state::running);
+    if (!run->begin_accepting()) {
+        ec = detail::last_error();
+        abandon(std::move(run));
+        return;
+    }
+    RESTARTABLE_SERVER_SYNC_POINT(*this, "start.accepting", 0);
     if (in_caller_thread) {
         add_server_thread();
         lifecycle.unlock();
@@ -8279,14 +8282,20 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::start_impl(std::error
 #ifndef RESTARTABLE_SERVER_NO_EXCEPTIONS
     } catch (const std::system_error& e) {  // no thread: the run (and its listener) goes
         ec = e.code();
-        run->abandon_run();
-        run.reset();
-        std::lock_guard<std::mutex> lock(mutex_);
-        port_.store(0);
-        transition_locked(server_state::running, server_state::stopping);
-        transition_locked(server_state::stopping, server_state::stopped);
+        abandon(std::move(run));
     }
 #endif  // RESTARTABLE_SERVER_NO_EXCEPTIONS
+}
+
+/// abandon: a run that start() made running but could not get accepting or give a thread:
+/// its workers are joined and its listener closes; the state goes back to stopped.
+RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void server::abandon(std::unique_ptr<detail::run> run) noexcept {
+    run->abandon_run();
+    run.reset();
+    std::lock_guard<std::mutex> lock(mutex_);
+    port_.store(0);
+    transition_locked(server_state::running, server_state::stopping);
+    transition_locked(server_state::stopping, server_state::stopped);
 }
 
 /// make_run: a run built from a snapshot of the options, routes and hooks, and a fresh

@@ -568,3 +568,33 @@ TEST_CASE("lifecycle races: a restart held half-way loses nothing", "[lifecycle]
     CHECK(idle.read().status == 200);
     CHECK(clean(srv.stop()));
 }
+
+TEST_CASE("lifecycle races: no request is answered before the state says running",
+          "[lifecycle][races][sync]") {
+    // start() held once its run accepts, before it returns: a client that connects then is
+    // answered by a run whose state says running (a handler never sees "starting"; the
+    // lifecycle model caught a response before the transition, under TSan with poll(2)).
+    watchdog wd("answered while starting", 120s);
+    rs::server srv(test::local_options(2));
+    std::atomic<int> seen{-1};
+    srv.get("/state", [&](const rs::request&, rs::response& res) {
+        seen.store(static_cast<int>(srv.state()));
+        res.set_content("ok", "text/plain");
+    });
+    test::gate held(srv, "start.accepting");
+    std::error_code ec;
+    std::thread starter([&] { srv.start(ec); });
+    REQUIRE(held.reached());
+    const std::uint16_t port = srv.port();
+    REQUIRE(port != 0);
+    test::client c(port);
+    REQUIRE(c.fd >= 0);
+    REQUIRE(test::send_all(c.fd, "GET /state HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const test::http_response r = c.rd.read_response();  // while start() is held
+    CHECK(r.status == 200);
+    CHECK(seen.load() == static_cast<int>(rs::server_state::running));
+    held.release();
+    starter.join();
+    REQUIRE(!ec);
+    CHECK(clean(srv.stop()));
+}
