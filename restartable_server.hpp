@@ -1158,7 +1158,8 @@ public:
     server& on_stop(stop_hook hook);
 
     /// start: builds a fresh listener, starts the run's threads and returns once the
-    /// listener accepts connections, so port() is valid. On failure (the port is in use,
+    /// listener accepts connections, so port() is valid (state() says running before the
+    /// first request is answered). On failure (the port is in use,
     /// a bad address, no permission, already running) sets ec and leaves no thread and no
     /// descriptor behind. A stop requested while start() runs ends the run right after it
     /// began. Not from a server thread.
