@@ -100,13 +100,14 @@
 //
 //   No thread waits on one client. Sockets are non-blocking; connections wait in one
 //   epoll set (edge-triggered; or poll(2), see PORTABILITY), and the worker that sees one
-//   ready reads, parses, runs the handler and writes the response itself - no hand-off between threads (before it
-//   serves, it starts another worker if none is left waiting). A response the socket does
-//   not take at once waits in its connection until the socket is writable, under
-//   write_timeout; a client that pipelines without reading gets no more of its requests
-//   read until it reads. New connections are accepted by the worker the listener's event
-//   reaches, in the same event set, so a connection costs no thread switch either. One
-//   worker starts with the run, the others as load needs them; all last until it ends.
+//   ready reads, parses, runs the handler and writes the response itself - no hand-off
+//   between threads (before it serves, it starts another worker if none is left
+//   waiting). A response the socket does not take at once waits in its connection until
+//   the socket is writable, under write_timeout; a client that pipelines without reading
+//   gets no more of its requests read until it reads. New connections are accepted by the
+//   worker the listener's event reaches, in the same event set, so a connection costs no
+//   thread switch either. One worker starts with the run, the others as load needs them;
+//   all last until it ends.
 //   Each thread learns of a stop through the stop flag and the self-pipe.
 //
 //   Worker policy: as many workers serve at once as the process may use CPUs
@@ -3783,9 +3784,10 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //   system call. Accepting in the control thread instead, as before 2026-12-07, cost a
 //   thread switch per connection on one CPU (52 against 38 us of CPU per Connection:
 //   close request; nginx 30). The listener leaves the set under accept_mutex_ before it
-//   closes or moves to the next run, so no worker accepts on a socket that is gone. Sockets are non-blocking: a
-//   response that does not fit the socket buffer waits in the connection until the socket
-//   is writable, so a client that does not read holds no thread. With worker_threads == 0
+//   closes or moves to the next run, so no worker accepts on a socket that is gone.
+//   Sockets are non-blocking: a response that does not fit the socket buffer waits in the
+//   connection until the socket is writable, so a client that does not read holds no
+//   thread. With worker_threads == 0
 //   the control thread serves connections itself (the connection set is nested in its own).
 //
 //   An event set (event_set, below) is an epoll set, or with RESTARTABLE_SERVER_USE_POLL a
@@ -4737,10 +4739,10 @@ RESTARTABLE_SERVER_FN bool take(connection& c) noexcept {
     return true;
 }
 
-/// take_for_event: take() for an event of the connection set. When another thread holds c, the event is
-/// left in c.pending, which that holder checks right after parking c (edge-triggered
-/// events come once, so none may be dropped). False: someone else serves c, or c is free
-/// (a stale event for a closed connection).
+/// take_for_event: take() for an event of the connection set. When another thread holds c,
+/// the event is left in c.pending, which that holder checks right after parking c
+/// (edge-triggered events come once, so none may be dropped). False: someone else serves
+/// c, or c is free (a stale event for a closed connection).
 RESTARTABLE_SERVER_FN bool take_for_event(connection& c, std::uint32_t events) noexcept {
     for (;;) {
         if (take(c)) {
