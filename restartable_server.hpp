@@ -1160,10 +1160,10 @@ public:
 
     /// start: builds a fresh listener, starts the run's threads and returns once the
     /// listener accepts connections, so port() is valid (state() says running before the
-    /// first request is answered). On failure (the port is in use,
-    /// a bad address, no permission, already running) sets ec and leaves no thread and no
-    /// descriptor behind. A stop requested while start() runs ends the run right after it
-    /// began. Not from a server thread.
+    /// first request is answered). On failure (the port is in use, a bad address, no
+    /// permission, already running) sets ec and leaves no thread and no descriptor behind.
+    /// A stop requested while start() runs ends the run right after it began. Not from a
+    /// server thread.
     void start(std::error_code& ec) noexcept;
     /// run: like start(), but the loop runs in the calling thread and run() returns when
     /// the run has ended and every thread and descriptor of it is gone.
@@ -3787,8 +3787,8 @@ RESTARTABLE_SERVER_FN void ws_decoder::unmask(char* data, std::size_t n, const c
 //   closes or moves to the next run, so no worker accepts on a socket that is gone.
 //   Sockets are non-blocking: a response that does not fit the socket buffer waits in the
 //   connection until the socket is writable, so a client that does not read holds no
-//   thread. With worker_threads == 0
-//   the control thread serves connections itself (the connection set is nested in its own).
+//   thread. With worker_threads == 0 the control thread serves connections itself (the
+//   connection set is nested in its own).
 //
 //   An event set (event_set, below) is an epoll set, or with RESTARTABLE_SERVER_USE_POLL a
 //   table polled with poll(2): the same calls, and edge-triggered registrations become
@@ -4930,7 +4930,8 @@ public:
     std::error_code init() noexcept;
     /// begin_accepting: the listener joins the workers' event set and the first worker
     /// starts, so that the run accepts before start() returns. In the starting thread,
-    /// after init(); false (errno) when it cannot. loop() does it for a restart's run.
+    /// once the state says running (so no handler sees starting); false (errno) when it
+    /// cannot. loop() does it for a restart's run.
     bool begin_accepting() noexcept { return watch_listener(); }
     /// abandon_run: a run that could not begin accepting, or whose control thread could not
     /// start: its workers are joined (its connections close with it).

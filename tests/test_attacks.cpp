@@ -43,7 +43,6 @@
 #include <malloc.h>
 #endif
 
-
 namespace rs = restartable_server;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;

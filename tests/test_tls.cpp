@@ -345,7 +345,6 @@ std::string client_hello() {
     return hello;
 }
 
-
 /// rss_kib: VmRSS of process pid in KiB, or -1.
 long rss_kib(pid_t pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
