@@ -150,7 +150,7 @@ kv() { sed -n "s/^$2 //p" "$1" | head -n 1; }
 
 # ------------------------------------------------------------------- cleanup --
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/rs-bench.XXXXXX")
-PIDS=()
+PIDS=() CGROUPS=() CG_CPU_ENABLED=0
 POLICY_RC_CREATED=0
 cleanup() {
   local p
@@ -162,6 +162,8 @@ cleanup() {
     wait "$p" 2>/dev/null || true
   done
   [ "$POLICY_RC_CREATED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  for p in "${CGROUPS[@]}"; do rmdir "$p" 2>/dev/null || true; done
+  [ "$CG_CPU_ENABLED" = 1 ] && { echo -cpu >/sys/fs/cgroup/cgroup.subtree_control; } 2>/dev/null
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -671,16 +673,45 @@ run_wrk() {
 # Figure 8 helpers. cpu_ticks PID: user + system clock ticks of every thread of PID so far.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo fail; }
+# cap_cpu NAME PID: moves process PID (all its threads) into a cgroup of its own whose CPU
+# quota is CAP_PCT % of one CPU (CAP_PERIOD_US periods; cgroup v2's cpu.max, or v1's cpu
+# controller where Debian and Docker mount it); removed on exit. Status 1 where no cgroup
+# can be made (no root, a read-only /sys/fs/cgroup): the capped rounds are then skipped.
+CAP_PCT=50 CAP_PERIOD_US=10000 HAVE_CAP=0
+cap_cpu() {
+  local name=$1 pid=$2 quota=$((CAP_PERIOD_US * CAP_PCT / 100)) dir
+  if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+    if ! grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+      echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || return 1
+      CG_CPU_ENABLED=1  # undone on exit
+    fi
+    dir=/sys/fs/cgroup/rs-bench-$$-$name
+    mkdir "$dir" 2>/dev/null || return 1
+    CGROUPS+=("$dir")
+    echo "$quota $CAP_PERIOD_US" >"$dir/cpu.max" 2>/dev/null || return 1
+  else
+    local v1
+    for v1 in /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/cpu ""; do [ -f "$v1/cpu.cfs_quota_us" ] && break; done
+    [ -n "$v1" ] || return 1
+    dir=$v1/rs-bench-$$-$name
+    mkdir "$dir" 2>/dev/null || return 1
+    CGROUPS+=("$dir")
+    { echo "$CAP_PERIOD_US" >"$dir/cpu.cfs_period_us" && echo "$quota" >"$dir/cpu.cfs_quota_us"; } 2>/dev/null || return 1
+  fi
+  echo "$pid" >"$dir/cgroup.procs" 2>/dev/null
+}
 # ka_round NAME PID PORT LOAD: one wrk run of KA_SECONDS against the server, LOAD one of
 # KA_LOADS (8, 64, 256: keep-alive with that many connections; close16: 16 connections
 # with "Connection: close"); records under kd<LOAD>_ its req/s, p50, p99, the server's CPU
 # time per request (µs) and how busy the load generator was (% of its CPUs: near 100
 # means wrk, not the server, set the pace). Sets KA_LAST (req/s p99 cpu_us). With a fifth
-# argument https (figure 15) the same over TLS, recorded under ks<LOAD>_.
+# argument https (figure 15) the same over TLS, recorded under ks<LOAD>_; a sixth names the
+# key's prefix instead (kc: figure 8's capped rounds).
 KA_LAST=""
 ka_round() {
   local name=$1 pid=$2 port=$3 load=$4 scheme=${5:-http} key=kd$4 out c0 c1 rps p50 p99 reqs cpu_us wrk_cpu args
   [ "$scheme" = https ] && key=ks$4
+  [ -n "${6:-}" ] && key=$6$4
   KA_LAST=""
   if [ "$load" = close16 ]; then args=(-c16 -H 'Connection: close'); else args=(-c"$load"); fi
   c0=$(cpu_ticks "$pid")
@@ -852,6 +883,40 @@ for ((round = 0; round < KA_ROUNDS; round++)); do
     log "  round $((round + 1))/$KA_ROUNDS, $load: req/s rs ${last[rs]%% *}, rs0 ${last[rs0]%% *}, nginx ${last[nginx]%% *}"
   done
 done
+# The same loads with each server capped at CAP_PCT % of its CPU: on a machine where wrk's
+# CPU is as busy as the server's (the "load generator busy" rows near 100 %), req/s above
+# measures wrk; capped, the server sets the pace and req/s is the server's throughput.
+# Latency is not shown: it is the quota's period, the same for every server.
+HAVE_CAP=1
+for s in rs rs0 nginx; do
+  [ -n "${KA_PID[$s]:-}" ] || continue
+  cap_cpu "$s" "${KA_PID[$s]}" || { HAVE_CAP=0; break; }
+done
+if [ "$HAVE_CAP" = 0 ]; then
+  log "capped rounds skipped: no cgroup with a CPU quota can be made here (needs root and a writable /sys/fs/cgroup)"
+else
+  log "the same, each server capped at $CAP_PCT % of a CPU (cgroup CPU quota, ${CAP_PERIOD_US} µs periods): $KA_ROUNDS x ${KA_SECONDS}s per load"
+  for ((round = 0; round < KA_ROUNDS; round++)); do
+    for load in "${KA_LOADS[@]}"; do
+      declare -A last=([rs]="" [rs0]="" [nginx]="")
+      for s in ${KA_ORDERS[$((round % 3))]}; do
+        if [ -n "${KA_PID[$s]:-}" ] && kill -0 "${KA_PID[$s]}" 2>/dev/null; then
+          ka_round "$s" "${KA_PID[$s]}" "${KA_PORT[$s]}" "$load" http kc
+          last[$s]=$KA_LAST
+        else
+          for k in rps p50 p99 cpu_us wrk_cpu; do record "kc${load}_$k" "$s" fail; done
+        fi
+      done
+      read -r n_rps n_p99 n_cpu <<<"${last[nginx]:-fail fail fail}"
+      for s in rs rs0; do
+        read -r o_rps o_p99 o_cpu <<<"${last[$s]:-fail fail fail}"
+        record "kc${load}_rps_ratio" "$s" "$(ratio "$o_rps" "$n_rps")"
+        record "kc${load}_cpu_ratio" "$s" "$(ratio "$o_cpu" "$n_cpu")"
+      done
+      log "  round $((round + 1))/$KA_ROUNDS, $load capped: req/s rs ${last[rs]%% *}, rs0 ${last[rs0]%% *}, nginx ${last[nginx]%% *}"
+    done
+  done
+fi
 for s in rs rs0 nginx; do
   [ -n "${KA_PID[$s]:-}" ] || continue
   SPID=${KA_PID[$s]}
@@ -1341,6 +1406,25 @@ EOR
 kd${load}_wrk_cpu@rs${tab}8. $what: load generator busy (% of its CPU), default options' runs${tab}info${tab}0${tab}rn
 EOR
 done
+# The capped rounds' rows (absent when no cgroup could be made).
+for load in 8 64 256 close16; do
+  if [ "$load" = close16 ]; then what="\`Connection: close\`, wrk -t2 -c16"; else what="keep-alive, wrk -t2 -c$load"; fi
+  what="$what, each server capped at $CAP_PCT % of a CPU"
+  rps_goal=">=1.05"; [ "$load" = close16 ] && rps_goal=">=1.0"
+  for s in rs rs0; do
+    if [ "$s" = rs ]; then opt="default options"; else opt="worker_threads = 0"; fi
+    goal=""; [ "$s" = rs ] && goal="${tab}v$rps_goal"
+    cat >>"$ROWS" <<EOR
+kc${load}_rps@$s${tab}8. $what, $opt: req/s${tab}hi${tab}0${tab}rn
+kc${load}_cpu_us@$s${tab}8. $what, $opt: server CPU per request (µs)${tab}lo${tab}2${tab}rn
+kc${load}_rps_ratio@$s${tab}8. $what, $opt: req/s ours ÷ nginx, median of per-round ratios${tab}hi${tab}2${tab}r$goal
+kc${load}_cpu_ratio@$s${tab}8. $what, $opt: CPU per request ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r
+EOR
+  done
+  cat >>"$ROWS" <<EOR
+kc${load}_wrk_cpu@rs${tab}8. $what: load generator busy (% of its CPU), default options' runs${tab}info${tab}0${tab}rn
+EOR
+done
 cat >>"$ROWS" <<EOF
 sr_echo_p50${tab}9. fresh GET p50 (ms), ${ATTACKERS} clients POST ${ATTACK_MIB} MiB to /echo, never read${tab}lo${tab}3${tab}rh
 sr_echo_p99${tab}9. fresh GET p99 (ms), /echo attack${tab}lo${tab}3${tab}rh
@@ -1461,6 +1545,10 @@ EOF2
 # BENCH_ONLY=ws: the rows of figures 16-20 alone.
 if [ "$ONLY_WS" = 1 ]; then
   awk -F'\t' '$2 ~ /^(1[6-9]|20)\. /' "$ROWS" >"$ROWS.ws" && mv "$ROWS.ws" "$ROWS"
+fi
+# Figure 8's capped rows only where the servers could be capped.
+if [ "$HAVE_CAP" = 0 ]; then
+  awk -F'\t' '$2 !~ / capped at /' "$ROWS" >"$ROWS.cap" && mv "$ROWS.cap" "$ROWS"
 fi
 # BENCH_ONLY=ka: the rows of figures 8 and 14 alone.
 if [ "$ONLY_KA" = 1 ]; then
