@@ -29,7 +29,10 @@
 # and nginx, all three running, wrk -t2 alternating between them at -c8, -c64, -c256
 # keep-alive and -c16 with "Connection: close", for KA_ROUNDS rounds of KA_SECONDS per load
 # (5 x 5 s; --quick 1 x 1 s): req/s, p50, p99, server CPU per request, and the per-round
-# ratios to nginx, medians. Figure 14 (bench/slow_neighbour.cpp): the req/s of 63 keep-alive
+# ratios to nginx, medians; then the same loads again with each server in a cgroup of its own
+# capped at 50 % of one CPU (cgroup v2 cpu.max or v1 cpu.cfs_quota_us, 10 ms periods; left
+# out where no cgroup can be made), so that the server, not wrk, sets the pace: req/s and
+# CPU per request (latency there is the quota's period). Figure 14 (bench/slow_neighbour.cpp): the req/s of 63 keep-alive
 # connections alone and beside a 64th whose handler sleeps 100 ms, KA_ROUNDS rounds of
 # KA_SECONDS each, default options. Figures 9 and 10: 64 clients that never read (4 KiB receive buffers)
 # POST 4 MiB bodies to /echo, or GET a 4 MiB /big, or pipeline GET /hello without end, while
@@ -87,7 +90,7 @@
 # BENCH_ONLY=ws (figures 16-20 alone, in a few minutes: everything is still built, the
 # other figures are not measured and the table has only these rows), BENCH_ONLY=ka (figures
 # 8 and 14 alone, the same way: default options, worker_threads = 0 and nginx side by side,
-# and the slow handler; about 7 minutes with the default rounds).
+# uncapped and capped, and the slow handler; about 12 minutes with the default rounds).
 set -euo pipefail
 
 QUICK=0 SOAK_MINUTES=""
