@@ -925,9 +925,10 @@ struct websocket_handlers {
     /// on_close: once per connection that opened, whatever ended it: the code and reason
     /// of the client's close frame (1005 when it had no code), the code the server failed
     /// the connection with (1002 protocol error, 1007 invalid UTF-8, 1009 too big, 1011 a
-    /// handler threw, 1013 the run's max_buffered_bytes reached), or 1006 when the connection went without a close frame (the client
-    /// vanished, a timeout, the drain deadline). On a server thread - the control thread
-    /// for a timeout or a cut at the drain deadline: keep it short.
+    /// handler threw, 1013 the run's max_buffered_bytes reached), or 1006 when the
+    /// connection went without a close frame (the client vanished, a timeout, the drain
+    /// deadline). On a server thread - the control thread for a timeout or a cut at the
+    /// drain deadline: keep it short.
     std::function<void(websocket& ws, std::uint16_t code, std::string_view reason)> on_close;
     /// allowed_origins: browsers send Origin; a handshake whose Origin is not the
     /// request's own (scheme-less host[:port] equal to Host) is refused with 403 unless
