@@ -709,7 +709,7 @@ cap_cpu() {
 # time per request (µs) and how busy the load generator was (% of its CPUs: near 100
 # means wrk, not the server, set the pace). Sets KA_LAST (req/s p99 cpu_us). With a fifth
 # argument https (figure 15) the same over TLS, recorded under ks<LOAD>_; a sixth names the
-# key's prefix instead (kc: figure 8's capped rounds).
+# key's prefix instead (kd, or kc: figure 8's capped rounds).
 KA_LAST=""
 ka_round() {
   local name=$1 pid=$2 port=$3 load=$4 scheme=${5:-http} key=kd$4 out c0 c1 rps p50 p99 reqs cpu_us wrk_cpu args
@@ -865,31 +865,38 @@ for s in rs rs0 nginx; do
   fi
 done
 KA_ORDERS=("rs rs0 nginx" "nginx rs rs0" "rs0 nginx rs")
-for ((round = 0; round < KA_ROUNDS; round++)); do
-  for load in "${KA_LOADS[@]}"; do
-    declare -A last=([rs]="" [rs0]="" [nginx]="")
-    for s in ${KA_ORDERS[$((round % 3))]}; do
-      if [ -n "${KA_PID[$s]:-}" ] && kill -0 "${KA_PID[$s]}" 2>/dev/null; then
-        ka_round "$s" "${KA_PID[$s]}" "${KA_PORT[$s]}" "$load"
-        last[$s]=$KA_LAST
-      else
-        for k in rps p50 p99 cpu_us wrk_cpu; do record "kd${load}_$k" "$s" fail; done
-      fi
+# ka_rounds PREFIX: KA_ROUNDS rounds of every load in KA_LOADS against the three servers,
+# recorded under PREFIX<LOAD>_ (kd: as they run; kc: capped), with the per-round ratios to
+# nginx (no p99 ratio capped: there latency is the quota's period, the same for all).
+ka_rounds() {
+  local prefix=$1 tag="" round load s k n_rps n_p99 n_cpu o_rps o_p99 o_cpu
+  [ "$prefix" = kc ] && tag=" capped"
+  for ((round = 0; round < KA_ROUNDS; round++)); do
+    for load in "${KA_LOADS[@]}"; do
+      local -A last=([rs]="" [rs0]="" [nginx]="")
+      for s in ${KA_ORDERS[$((round % 3))]}; do
+        if [ -n "${KA_PID[$s]:-}" ] && kill -0 "${KA_PID[$s]}" 2>/dev/null; then
+          ka_round "$s" "${KA_PID[$s]}" "${KA_PORT[$s]}" "$load" http "$prefix"
+          last[$s]=$KA_LAST
+        else
+          for k in rps p50 p99 cpu_us wrk_cpu; do record "$prefix${load}_$k" "$s" fail; done
+        fi
+      done
+      read -r n_rps n_p99 n_cpu <<<"${last[nginx]:-fail fail fail}"
+      for s in rs rs0; do
+        read -r o_rps o_p99 o_cpu <<<"${last[$s]:-fail fail fail}"
+        record "$prefix${load}_rps_ratio" "$s" "$(ratio "$o_rps" "$n_rps")"
+        [ "$prefix" = kc ] || record "$prefix${load}_p99_ratio" "$s" "$(ratio "$o_p99" "$n_p99")"
+        record "$prefix${load}_cpu_ratio" "$s" "$(ratio "$o_cpu" "$n_cpu")"
+      done
+      log "  round $((round + 1))/$KA_ROUNDS, $load$tag: req/s rs ${last[rs]%% *}, rs0 ${last[rs0]%% *}, nginx ${last[nginx]%% *}"
     done
-    read -r n_rps n_p99 n_cpu <<<"${last[nginx]:-fail fail fail}"
-    for s in rs rs0; do
-      read -r o_rps o_p99 o_cpu <<<"${last[$s]:-fail fail fail}"
-      record "kd${load}_rps_ratio" "$s" "$(ratio "$o_rps" "$n_rps")"
-      record "kd${load}_p99_ratio" "$s" "$(ratio "$o_p99" "$n_p99")"
-      record "kd${load}_cpu_ratio" "$s" "$(ratio "$o_cpu" "$n_cpu")"
-    done
-    log "  round $((round + 1))/$KA_ROUNDS, $load: req/s rs ${last[rs]%% *}, rs0 ${last[rs0]%% *}, nginx ${last[nginx]%% *}"
   done
-done
+}
+ka_rounds kd
 # The same loads with each server capped at CAP_PCT % of its CPU: on a machine where wrk's
 # CPU is as busy as the server's (the "load generator busy" rows near 100 %), req/s above
 # measures wrk; capped, the server sets the pace and req/s is the server's throughput.
-# Latency is not shown: it is the quota's period, the same for every server.
 HAVE_CAP=1
 for s in rs rs0 nginx; do
   [ -n "${KA_PID[$s]:-}" ] || continue
@@ -899,26 +906,7 @@ if [ "$HAVE_CAP" = 0 ]; then
   log "capped rounds skipped: no cgroup with a CPU quota can be made here (needs root and a writable /sys/fs/cgroup)"
 else
   log "the same, each server capped at $CAP_PCT % of a CPU (cgroup CPU quota, ${CAP_PERIOD_US} µs periods): $KA_ROUNDS x ${KA_SECONDS}s per load"
-  for ((round = 0; round < KA_ROUNDS; round++)); do
-    for load in "${KA_LOADS[@]}"; do
-      declare -A last=([rs]="" [rs0]="" [nginx]="")
-      for s in ${KA_ORDERS[$((round % 3))]}; do
-        if [ -n "${KA_PID[$s]:-}" ] && kill -0 "${KA_PID[$s]}" 2>/dev/null; then
-          ka_round "$s" "${KA_PID[$s]}" "${KA_PORT[$s]}" "$load" http kc
-          last[$s]=$KA_LAST
-        else
-          for k in rps p50 p99 cpu_us wrk_cpu; do record "kc${load}_$k" "$s" fail; done
-        fi
-      done
-      read -r n_rps n_p99 n_cpu <<<"${last[nginx]:-fail fail fail}"
-      for s in rs rs0; do
-        read -r o_rps o_p99 o_cpu <<<"${last[$s]:-fail fail fail}"
-        record "kc${load}_rps_ratio" "$s" "$(ratio "$o_rps" "$n_rps")"
-        record "kc${load}_cpu_ratio" "$s" "$(ratio "$o_cpu" "$n_cpu")"
-      done
-      log "  round $((round + 1))/$KA_ROUNDS, $load capped: req/s rs ${last[rs]%% *}, rs0 ${last[rs0]%% *}, nginx ${last[nginx]%% *}"
-    done
-  done
+  ka_rounds kc
 fi
 for s in rs rs0 nginx; do
   [ -n "${KA_PID[$s]:-}" ] || continue
