@@ -32,9 +32,9 @@
 # ratios to nginx, medians; then the same loads again with each server in a cgroup of its own
 # capped at 50 % of one CPU (cgroup v2 cpu.max or v1 cpu.cfs_quota_us, 10 ms periods; left
 # out where no cgroup can be made), so that the server, not wrk, sets the pace: req/s and
-# CPU per request (latency there is the quota's period). Figure 14 (bench/slow_neighbour.cpp): the req/s of 63 keep-alive
-# connections alone and beside a 64th whose handler sleeps 100 ms, KA_ROUNDS rounds of
-# KA_SECONDS each, default options. Figures 9 and 10: 64 clients that never read (4 KiB receive buffers)
+# CPU per request (latency there is the quota's period). Figure 14
+# (bench/slow_neighbour.cpp): the req/s of 63 keep-alive connections alone and beside a 64th
+# whose handler sleeps 100 ms, KA_ROUNDS rounds of KA_SECONDS each, default options. Figures 9 and 10: 64 clients that never read (4 KiB receive buffers)
 # POST 4 MiB bodies to /echo, or GET a 4 MiB /big, or pipeline GET /hello without end, while
 # 200 fresh GET /hello requests on new connections (--quick: 20) measure how long everyone
 # else waits (each with a 2 s limit, --quick 1 s: a stuck server shows as unanswered
