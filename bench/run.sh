@@ -1375,46 +1375,34 @@ echo_mbps${tab}7. ${ECHO_MIB} MiB POST echo (MB/s)${tab}hi${tab}0${tab}rh
 echo_peak_mb${tab}7. peak server memory (VmHWM) echoing ${ECHO_MIB} MiB (MiB)${tab}lo${tab}1${tab}rh
 EOF
 # Figure 8's rows: for each load, default options (server rs) and worker_threads = 0 (rs0,
-# shown in the restartable_server column of its own rows), each beside nginx.
-for load in 8 64 256 close16; do
-  if [ "$load" = close16 ]; then what="\`Connection: close\`, wrk -t2 -c16"; else what="keep-alive, wrk -t2 -c$load"; fi
-  rps_goal=">=1.05"; [ "$load" = close16 ] && rps_goal=">=1.0"
-  p99_goal=""; { [ "$load" = 8 ] || [ "$load" = 64 ]; } && p99_goal="${tab}v<=1.2"
-  for s in rs rs0; do
-    if [ "$s" = rs ]; then opt="default options"; else opt="worker_threads = 0"; fi
-    goal=""; [ "$s" = rs ] && goal="${tab}v$rps_goal"
-    cat >>"$ROWS" <<EOR
-kd${load}_rps@$s${tab}8. $what, $opt: req/s${tab}hi${tab}0${tab}rn
-kd${load}_p50@$s${tab}8. $what, $opt: p50 latency (ms)${tab}lo${tab}3${tab}rn
-kd${load}_p99@$s${tab}8. $what, $opt: p99 latency (ms)${tab}lo${tab}3${tab}rn
-kd${load}_cpu_us@$s${tab}8. $what, $opt: server CPU per request (µs)${tab}lo${tab}2${tab}rn
-kd${load}_rps_ratio@$s${tab}8. $what, $opt: req/s ours ÷ nginx, median of per-round ratios${tab}hi${tab}2${tab}r$goal
-kd${load}_p99_ratio@$s${tab}8. $what, $opt: p99 ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r$([ "$s" = rs ] && printf '%s' "$p99_goal")
-kd${load}_cpu_ratio@$s${tab}8. $what, $opt: CPU per request ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r$([ "$s" = rs ] && printf '%s' "${tab}v<=1.0")
-EOR
+# shown in the restartable_server column of its own rows), each beside nginx; kd as they
+# ran, kc capped (no latency there: it is the quota's period; the kc rows are left out
+# below where no cgroup could be made).
+for prefix in kd kc; do
+  for load in 8 64 256 close16; do
+    if [ "$load" = close16 ]; then what="\`Connection: close\`, wrk -t2 -c16"; else what="keep-alive, wrk -t2 -c$load"; fi
+    [ "$prefix" = kc ] && what="$what, each server capped at $CAP_PCT % of a CPU"
+    rps_goal=">=1.05"; [ "$load" = close16 ] && rps_goal=">=1.0"
+    p99_goal=""; { [ "$load" = 8 ] || [ "$load" = 64 ]; } && p99_goal="${tab}v<=1.2"
+    for s in rs rs0; do
+      if [ "$s" = rs ]; then opt="default options"; else opt="worker_threads = 0"; fi
+      goal="" cpu_goal=""
+      if [ "$s" = rs ]; then goal="${tab}v$rps_goal" cpu_goal="${tab}v<=1.0"; else p99_goal=""; fi
+      [ "$prefix" = kd ] || cpu_goal=""
+      k="$prefix${load}" l="8. $what, $opt:"
+      {
+        printf '%s\n' "${k}_rps@$s${tab}$l req/s${tab}hi${tab}0${tab}rn"
+        [ "$prefix" = kc ] || printf '%s\n' "${k}_p50@$s${tab}$l p50 latency (ms)${tab}lo${tab}3${tab}rn" \
+                                            "${k}_p99@$s${tab}$l p99 latency (ms)${tab}lo${tab}3${tab}rn"
+        printf '%s\n' "${k}_cpu_us@$s${tab}$l server CPU per request (µs)${tab}lo${tab}2${tab}rn" \
+                      "${k}_rps_ratio@$s${tab}$l req/s ours ÷ nginx, median of per-round ratios${tab}hi${tab}2${tab}r$goal"
+        [ "$prefix" = kc ] ||
+          printf '%s\n' "${k}_p99_ratio@$s${tab}$l p99 ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r$p99_goal"
+        printf '%s\n' "${k}_cpu_ratio@$s${tab}$l CPU per request ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r$cpu_goal"
+      } >>"$ROWS"
+    done
+    printf '%s\n' "$prefix${load}_wrk_cpu@rs${tab}8. $what: load generator busy (% of its CPU), default options' runs${tab}info${tab}0${tab}rn" >>"$ROWS"
   done
-  cat >>"$ROWS" <<EOR
-kd${load}_wrk_cpu@rs${tab}8. $what: load generator busy (% of its CPU), default options' runs${tab}info${tab}0${tab}rn
-EOR
-done
-# The capped rounds' rows (absent when no cgroup could be made).
-for load in 8 64 256 close16; do
-  if [ "$load" = close16 ]; then what="\`Connection: close\`, wrk -t2 -c16"; else what="keep-alive, wrk -t2 -c$load"; fi
-  what="$what, each server capped at $CAP_PCT % of a CPU"
-  rps_goal=">=1.05"; [ "$load" = close16 ] && rps_goal=">=1.0"
-  for s in rs rs0; do
-    if [ "$s" = rs ]; then opt="default options"; else opt="worker_threads = 0"; fi
-    goal=""; [ "$s" = rs ] && goal="${tab}v$rps_goal"
-    cat >>"$ROWS" <<EOR
-kc${load}_rps@$s${tab}8. $what, $opt: req/s${tab}hi${tab}0${tab}rn
-kc${load}_cpu_us@$s${tab}8. $what, $opt: server CPU per request (µs)${tab}lo${tab}2${tab}rn
-kc${load}_rps_ratio@$s${tab}8. $what, $opt: req/s ours ÷ nginx, median of per-round ratios${tab}hi${tab}2${tab}r$goal
-kc${load}_cpu_ratio@$s${tab}8. $what, $opt: CPU per request ours ÷ nginx, median of per-round ratios${tab}lo${tab}2${tab}r
-EOR
-  done
-  cat >>"$ROWS" <<EOR
-kc${load}_wrk_cpu@rs${tab}8. $what: load generator busy (% of its CPU), default options' runs${tab}info${tab}0${tab}rn
-EOR
 done
 cat >>"$ROWS" <<EOF
 sr_echo_p50${tab}9. fresh GET p50 (ms), ${ATTACKERS} clients POST ${ATTACK_MIB} MiB to /echo, never read${tab}lo${tab}3${tab}rh
