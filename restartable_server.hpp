@@ -5559,9 +5559,10 @@ RESTARTABLE_SERVER_FN RESTARTABLE_SERVER_COLD void run::run_hooks(stop_reason wh
 
 /// watch_listener: the listener joins the connection set, where the workers wait: the
 /// one its event reaches accepts (accept_ready), with no hand-off to another thread. A
-/// first worker starts to wait there (none can: the control thread serves the set
-/// inline). In start()'s thread once the state says running (begin_accepting), or for a
-/// restart's run on its control thread as the loop begins. False (errno) if it cannot join.
+/// first worker starts to wait there (none with worker_threads == 0: the control thread
+/// serves the set inline). In start()'s thread once the state says running
+/// (begin_accepting), or for a restart's run on its control thread as the loop begins.
+/// False (errno) if it cannot join.
 RESTARTABLE_SERVER_FN bool run::watch_listener() noexcept {
     if (!listener_) return true;
     {
